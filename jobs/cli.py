@@ -1,0 +1,28 @@
+"""The `mmtrain` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs import data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    data.add_parsers(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValueError as err:  # user errors say what to change; no traceback needed
+        print(f"mmtrain: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

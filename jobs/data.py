@@ -1,0 +1,108 @@
+"""`mmtrain data ...`: make, convert, inspect shards and train a caption tokenizer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipelines.convert import DEFAULT_TEMPLATES, FORMATS, ConvertOptions, convert
+from pipelines.inspection import format_report, inspect_shards, iter_captions
+from pipelines.synth import write_synth
+from pipelines.tokenizer import train_bpe_tokenizer
+
+
+def add_parsers(subparsers) -> None:
+    data = subparsers.add_parser("data", help="make, convert and inspect WebDataset shards")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = commands.add_parser("synth", help="write the synthetic shapes dataset")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--train", type=int, default=4000, help="training samples (default 4000)")
+    synth.add_argument("--val", type=int, default=500, help="held-out samples (default 500)")
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shard-samples", type=int, default=1000)
+    synth.set_defaults(handler=run_synth)
+
+    conv = commands.add_parser("convert", help="convert images + captions into shards")
+    conv.add_argument("src", type=Path, help="a folder, a .csv/.jsonl/.parquet file, or a folder of IDX files")
+    conv.add_argument("out_dir", type=Path)
+    conv.add_argument("--format", required=True, choices=FORMATS)
+    conv.add_argument("--split", default="train", help="split name for folder/table sources")
+    conv.add_argument("--classes", type=Path, help="class names, one per line (idx format)")
+    conv.add_argument("--template", action="append", dest="templates",
+                      help='caption template with {} for the class name; repeatable '
+                           f'(default: {len(DEFAULT_TEMPLATES)} CLIP-style templates)')
+    conv.add_argument("--image-column", default="")
+    conv.add_argument("--caption-column", default="")
+    conv.add_argument("--label-column", default="")
+    conv.add_argument("--shard-samples", type=int, default=10_000, help="samples per shard at most")
+    conv.add_argument("--shard-mb", type=float, default=256, help="MiB per shard at most")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.set_defaults(handler=run_convert)
+
+    insp = commands.add_parser("inspect", help="count samples and bad samples by reason")
+    insp.add_argument("shards", nargs="+", help="dirs, globs, brace patterns or s3:// URIs")
+    insp.add_argument("--json", action="store_true", help="print the report as JSON")
+    insp.add_argument("--max-pixels", type=int, default=64_000_000)
+    insp.add_argument("--s3-endpoint", default="")
+    insp.set_defaults(handler=run_inspect)
+
+    tok = commands.add_parser("tokenizer", help="train a BPE tokenizer on the shards' captions")
+    tok.add_argument("shards", nargs="+")
+    tok.add_argument("--out", type=Path, required=True)
+    tok.add_argument("--vocab-size", type=int, default=4096)
+    tok.add_argument("--s3-endpoint", default="")
+    tok.set_defaults(handler=run_tokenizer)
+
+
+def run_synth(args) -> int:
+    with tqdm(total=args.train + args.val, desc="synth", unit="sample") as bar:
+        splits = write_synth(args.out_dir, args.train, args.val, args.image_size, args.seed,
+                             args.shard_samples, progress=bar.update)
+    write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
+    print(f"wrote {splits} samples to {args.out_dir} (+ manifest.json, tokenizer.json)")
+    return 0
+
+
+def run_convert(args) -> int:
+    options = ConvertOptions(
+        format=args.format, split=args.split, classes_file=args.classes,
+        templates=tuple(args.templates) if args.templates else DEFAULT_TEMPLATES,
+        image_column=args.image_column, caption_column=args.caption_column,
+        label_column=args.label_column, shard_samples=args.shard_samples,
+        shard_bytes=int(args.shard_mb * 1024 * 1024), seed=args.seed,
+    )
+    with tqdm(desc="convert", unit="sample") as bar:
+        manifest = convert(args.src, args.out_dir, options, progress=bar.update)
+    write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
+    skipped = manifest.get("skipped") or {}
+    print(f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out_dir}"
+          f"{f'; skipped {skipped}' if skipped else ''} (+ manifest.json, tokenizer.json)")
+    return 0
+
+
+def run_inspect(args) -> int:
+    report = inspect_shards(args.shards, args.max_pixels, args.s3_endpoint)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_tokenizer(args) -> int:
+    vocab = write_tokenizer(args.shards, args.out, args.vocab_size, args.s3_endpoint)
+    print(f"wrote {args.out} ({vocab} tokens)")
+    return 0
+
+
+def write_tokenizer(shards: list[str], out: Path, vocab_size: int = 4096, s3_endpoint: str = "") -> int:
+    tokenizer = train_bpe_tokenizer(iter_captions(shards, s3_endpoint), vocab_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out))
+    return tokenizer.get_vocab_size()
+
+
+def print_error(message: str) -> None:
+    print(f"mmtrain: error: {message}", file=sys.stderr)

@@ -1,0 +1,2 @@
+"""The Ray Data layer: shard sources, robust tar reading, decode/augment/tokenize stages and
+shard tools. Never imports training/."""

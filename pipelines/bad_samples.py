@@ -1,0 +1,25 @@
+"""Why a sample or shard was skipped. Every skip is counted under one of these reasons."""
+
+TRUNCATED_TAR = "truncated_tar"        # the tar ends mid-member; samples before it are kept
+CORRUPT_TAR = "corrupt_tar"            # unreadable headers; reading resumes at the next good header
+UNREADABLE_SHARD = "unreadable_shard"  # the file could not be opened or read at all
+PICKLE_MEMBER = "pickle_member"        # .pyd/.pickle/.pth/... members are never unpickled
+MISSING_IMAGE = "missing_image"
+MISSING_CAPTION = "missing_caption"
+EMPTY_CAPTION = "empty_caption"
+BAD_METADATA = "bad_metadata"          # the .json member is not valid JSON
+NOT_AN_IMAGE = "not_an_image"          # bytes PIL cannot identify or decode
+OVERSIZED_IMAGE = "oversized_image"    # width x height over the max-pixels guard (from the header)
+OVERSIZED_MEMBER = "oversized_member"  # a tar member too large to load into memory safely
+
+ALL = (
+    TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, PICKLE_MEMBER, MISSING_IMAGE, MISSING_CAPTION,
+    EMPTY_CAPTION, BAD_METADATA, NOT_AN_IMAGE, OVERSIZED_IMAGE, OVERSIZED_MEMBER,
+)
+
+# Events about a shard rather than about one sample; they do not count as samples.
+SHARD_LEVEL = frozenset({TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD})
+
+
+class TooManyBadSamples(ValueError):
+    """The bad fraction passed the configured threshold."""

@@ -1,0 +1,37 @@
+"""Config sections owned by the data layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Train: random resized crop + horizontal flip. Eval: resize shorter side + centre crop."""
+
+    image_size: int = 64
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction range of the random crop
+    crop_ratio: tuple[float, float] = (0.75, 1.3333)  # aspect ratio range of the random crop
+    hflip: bool = True
+    eval_resize_ratio: float = 1.0  # eval resizes the shorter side to image_size / ratio, then crops
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_shards: list[str] = field(default_factory=list)  # dirs, globs, brace patterns, s3:// URIs
+    eval_shards: list[str] = field(default_factory=list)
+    tokenizer: str = ""  # tokenizer.json or an HF model directory; "" = <first shard dir>/tokenizer.json
+    context_length: int = 32
+    with_conversations: bool = False  # carry the LLaVA conversation column (VLM data)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_image_pixels: int = 64_000_000  # read from the image header before decoding
+    max_bad_fraction: float = 0.05  # fail the run when more samples than this are bad
+    min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
+    shuffle_seed: Optional[int] = 0  # file order + local buffer; None = not reproducible
+    shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer; 0 = off
+    decode_batch_size: int = 64
+    tokenize_batch_size: int = 256
+    tokenize_actors: int = 1
+    data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
+    s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS

@@ -1,0 +1,48 @@
+"""The batch contract between pipelines/ (producer) and training/ (consumer).
+
+Shapes: B = batch, H/W = image height/width, C = 3 channels (RGB), L = text context length.
+Images travel as uint8 HWC (4x smaller than float32 in the object store); the trainer moves
+them to the device and normalises there. Text travels as token ids plus an attention mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE = "image"                    # uint8 [B, H, W, C]
+INPUT_IDS = "input_ids"            # int32 [B, L], right-padded with the tokenizer's pad id
+ATTENTION_MASK = "attention_mask"  # uint8 [B, L], 1 on real tokens, 0 on padding
+LABEL = "label"                    # int64 [B], class index, -1 when the sample has none
+KEY = "key"                        # str [B], the sample's key inside its shard
+CONVERSATION = "conversation"      # str [B], LLaVA-format turns as JSON (VLM data only)
+
+DTYPES = {
+    IMAGE: np.dtype(np.uint8),
+    INPUT_IDS: np.dtype(np.int32),
+    ATTENTION_MASK: np.dtype(np.uint8),
+    LABEL: np.dtype(np.int64),
+}
+NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, KEY: 1, CONVERSATION: 1}
+TEXT_COLUMNS = (KEY, CONVERSATION)
+
+TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)  # what iter_torch_batches can carry
+TRAIN_COLUMNS = TENSOR_COLUMNS + (KEY,)
+VLM_COLUMNS = TRAIN_COLUMNS + (CONVERSATION,)
+
+# Normalisation applied on the device by the trainer (CLIP's published statistics).
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_batch(batch: dict, image_size: int, context_length: int) -> None:
+    """Raise AssertionError if a numpy batch breaks the contract (used by tests and debug runs)."""
+    for column in TRAIN_COLUMNS:
+        assert column in batch, f"batch lacks column {column!r}: has {sorted(batch)}"
+    for column, dtype in DTYPES.items():
+        array = np.asarray(batch[column])
+        assert array.dtype == dtype, f"{column}: dtype {array.dtype}, contract says {dtype}"
+        assert array.ndim == NDIM[column], f"{column}: {array.ndim} dims, contract says {NDIM[column]}"
+    batch_size, height, width, channels = batch[IMAGE].shape
+    assert (height, width, channels) == (image_size, image_size, 3), batch[IMAGE].shape
+    assert batch[INPUT_IDS].shape == (batch_size, context_length), batch[INPUT_IDS].shape
+    assert batch[ATTENTION_MASK].shape == (batch_size, context_length)

@@ -1,0 +1,78 @@
+"""Read shards directly (no Ray) for `mmtrain data inspect` and `mmtrain data tokenizer`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Iterator
+
+from pipelines import bad_samples
+from pipelines.images import BadSample, open_image
+from pipelines.sources import ShardList, resolve_shards
+from pipelines.tar_samples import Record, iter_raw_samples, to_record
+
+
+def iter_shard_records(shards: ShardList, path: str) -> Iterator[Record | str]:
+    """Records of one shard, or reason strings for what could not be used."""
+    try:
+        stream = shards.filesystem.open_input_stream(path)
+    except OSError:
+        yield bad_samples.UNREADABLE_SHARD
+        return
+    with stream:
+        for raw in iter_raw_samples(stream):
+            yield to_record(raw)
+
+
+def inspect_shards(specs: list[str], max_pixels: int = 64_000_000, s3_endpoint: str = "",
+                   progress=None) -> dict:
+    """Per shard: samples, decodable images, bad samples by reason, labels seen."""
+    shards = resolve_shards(specs, s3_endpoint)
+    report = {"shards": [], "total": {"samples": 0, "good": 0, "bad": {}}}
+    total_bad: Counter[str] = Counter()
+    for path in shards.paths:
+        good, bad, labels = 0, Counter(), Counter()
+        for record in iter_shard_records(shards, path):
+            if isinstance(record, str):
+                bad[record] += 1
+                continue
+            try:
+                open_image(record.image_bytes, max_pixels).load()
+                good += 1
+                labels[record.label] += 1
+            except BadSample as err:
+                bad[err.reason] += 1
+            except Exception:  # truncated pixel data only fails at load()
+                bad[bad_samples.NOT_AN_IMAGE] += 1
+        samples = good + sum(v for k, v in bad.items() if k not in bad_samples.SHARD_LEVEL)
+        report["shards"].append({"path": path, "samples": samples, "good": good, "bad": dict(bad),
+                                 "labels": len([k for k in labels if k >= 0])})
+        report["total"]["samples"] += samples
+        report["total"]["good"] += good
+        total_bad.update(bad)
+        if progress:
+            progress(1)
+    report["total"]["bad"] = dict(total_bad)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'shard':<48} {'samples':>8} {'good':>8}  bad"]
+    for shard in report["shards"]:
+        bad = ", ".join(f"{k}={v}" for k, v in sorted(shard["bad"].items())) or "-"
+        lines.append(f"{shard['path'][-48:]:<48} {shard['samples']:>8} {shard['good']:>8}  {bad}")
+    total = report["total"]
+    bad = ", ".join(f"{k}={v}" for k, v in sorted(total["bad"].items())) or "none"
+    lines.append(f"{'TOTAL':<48} {total['samples']:>8} {total['good']:>8}  {bad}")
+    return "\n".join(lines)
+
+
+def iter_captions(specs: list[str], s3_endpoint: str = "") -> Iterator[str]:
+    """Captions and conversation turns, for training a tokenizer."""
+    shards = resolve_shards(specs, s3_endpoint)
+    for path in shards.paths:
+        for record in iter_shard_records(shards, path):
+            if isinstance(record, Record):
+                yield record.caption
+                for turn in json.loads(record.conversation):
+                    yield turn.get("value", "")

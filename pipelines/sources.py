@@ -1,0 +1,76 @@
+"""Turn the user's shard specs into concrete tar paths on one pyarrow filesystem.
+
+A spec is a directory, a glob (`shards/train-*.tar`), a brace pattern
+(`shards/{00000..00099}.tar`) or a URI pyarrow understands (`s3://bucket/prefix/`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import braceexpand
+import pyarrow.fs as pafs
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class ShardList:
+    paths: list[str]  # paths as `filesystem` understands them (no scheme)
+    filesystem: pafs.FileSystem
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def make_filesystem(uri: str, s3_endpoint: str = "") -> tuple[pafs.FileSystem, str]:
+    """The filesystem for `uri` and the path on it; an S3 endpoint override for local servers."""
+    scheme = urlparse(uri).scheme
+    if scheme == "s3":
+        endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+        kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if endpoint:
+            parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+    if scheme in ("", "file"):
+        return pafs.LocalFileSystem(), os.path.abspath(uri[len("file://"):] if scheme else uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def resolve_shards(specs: list[str] | str, s3_endpoint: str = "") -> ShardList:
+    """Expand every spec to sorted .tar paths; raise ValueError naming a spec that matches nothing."""
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise ValueError("no shards given: pass a directory, glob, brace pattern or s3:// URI")
+    filesystem, paths = None, []
+    for spec in specs:
+        for expanded in braceexpand.braceexpand(spec):
+            fs, path = make_filesystem(expanded, s3_endpoint)
+            if filesystem is None:
+                filesystem = fs
+            elif type(fs) is not type(filesystem):
+                raise ValueError(f"shard specs mix filesystems ({specs}); keep them on one")
+            found = _expand_one(fs, path)
+            if not found:
+                raise ValueError(f"shard spec {expanded!r} matched no .tar files; check the path")
+            paths.extend(found)
+    return ShardList(paths=list(dict.fromkeys(paths)), filesystem=filesystem)
+
+
+def _expand_one(fs: pafs.FileSystem, path: str) -> list[str]:
+    if GLOB_CHARS & set(path):
+        base = path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return sorted(i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        return sorted(i.path for i in infos if i.is_file and i.path.endswith(".tar"))
+    if info.type == pafs.FileType.File:
+        return [path]
+    return []
