@@ -15,6 +15,7 @@ from ray.data import ActorPoolStrategy, DataContext, ExecutionResources, FileShu
 
 from pipelines import contract
 from pipelines.config import DataConfig
+from pipelines.ledger import check_bad_fraction
 from pipelines.datasource import ShardDatasource
 from pipelines.sources import resolve_shards
 from pipelines.stages import Tokenize, decode_and_augment
@@ -79,3 +80,10 @@ def limit_data_resources(cfg: DataConfig, train_worker_cpus: float) -> Optional[
         limit = max(ray.cluster_resources().get("CPU", 1.0) - train_worker_cpus, 1.0)
     DataContext.get_current().execution_options.resource_limits = ExecutionResources(cpu=limit)
     return limit
+
+
+def check_data_quality(cfg: DataConfig, ledger) -> dict:
+    """The ledger's summary; raises TooManyBadSamples past data.max_bad_fraction."""
+    summary = ray.get(ledger.summary.remote())
+    check_bad_fraction(summary, cfg.max_bad_fraction, cfg.min_samples_for_bad_check)
+    return summary

@@ -32,6 +32,10 @@ def make_filesystem(uri: str, s3_endpoint: str = "") -> tuple[pafs.FileSystem, s
     if scheme == "s3":
         endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
         kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            # Explicit keys travel with the pickled filesystem to Ray workers whose env lacks them.
+            kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                          secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
         if endpoint:
             parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
             kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")

@@ -79,9 +79,10 @@ def _iter_members(stream: IO[bytes], max_member_bytes: int):
     except (tarfile.TarError, OSError):
         yield bad_samples.CORRUPT_TAR
         return
-    expected_offset = 0
+    expected_offset, members = 0, 0
     try:
         for info in tar:
+            members += 1
             # ignore_zeros skips unreadable blocks silently; a jump in offsets is how we see it.
             if info.offset != expected_offset:
                 yield bad_samples.CORRUPT_TAR
@@ -95,8 +96,12 @@ def _iter_members(stream: IO[bytes], max_member_bytes: int):
             yield info.name, member.read() if member else b""
     except (tarfile.TarError, EOFError):
         yield bad_samples.TRUNCATED_TAR
+        return
     except OSError:
         yield bad_samples.UNREADABLE_SHARD
+        return
+    if members == 0:  # ignore_zeros skipped every block: nothing in this file is a tar header
+        yield bad_samples.CORRUPT_TAR
 
 
 def _padded(size: int) -> int:

@@ -1,0 +1,65 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.config import AugmentConfig
+from pipelines.images import BadSample, center_crop_box, decode_eval, decode_train, random_resized_crop_box
+from pipelines.tokenizer import configure_fixed_length, pad_token_id, train_bpe_tokenizer
+
+
+def _jpeg(w, h):
+    buffer = io.BytesIO()
+    gradient = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
+    Image.fromarray(np.stack([gradient] * 3, -1)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_train_and_eval_shapes_and_dtype():
+    cfg = AugmentConfig(image_size=24)
+    rng = np.random.default_rng(0)
+    for data in (_jpeg(100, 60), _jpeg(20, 30)):
+        assert decode_train(data, cfg, 10**7, rng).shape == (24, 24, 3)
+        out = decode_eval(data, cfg, 10**7)
+        assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+
+
+def test_draft_mode_matches_full_decode():
+    """A big JPEG decoded at reduced scale gives nearly the same pixels as a full decode."""
+    data = _jpeg(1024, 1024)
+    cfg = AugmentConfig(image_size=64)
+    fast = decode_eval(data, cfg, 10**8).astype(float)
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BILINEAR), float)
+    assert np.abs(fast - full).mean() < 4.0
+
+
+def test_crop_boxes_stay_inside():
+    cfg = AugmentConfig(crop_scale=(0.08, 1.0))
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        left, top, right, bottom = random_resized_crop_box(50, 80, cfg, rng)
+        assert 0 <= left < right <= 50 and 0 <= top < bottom <= 80
+    assert center_crop_box(100, 50, 1.0) == (25.0, 0.0, 75.0, 50.0)
+
+
+def test_guards():
+    with pytest.raises(BadSample, match="oversized_image"):
+        decode_eval(_jpeg(300, 300), AugmentConfig(), max_pixels=300 * 299)
+    with pytest.raises(BadSample, match="not_an_image"):
+        decode_eval(b"\x89PNG but not really", AugmentConfig(), 10**7)
+    truncated = _jpeg(200, 200)[:300]
+    with pytest.raises(BadSample, match="not_an_image"):
+        decode_eval(truncated, AugmentConfig(), 10**7)
+
+
+def test_tokenizer_pads_truncates_and_wraps():
+    tokenizer = train_bpe_tokenizer(["a photo of a red circle", "a blue square"] * 20, vocab_size=300)
+    configure_fixed_length(tokenizer, 8)
+    short, long = tokenizer.encode_batch(["a red circle", "a photo of a red circle " * 5])
+    assert len(short.ids) == len(long.ids) == 8
+    assert short.ids[0] == tokenizer.token_to_id("[BOS]")
+    last = sum(short.attention_mask) - 1
+    assert short.ids[last] == tokenizer.token_to_id("[EOT]")
+    assert short.ids[-1] == pad_token_id(tokenizer)
+    assert long.ids[-1] == tokenizer.token_to_id("[EOT]")  # truncation keeps the end token

@@ -1,0 +1,68 @@
+"""Every bad-input case, with real tar files: skipped, counted by reason, good samples kept."""
+
+import io
+import tarfile
+
+from pipelines import bad_samples
+from pipelines.inspection import inspect_shards, iter_shard_records
+from pipelines.sources import resolve_shards
+from pipelines.tar_samples import iter_raw_samples, split_key
+from tests.assets import good_members, write_bad_shards, write_tar
+
+
+def _records(path):
+    shards = resolve_shards(str(path))
+    return list(iter_shard_records(shards, shards.paths[0]))
+
+
+def test_split_key():
+    assert split_key("dir/00012.seg.txt") == ("dir/00012", "seg.txt")
+    assert split_key("a.JPG") == ("a", "jpg")
+
+
+def test_good_shard(tmp_path):
+    records = _records(write_tar(tmp_path / "g.tar", good_members("k", 4)))
+    assert [r.key for r in records] == ["k0000", "k0001", "k0002", "k0003"]
+    assert records[1].caption == "a red square number 1" and records[1].label == 1
+
+
+def test_every_bad_case_counted_and_good_samples_kept(tmp_path):
+    marker = tmp_path / "unpickled"
+    expected = write_bad_shards(tmp_path / "shards", marker)
+    report = inspect_shards([str(tmp_path / "shards")], max_pixels=4_000_000)
+    per_shard = {s["path"].rsplit("/", 1)[-1]: s for s in report["shards"]}
+
+    assert per_shard["good.tar"]["good"] == 10 and per_shard["good.tar"]["bad"] == {}
+    assert per_shard["mixed.tar"]["good"] == 8
+    assert per_shard["mixed.tar"]["bad"] == {
+        bad_samples.NOT_AN_IMAGE: 1, bad_samples.MISSING_CAPTION: 1, bad_samples.EMPTY_CAPTION: 1,
+        bad_samples.PICKLE_MEMBER: 1, bad_samples.OVERSIZED_IMAGE: 1}
+    assert per_shard["truncated.tar"]["good"] == 4
+    assert per_shard["truncated.tar"]["bad"][bad_samples.TRUNCATED_TAR] == 1
+    assert per_shard["corrupt.tar"]["good"] == 5  # resynchronised after the broken header
+    assert per_shard["corrupt.tar"]["bad"][bad_samples.CORRUPT_TAR] == 1
+    assert per_shard["garbage.tar"]["bad"] == {bad_samples.CORRUPT_TAR: 1}
+    assert report["total"]["good"] == len(expected["good_keys"])
+    assert not marker.exists(), "a pickle member was unpickled"
+
+
+def test_pickle_member_is_never_loaded(tmp_path):
+    marker = tmp_path / "unpickled"
+    write_bad_shards(tmp_path / "s", marker)
+    keys = {r.key for r in _records(tmp_path / "s" / "mixed.tar") if not isinstance(r, str)}
+    assert "bad_pickle" not in keys
+    assert not marker.exists()
+
+
+def test_truncated_stream_keeps_prefix():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in good_members("t", 3):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    samples = list(iter_raw_samples(io.BytesIO(data[: len(data) // 2])))
+    whole = [s for s in samples if s.key and len(s.fields) == 3]
+    assert len(whole) >= 1
+    assert any(s.bad_reason == bad_samples.TRUNCATED_TAR for s in samples)
