@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import data
+from jobs import data, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     data.add_parsers(subparsers)
+    train.add_parsers(subparsers)
     return parser
 
 

@@ -1,0 +1,52 @@
+"""`mmtrain train clip` and `mmtrain eval clip`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jobs.config import load_config
+from training.config import ClipRunConfig
+
+
+def add_parsers(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a model on Ray Train")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    clip = trainers.add_parser("clip", help="CLIP-style contrastive dual encoder")
+    clip.add_argument("--config", type=Path, required=True, help="e.g. conf/clip/tiny.yaml")
+    clip.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
+    clip.set_defaults(handler=run_train_clip)
+
+    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint")
+    evaluators = evaluate.add_subparsers(dest="trainer", required=True)
+    clip_eval = evaluators.add_parser("clip", help="zero-shot accuracy and retrieval recall")
+    clip_eval.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint directory")
+    clip_eval.add_argument("--data", nargs="+", required=True, help="eval shards")
+    clip_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    clip_eval.add_argument("--json", action="store_true")
+    clip_eval.set_defaults(handler=run_eval_clip)
+
+
+def run_train_clip(args) -> int:
+    from training.run import run_clip
+
+    cfg = load_config(ClipRunConfig, args.config, args.set)
+    metrics = run_clip(cfg)
+    print_summary(metrics)
+    return 0
+
+
+def run_eval_clip(args) -> int:
+    from training.clip_eval import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.set)
+    print(json.dumps(metrics, indent=2) if args.json else "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def print_summary(metrics: dict) -> None:
+    print("\n== final metrics ==")
+    for key in sorted(metrics):
+        value = metrics[key]
+        print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")

@@ -1,0 +1,123 @@
+"""CLIP model, losses and optimizer groups without Ray. The distributed check uses 2 real
+processes with a gloo process group."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from training.config import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
+from training.losses import infonce_loss, siglip_loss
+from training.models.clip import ClipModel
+from training.optim import decays, param_groups, warmup_cosine
+
+BATCH, DIM, EMB = 6, 10, 8
+
+
+def _encoders():
+    torch.manual_seed(0)
+    return nn.Linear(DIM, EMB), nn.Linear(DIM, EMB)
+
+
+def _data():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(2 * BATCH, DIM, generator=generator), torch.randn(2 * BATCH, DIM, generator=generator)
+
+
+def _loss(kind, image_enc, text_enc, images, texts, scale, bias):
+    image = nn.functional.normalize(image_enc(images), dim=-1)
+    text = nn.functional.normalize(text_enc(texts), dim=-1)
+    return infonce_loss(image, text, scale) if kind == "infonce" else siglip_loss(image, text, scale, bias)
+
+
+def _worker(rank, kind, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    image_enc, text_enc = _encoders()
+    image_ddp, text_ddp = nn.parallel.DistributedDataParallel(image_enc), nn.parallel.DistributedDataParallel(text_enc)
+    images, texts = _data()
+    rows = slice(rank * BATCH, (rank + 1) * BATCH)
+    scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-2.0)
+    loss = _loss(kind, image_ddp, text_ddp, images[rows], texts[rows], scale, bias)
+    loss.backward()
+    losses = [torch.zeros(1), torch.zeros(1)]
+    dist.all_gather(losses, loss.detach().view(1))
+    if rank == 0:
+        torch.save({"loss": torch.cat(losses).mean(), "image_grad": image_enc.weight.grad,
+                    "text_grad": text_enc.weight.grad}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_two_workers_equal_one_worker_on_the_concatenated_batch(tmp_path, kind):
+    out = tmp_path / "two.pt"
+    mp.spawn(_worker, args=(kind, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    two = torch.load(out, weights_only=True)
+
+    image_enc, text_enc = _encoders()
+    images, texts = _data()
+    loss = _loss(kind, image_enc, text_enc, images, texts, torch.tensor(math.log(10.0)), torch.tensor(-2.0))
+    loss.backward()
+    assert torch.allclose(two["loss"], loss.detach(), atol=1e-5)
+    # DDP averages gradients over ranks: the mean of local losses equals the global mean.
+    assert torch.allclose(two["image_grad"], image_enc.weight.grad, atol=1e-5)
+    assert torch.allclose(two["text_grad"], text_enc.weight.grad, atol=1e-5)
+
+
+def _tiny_model(**loss_kw):
+    cfg = ClipModelConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+                          text=TextConfig(vocab_size=50, width=32, layers=1, heads=2))
+    return ClipModel(cfg, context_length=8, loss=LossConfig(**loss_kw))
+
+
+def test_forward_shapes_and_normalised():
+    model = _tiny_model()
+    image, text = model(torch.randn(3, 3, 16, 16), torch.randint(0, 50, (3, 8)), torch.ones(3, 8, dtype=torch.long))
+    assert image.shape == text.shape == (3, 16)
+    assert torch.allclose(image.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert math.isclose(float(model.logit_scale.exp()), 1 / 0.07, rel_tol=1e-5)
+
+
+def test_text_pools_at_last_real_token():
+    model = _tiny_model()
+    ids = torch.randint(0, 50, (1, 8))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]])
+    changed = ids.clone()
+    changed[0, 5] = (ids[0, 5] + 1) % 50  # a padding position: must not change the embedding
+    assert torch.allclose(model.encode_text(ids, mask), model.encode_text(changed, mask))
+
+
+def test_temperature_clamp_after_step():
+    model = _tiny_model(init_temperature=0.001)  # logit scale 1000, over the cap
+    model.clamp_logit_scale(100.0)
+    assert math.isclose(float(model.logit_scale.exp()), 100.0, rel_tol=1e-5)
+    fixed = _tiny_model(learnable_temperature=False)
+    assert not fixed.logit_scale.requires_grad
+
+
+def test_weight_decay_groups():
+    model = _tiny_model()
+    names = dict(model.named_parameters())
+    assert decays("visual.transformer.blocks.0.attn.qkv.weight", names["visual.transformer.blocks.0.attn.qkv.weight"])
+    for no_decay in ("visual.transformer.blocks.0.attn.qkv.bias", "visual.ln_pre.weight", "logit_scale",
+                     "text.token_embedding.weight", "text.positional_embedding", "visual.class_embedding",
+                     "visual.positional_embedding"):
+        assert not decays(no_decay, names[no_decay]), no_decay
+    groups = param_groups(model.named_parameters(), 0.1, 1e-3)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_warmup_cosine_schedule():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, OptimConfig(lr=1.0, warmup_steps=10), total_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert math.isclose(lrs[0], 0.1) and math.isclose(lrs[9], 1.0)
+    assert math.isclose(lrs[60], 0.5, abs_tol=1e-6) and lrs[-1] < 0.01

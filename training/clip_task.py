@@ -1,0 +1,61 @@
+"""The CLIP trainer's task: model, optimizer groups, the loss on one batch, evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipelines import contract
+from training.config import ClipRunConfig
+from training.losses import infonce_loss, siglip_loss
+from training.models.clip import ClipModel
+from training.optim import param_groups
+
+
+def images_to_model_input(images_BHWC: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> normalised float [B, C, H, W] on `device` (the copy stays uint8)."""
+    images = images_BHWC.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(contract.IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(contract.IMAGE_STD, device=device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class ClipTask:
+    def __init__(self, cfg: ClipRunConfig):
+        self.cfg = cfg
+
+    def build_model(self) -> ClipModel:
+        return ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups(model.named_parameters(), self.cfg.optim.weight_decay, self.cfg.optim.lr)
+
+    def prepare_batch(self, batch: dict, device: torch.device) -> dict:
+        return {
+            contract.IMAGE: images_to_model_input(batch[contract.IMAGE], device),
+            contract.INPUT_IDS: batch[contract.INPUT_IDS].to(device, non_blocking=True).long(),
+            contract.ATTENTION_MASK: batch[contract.ATTENTION_MASK].to(device, non_blocking=True).long(),
+        }
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        # Call the (possibly DDP-wrapped) module itself so gradient sync hooks run.
+        image_BE, text_BE = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK])
+        clip = unwrap(model)
+        if self.cfg.loss.kind == "siglip":
+            loss = siglip_loss(image_BE.float(), text_BE.float(), clip.logit_scale, clip.logit_bias)
+        else:
+            loss = infonce_loss(image_BE.float(), text_BE.float(), clip.logit_scale)
+        return loss, {}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        unwrap(model).clamp_logit_scale(self.cfg.loss.max_logit_scale)
+
+    def step_metrics(self, model: nn.Module) -> dict:
+        return {"temperature": float(1.0 / unwrap(model).logit_scale.exp())}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model

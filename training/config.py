@@ -1,0 +1,114 @@
+"""Config sections owned by training/. Each component receives only its own section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipelines.config import DataConfig
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 192
+    layers: int = 4
+    heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 0  # 0 = the tokenizer's vocabulary size, filled in when the run starts
+    width: int = 192
+    layers: int = 3
+    heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class ClipModelConfig:
+    embed_dim: int = 128
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["infonce", "siglip"] = "infonce"
+    init_temperature: float = 0.07  # logit scale starts at 1/temperature
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0  # clamped after every optimizer step
+    siglip_init_bias: float = -10.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.1  # not applied to biases, norms, embeddings or the logit scale
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip_norm: float = 1.0  # 0 = off
+    grad_accum_steps: int = 1
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    max_steps: int = 200
+    batch_size_per_worker: int = 64
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 50
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    zero_shot: bool = True  # class names + templates from the eval shards' manifest.json
+    retrieval: bool = True
+    classes: list[str] = field(default_factory=list)  # [] = the eval shards' manifest.json classes
+    classes_file: str = ""  # or one class name per line
+    templates: list[str] = field(default_factory=list)  # [] = the manifest's caption templates
+    batch_size: int = 256
+    max_retrieval_samples: int = 5000  # recall@K over at most this many eval pairs
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    experiment: str = "mmtrain"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str = "clip"  # the same name re-run resumes from its last checkpoint
+    output_dir: str = "runs"  # checkpoints, Ray Train state and the default MLflow store
+    max_failures: int = 2  # worker failures survived (each resumes from the last checkpoint)
+    ray_address: str = ""  # "" = start a local Ray instance
+    local_num_cpus: int = 0  # logical CPUs for a local instance; 0 = max(6, 3 x cores)
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class ClipRunConfig:
+    run: RunSettings = field(default_factory=RunSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,80 @@
+"""CLIP evaluation: zero-shot classification and image<->text retrieval.
+
+Every rank embeds its share of the eval data; embeddings are gathered so that every rank
+computes the same metrics over the whole eval set (no rank-0-only pass over all the data).
+Shapes: N = eval samples, E = embedding size, C = classes, T = templates.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from pipelines import contract
+from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from training.clip_task import images_to_model_input
+from training.distributed import all_gather_uneven
+
+
+@torch.no_grad()
+def embed_eval_set(model, batches: Iterable[dict], device: torch.device, max_samples: int | None = None):
+    """(image_NE, text_NE, labels_N) for this rank's batches, gathered across ranks."""
+    images, texts, labels = [], [], []
+    seen = 0
+    for batch in batches:
+        images.append(model.encode_image(images_to_model_input(batch[contract.IMAGE], device)).float())
+        texts.append(model.encode_text(batch[contract.INPUT_IDS].to(device).long(),
+                                       batch[contract.ATTENTION_MASK].to(device).long()).float())
+        labels.append(batch[contract.LABEL].to(device))
+        seen += len(labels[-1])
+        if max_samples and seen >= max_samples:
+            break
+    if not images:  # this rank got no eval data; it still takes part in the gather
+        embed_dim = model.visual.proj.out_features
+        images = texts = [torch.zeros((0, embed_dim), device=device)]
+        labels = [torch.zeros(0, dtype=torch.long, device=device)]
+    return (all_gather_uneven(torch.cat(images)), all_gather_uneven(torch.cat(texts)),
+            all_gather_uneven(torch.cat(labels)))
+
+
+@torch.no_grad()
+def zero_shot_classifier(model, tokenizer_path: str, context_length: int, classes: list[str],
+                         templates: list[str], device: torch.device) -> torch.Tensor:
+    """One normalised text embedding per class, averaged over templates: [C, E]."""
+    tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
+    weights = []
+    for name in classes:
+        encodings = tokenizer.encode_batch([t.format(name) for t in templates])
+        ids_TL = torch.tensor([e.ids for e in encodings], device=device)
+        mask_TL = torch.tensor([e.attention_mask for e in encodings], device=device)
+        weights.append(F.normalize(model.encode_text(ids_TL, mask_TL).float().mean(0), dim=0))
+    return torch.stack(weights)
+
+
+def zero_shot_accuracy(image_NE: torch.Tensor, labels_N: torch.Tensor, classifier_CE: torch.Tensor) -> dict:
+    keep = labels_N >= 0
+    if not keep.any():
+        return {}
+    logits_NC = image_NE[keep] @ classifier_CE.T
+    top = logits_NC.topk(min(5, classifier_CE.shape[0]), dim=1).indices
+    labels = labels_N[keep].unsqueeze(1)
+    return {"zero_shot_top1": float((top[:, :1] == labels).any(1).float().mean()),
+            "zero_shot_top5": float((top == labels).any(1).float().mean())}
+
+
+def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """Recall@K for image->text and text->image, where pair i is the only match of row i."""
+    if image_NE.shape[0] == 0:
+        return {}
+    similarity_NN = image_NE @ text_NE.T
+    target = torch.arange(similarity_NN.shape[0], device=similarity_NN.device)
+    metrics = {}
+    for direction, sims in (("image_to_text", similarity_NN), ("text_to_image", similarity_NN.T)):
+        # rank of the true match = how many candidates score strictly higher
+        true_score = sims[target, target].unsqueeze(1)
+        rank_N = (sims > true_score).sum(dim=1)
+        for k in ks:
+            metrics[f"{direction}_R@{k}"] = float((rank_N < k).float().mean())
+    return metrics

@@ -1,0 +1,88 @@
+"""Resolve a run config (tokenizer, vocabulary, classes, tracking URI), start Ray if needed, fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from pipelines.dataset import resolve_tokenizer
+from pipelines.tokenizer import load_tokenizer
+from training.config import ClipRunConfig
+from training.tracking import default_tracking_uri
+
+
+def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, dict | None, str]:
+    """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
+    data = cfg.data
+    if not data.train_shards:
+        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
+    tokenizer = resolve_tokenizer(data, data.train_shards)
+    data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
+    vocab = load_tokenizer(tokenizer).get_vocab_size()
+    text = cfg.model.text
+    if text.vocab_size == 0:
+        text = dataclasses.replace(text, vocab_size=vocab)
+    elif text.vocab_size < vocab:
+        raise ValueError(f"model.text.vocab_size={text.vocab_size} is smaller than the tokenizer's {vocab}")
+    model = dataclasses.replace(cfg.model, text=text)
+    if model.vision.image_size != data.augment.image_size:
+        raise ValueError(f"model.vision.image_size={model.vision.image_size} but data.augment.image_size="
+                         f"{data.augment.image_size}; set them equal")
+    cfg = dataclasses.replace(cfg, data=data, model=model)
+
+    eval_assets = None
+    if data.eval_shards:
+        classes, templates = _classes_and_templates(cfg)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
+        eval_assets = {"tokenizer": data.tokenizer, "classes": classes, "templates": templates}
+    tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    return cfg, eval_assets, tracking_uri
+
+
+def _classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
+    ev = cfg.eval
+    manifest = _manifest_near(cfg.data.eval_shards[0])
+    classes = list(ev.classes)
+    if not classes and ev.classes_file:
+        classes = [l.strip() for l in Path(ev.classes_file).read_text().splitlines() if l.strip()]
+    if not classes:
+        classes = manifest.get("classes", [])
+    templates = list(ev.templates) or manifest.get("templates") or ["a photo of a {}."]
+    return classes, templates
+
+
+def _manifest_near(spec: str) -> dict:
+    if "://" in spec:
+        return {}
+    path = Path(spec)
+    directory = path if path.is_dir() else path.parent
+    manifest = directory / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def ensure_ray(address: str, local_num_cpus: int) -> None:
+    """Connect to `address`, or start a local instance with more logical CPUs than cores so that
+    Ray Data and Train workers can share a small machine (they starve each other otherwise)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, runtime_env={"env_vars": env})
+    else:
+        cpus = local_num_cpus or max(6, 3 * (os.cpu_count() or 2))
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": env})
+
+
+def run_clip(cfg: ClipRunConfig) -> dict:
+    from training.worker import fit
+
+    cfg, eval_assets, tracking_uri = resolve(cfg)
+    ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    return fit(cfg, "clip", eval_assets, tracking_uri)

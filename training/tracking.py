@@ -1,0 +1,76 @@
+"""MLflow tracking from rank 0. A re-run with the same run name continues the same MLflow run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUN_NAME_TAG = "mmtrain.run_name"
+
+
+def default_tracking_uri(configured: str, output_dir: str) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else a sqlite store under the output dir."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    """A thin wrapper over MlflowClient so that workers never touch MLflow's global state."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self._create_experiment(experiment, tracking_uri)
+        existing = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+        if existing:
+            self.run_id = existing[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.resumed = True
+        else:
+            run = self.client.create_run(experiment_id, run_name=run_name,
+                                         tags={RUN_NAME_TAG: run_name, **(tags or {})})
+            self.run_id = run.info.run_id
+            self.resumed = False
+
+    def _create_experiment(self, name: str, tracking_uri: str) -> str:
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the database
+            artifact_location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # another process created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[start:start + 100])
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        entries = [Metric(_safe_key(k), float(v), now, step) for k, v in metrics.items()
+                   if isinstance(v, (int, float))]
+        if entries:
+            self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _safe_key(key: str) -> str:
+    return key.replace("@", "_at_")

@@ -1,0 +1,250 @@
+"""The Ray Train side: one worker function shared by every trainer, and the driver that runs it.
+
+This is the only module that imports ray.train. The task (CLIP today) supplies the model and
+the loss; this module supplies datasets, DDP, checkpoints, evaluation cadence and tracking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from jobs.config import flatten, to_dict
+from pipelines import contract
+from pipelines.bad_samples import TooManyBadSamples
+from pipelines.ledger import check_bad_fraction
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.clip_task import ClipTask, unwrap
+from training.config import ClipRunConfig
+from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
+from training.loop import StepResult, TrainState, every, train
+from training.optim import build_optimizer, warmup_cosine
+from training.tracking import Tracker
+
+TASKS = {"clip": ClipTask}
+
+
+def train_worker(payload: dict) -> None:
+    """Runs in every Ray Train worker: build, maybe restore, train, evaluate, checkpoint, report."""
+    cfg: ClipRunConfig = payload["config"]
+    task = TASKS[payload["task"]](cfg)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.loop.seed + rank)
+
+    model = task.build_model().to(device)
+    optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
+    scheduler = warmup_cosine(optimizer, cfg.optim, cfg.loop.max_steps)
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(Path(directory), model, optimizer, scheduler)
+        torch.manual_seed(cfg.loop.seed + rank + 1000 * state.step)  # fresh randomness after a resume
+    # prepare_model wraps in DDP when there is more than one worker.
+    wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
+    if cfg.loop.compile:
+        wrapped = torch.compile(wrapped)
+
+    tracker = None
+    if rank == 0:
+        tracker = Tracker(payload["tracking_uri"], cfg.tracking.experiment, cfg.run.name,
+                          tags={"mmtrain.task": payload["task"]})
+        tracker.log_params(flatten(to_dict(cfg)))
+        if state.step:
+            print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})")
+
+    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload)
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int):
+        return train_shard.iter_torch_batches(
+            batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
+            local_shuffle_seed=None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch + 7919 * rank,
+        )
+
+    autocast = torch.bfloat16 if _use_bf16(cfg.loop.precision, device) else None
+    try:
+        state = train(task, wrapped, optimizer, scheduler, state, epoch_batches, cfg.loop.max_steps, device,
+                      hooks.on_step, cfg.optim.grad_accum_steps, cfg.optim.grad_clip_norm, autocast,
+                      getattr(wrapped, "no_sync", None))
+        hooks.finish(state)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+class _Hooks:
+    """Logging, evaluation and checkpoint cadence around the loop: small predicates on the step."""
+
+    def __init__(self, cfg: ClipRunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload):
+        self.cfg, self.task, self.model = cfg, task, model
+        self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
+        self.tracker, self.ledger = tracker, payload.get("ledger")
+        self.eval_assets = payload.get("eval")
+        self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
+        self.last_metrics: dict = {}
+        self.data_error: str | None = None
+
+    def on_step(self, state: TrainState, result: StepResult) -> bool:
+        loop = self.cfg.loop
+        self.window_samples += result.samples
+        self.window_wait += result.data_wait_s
+        self.window_steps += 1
+        final = state.step >= loop.max_steps
+        metrics = {}
+        if every(loop.log_every, state.step) or final:
+            metrics.update(self._train_metrics(state, result))
+            if not self._data_quality_ok():
+                self._report(state, metrics, checkpoint=False)
+                return False
+        if (every(loop.eval_every, state.step) and not final):
+            metrics.update(self.evaluate())
+        checkpoint = every(loop.checkpoint_every, state.step) and not final
+        if metrics or checkpoint:
+            self._report(state, metrics, checkpoint)
+        return True
+
+    def finish(self, state: TrainState) -> None:
+        if self.data_error:
+            if self.tracker:
+                self.tracker.finish("FAILED")
+            return
+        metrics = {**self.last_metrics, **self.evaluate()}
+        checkpoint_dir = self._report(state, metrics, checkpoint=True, keep_local=True)
+        if self.tracker:
+            self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            self.tracker.finish("FINISHED")
+
+    def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
+        elapsed = time.perf_counter() - self.window_start
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        metrics = {
+            "loss": float(result.loss),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
+            "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
+            "epoch": state.epoch,
+            "samples_seen": state.samples_seen * world,
+            **self.task.step_metrics(self.model),
+            **result.extra,
+        }
+        self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
+        return metrics
+
+    def _data_quality_ok(self) -> bool:
+        """Rank 0 reads the ledger; every rank learns the verdict, so all stop together."""
+        verdict = torch.zeros(1)
+        if self.rank == 0 and self.ledger is not None:
+            try:
+                check_bad_fraction(ray.get(self.ledger.summary.remote()), self.cfg.data.max_bad_fraction,
+                                   self.cfg.data.min_samples_for_bad_check)
+            except TooManyBadSamples as err:
+                self.data_error = str(err)
+                verdict[0] = 1
+        if dist.is_initialized():
+            dist.broadcast(verdict, src=0)
+        if verdict[0] and self.data_error is None:
+            self.data_error = "stopped by rank 0: too many bad samples"
+        return not verdict[0]
+
+    def evaluate(self) -> dict:
+        shard = ray.train.get_dataset_shard("eval") if self.eval_assets else None
+        if shard is None:
+            return {}
+        model = self.model
+        model.eval()
+        eval_cfg = self.cfg.eval
+        batches = shard.iter_torch_batches(batch_size=eval_cfg.batch_size)
+        image_NE, text_NE, labels_N = embed_eval_set(model, batches, self.device)
+        metrics = {"eval_samples": image_NE.shape[0]}
+        if eval_cfg.retrieval:
+            limit = eval_cfg.max_retrieval_samples
+            metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
+        if eval_cfg.zero_shot and self.eval_assets.get("classes"):
+            classifier = zero_shot_classifier(
+                model, self.eval_assets["tokenizer"], self.cfg.data.context_length,
+                self.eval_assets["classes"], self.eval_assets["templates"], self.device)
+            metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
+        model.train()
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, keep_local: bool = False):
+        """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint."""
+        metrics = {**metrics, "step": state.step}
+        if self.data_error:
+            metrics["data_error"] = self.data_error
+        self.last_metrics.update({k: v for k, v in metrics.items() if not k.startswith("eval/")})
+        if self.tracker:
+            self.tracker.log_metrics(metrics, state.step)
+        if self.rank == 0 and any(k in metrics for k in ("loss", "eval/zero_shot_top1")):
+            print(f"[mmtrain] step {state.step}: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())),
+                flush=True)
+        if not checkpoint or self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return None
+        directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
+        save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, to_dict(self.cfg))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+        return directory
+
+
+def fit(cfg: ClipRunConfig, task: str, eval_assets: dict | None, tracking_uri: str) -> dict:
+    """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
+    the final metrics. Expects Ray to be initialised by the caller."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig as TrainDataConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.dataset import build_dataset, limit_data_resources
+    from pipelines.ledger import SampleLedger
+
+    scaling = cfg.scaling
+    limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
+    ledger = SampleLedger.remote()
+    datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
+                                       tensor_columns_only=True)}
+    if eval_assets is not None:
+        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False, tensor_columns_only=True)
+    storage = str(Path(cfg.run.output_dir).resolve())
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": cfg, "task": task, "ledger": ledger, "eval": eval_assets,
+                           "tracking_uri": tracking_uri},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=TrainDataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if metrics.get("data_error"):
+        raise TooManyBadSamples(metrics["data_error"])
+    summary = ray.get(ledger.summary.remote())
+    metrics["data/good_samples"] = summary["good"]
+    metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
+    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    return metrics
+
+
