@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from jobs import data, train
+from jobs import data, dry_run, models, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,11 +14,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     data.add_parsers(subparsers)
     train.add_parsers(subparsers)
+    models.add_parsers(subparsers)
+    dry_run.add_parsers(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ray Data's per-operator progress bars flood logs; mmtrain prints its own step progress.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.handler(args)
     except ValueError as err:  # user errors say what to change; no traceback needed

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.config import load_config
-from training.config import ClipRunConfig
+from training.config_io import load_config
+from training.config import ClipRunConfig, VlmRunConfig
 
 
 def add_parsers(subparsers) -> None:
@@ -17,6 +17,10 @@ def add_parsers(subparsers) -> None:
     clip.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
     clip.set_defaults(handler=run_train_clip)
+    vlm = trainers.add_parser("vlm", help="LLaVA-style VLM: frozen CLIP tower -> projector -> causal LM")
+    vlm.add_argument("--config", type=Path, required=True, help="conf/vlm/stage1.yaml or stage2.yaml")
+    vlm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    vlm.set_defaults(handler=run_train_vlm)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint")
     evaluators = evaluate.add_subparsers(dest="trainer", required=True)
@@ -33,6 +37,14 @@ def run_train_clip(args) -> int:
 
     cfg = load_config(ClipRunConfig, args.config, args.set)
     metrics = run_clip(cfg)
+    print_summary(metrics)
+    return 0
+
+
+def run_train_vlm(args) -> int:
+    from training.run import run_vlm
+
+    metrics = run_vlm(load_config(VlmRunConfig, args.config, args.set))
     print_summary(metrics)
     return 0
 

@@ -15,19 +15,20 @@ ATTENTION_MASK = "attention_mask"  # uint8 [B, L], 1 on real tokens, 0 on paddin
 LABEL = "label"                    # int64 [B], class index, -1 when the sample has none
 KEY = "key"                        # str [B], the sample's key inside its shard
 CONVERSATION = "conversation"      # str [B], LLaVA-format turns as JSON (VLM data only)
+LABELS = "labels"                  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),
     INPUT_IDS: np.dtype(np.int32),
     ATTENTION_MASK: np.dtype(np.uint8),
     LABEL: np.dtype(np.int64),
+    LABELS: np.dtype(np.int32),
 }
-NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, KEY: 1, CONVERSATION: 1}
-TEXT_COLUMNS = (KEY, CONVERSATION)
+NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, LABELS: 2, KEY: 1, CONVERSATION: 1}
 
 TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)  # what iter_torch_batches can carry
 TRAIN_COLUMNS = TENSOR_COLUMNS + (KEY,)
-VLM_COLUMNS = TRAIN_COLUMNS + (CONVERSATION,)
+VLM_TENSOR_COLUMNS = TENSOR_COLUMNS + (LABELS,)
 
 # Normalisation applied on the device by the trainer (CLIP's published statistics).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,6 +40,8 @@ def check_batch(batch: dict, image_size: int, context_length: int) -> None:
     for column in TRAIN_COLUMNS:
         assert column in batch, f"batch lacks column {column!r}: has {sorted(batch)}"
     for column, dtype in DTYPES.items():
+        if column not in batch:
+            continue
         array = np.asarray(batch[column])
         assert array.dtype == dtype, f"{column}: dtype {array.dtype}, contract says {dtype}"
         assert array.ndim == NDIM[column], f"{column}: {array.ndim} dims, contract says {NDIM[column]}"

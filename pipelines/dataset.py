@@ -13,7 +13,6 @@ from typing import Optional
 import ray
 from ray.data import ActorPoolStrategy, DataContext, ExecutionResources, FileShuffleConfig
 
-from pipelines import contract
 from pipelines.config import DataConfig
 from pipelines.ledger import check_bad_fraction
 from pipelines.datasource import ShardDatasource
@@ -24,9 +23,11 @@ DECODE_CPUS = 0.5   # fractional CPUs let data tasks share a small machine with 
 TOKENIZE_CPUS = 0.25
 
 
-def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool,
-                  ledger=None, tensor_columns_only: bool = False) -> ray.data.Dataset:
-    """The Ray Dataset for one split. `ledger` (a SampleLedger handle) receives bad-sample counts."""
+def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledger=None,
+                  columns: tuple[str, ...] | None = None, text_stage: tuple[type, dict] | None = None
+                  ) -> ray.data.Dataset:
+    """The Ray Dataset for one split. `ledger` (a SampleLedger handle) receives bad-sample counts;
+    `columns` keeps only those; `text_stage` replaces caption tokenizing (class, constructor kwargs)."""
     shards = resolve_shards(shard_specs, cfg.s3_endpoint)
     shuffle = None
     if train and cfg.shuffle_seed is not None:
@@ -42,16 +43,19 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool,
         batch_size=cfg.decode_batch_size,
         num_cpus=DECODE_CPUS,
     )
+    if text_stage is None:
+        text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
+                                     context_length=cfg.context_length))
+    stage_class, stage_kwargs = text_stage
     dataset = dataset.map_batches(
-        Tokenize,
-        fn_constructor_kwargs=dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
-                                   context_length=cfg.context_length),
+        stage_class,
+        fn_constructor_kwargs=stage_kwargs,
         batch_size=cfg.tokenize_batch_size,
         compute=ActorPoolStrategy(size=cfg.tokenize_actors),
         num_cpus=TOKENIZE_CPUS,
     )
-    if tensor_columns_only:
-        dataset = dataset.select_columns(list(contract.TENSOR_COLUMNS))
+    if columns:
+        dataset = dataset.select_columns(list(columns))
     return dataset
 
 

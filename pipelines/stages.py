@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 import numpy as np
 
-from pipelines import contract
+from pipelines import bad_samples, contract
 from pipelines.config import AugmentConfig
 from pipelines.images import BadSample, decode_eval, decode_train
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
@@ -59,3 +59,44 @@ class Tokenize:
             [e.attention_mask for e in encodings], dtype=np.uint8).reshape(-1, length)
         return batch
 
+
+
+class TokenizeConversations:
+    """Image + conversation (or caption, for stage 1) -> LM token ids, attention mask and labels
+    that are -100 everywhere but assistant replies. Samples left with no supervised token after
+    truncation are dropped and counted (never silently trained on)."""
+
+    def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None):
+        from transformers import AutoTokenizer
+
+        from pipelines.conversations import ConversationEncoder
+
+        self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path), num_image_tokens, max_length)
+        self._captions = captions
+        self._ledger = ledger
+
+    def __call__(self, batch: dict) -> dict:
+        from pipelines.conversations import caption_conversation, parse_conversation
+
+        captions = batch.pop("caption")
+        keep, rows = [], []
+        for index, key in enumerate(batch[contract.KEY]):
+            if self._captions:
+                conversation = caption_conversation(str(captions[index]))
+            else:
+                conversation = parse_conversation(str(batch[contract.CONVERSATION][index]))
+            encoded = self._encoder.encode(conversation, key=str(key))
+            if encoded is not None:
+                keep.append(index)
+                rows.append(self._encoder.pad(encoded))
+        if self._ledger is not None and len(keep) < len(batch[contract.KEY]):
+            dropped = len(batch[contract.KEY]) - len(keep)
+            # decode counted these as good; move them to the bad column
+            self._ledger.record.remote(-dropped, {bad_samples.NO_SUPERVISED_TOKENS: dropped})
+        out = {name: np.asarray(values)[keep] for name, values in batch.items()}
+        length = self._encoder.max_length
+        ids, mask, labels = (np.array([r[i] for r in rows]).reshape(-1, length) for i in range(3))
+        out[contract.INPUT_IDS] = ids.astype(np.int32)
+        out[contract.ATTENTION_MASK] = mask.astype(np.uint8)
+        out[contract.LABELS] = labels.astype(np.int32)
+        return out

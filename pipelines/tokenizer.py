@@ -11,23 +11,27 @@ PAD, UNK, BOS, EOT = "[PAD]", "[UNK]", "[BOS]", "[EOT]"
 PAD_CANDIDATES = (PAD, "<pad>", "<|endoftext|>", "</s>")
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
-    """Byte-level BPE on lowercased text; wraps every sequence as [BOS] ... [EOT] (CLIP pools at EOT)."""
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
+                        special_tokens: tuple[str, ...] = (PAD, UNK, BOS, EOT),
+                        wrap: bool = True, lowercase: bool = True) -> Tokenizer:
+    """Byte-level BPE. With `wrap`, every sequence becomes [BOS] ... [EOT] (CLIP pools at EOT)."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[PAD, UNK, BOS, EOT],
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOT}",
-        special_tokens=[(BOS, tokenizer.token_to_id(BOS)), (EOT, tokenizer.token_to_id(EOT))],
-    )
+    if wrap:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A {EOT}",
+            special_tokens=[(BOS, tokenizer.token_to_id(BOS)), (EOT, tokenizer.token_to_id(EOT))],
+        )
     return tokenizer
 
 

@@ -23,7 +23,7 @@ def ray_local():
     Ray Data and Train workers can share a 2-core machine (see RAY_NOTES.md)."""
     import ray
 
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=6, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     yield ray
     ray.shutdown()

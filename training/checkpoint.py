@@ -62,3 +62,15 @@ def _numpy_rng_tensor() -> torch.Tensor:
 
 def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the newest `checkpoint_*` inside a run directory."""
+    path = Path(path)
+    if (path / "model.pt").is_file():
+        return path
+    candidates = sorted(p for p in path.glob("checkpoint_*") if (p / "model.pt").is_file())
+    if not candidates:
+        raise ValueError(f"no checkpoint in {path}: give a checkpoint directory (with model.pt) or a run "
+                         "directory that holds checkpoint_* folders")
+    return candidates[-1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import apply_override, from_dict
+from training.config_io import apply_override, from_dict
 from training.checkpoint import load_checkpoint, load_config_dict
 from training.clip_task import ClipTask
 from training.config import ClipRunConfig
@@ -15,7 +15,8 @@ from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accura
 
 
 def evaluate_checkpoint(checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> dict:
-    from pipelines.dataset import build_dataset
+    from pipelines import contract
+from pipelines.dataset import build_dataset
     from training.run import _classes_and_templates, ensure_ray
 
     if not (Path(checkpoint) / "model.pt").is_file():
@@ -31,7 +32,7 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[str], overrides: list[str
     load_checkpoint(Path(checkpoint), model)
     model.eval()
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    dataset = build_dataset(cfg.data, list(shards), train=False, tensor_columns_only=True)
+    dataset = build_dataset(cfg.data, list(shards), train=False, columns=contract.TENSOR_COLUMNS)
     device = torch.device("cpu")
     batches = dataset.iter_torch_batches(batch_size=cfg.eval.batch_size)
     image_NE, text_NE, labels_N = embed_eval_set(model, batches, device)

@@ -21,8 +21,16 @@ def images_to_model_input(images_BHWC: torch.Tensor, device: torch.device) -> to
 
 
 class ClipTask:
+    train_columns = contract.TENSOR_COLUMNS
+    eval_columns = contract.TENSOR_COLUMNS
+
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg
+        self.eval_table: list[dict] = []  # CLIP has no generations to show
+
+    @staticmethod
+    def text_stage(cfg: ClipRunConfig, ledger=None):
+        return None  # the pipeline's default: captions -> token ids with the caption tokenizer
 
     def build_model(self) -> ClipModel:
         return ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
@@ -51,7 +59,7 @@ class ClipTask:
         unwrap(model).clamp_logit_scale(self.cfg.loss.max_logit_scale)
 
     def step_metrics(self, model: nn.Module) -> dict:
-        return {"temperature": float(1.0 / unwrap(model).logit_scale.exp())}
+        return {"temperature": float(1.0 / unwrap(model).logit_scale.detach().exp())}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,3 +67,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
+
+    def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
+        """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part)."""
+        from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
+
+        model = unwrap(model)
+        eval_cfg = self.cfg.eval
+        batches = eval_shard.iter_torch_batches(batch_size=eval_cfg.batch_size)
+        image_NE, text_NE, labels_N = embed_eval_set(model, batches, device)
+        metrics = {"eval_samples": image_NE.shape[0]}
+        if eval_cfg.retrieval:
+            limit = eval_cfg.max_retrieval_samples
+            metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
+        if eval_cfg.zero_shot and assets.get("classes"):
+            classifier = zero_shot_classifier(model, assets["tokenizer"], self.cfg.data.context_length,
+                                              assets["classes"], assets["templates"], device)
+            metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
+        return metrics

@@ -112,3 +112,63 @@ class ClipRunConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --- VLM (LLaVA-style) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisionEncoderConfig:
+    checkpoint: str = ""  # a CLIP checkpoint directory, or a CLIP run directory (its latest checkpoint)
+    feature_layer: int = -2  # -2 = penultimate block (LLaVA); CLS is always dropped
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    type: str = "mlp2x_gelu"  # "linear" or "mlp{N}x_gelu"
+    hidden_width: int = 0  # 0 = the LM's width
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    path: str = ""  # a local HF causal-LM directory (`mmtrain models tiny-lm` / `import-gguf`)
+
+
+@dataclass(frozen=True)
+class VlmModelConfig:
+    vision: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+
+
+@dataclass(frozen=True)
+class ModuleLearningRates:
+    """One learning rate per module group; 0 freezes the module (no gradient, not in the optimizer)."""
+
+    vision: float = 0.0
+    projector: float = 1e-3
+    lm: float = 0.0
+
+
+@dataclass(frozen=True)
+class VlmEvalConfig:
+    max_generate_samples: int = 200  # held-out questions answered by greedy generation
+    max_new_tokens: int = 8
+    batch_size: int = 32
+    table_rows: int = 20  # sample generations saved as an MLflow artifact
+
+
+@dataclass(frozen=True)
+class VlmRunConfig:
+    stage: Literal["captions", "conversations"] = "captions"  # 1: alignment, 2: instruction tuning
+    init_from: str = ""  # stage 2: a stage-1 checkpoint or run directory to take the projector from
+    max_length: int = 128  # tokens per sample, image tokens included
+    run: RunSettings = field(default_factory=lambda: RunSettings(name="vlm"))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: VlmModelConfig = field(default_factory=VlmModelConfig)
+    lrs: ModuleLearningRates = field(default_factory=ModuleLearningRates)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: VlmEvalConfig = field(default_factory=VlmEvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

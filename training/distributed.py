@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -18,7 +20,9 @@ def all_gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows, [world * B, D]; gradients flow back to their owners."""
     if world()[1] == 1:
         return x_BD
-    return torch.cat(dist_nn.all_gather(x_BD), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(x_BD), dim=0)
 
 
 def all_gather_uneven(x_ND: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipelines.dataset import resolve_tokenizer
 from pipelines.tokenizer import load_tokenizer
-from training.config import ClipRunConfig
+from training.checkpoint import latest_checkpoint
+from training.config import ClipRunConfig, VlmRunConfig
 from training.tracking import default_tracking_uri
 
 
@@ -75,8 +76,9 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None, runtime_env={"env_vars": env})
     else:
+        # The dashboard stays on: Train's placement-group cleaner and the Jobs SDK need it.
         cpus = local_num_cpus or max(6, 3 * (os.cpu_count() or 2))
-        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(num_cpus=cpus, runtime_env={"env_vars": env})
 
 
 def run_clip(cfg: ClipRunConfig) -> dict:
@@ -86,3 +88,43 @@ def run_clip(cfg: ClipRunConfig) -> dict:
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
     return fit(cfg, "clip", eval_assets, tracking_uri)
+
+
+def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, dict | None, str]:
+    """Check the prerequisites (CLIP checkpoint, LM directory) and match the data to the vision tower."""
+    from training.vlm_task import vision_tower_config
+
+    model = cfg.model
+    if not model.vision.checkpoint:
+        raise ValueError("model.vision.checkpoint is empty: train a CLIP first "
+                         "(`mmtrain train clip --config conf/clip/synth.yaml`) and point at its run directory")
+    vision_dir = latest_checkpoint(model.vision.checkpoint)
+    if not (Path(model.lm.path) / "config.json").is_file():
+        raise ValueError(f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
+                         "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`")
+    if cfg.stage == "conversations" and not cfg.init_from:
+        raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")
+    if cfg.init_from:
+        latest_checkpoint(cfg.init_from)  # fail now, not inside a worker
+    if not cfg.data.train_shards:
+        raise ValueError("data.train_shards is empty")
+    clip_cfg = vision_tower_config(str(vision_dir))
+    augment = dataclasses.replace(cfg.data.augment, image_size=clip_cfg.model.vision.image_size)
+    data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
+    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=str(vision_dir.resolve())),
+                                lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
+    init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
+    tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
+    cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from,
+                              tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    eval_assets = {"generate": True} if data.eval_shards else None
+    return cfg, eval_assets, tracking_uri
+
+
+def run_vlm(cfg: VlmRunConfig) -> dict:
+    from training.worker import fit
+
+    cfg, eval_assets, tracking_uri = resolve_vlm(cfg)
+    ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    return fit(cfg, "vlm", eval_assets, tracking_uri)

@@ -68,6 +68,11 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        import json
+
+        self.client.log_text(self.run_id, json.dumps(rows, indent=1), artifact_file)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

@@ -6,7 +6,7 @@ the loss; this module supplies datasets, DDP, checkpoints, evaluation cadence an
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -17,24 +17,26 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from jobs.config import flatten, to_dict
-from pipelines import contract
+from training.config_io import flatten, to_dict
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.clip_task import ClipTask, unwrap
-from training.config import ClipRunConfig
-from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
+from training.clip_task import ClipTask
+from training.config import ClipRunConfig, VlmRunConfig
+from training.vlm_task import VlmTask
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
 from training.tracking import Tracker
 
-TASKS = {"clip": ClipTask}
+TASKS = {"clip": ClipTask, "vlm": VlmTask}
+RunConfig = ClipRunConfig | VlmRunConfig
 
 
 def train_worker(payload: dict) -> None:
     """Runs in every Ray Train worker: build, maybe restore, train, evaluate, checkpoint, report."""
-    cfg: ClipRunConfig = payload["config"]
+    # Ray Train logs every report at INFO with all its metrics; mmtrain prints its own progress line.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    cfg: RunConfig = payload["config"]
     task = TASKS[payload["task"]](cfg)
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -92,7 +94,7 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 class _Hooks:
     """Logging, evaluation and checkpoint cadence around the loop: small predicates on the step."""
 
-    def __init__(self, cfg: ClipRunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload):
+    def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload):
         self.cfg, self.task, self.model = cfg, task, model
         self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
         self.tracker, self.ledger = tracker, payload.get("ledger")
@@ -164,24 +166,13 @@ class _Hooks:
         return not verdict[0]
 
     def evaluate(self) -> dict:
-        shard = ray.train.get_dataset_shard("eval") if self.eval_assets else None
-        if shard is None:
+        if not self.eval_assets:
             return {}
-        model = self.model
-        model.eval()
-        eval_cfg = self.cfg.eval
-        batches = shard.iter_torch_batches(batch_size=eval_cfg.batch_size)
-        image_NE, text_NE, labels_N = embed_eval_set(model, batches, self.device)
-        metrics = {"eval_samples": image_NE.shape[0]}
-        if eval_cfg.retrieval:
-            limit = eval_cfg.max_retrieval_samples
-            metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
-        if eval_cfg.zero_shot and self.eval_assets.get("classes"):
-            classifier = zero_shot_classifier(
-                model, self.eval_assets["tokenizer"], self.cfg.data.context_length,
-                self.eval_assets["classes"], self.eval_assets["templates"], self.device)
-            metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
-        model.train()
+        self.model.eval()
+        metrics = self.task.evaluate(self.model, ray.train.get_dataset_shard("eval"), self.device, self.eval_assets)
+        self.model.train()
+        if self.tracker and self.task.eval_table:
+            self.tracker.log_table(self.task.eval_table, "eval_generations.json")
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, keep_local: bool = False):
@@ -205,7 +196,7 @@ class _Hooks:
         return directory
 
 
-def fit(cfg: ClipRunConfig, task: str, eval_assets: dict | None, tracking_uri: str) -> dict:
+def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
     the final metrics. Expects Ray to be initialised by the caller."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -218,10 +209,13 @@ def fit(cfg: ClipRunConfig, task: str, eval_assets: dict | None, tracking_uri: s
     scaling = cfg.scaling
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
     ledger = SampleLedger.remote()
+    task_class = TASKS[task]
     datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
-                                       tensor_columns_only=True)}
+                                       columns=task_class.train_columns,
+                                       text_stage=task_class.text_stage(cfg, ledger))}
     if eval_assets is not None:
-        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False, tensor_columns_only=True)
+        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
+                                         columns=task_class.eval_columns, text_stage=task_class.text_stage(cfg))
     storage = str(Path(cfg.run.output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from pipelines import bad_samples, contract
+from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.config import AugmentConfig, DataConfig
 from pipelines.dataset import build_dataset, check_data_quality
@@ -32,7 +33,7 @@ def test_output_matches_contract(ray_local, synth_dir):
     contract.check_batch(batch, image_size=32, context_length=16)
     assert contract.CONVERSATION in batch
     eval_batch = build_dataset(cfg, [str(synth_dir / "val-*.tar")], train=False,
-                               tensor_columns_only=True).take_batch(4)
+                               columns=contract.TENSOR_COLUMNS).take_batch(4)
     assert set(eval_batch) == set(contract.TENSOR_COLUMNS)
 
 

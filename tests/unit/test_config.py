@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from jobs.config import ConfigError, from_dict, load_config
+from training.config_io import ConfigError, from_dict, load_config
 from pipelines.config import DataConfig
 
 

@@ -1,0 +1,38 @@
+"""`mmtrain models ...`: make the causal LMs the VLM trainer uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parsers(subparsers) -> None:
+    models = subparsers.add_parser("models", help="prepare language models for the VLM")
+    commands = models.add_subparsers(dest="models_command", required=True)
+    gguf = commands.add_parser("import-gguf", help="a GGUF causal LM -> a local HF model directory")
+    gguf.add_argument("gguf_file", type=Path)
+    gguf.add_argument("out_dir", type=Path)
+    gguf.set_defaults(handler=run_import_gguf)
+    tiny = commands.add_parser("tiny-lm", help="a tiny random Llama with a BPE tokenizer trained on shards")
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--shards", nargs="+", required=True, help="shards whose captions/conversations train the tokenizer")
+    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--vocab-size", type=int, default=1024)
+    tiny.set_defaults(handler=run_tiny_lm)
+
+
+def run_import_gguf(args) -> int:
+    from training.models.language_model import import_gguf
+
+    print(f"importing {args.gguf_file} (dequantising; this takes a while once) ...", flush=True)
+    print(f"wrote {import_gguf(args.gguf_file, args.out_dir)}")
+    return 0
+
+
+def run_tiny_lm(args) -> int:
+    from pipelines.inspection import iter_captions
+    from training.models.language_model import make_tiny_lm
+
+    out = make_tiny_lm(args.out_dir, iter_captions(args.shards), args.vocab_size, args.hidden_size, args.layers)
+    print(f"wrote {out}")
+    return 0

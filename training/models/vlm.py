@@ -1,0 +1,77 @@
+"""LLaVA-style VLM: frozen CLIP vision tower -> projector -> Hugging Face causal LM.
+
+Shapes: B = batch, P = image patches, V = vision width, D = LM width, L = sequence length.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from training.models.clip import VisionTower
+
+PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+def build_projector(kind: str, vision_width: int, lm_width: int, hidden_width: int = 0) -> nn.Module:
+    """`linear`, or `mlp{N}x_gelu`: N linear layers with GELU between (LLaVA-1.5 uses mlp2x_gelu)."""
+    if kind == "linear":
+        return nn.Linear(vision_width, lm_width)
+    match = PROJECTOR_PATTERN.match(kind)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"unknown projector {kind!r}: use 'linear' or 'mlp{{N}}x_gelu' (e.g. mlp2x_gelu)")
+    depth, hidden = int(match.group(1)), hidden_width or lm_width
+    layers: list[nn.Module] = [nn.Linear(vision_width, hidden if depth > 1 else lm_width)]
+    for index in range(1, depth):
+        layers += [nn.GELU(), nn.Linear(hidden, lm_width if index == depth - 1 else hidden)]
+    return nn.Sequential(*layers)
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, vision: VisionTower, projector: nn.Module, lm: nn.Module, image_token_id: int,
+                 feature_layer: int = -2):
+        super().__init__()
+        self.vision, self.projector, self.lm = vision, projector, lm
+        self.image_token_id = image_token_id
+        depth = len(vision.transformer.blocks)
+        # feature_layer -2 = the penultimate block's output (LLaVA's choice); -1 = the last block.
+        self.vision_blocks = depth + 1 + feature_layer if feature_layer < 0 else feature_layer
+        if not 1 <= self.vision_blocks <= depth:
+            raise ValueError(f"feature_layer {feature_layer} is outside the vision tower's {depth} blocks")
+
+    def image_features(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        """Projected patch features without CLS: [B, P, D]."""
+        patches_BPV = self.vision.tokens(images_BCHW, stop_after=self.vision_blocks)[:, 1:]
+        return self.projector(patches_BPV)
+
+    def embed(self, images_BCHW: torch.Tensor, input_ids_BL: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with each image's features written over its image-token positions."""
+        embeds_BLD = self.lm.get_input_embeddings()(input_ids_BL)
+        features_BPD = self.image_features(images_BCHW).to(embeds_BLD.dtype)
+        is_image_BL = input_ids_BL == self.image_token_id
+        counts = is_image_BL.sum(dim=1)
+        if not torch.all(counts == features_BPD.shape[1]):
+            raise ValueError(f"each sample needs {features_BPD.shape[1]} image tokens, got {counts.tolist()}")
+        return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
+
+    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL):
+        embeds = self.embed(images_BCHW, input_ids_BL)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL, labels=labels_BL).loss
+
+    @torch.no_grad()
+    def generate(self, image_CHW: torch.Tensor, prompt_ids_L: torch.Tensor, max_new_tokens: int,
+                 stop_ids: set[int]) -> list[int]:
+        """Greedy decoding of one sample, reusing the LM's KV cache between steps."""
+        embeds = self.embed(image_CHW.unsqueeze(0), prompt_ids_L.unsqueeze(0))
+        out = self.lm(inputs_embeds=embeds, use_cache=True)
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            next_id = int(out.logits[0, -1].argmax())
+            if next_id in stop_ids:
+                break
+            generated.append(next_id)
+            out = self.lm(input_ids=torch.tensor([[next_id]], device=prompt_ids_L.device),
+                          past_key_values=out.past_key_values, use_cache=True)
+        return generated

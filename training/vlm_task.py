@@ -1,0 +1,151 @@
+"""The VLM trainer's task: model assembly and freezing, per-module learning rates, the loss on
+one batch, and evaluation by greedy generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines import contract
+from pipelines.conversations import ConversationEncoder, parse_conversation
+from pipelines.stages import TokenizeConversations
+from training.checkpoint import latest_checkpoint, load_config_dict
+from training.clip_task import images_to_model_input, unwrap
+from training.config import ClipRunConfig, VlmRunConfig
+from training.config_io import from_dict
+from training.distributed import all_reduce_sum
+from training.models.clip import ClipModel
+from training.models.language_model import load_lm
+from training.models.vlm import VisionLanguageModel, build_projector
+from training.optim import param_groups
+
+
+def vision_tower_config(checkpoint: str) -> ClipRunConfig:
+    return from_dict(ClipRunConfig, load_config_dict(latest_checkpoint(checkpoint)))
+
+
+def num_image_tokens(clip_cfg: ClipRunConfig) -> int:
+    return (clip_cfg.model.vision.image_size // clip_cfg.model.vision.patch_size) ** 2
+
+
+class VlmTask:
+    train_columns = contract.VLM_TENSOR_COLUMNS
+    eval_columns = None  # keep the conversation text for generation
+
+    def __init__(self, cfg: VlmRunConfig):
+        self.cfg = cfg
+        self.eval_table: list[dict] = []
+        self._tokenizer = None
+
+    @staticmethod
+    def text_stage(cfg: VlmRunConfig, ledger=None):
+        clip_cfg = vision_tower_config(cfg.model.vision.checkpoint)
+        return (TokenizeConversations, dict(
+            lm_path=cfg.model.lm.path, num_image_tokens=num_image_tokens(clip_cfg), max_length=cfg.max_length,
+            captions=cfg.stage == "captions", ledger=ledger))
+
+    def build_model(self) -> VisionLanguageModel:
+        vision_dir = latest_checkpoint(self.cfg.model.vision.checkpoint)
+        clip_cfg = vision_tower_config(vision_dir)
+        clip = ClipModel(clip_cfg.model, clip_cfg.data.context_length, clip_cfg.loss)
+        clip.load_state_dict(torch.load(vision_dir / "model.pt", map_location="cpu", weights_only=True))
+        lm, self._tokenizer = load_lm(self.cfg.model.lm.path)
+        projector_cfg = self.cfg.model.projector
+        projector = build_projector(projector_cfg.type, clip_cfg.model.vision.width, lm.config.hidden_size,
+                                    projector_cfg.hidden_width)
+        image_token_id = self._tokenizer.convert_tokens_to_ids("<image>")
+        model = VisionLanguageModel(clip.visual, projector, lm, image_token_id, self.cfg.model.vision.feature_layer)
+        if self.cfg.init_from:
+            self._load_projector(model, latest_checkpoint(self.cfg.init_from))
+        for name, module in self.modules(model).items():
+            frozen = getattr(self.cfg.lrs, name) == 0
+            module.requires_grad_(not frozen)
+            if frozen:
+                module.eval()  # no dropout in frozen modules
+        return model
+
+    @staticmethod
+    def modules(model: VisionLanguageModel) -> dict[str, nn.Module]:
+        return {"vision": model.vision, "projector": model.projector, "lm": model.lm}
+
+    @staticmethod
+    def _load_projector(model: VisionLanguageModel, checkpoint: Path) -> None:
+        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
+        projector_state = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+        if not projector_state:
+            raise ValueError(f"{checkpoint} holds no projector weights; init_from must be a VLM checkpoint")
+        model.projector.load_state_dict(projector_state)
+
+    def param_groups(self, model: VisionLanguageModel) -> list[dict]:
+        groups = []
+        for name, module in self.modules(model).items():
+            lr = getattr(self.cfg.lrs, name)
+            if lr > 0:
+                groups += param_groups(module.named_parameters(), self.cfg.optim.weight_decay, lr)
+        if not groups:
+            raise ValueError("every module has learning rate 0: set lrs.projector (and lrs.lm for stage 2)")
+        return groups
+
+    def prepare_batch(self, batch: dict, device: torch.device) -> dict:
+        out = {contract.IMAGE: images_to_model_input(torch.as_tensor(batch[contract.IMAGE]), device)}
+        for column in (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS):
+            out[column] = torch.as_tensor(batch[column]).to(device, non_blocking=True).long()
+        return out
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK],
+                     batch[contract.LABELS])
+        return loss, {}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        pass
+
+    def step_metrics(self, model: nn.Module) -> dict:
+        return {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
+        """Held-out loss/perplexity, and exact match of greedy answers to the first question."""
+        model = unwrap(model)
+        clip_cfg = vision_tower_config(self.cfg.model.vision.checkpoint)
+        encoder = ConversationEncoder(self._tokenizer, num_image_tokens(clip_cfg), self.cfg.max_length)
+        stop_ids = {self._tokenizer.eos_token_id}
+        totals = torch.zeros(4)  # loss sum, loss batches, exact matches, questions
+        table = []
+        budget = self.cfg.eval.max_generate_samples
+        for batch in eval_shard.iter_batches(batch_size=self.cfg.eval.batch_size, batch_format="numpy"):
+            prepared = self.prepare_batch(batch, device)
+            totals[0] += float(model(prepared[contract.IMAGE], prepared[contract.INPUT_IDS],
+                                     prepared[contract.ATTENTION_MASK], prepared[contract.LABELS]))
+            totals[1] += 1
+            for row in range(len(batch[contract.KEY])):
+                if totals[3] >= budget:
+                    break
+                conversation = parse_conversation(str(batch[contract.CONVERSATION][row]))
+                if len(conversation) < 2:
+                    continue
+                prompt = torch.tensor(encoder.encode_prompt(conversation), device=device)
+                generated = model.generate(prepared[contract.IMAGE][row], prompt, self.cfg.eval.max_new_tokens,
+                                           stop_ids)
+                answer = self._tokenizer.decode(generated, skip_special_tokens=True)
+                expected = conversation[1]["value"]
+                correct = normalise(answer) == normalise(expected)
+                totals[2] += correct
+                totals[3] += 1
+                if len(table) < self.cfg.eval.table_rows:
+                    table.append({"key": str(batch[contract.KEY][row]), "question": conversation[0]["value"],
+                                  "expected": expected, "generated": answer, "correct": bool(correct)})
+        all_reduce_sum(totals)
+        self.eval_table = table
+        loss = float(totals[0] / max(totals[1], 1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                "exact_match": float(totals[2] / max(totals[3], 1)), "questions": int(totals[3])}
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
