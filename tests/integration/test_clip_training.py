@@ -72,6 +72,7 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "ev", 10))
     checkpoint = run_clip(cfg)["checkpoint"]
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
+    assert main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
 
 
 def _train_workers_of(pid):

@@ -73,5 +73,5 @@ class VisionLanguageModel(nn.Module):
                 break
             generated.append(next_id)
             out = self.lm(input_ids=torch.tensor([[next_id]], device=prompt_ids_L.device),
-                          past_key_values=out.past_key_values, use_cache=True)
+                          cache=out.cache, use_cache=True)
         return generated

@@ -1,0 +1,137 @@
+"""mmtrain's Ray Data pipeline against a plain webdataset + torch DataLoader doing the same work
+(decode JPEG, random-resized-crop + flip to 224, tokenize the caption) on the same shards with
+the same number of CPUs. Runs alternate; prints a summary and writes JSON.
+
+    python -m benchmarks.data_throughput --cpus 2 --samples 4000 --out benchmarks/results/data_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_shards(out: Path, samples: int, size: int, per_shard: int = 500) -> Path:
+    """Photo-like 256px JPEGs (smooth gradients + noise + shapes) with captions."""
+    from PIL import Image, ImageDraw
+
+    from pipelines.shard_writer import ShardWriter, write_manifest
+    from pipelines.tokenizer import train_bpe_tokenizer
+
+    if (out / "manifest.json").is_file():
+        return out
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    captions = []
+    with ShardWriter(out, "train", max_samples=per_shard) as writer:
+        for index in range(samples):
+            base = np.stack([xx * rng.uniform(0, 255), yy * rng.uniform(0, 255),
+                             (xx + yy) * rng.uniform(0, 128)], -1)
+            pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            draw = ImageDraw.Draw(image)
+            for _ in range(3):
+                x, y, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(8, 48))]
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.integers(0, 255, 3).tolist()))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            caption = f"a photo number {index} with {rng.integers(1, 9)} circles"
+            captions.append(caption)
+            writer.write({"__key__": f"{index:08d}", "jpg": buffer.getvalue(), "txt": caption.encode()})
+    write_manifest(out, writer.shards)
+    train_bpe_tokenizer(captions, vocab_size=1000).save(str(out / "tokenizer.json"))
+    return out
+
+
+def run_mmtrain(shards: Path, batch_size: int, image_size: int) -> float:
+    from pipelines.config import AugmentConfig, DataConfig
+    from pipelines.dataset import build_dataset, limit_data_resources
+    from pipelines import contract
+
+    cfg = DataConfig(augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)), context_length=32,
+                     decode_batch_size=64, tokenize_batch_size=256, shuffle_buffer_size=0)
+    limit_data_resources(cfg, train_worker_cpus=0)
+    dataset = build_dataset(cfg, [str(shards)], train=True, columns=contract.TENSOR_COLUMNS)
+    return _time_batches(dataset.iter_batches(batch_size=batch_size, prefetch_batches=4))
+
+
+def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int) -> float:
+    import torch
+    import webdataset as wds
+
+    from pipelines.config import AugmentConfig
+    from pipelines.images import decode_train
+    from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+
+    cfg = AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0))
+    tokenizer = configure_fixed_length(load_tokenizer(shards / "tokenizer.json"), 32)
+    rng = np.random.default_rng()
+
+    def transform(sample):
+        encoding = tokenizer.encode(sample["txt"].decode())
+        return (torch.from_numpy(decode_train(sample["jpg"], cfg, 10**8, rng)),
+                torch.tensor(encoding.ids, dtype=torch.int32), torch.tensor(encoding.attention_mask, dtype=torch.uint8))
+
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,
+                                         prefetch_factor=4 if workers else None)
+    return _time_batches(loader)
+
+
+def _time_batches(batches) -> float:
+    start, samples, first = time.perf_counter(), 0, None
+    for batch in batches:
+        images = batch["image"] if isinstance(batch, dict) else batch[0]
+        samples += len(images)
+        first = first or time.perf_counter()
+    return samples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--source-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shards", type=Path, default=Path("/tmp/mmtrain-bench-shards"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data_throughput.json"))
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    shards = make_shards(args.shards, args.samples, args.source_size)
+    # Ray gets `cpus` logical CPUs for its data tasks, as the DataLoader gets `cpus` worker processes.
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    results = {"mmtrain": [], "dataloader": []}
+    for round_index in range(args.rounds):  # alternate so drift hits both sides alike
+        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size))
+        results["dataloader"].append(run_dataloader(shards, args.batch_size, args.image_size, args.cpus))
+        print(f"round {round_index + 1}: mmtrain {results['mmtrain'][-1]:.0f} samples/s, "
+              f"DataLoader {results['dataloader'][-1]:.0f} samples/s", flush=True)
+    ray.shutdown()
+    summary = {name: float(np.median(values)) for name, values in results.items()}
+    report = {
+        "benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
+        "cpus": args.cpus, "samples": args.samples, "source_size": args.source_size,
+        "image_size": args.image_size, "batch_size": args.batch_size, "runs": results,
+        "median_samples_per_s": summary, "ratio_mmtrain_over_dataloader": summary["mmtrain"] / summary["dataloader"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"median: mmtrain {summary['mmtrain']:.0f} samples/s, DataLoader {summary['dataloader']:.0f} samples/s, "
+          f"ratio {report['ratio_mmtrain_over_dataloader']:.2f} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

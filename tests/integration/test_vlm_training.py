@@ -1,0 +1,50 @@
+"""VLM stage 1 -> stage 2 on Ray Train with 2 CPU workers, a tiny LM and real synthetic shards."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from training.checkpoint import save_checkpoint
+from training.config import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
+from training.config_io import load_config, to_dict
+from training.loop import TrainState
+from training.models.clip import ClipModel
+from training.tracking import RUN_NAME_TAG
+from pipelines.config import AugmentConfig, DataConfig
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
+    from pipelines.inspection import iter_captions
+    from training.models.language_model import make_tiny_lm
+    from training.run import run_vlm
+
+    clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
+                             model=ClipModelConfig(embed_dim=32, vision=VisionConfig(
+                                 image_size=32, patch_size=8, width=64, layers=2, heads=2),
+                                 text=TextConfig(vocab_size=64, width=32, layers=1, heads=2)))
+    save_checkpoint(tmp_path / "clip", ClipModel(clip_cfg.model, 8, clip_cfg.loss), None, None, TrainState(),
+                    to_dict(clip_cfg))
+    lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
+    out = tmp_path / "runs"
+    common = [f"run.output_dir={out}", f"model.vision.checkpoint={tmp_path / 'clip'}", f"model.lm.path={lm}",
+              f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]",
+              "loop.log_every=4", "loop.batch_size_per_worker=16", "eval.max_generate_samples=8", "max_length=64"]
+    stage1 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", common + ["loop.max_steps=8"]))
+    assert stage1["step"] == 8 and "eval/exact_match" in stage1
+
+    stage2 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage2.yaml", common + [
+        "loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"]))
+    assert stage2["step"] == 24
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    experiment = client.get_experiment_by_name("mmtrain")
+    run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'vlm-stage2'")[0]
+    assert run.info.status == "FINISHED"
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert losses[-1] < losses[0], losses
+    assert "eval_generations.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.params["stage"] == "conversations"

@@ -1,0 +1,113 @@
+"""VLM assembly, freezing, per-module learning rates and stage-1 -> stage-2 hand-over, without Ray."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from pipelines import contract
+from pipelines.conversations import ConversationEncoder
+from training.checkpoint import save_checkpoint
+from training.config import (ClipModelConfig, ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig,
+                             TextConfig, VisionConfig, VlmModelConfig, VlmRunConfig, VisionEncoderConfig,
+                             LanguageModelConfig)
+from training.config_io import to_dict
+from training.loop import TrainState, train
+from training.models.clip import ClipModel
+from training.models.language_model import make_tiny_lm
+from training.models.vlm import build_projector
+from training.optim import build_optimizer, warmup_cosine
+from training.vlm_task import VlmTask
+from pipelines.config import AugmentConfig, DataConfig
+
+TEXTS = ["what colour are the shapes?", "red", "blue", "a photo of a red circle."] * 20
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm")
+    clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=16)),
+                             model=ClipModelConfig(embed_dim=16, vision=VisionConfig(
+                                 image_size=16, patch_size=8, width=32, layers=2, heads=2),
+                                 text=TextConfig(vocab_size=40, width=16, layers=1, heads=2)))
+    clip = ClipModel(clip_cfg.model, 8, clip_cfg.loss)
+    save_checkpoint(root / "clip", clip, None, None, TrainState(), to_dict(clip_cfg))
+    lm = make_tiny_lm(root / "lm", TEXTS, vocab_size=300, hidden_size=32, layers=1, heads=2)
+    return root, lm
+
+
+def _cfg(root, lm, **kw):
+    return VlmRunConfig(model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(root / "clip")),
+                                             lm=LanguageModelConfig(path=str(lm))),
+                        optim=OptimConfig(warmup_steps=1), max_length=32, **kw)
+
+
+def _batches(task, encoder):
+    def epoch(_):
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+                                                {"from": "gpt", "value": "red"}])) for _ in range(4)]
+            yield {contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+                   contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
+                   contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
+                   contract.LABELS: torch.tensor([r[2] for r in rows])}
+    return epoch
+
+
+def _train(cfg, steps=3):
+    task = VlmTask(cfg)
+    model = task.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(task.param_groups(model), cfg.optim)
+    encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
+    train(task, model, optimizer, warmup_cosine(optimizer, cfg.optim, steps), TrainState(), _batches(task, encoder),
+          steps, torch.device("cpu"), lambda s, r: True)
+    return task, model, optimizer, before
+
+
+def _changed(model, before, prefix):
+    return any(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.startswith(prefix))
+
+
+def test_stage1_trains_only_the_projector(parts):
+    root, lm = parts
+    task, model, optimizer, before = _train(_cfg(root, lm, lrs=ModuleLearningRates(vision=0, projector=1e-2, lm=0)))
+    assert _changed(model, before, "projector.")
+    assert not _changed(model, before, "vision.") and not _changed(model, before, "lm.")
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.projector.parameters()}
+    assert all(p.grad is None for p in model.lm.parameters())
+
+
+def test_stage2_starts_from_stage1_projector_and_trains_the_lm(parts, tmp_path):
+    root, lm = parts
+    _, stage1, _, _ = _train(_cfg(root, lm))
+    save_checkpoint(tmp_path / "stage1", stage1, None, None, TrainState(step=3), {})
+    cfg2 = _cfg(root, lm, stage="conversations", init_from=str(tmp_path / "stage1"),
+                lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3))
+    task = VlmTask(cfg2)
+    fresh = task.build_model()
+    for key, value in stage1.projector.state_dict().items():
+        assert torch.equal(fresh.projector.state_dict()[key], value)
+    _, model, _, before = _train(cfg2)
+    assert _changed(model, before, "lm.") and not _changed(model, before, "vision.")
+
+
+def test_generation_uses_the_image(parts):
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm))
+    model = task.build_model().eval()
+    encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
+    prompt = torch.tensor(encoder.encode_prompt([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+                                                 {"from": "gpt", "value": "red"}]))
+    out = model.generate(torch.randn(3, 16, 16), prompt, max_new_tokens=4, stop_ids=set())
+    assert len(out) == 4
+
+
+def test_projector_shapes():
+    assert isinstance(build_projector("linear", 8, 16), torch.nn.Linear)
+    mlp = build_projector("mlp3x_gelu", 8, 16, hidden_width=12)
+    assert [m.out_features for m in mlp if isinstance(m, torch.nn.Linear)] == [12, 12, 16]
+    with pytest.raises(ValueError, match="mlp\\{N\\}x_gelu"):
+        build_projector("mlp_relu", 8, 16)

@@ -1,0 +1,44 @@
+"""`mmtrain eval clip|vlm`: evaluate a saved checkpoint on eval shards in one process (no Ray Train)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict
+from training.config import ClipRunConfig, VlmRunConfig
+from training.config_io import apply_override, from_dict
+
+CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
+
+
+def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> tuple[dict, list]:
+    """(metrics, sample table) for a CLIP or VLM checkpoint (or a run directory's latest one)."""
+    from pipelines.dataset import build_dataset
+    from training.run import _classes_and_templates, ensure_ray
+    from training.worker import TASKS
+
+    checkpoint = latest_checkpoint(checkpoint)
+    data = load_config_dict(checkpoint)
+    for override in overrides:
+        apply_override(data, override)
+    cfg = from_dict(CONFIGS[kind], data)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_shards=list(shards)))
+    assets = {}
+    if kind == "clip":
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=[], templates=[]))
+        classes, templates = _classes_and_templates(cfg)
+        assets = {"tokenizer": cfg.data.tokenizer, "classes": classes, "templates": templates}
+    task_class = TASKS[kind]
+    task = task_class(cfg)
+    model = task.build_model()
+    load_checkpoint(checkpoint, model)
+    model.eval()
+    ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
+    dataset = build_dataset(cfg.data, list(shards), train=False, columns=task_class.eval_columns,
+                            text_stage=task_class.text_stage(cfg))
+    with torch.no_grad():
+        metrics = task.evaluate(model, dataset, torch.device("cpu"), assets)
+    return metrics, task.eval_table
