@@ -1,65 +1,33 @@
-"""CLIP model, losses and optimizer groups without Ray. The distributed check uses 2 real
+"""CLIP model, losses and optimizer groups without Ray. The distributed check runs 2 real
 processes with a gloo process group."""
 
 import math
-import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.unit import distributed_loss_check as check
 from training.config import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
-from training.losses import infonce_loss, siglip_loss
 from training.models.clip import ClipModel
 from training.optim import decays, param_groups, warmup_cosine
 
-BATCH, DIM, EMB = 6, 10, 8
-
-
-def _encoders():
-    torch.manual_seed(0)
-    return nn.Linear(DIM, EMB), nn.Linear(DIM, EMB)
-
-
-def _data():
-    generator = torch.Generator().manual_seed(1)
-    return torch.randn(2 * BATCH, DIM, generator=generator), torch.randn(2 * BATCH, DIM, generator=generator)
-
-
-def _loss(kind, image_enc, text_enc, images, texts, scale, bias):
-    image = nn.functional.normalize(image_enc(images), dim=-1)
-    text = nn.functional.normalize(text_enc(texts), dim=-1)
-    return infonce_loss(image, text, scale) if kind == "infonce" else siglip_loss(image, text, scale, bias)
-
-
-def _worker(rank, kind, init_file, out):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    image_enc, text_enc = _encoders()
-    image_ddp, text_ddp = nn.parallel.DistributedDataParallel(image_enc), nn.parallel.DistributedDataParallel(text_enc)
-    images, texts = _data()
-    rows = slice(rank * BATCH, (rank + 1) * BATCH)
-    scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-2.0)
-    loss = _loss(kind, image_ddp, text_ddp, images[rows], texts[rows], scale, bias)
-    loss.backward()
-    losses = [torch.zeros(1), torch.zeros(1)]
-    dist.all_gather(losses, loss.detach().view(1))
-    if rank == 0:
-        torch.save({"loss": torch.cat(losses).mean(), "image_grad": image_enc.weight.grad,
-                    "text_grad": text_enc.weight.grad}, out)
-    dist.destroy_process_group()
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind", ["infonce", "siglip"])
 def test_two_workers_equal_one_worker_on_the_concatenated_batch(tmp_path, kind):
     out = tmp_path / "two.pt"
-    mp.spawn(_worker, args=(kind, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    subprocess.run([sys.executable, "-m", "tests.unit.distributed_loss_check", kind, str(out)],
+                   cwd=REPO, check=True, timeout=180)
     two = torch.load(out, weights_only=True)
 
-    image_enc, text_enc = _encoders()
-    images, texts = _data()
-    loss = _loss(kind, image_enc, text_enc, images, texts, torch.tensor(math.log(10.0)), torch.tensor(-2.0))
+    image_enc, text_enc = check.encoders()
+    images, texts = check.data()
+    loss = check.loss_of(kind, image_enc, text_enc, images, texts)
     loss.backward()
     assert torch.allclose(two["loss"], loss.detach(), atol=1e-5)
     # DDP averages gradients over ranks: the mean of local losses equals the global mean.

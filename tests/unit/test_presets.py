@@ -24,3 +24,12 @@ def test_vit_b_parameter_counts_match_open_clip(name):
     model = ClipModel(cfg.model, cfg.data.context_length, cfg.loss)
     count = sum(p.numel() for n, p in model.named_parameters() if n != "logit_bias")
     assert abs(count - OPEN_CLIP_PARAMS[name]) / OPEN_CLIP_PARAMS[name] < 0.01, count
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "vlm").glob("*.yaml")), ids=lambda p: p.stem)
+def test_vlm_presets_load(path):
+    from training.config import VlmRunConfig
+
+    cfg = load_config(VlmRunConfig, path)
+    assert cfg.stage in ("captions", "conversations")
+    assert (cfg.stage == "conversations") == bool(cfg.init_from)
