@@ -128,7 +128,11 @@ class _Hooks:
                 self.tracker.finish("FAILED")
             return
         metrics = {**self.last_metrics, **self.evaluate()}
-        checkpoint_dir = self._report(state, metrics, checkpoint=True, keep_local=True)
+        if self.rank == 0 and self.ledger is not None:  # bad-sample counts reach the run, by reason
+            summary = ray.get(self.ledger.summary.remote())
+            metrics["data/good_samples"] = summary["good"]
+            metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
+        checkpoint_dir = self._report(state, metrics, checkpoint=True)
         if self.tracker:
             self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
             self.tracker.finish("FINISHED")
@@ -175,7 +179,7 @@ class _Hooks:
             self.tracker.log_table(self.task.eval_table, "eval_generations.json")
         return {f"eval/{k}": v for k, v in metrics.items()}
 
-    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, keep_local: bool = False):
+    def _report(self, state: TrainState, metrics: dict, checkpoint: bool):
         """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint."""
         metrics = {**metrics, "step": state.step}
         if self.data_error:
@@ -235,9 +239,6 @@ def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str) 
     metrics = dict(result.metrics or {})
     if metrics.get("data_error"):
         raise TooManyBadSamples(metrics["data_error"])
-    summary = ray.get(ledger.summary.remote())
-    metrics["data/good_samples"] = summary["good"]
-    metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     return metrics
 
