@@ -102,6 +102,7 @@ class _Hooks:
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         self.last_metrics: dict = {}
         self.data_error: str | None = None
+        self.created = time.perf_counter()
 
     def on_step(self, state: TrainState, result: StepResult) -> bool:
         loop = self.cfg.loop
@@ -110,6 +111,8 @@ class _Hooks:
         self.window_steps += 1
         final = state.step >= loop.max_steps
         metrics = {}
+        if self.window_steps == 1 and "time_to_first_step_s" not in self.last_metrics:
+            metrics["time_to_first_step_s"] = time.perf_counter() - self.created  # data start-up included
         if every(loop.log_every, state.step) or final:
             metrics.update(self._train_metrics(state, result))
             if not self._data_quality_ok():

@@ -1,0 +1,101 @@
+"""The VLM train step (stage 2: projector + LM learn, vision tower frozen) on synthetic in-memory
+batches: tokens/s and MFU. Full size: SmolLM2-135M with the vit_b16 tower on a GPU.
+
+    python -m benchmarks.vlm_throughput --lm models/smollm2-135m --vision-preset vit_b16 --batch-size 32   # GPU
+    python -m benchmarks.vlm_throughput --lm data/synth/tiny-lm --vision-preset synth --batch-size 8       # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import H100_BF16_PEAK_FLOPS, device_name, forward_flops, write_report
+from pipelines import contract
+from training.checkpoint import save_checkpoint
+from training.config import ClipRunConfig, ModuleLearningRates, VlmRunConfig
+from training.config_io import from_dict, load_config, to_dict
+from training.loop import TrainState, train
+from training.models.clip import ClipModel
+from training.optim import build_optimizer, warmup_cosine
+from training.vlm_task import VlmTask, num_image_tokens
+
+CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
+
+
+def random_tower_checkpoint(preset: str) -> str:
+    """A vision tower of the preset's shape with random weights (throughput does not need trained ones)."""
+    cfg = load_config(ClipRunConfig, CONF / f"{preset}.yaml", ["model.text.vocab_size=1000"])
+    directory = Path(tempfile.mkdtemp(prefix="mmtrain-tower-"))
+    save_checkpoint(directory, ClipModel(cfg.model, cfg.data.context_length, cfg.loss), None, None, TrainState(),
+                    to_dict(cfg))
+    return str(directory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lm", required=True, help="an HF causal-LM directory")
+    parser.add_argument("--vision-preset", default="vit_b16")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample beside the image's")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tower = random_tower_checkpoint(args.vision_preset)
+    clip_cfg = load_config(ClipRunConfig, CONF / f"{args.vision_preset}.yaml")
+    image_tokens = num_image_tokens(clip_cfg)
+    length = image_tokens + args.text_tokens
+    cfg = from_dict(VlmRunConfig, {"stage": "conversations", "max_length": length,
+                                   "model": {"vision": {"checkpoint": tower}, "lm": {"path": args.lm}}})
+    cfg = VlmRunConfig(**{**cfg.__dict__, "lrs": ModuleLearningRates(vision=0, projector=2e-5, lm=2e-5)})
+    task = VlmTask(cfg)
+    model = task.build_model().to(device)
+    vocab = model.lm.config.vocab_size
+    size = clip_cfg.model.vision.image_size
+    ids = torch.randint(0, vocab - 1, (args.batch_size, length), device=device)
+    ids[ids == model.image_token_id] = 0  # random text must not contain extra image tokens
+    ids[:, :image_tokens] = model.image_token_id
+    labels = ids.clone()
+    labels[:, :image_tokens] = -100
+    batch = {contract.IMAGE: torch.randint(0, 255, (args.batch_size, size, size, 3), dtype=torch.uint8, device=device),
+             contract.INPUT_IDS: ids, contract.ATTENTION_MASK: torch.ones_like(ids), contract.LABELS: labels}
+
+    prepared = task.prepare_batch(batch, device)
+    with torch.no_grad():
+        total = forward_flops(lambda: model(prepared[contract.IMAGE], prepared[contract.INPUT_IDS],
+                                            prepared[contract.ATTENTION_MASK], prepared[contract.LABELS]))
+        vision = forward_flops(lambda: model.image_features(prepared[contract.IMAGE]))
+    # The frozen tower runs forward only; the projector and LM run forward and backward (~3x).
+    flops_per_step = vision + 3 * (total - vision)
+    optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
+    scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    batches = lambda _: iter(lambda: batch, None)  # the same batch forever
+    state = train(task, model, optimizer, scheduler, TrainState(), batches, args.warmup, device,
+                  lambda s, r: True, autocast_dtype=autocast)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train(task, model, optimizer, scheduler, state, batches, args.warmup + args.steps, device, lambda s, r: True,
+          autocast_dtype=autocast)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    report = {"benchmark": "vlm_throughput", "device": device_name(device), "lm": args.lm,
+              "vision_preset": args.vision_preset, "batch_size": args.batch_size, "tokens_per_sample": length,
+              "tokens_per_s": args.batch_size * length / seconds, "samples_per_s": args.batch_size / seconds,
+              "mfu_vs_h100_bf16": flops_per_step / seconds / H100_BF16_PEAK_FLOPS}
+    print(f"{report['tokens_per_s']:.0f} tokens/s ({report['samples_per_s']:.1f} samples/s), "
+          f"MFU {report['mfu_vs_h100_bf16']:.2%} of an H100's bf16 peak")
+    write_report(args.out or Path("benchmarks/results/vlm_throughput.json"), report)
+
+
+if __name__ == "__main__":
+    main()
