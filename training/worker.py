@@ -7,6 +7,7 @@ the loss; this module supplies datasets, DDP, checkpoints, evaluation cadence an
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -118,11 +119,13 @@ class _Hooks:
             if not self._data_quality_ok():
                 self._report(state, metrics, checkpoint=False)
                 return False
-        if (every(loop.eval_every, state.step) and not final):
+        if every(loop.eval_every, state.step) and not final:
             metrics.update(self.evaluate())
         checkpoint = every(loop.checkpoint_every, state.step) and not final
         if metrics or checkpoint:
-            self._report(state, metrics, checkpoint)
+            local_copy = self._report(state, metrics, checkpoint)
+            if local_copy:  # report() has persisted it to run storage
+                shutil.rmtree(local_copy, ignore_errors=True)
         return True
 
     def finish(self, state: TrainState) -> None:
@@ -135,10 +138,12 @@ class _Hooks:
             summary = ray.get(self.ledger.summary.remote())
             metrics["data/good_samples"] = summary["good"]
             metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
-        checkpoint_dir = self._report(state, metrics, checkpoint=True)
+        local_copy = self._report(state, metrics, checkpoint=True)
         if self.tracker:
-            self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            self.tracker.log_artifacts(local_copy, "checkpoint")
             self.tracker.finish("FINISHED")
+        if local_copy:
+            shutil.rmtree(local_copy, ignore_errors=True)
 
     def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
         elapsed = time.perf_counter() - self.window_start
@@ -183,7 +188,8 @@ class _Hooks:
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool):
-        """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint."""
+        """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint and
+        returns the local directory it was written to (None elsewhere)."""
         metrics = {**metrics, "step": state.step}
         if self.data_error:
             metrics["data_error"] = self.data_error

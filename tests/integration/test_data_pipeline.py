@@ -11,7 +11,6 @@ import pytest
 import ray
 
 from pipelines import bad_samples, contract
-from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.config import AugmentConfig, DataConfig
 from pipelines.dataset import build_dataset, check_data_quality

@@ -1,6 +1,5 @@
 """VLM assembly, freezing, per-module learning rates and stage-1 -> stage-2 hand-over, without Ray."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder
 from training.checkpoint import save_checkpoint
-from training.config import (ClipModelConfig, ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig,
+from training.config import (ClipModelConfig, ClipRunConfig, ModuleLearningRates, OptimConfig,
                              TextConfig, VisionConfig, VlmModelConfig, VlmRunConfig, VisionEncoderConfig,
                              LanguageModelConfig)
 from training.config_io import to_dict
