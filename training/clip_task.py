@@ -58,6 +58,9 @@ class ClipTask:
     def after_optimizer_step(self, model: nn.Module) -> None:
         unwrap(model).clamp_logit_scale(self.cfg.loss.max_logit_scale)
 
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
     def step_metrics(self, model: nn.Module) -> dict:
         return {"temperature": float(1.0 / unwrap(model).logit_scale.detach().exp())}
 

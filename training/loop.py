@@ -31,6 +31,7 @@ class Task(Protocol):
     def prepare_batch(self, batch: dict, device: torch.device) -> dict: ...
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...
     def after_optimizer_step(self, model: nn.Module) -> None: ...
+    def train_mode(self, model: nn.Module) -> None: ...
 
 
 @dataclass
@@ -52,7 +53,7 @@ def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
           grad_accum_steps: int = 1, grad_clip_norm: float = 0.0,
           autocast_dtype: torch.dtype | None = None, no_sync=None) -> TrainState:
     """Run optimizer steps until `max_steps`; `on_step` returning False stops early."""
-    model.train()
+    task.train_mode(model)
     while state.step < max_steps:
         batches = _Peekable(epoch_batches(state.epoch))
         while state.step < max_steps:

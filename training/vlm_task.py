@@ -61,11 +61,17 @@ class VlmTask:
         if self.cfg.init_from:
             self._load_projector(model, latest_checkpoint(self.cfg.init_from))
         for name, module in self.modules(model).items():
-            frozen = getattr(self.cfg.lrs, name) == 0
-            module.requires_grad_(not frozen)
-            if frozen:
-                module.eval()  # no dropout in frozen modules
+            module.requires_grad_(getattr(self.cfg.lrs, name) > 0)
+        self.train_mode(model)
         return model
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Train mode for learning modules only: frozen ones stay in eval mode (no dropout)."""
+        model = unwrap(model)
+        model.train()
+        for name, module in self.modules(model).items():
+            if getattr(self.cfg.lrs, name) == 0:
+                module.eval()
 
     @staticmethod
     def modules(model: VisionLanguageModel) -> dict[str, nn.Module]:

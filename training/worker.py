@@ -182,7 +182,7 @@ class _Hooks:
             return {}
         self.model.eval()
         metrics = self.task.evaluate(self.model, ray.train.get_dataset_shard("eval"), self.device, self.eval_assets)
-        self.model.train()
+        self.task.train_mode(self.model)
         if self.tracker and self.task.eval_table:
             self.tracker.log_table(self.task.eval_table, "eval_generations.json")
         return {f"eval/{k}": v for k, v in metrics.items()}

@@ -110,3 +110,13 @@ def test_projector_shapes():
     assert [m.out_features for m in mlp if isinstance(m, torch.nn.Linear)] == [12, 12, 16]
     with pytest.raises(ValueError, match="mlp\\{N\\}x_gelu"):
         build_projector("mlp_relu", 8, 16)
+
+
+def test_frozen_modules_stay_in_eval_mode(parts):
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm, lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=0)))
+    model = task.build_model()
+    model.eval()
+    task.train_mode(model)
+    assert model.projector.training
+    assert not model.vision.training and not model.lm.training
