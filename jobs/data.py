@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -103,6 +102,3 @@ def write_tokenizer(shards: list[str], out: Path, vocab_size: int = 4096, s3_end
     tokenizer.save(str(out))
     return tokenizer.get_vocab_size()
 
-
-def print_error(message: str) -> None:
-    print(f"mmtrain: error: {message}", file=sys.stderr)

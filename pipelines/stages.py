@@ -8,6 +8,7 @@ import numpy as np
 
 from pipelines import bad_samples, contract
 from pipelines.config import AugmentConfig
+from pipelines.conversations import ConversationEncoder, caption_conversation, parse_conversation
 from pipelines.images import BadSample, decode_eval, decode_train
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
@@ -69,15 +70,11 @@ class TokenizeConversations:
     def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None):
         from transformers import AutoTokenizer
 
-        from pipelines.conversations import ConversationEncoder
-
         self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path), num_image_tokens, max_length)
         self._captions = captions
         self._ledger = ledger
 
     def __call__(self, batch: dict) -> dict:
-        from pipelines.conversations import caption_conversation, parse_conversation
-
         captions = batch.pop("caption")
         keep, rows = [], []
         for index, key in enumerate(batch[contract.KEY]):

@@ -17,7 +17,7 @@ CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
 def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> tuple[dict, list]:
     """(metrics, sample table) for a CLIP or VLM checkpoint (or a run directory's latest one)."""
     from pipelines.dataset import build_dataset
-    from training.run import _classes_and_templates, ensure_ray
+    from training.run import classes_and_templates, ensure_ray
     from training.worker import TASKS
 
     checkpoint = latest_checkpoint(checkpoint)
@@ -29,7 +29,7 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     assets = {}
     if kind == "clip":
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=[], templates=[]))
-        classes, templates = _classes_and_templates(cfg)
+        classes, templates = classes_and_templates(cfg)
         assets = {"tokenizer": cfg.data.tokenizer, "classes": classes, "templates": templates}
     task_class = TASKS[kind]
     task = task_class(cfg)

@@ -19,18 +19,14 @@ from training.distributed import all_gather_uneven
 
 
 @torch.no_grad()
-def embed_eval_set(model, batches: Iterable[dict], device: torch.device, max_samples: int | None = None):
+def embed_eval_set(model, batches: Iterable[dict], device: torch.device):
     """(image_NE, text_NE, labels_N) for this rank's batches, gathered across ranks."""
     images, texts, labels = [], [], []
-    seen = 0
     for batch in batches:
         images.append(model.encode_image(images_to_model_input(batch[contract.IMAGE], device)).float())
         texts.append(model.encode_text(batch[contract.INPUT_IDS].to(device).long(),
                                        batch[contract.ATTENTION_MASK].to(device).long()).float())
         labels.append(batch[contract.LABEL].to(device))
-        seen += len(labels[-1])
-        if max_samples and seen >= max_samples:
-            break
     if not images:  # this rank got no eval data; it still takes part in the gather
         embed_dim = model.visual.proj.out_features
         images = texts = [torch.zeros((0, embed_dim), device=device)]

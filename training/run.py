@@ -35,7 +35,7 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, dict | None, str]:
 
     eval_assets = None
     if data.eval_shards:
-        classes, templates = _classes_and_templates(cfg)
+        classes, templates = classes_and_templates(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
         eval_assets = {"tokenizer": data.tokenizer, "classes": classes, "templates": templates}
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
@@ -43,7 +43,7 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, dict | None, str]:
     return cfg, eval_assets, tracking_uri
 
 
-def _classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
+def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
     ev = cfg.eval
     manifest = _manifest_near(cfg.data.eval_shards[0])
     classes = list(ev.classes)
