@@ -98,3 +98,11 @@ def _member_offset(data: bytes, name: str) -> int:
             if info.name == name:
                 return info.offset
     raise KeyError(name)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -27,6 +27,9 @@ class ClipTask:
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg
         self.eval_table: list[dict] = []  # CLIP has no generations to show
+        # name -> (matrix, row labels, column labels, title, x label, y label), for figures.heatmap
+        self.eval_pictures: dict[str, tuple] = {}
+        self._caption_tokenizer = None
 
     @staticmethod
     def text_stage(cfg: ClipRunConfig, ledger=None):
@@ -64,23 +67,42 @@ class ClipTask:
     def step_metrics(self, model: nn.Module) -> dict:
         return {"temperature": float(1.0 / unwrap(model).logit_scale.detach().exp())}
 
+    def captions(self, batch: dict) -> list[str]:
+        """The caption text of each row of a training batch (for the sample grid)."""
+        from pipelines.tokenizer import load_tokenizer
+
+        if self._caption_tokenizer is None:
+            self._caption_tokenizer = load_tokenizer(self.cfg.data.tokenizer)
+        ids, mask = batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK]
+        return [self._caption_tokenizer.decode(row[row_mask.bool()].tolist()) for row, row_mask in zip(ids, mask)]
 
     def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part)."""
-        from training.evaluate import embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
+        from training.evaluate import (embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier,
+                                       zero_shot_confusion)
 
         model = unwrap(model)
         eval_cfg = self.cfg.eval
         batches = eval_shard.iter_torch_batches(batch_size=eval_cfg.batch_size)
         image_NE, text_NE, labels_N = embed_eval_set(model, batches, device)
         metrics = {"eval_samples": image_NE.shape[0]}
+        self.eval_pictures = {}
         if eval_cfg.retrieval:
             limit = eval_cfg.max_retrieval_samples
             metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
+            shown = min(16, image_NE.shape[0])
+            labels = [str(i) for i in range(shown)]
+            self.eval_pictures["retrieval_similarity"] = (
+                (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(), labels, labels,
+                "cosine similarity, first eval pairs (matches on the diagonal)", "caption", "image")
         if eval_cfg.zero_shot and assets.get("classes"):
+            classes = assets["classes"]
             classifier = zero_shot_classifier(model, assets["tokenizer"], self.cfg.data.context_length,
-                                              assets["classes"], assets["templates"], device)
+                                              classes, assets["templates"], device)
             metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
+            self.eval_pictures["zero_shot_confusion"] = (
+                zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(), classes, classes,
+                "zero-shot confusion (counts)", "predicted class", "true class")
         return metrics
 
 

@@ -72,6 +72,7 @@ class ScalingConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: one worker per node where possible
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class EvalConfig:
 class TrackingConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
     experiment: str = "mmtrain"
+    parent_run_id: str = ""  # set by a sweep: this run is nested under the sweep's run
+    log_figures: bool = True  # sample grid, similarity and confusion matrices as PNG artifacts
 
 
 @dataclass(frozen=True)
@@ -172,3 +175,37 @@ class VlmRunConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: VlmEvalConfig = field(default_factory=VlmEvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --- Ray Tune sweeps ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: Literal["asha", "fifo"] = "asha"  # asha stops weak trials early; fifo runs all to the end
+    grace_period: int = 10  # training steps every trial gets before it can be stopped
+    reduction_factor: int = 2  # asha keeps about 1/reduction_factor of the trials at each rung
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A Ray Tune sweep: which trainer, its base config, and a search space over config keys."""
+
+    name: str = "sweep"  # trials are runs named <name>-<trial id>; --resume finds the sweep by name
+    trainer: Literal["clip", "vlm"] = "clip"
+    base_config: str = ""  # a conf/clip or conf/vlm preset (relative to the working dir or the repo)
+    overrides: list[str] = field(default_factory=list)  # key=value applied to every trial
+    # key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}
+    search_space: dict = field(default_factory=dict)
+    metric: str = "eval/zero_shot_top1"  # reported at every evaluation (set loop.eval_every)
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = 4  # trials (each grid point counts num_samples times)
+    max_concurrent_trials: int = 0  # 0 = as many as the cluster's free resources hold
+    data_cpus_per_trial: float = 1.0  # CPUs each trial's Ray Data pipeline may use
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    output_dir: str = "runs"  # the sweep lives in <output_dir>/sweeps/<name>/
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    experiment: str = "mmtrain"
+    seed: int = 0
+    ray_address: str = ""  # "" = a local Ray instance
+    local_num_cpus: int = 0  # logical CPUs for a local instance; 0 = max(6, 3 x cores)

@@ -22,8 +22,10 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Read `path` (YAML) into `cls`, applying `key.sub=value` overrides on top."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
+                values: dict[str, Any] | None = None) -> T:
+    """Read `path` (YAML) into `cls`, applying `key.sub=value` overrides, then `values`
+    ({"key.sub": python value}, as a sweep samples them) on top."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -34,6 +36,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}")
     for override in overrides:
         apply_override(data, override)
+    for key, value in (values or {}).items():
+        set_value(data, key, value)
     return from_dict(cls, data)
 
 
@@ -42,13 +46,18 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw_value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
-    *parents, leaf = key.strip().split(".")
+    set_value(data, key.strip(), yaml.safe_load(raw_value))
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating sections on the way."""
+    *parents, leaf = key.split(".")
     node = data
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw_value)
+            raise ConfigError(f"{key!r}: {part!r} is not a section")
+    node[leaf] = value
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
@@ -102,7 +111,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         item_type = args[0] if args else Any
         items = [_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")
         return dict(value)
@@ -117,6 +126,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)

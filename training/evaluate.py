@@ -60,6 +60,15 @@ def zero_shot_accuracy(image_NE: torch.Tensor, labels_N: torch.Tensor, classifie
             "zero_shot_top5": float((top == labels).any(1).float().mean())}
 
 
+def zero_shot_confusion(image_NE: torch.Tensor, labels_N: torch.Tensor, classifier_CE: torch.Tensor) -> torch.Tensor:
+    """Counts [C, C]: row = true class, column = predicted class (samples without a label skipped)."""
+    num_classes = classifier_CE.shape[0]
+    keep = (labels_N >= 0) & (labels_N < num_classes)
+    predicted_N = (image_NE[keep] @ classifier_CE.T).argmax(dim=1)
+    flat = labels_N[keep] * num_classes + predicted_N
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
 def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10)) -> dict:
     """Recall@K for image->text and text->image, where pair i is the only match of row i."""
     if image_NE.shape[0] == 0:

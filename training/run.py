@@ -72,22 +72,27 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
     if ray.is_initialized():
         return
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false",
+           "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # sweep trials keep the working dir that relative paths mean
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, runtime_env={"env_vars": env})
+        # Inside a Ray job these are already in the job's runtime env, and Ray refuses a driver
+        # runtime env that sets the same keys again.
+        missing = {key: value for key, value in env.items() if key not in os.environ}
+        ray.init(address=address or None, runtime_env={"env_vars": missing} if missing else None)
     else:
         # The dashboard stays on: Train's placement-group cleaner and the Jobs SDK need it.
+        # address="local": a new instance even where `ray start` left one (use ray_address=auto for that).
         cpus = local_num_cpus or max(6, 3 * (os.cpu_count() or 2))
-        ray.init(num_cpus=cpus, runtime_env={"env_vars": env})
+        ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env})
 
 
-def run_clip(cfg: ClipRunConfig) -> dict:
+def run_clip(cfg: ClipRunConfig, callbacks: list = ()) -> dict:
     from training.worker import fit
 
     cfg, eval_assets, tracking_uri = resolve(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
-    return fit(cfg, "clip", eval_assets, tracking_uri)
+    make_output_dir(cfg.run.output_dir)
+    return fit(cfg, "clip", eval_assets, tracking_uri, callbacks)
 
 
 def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, dict | None, str]:
@@ -121,10 +126,19 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, dict | None, str]:
     return cfg, eval_assets, tracking_uri
 
 
-def run_vlm(cfg: VlmRunConfig) -> dict:
+def run_vlm(cfg: VlmRunConfig, callbacks: list = ()) -> dict:
     from training.worker import fit
 
     cfg, eval_assets, tracking_uri = resolve_vlm(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
-    return fit(cfg, "vlm", eval_assets, tracking_uri)
+    make_output_dir(cfg.run.output_dir)
+    return fit(cfg, "vlm", eval_assets, tracking_uri, callbacks)
+
+
+def make_output_dir(output_dir: str) -> None:
+    if "://" not in output_dir:  # Ray Train writes to s3:// and other URIs itself
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+
+
+RUNNERS = {"clip": run_clip, "vlm": run_vlm}
+CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 RUN_NAME_TAG = "mmtrain.run_name"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 
 
 def default_tracking_uri(configured: str, output_dir: str) -> str:
@@ -14,15 +15,20 @@ def default_tracking_uri(configured: str, output_dir: str) -> str:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if "://" in output_dir:
+        raise ValueError(f"run.output_dir={output_dir} is remote, so there is no local sqlite store: set "
+                         "tracking.tracking_uri or MLFLOW_TRACKING_URI to an MLflow server")
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 class Tracker:
     """A thin wrapper over MlflowClient so that workers never touch MLflow's global state."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict | None = None,
+                 parent_run_id: str = ""):
         from mlflow.tracking import MlflowClient
 
+        tags = {**(tags or {}), **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})}
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self._create_experiment(experiment, tracking_uri)
@@ -34,7 +40,7 @@ class Tracker:
             self.resumed = True
         else:
             run = self.client.create_run(experiment_id, run_name=run_name,
-                                         tags={RUN_NAME_TAG: run_name, **(tags or {})})
+                                         tags={RUN_NAME_TAG: run_name, **tags})
             self.run_id = run.info.run_id
             self.resumed = False
 
@@ -65,13 +71,23 @@ class Tracker:
         if entries:
             self.client.log_batch(self.run_id, metrics=entries)
 
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
-        import json
+        """Rows as an MLflow table artifact (the UI's artifact view shows it as a table)."""
+        if rows:
+            self.client.log_table(self.run_id, {key: [row.get(key) for row in rows] for key in rows[0]},
+                                  artifact_file)
 
-        self.client.log_text(self.run_id, json.dumps(rows, indent=1), artifact_file)
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

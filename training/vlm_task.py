@@ -38,6 +38,7 @@ class VlmTask:
     def __init__(self, cfg: VlmRunConfig):
         self.cfg = cfg
         self.eval_table: list[dict] = []
+        self.eval_pictures: dict[str, tuple] = {}  # the VLM shows a table of generations instead
         self._tokenizer = None
 
     @staticmethod
@@ -111,6 +112,11 @@ class VlmTask:
 
     def step_metrics(self, model: nn.Module) -> dict:
         return {}
+
+    def captions(self, batch: dict) -> list[str]:
+        """What each row of a training batch is supervised to say (its unmasked label tokens)."""
+        labels = torch.as_tensor(batch[contract.LABELS])
+        return [self._tokenizer.decode(row[row != -100].tolist(), skip_special_tokens=True) for row in labels]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:

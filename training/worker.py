@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from training.config_io import flatten, to_dict
+from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -35,8 +36,11 @@ RunConfig = ClipRunConfig | VlmRunConfig
 
 def train_worker(payload: dict) -> None:
     """Runs in every Ray Train worker: build, maybe restore, train, evaluate, checkpoint, report."""
-    # Ray Train logs every report at INFO with all its metrics; mmtrain prints its own progress line.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO with all its metrics (its logger is named by file path);
+    # mmtrain prints its own progress line.
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     cfg: RunConfig = payload["config"]
     task = TASKS[payload["task"]](cfg)
     context = ray.train.get_context()
@@ -61,7 +65,7 @@ def train_worker(payload: dict) -> None:
     tracker = None
     if rank == 0:
         tracker = Tracker(payload["tracking_uri"], cfg.tracking.experiment, cfg.run.name,
-                          tags={"mmtrain.task": payload["task"]})
+                          tags={"mmtrain.task": payload["task"]}, parent_run_id=cfg.tracking.parent_run_id)
         tracker.log_params(flatten(to_dict(cfg)))
         if state.step:
             print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})")
@@ -70,11 +74,14 @@ def train_worker(payload: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
 
     def epoch_batches(epoch: int):
-        return train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
             local_shuffle_seed=None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch + 7919 * rank,
         )
+        if tracker and cfg.tracking.log_figures and state.step == 0 and epoch == 0:
+            return hooks.show_first_batch(batches)
+        return batches
 
     autocast = torch.bfloat16 if _use_bf16(cfg.loop.precision, device) else None
     try:
@@ -86,6 +93,16 @@ def train_worker(payload: dict) -> None:
         if tracker:
             tracker.finish("FAILED")
         raise
+
+
+def _count_nodes() -> int:
+    """How many distinct Ray nodes the training workers run on (a collective: every rank calls it)."""
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return 1
+    nodes = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -104,6 +121,18 @@ class _Hooks:
         self.last_metrics: dict = {}
         self.data_error: str | None = None
         self.created = time.perf_counter()
+        self.num_nodes = _count_nodes()
+
+    def show_first_batch(self, batches):
+        """Pass batches through; the first one is also logged as a picture of augmented samples."""
+        from training.figures import sample_grid
+
+        for index, batch in enumerate(batches):
+            if index == 0:
+                shown = {key: value[:16] for key, value in batch.items()}
+                images = shown[contract.IMAGE].cpu().numpy()
+                self.tracker.log_figure(sample_grid(images, self.task.captions(shown)), "figures/train_samples.png")
+            yield batch
 
     def on_step(self, state: TrainState, result: StepResult) -> bool:
         loop = self.cfg.loop
@@ -114,13 +143,14 @@ class _Hooks:
         metrics = {}
         if self.window_steps == 1 and "time_to_first_step_s" not in self.last_metrics:
             metrics["time_to_first_step_s"] = time.perf_counter() - self.created  # data start-up included
+            metrics["num_nodes"] = self.num_nodes
         if every(loop.log_every, state.step) or final:
             metrics.update(self._train_metrics(state, result))
             if not self._data_quality_ok():
                 self._report(state, metrics, checkpoint=False)
                 return False
         if every(loop.eval_every, state.step) and not final:
-            metrics.update(self.evaluate())
+            metrics.update(self.evaluate(state.step))
         checkpoint = every(loop.checkpoint_every, state.step) and not final
         if metrics or checkpoint:
             local_copy = self._report(state, metrics, checkpoint)
@@ -133,17 +163,21 @@ class _Hooks:
             if self.tracker:
                 self.tracker.finish("FAILED")
             return
-        metrics = {**self.last_metrics, **self.evaluate()}
+        metrics = {**self.last_metrics, **self.evaluate(state.step)}
         if self.rank == 0 and self.ledger is not None:  # bad-sample counts reach the run, by reason
             summary = ray.get(self.ledger.summary.remote())
             metrics["data/good_samples"] = summary["good"]
             metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
-        local_copy = self._report(state, metrics, checkpoint=True)
-        if self.tracker:
-            self.tracker.log_artifacts(local_copy, "checkpoint")
-            self.tracker.finish("FINISHED")
+        # The MLflow run is complete before the last report: a sweep's scheduler may stop the
+        # trial as soon as it sees that report, and a killed trial cannot end its run.
+        local_copy = self._report(state, metrics, checkpoint=True, before_report=self._finish_tracking)
         if local_copy:
             shutil.rmtree(local_copy, ignore_errors=True)
+
+    def _finish_tracking(self, checkpoint_dir: Path) -> None:
+        if self.tracker:
+            self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            self.tracker.finish("FINISHED")
 
     def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
         elapsed = time.perf_counter() - self.window_start
@@ -177,19 +211,32 @@ class _Hooks:
             self.data_error = "stopped by rank 0: too many bad samples"
         return not verdict[0]
 
-    def evaluate(self) -> dict:
+    def evaluate(self, step: int) -> dict:
         if not self.eval_assets:
             return {}
         self.model.eval()
         metrics = self.task.evaluate(self.model, ray.train.get_dataset_shard("eval"), self.device, self.eval_assets)
         self.task.train_mode(self.model)
-        if self.tracker and self.task.eval_table:
-            self.tracker.log_table(self.task.eval_table, "eval_generations.json")
+        if self.tracker:
+            self._log_eval_artifacts(step)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
-    def _report(self, state: TrainState, metrics: dict, checkpoint: bool):
+    def _log_eval_artifacts(self, step: int) -> None:
+        from training.figures import heatmap
+
+        if self.task.eval_table:  # appended at each evaluation; the step column tells them apart
+            self.tracker.log_table([{"step": step, **row} for row in self.task.eval_table], "eval_generations.json")
+        if not self.cfg.tracking.log_figures:
+            return
+        for name, (matrix, rows, columns, title, xlabel, ylabel) in self.task.eval_pictures.items():
+            figure = heatmap(matrix, rows, columns, f"{title}, step {step}", xlabel, ylabel,
+                             annotate=matrix.shape[0] <= 16)
+            self.tracker.log_figure(figure, f"figures/{name}_step{step:06d}.png")
+
+    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
         """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint and
-        returns the local directory it was written to (None elsewhere)."""
+        returns the local directory it was written to (None elsewhere). `before_report` gets that
+        directory on rank 0 once it is written."""
         metrics = {**metrics, "step": state.step}
         if self.data_error:
             metrics["data_error"] = self.data_error
@@ -205,13 +252,16 @@ class _Hooks:
             return None
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
         save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, to_dict(self.cfg))
+        if before_report:
+            before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return directory
 
 
-def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str) -> dict:
+def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str, callbacks: list = ()) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
-    the final metrics. Expects Ray to be initialised by the caller."""
+    the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
+    callbacks (a sweep passes one that reports to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as TrainDataConfig
     from ray.train.torch import TorchTrainer
@@ -229,15 +279,17 @@ def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str) 
     if eval_assets is not None:
         datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
                                          columns=task_class.eval_columns, text_stage=task_class.text_stage(cfg))
-    storage = str(Path(cfg.run.output_dir).resolve())
+    output_dir = cfg.run.output_dir
+    storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg, "task": task, "ledger": ledger, "eval": eval_assets,
                            "tracking_uri": tracking_uri},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker},
+                                     placement_strategy=scaling.placement_strategy),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=storage,
+            name=cfg.run.name, storage_path=storage, callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         ),

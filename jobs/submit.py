@@ -1,0 +1,161 @@
+"""`mmtrain submit` and `mmtrain job ...`: run mmtrain commands on a Ray cluster through the Ray
+Jobs SDK. The only module that imports it.
+
+The project directory travels as the job's working_dir (data, runs and virtualenvs left out), the
+cluster's Python runs `python -m jobs.cli <your arguments>`, and MLflow settings travel as
+environment variables so the job's runs land in your tracking server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Never uploaded: data, outputs and environments are big and machine-specific.
+WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "data", "runs", "out", "models", ".gpu-wheels", ".pytest_cache",
+                        "__pycache__", "*.egg-info", "benchmarks/results"]
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def add_parsers(subparsers) -> None:
+    submit = subparsers.add_parser(
+        "submit", help="run an mmtrain command on a Ray cluster (Ray Jobs)",
+        description="Submit `mmtrain ARGS...` as a Ray job, e.g. "
+                    "mmtrain submit --address http://HEAD:8265 --follow -- train clip --config conf/clip/tiny.yaml")
+    _add_address(submit)
+    submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    submit.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
+                        help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra environment variable for the job (repeatable)")
+    submit.add_argument("--working-dir", type=Path, default=PROJECT_ROOT,
+                        help="uploaded as the job's working directory (default: this project)")
+    submit.add_argument("--python", default="python", help="the cluster's Python with mmtrain installed")
+    submit.add_argument("--submission-id", default=None, help="a job id of your choosing (default: generated)")
+    submit.add_argument("mmtrain_args", nargs=argparse.REMAINDER, help="-- then the mmtrain command to run")
+    submit.set_defaults(handler=run_submit)
+
+    job = subparsers.add_parser("job", help="status, logs, stop or list jobs on a Ray cluster")
+    commands = job.add_subparsers(dest="job_command", required=True)
+    for name, summary in (("status", "a job's state"), ("logs", "a job's logs"), ("stop", "stop a job")):
+        command = commands.add_parser(name, help=summary)
+        _add_address(command)
+        command.add_argument("job_id")
+        if name == "logs":
+            command.add_argument("--follow", action="store_true", help="stream until the job ends")
+        command.set_defaults(handler=run_job_command)
+    listing = commands.add_parser("list", help="jobs on the cluster, newest last")
+    _add_address(listing)
+    listing.set_defaults(handler=run_job_command, job_command="list")
+
+
+def _add_address(parser) -> None:
+    parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
+                        help=f"the head's dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})")
+
+
+def job_client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError) as err:
+        raise ValueError(f"cannot reach a Ray cluster at {address} ({err}); start one with `ray up cluster.yaml` "
+                         "or pass --address http://HEAD:8265") from None
+
+
+def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
+    """Environment variables for the job: MLflow and S3 settings from here, then --env."""
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env {item!r} must look like KEY=VALUE")
+        env[key] = value
+    env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # sweeps read presets relative to the working dir
+    return env
+
+
+def entrypoint(python: str, mmtrain_args: list[str]) -> str:
+    args = mmtrain_args[1:] if mmtrain_args[:1] == ["--"] else mmtrain_args
+    if not args:
+        raise ValueError("nothing to run: give the mmtrain command after --, e.g. -- train clip --config conf/clip/tiny.yaml")
+    if args[0] in ("submit", "job"):
+        raise ValueError(f"`mmtrain {args[0]}` runs here, not on the cluster")
+    return f"{python} -m jobs.cli {shlex.join(args)}"
+
+
+def run_submit(args) -> int:
+    command = entrypoint(args.python, args.mmtrain_args)
+    env = job_environment(args.tracking_uri, args.env)
+    if "MLFLOW_TRACKING_URI" not in env:
+        print("mmtrain: warning: no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI); the job's runs "
+              "go to a sqlite store inside its working directory on the head node", file=sys.stderr)
+    client = job_client(args.address)
+    job_id = client.submit_job(
+        entrypoint=command, submission_id=args.submission_id,
+        runtime_env={"working_dir": str(args.working_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env},
+        metadata={"mmtrain.command": " ".join(command.split()[2:])},
+    )
+    print(f"submitted {job_id} to {args.address}: {command}")
+    if not args.follow:
+        print(f"follow it with: mmtrain job logs {job_id} --follow --address {args.address}")
+        return 0
+    return follow(client, job_id)
+
+
+def follow(client, job_id: str) -> int:
+    """Stream the job's logs until it ends; exit status 0 only if it SUCCEEDED."""
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(stream())
+    status = wait_for(client, job_id)
+    print(f"\njob {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def wait_for(client, job_id: str, timeout_s: float = 60.0) -> str:
+    """The job's final state (the log stream can end a moment before the state is written)."""
+    deadline = time.time() + timeout_s
+    status = str(client.get_job_status(job_id))
+    while status not in TERMINAL_STATES and time.time() < deadline:
+        time.sleep(0.5)
+        status = str(client.get_job_status(job_id))
+    return status
+
+
+def run_job_command(args) -> int:
+    client = job_client(args.address)
+    if args.job_command == "list":
+        for job in sorted(client.list_jobs(), key=lambda j: j.start_time or 0):
+            print(f"{job.submission_id or job.job_id}  {job.status}  {job.entrypoint}")
+        return 0
+    if args.job_command == "status":
+        info = client.get_job_info(args.job_id)
+        print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+        return 0
+    if args.job_command == "stop":
+        stopped = client.stop_job(args.job_id)
+        print(f"{args.job_id}: {'stop requested' if stopped else 'not running'}")
+        return 0
+    if args.follow:
+        return follow(client, args.job_id)
+    print(client.get_job_logs(args.job_id), end="")
+    return 0

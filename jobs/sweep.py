@@ -1,0 +1,41 @@
+"""`mmtrain sweep`: a Ray Tune sweep over config keys of the CLIP or VLM trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import SweepConfig
+from training.config_io import load_config
+
+
+def add_parsers(subparsers) -> None:
+    sweep = subparsers.add_parser("sweep", help="a Ray Tune sweep (ASHA, one MLflow run per trial)")
+    sweep.add_argument("--config", type=Path, required=True, help="e.g. conf/sweep/clip_temperature.yaml")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep: finished trials are kept, unfinished ones resume")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a sweep key, e.g. --set num_samples=8 (repeatable)")
+    sweep.add_argument("--trial-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of every trial's config, e.g. --trial-set loop.max_steps=100")
+    sweep.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from training.sweep import format_table, run_sweep
+
+    cfg = load_config(SweepConfig, args.config, args.set)
+    if args.trial_set:
+        cfg = load_config(SweepConfig, args.config, args.set + [f"overrides={[*cfg.overrides, *args.trial_set]!r}"])
+    summary = run_sweep(cfg, resume=args.resume)
+    print(f"\n== sweep {summary['sweep']}: {len(summary['trials'])} trials ==")
+    print(format_table(summary))
+    best = summary["best"]
+    if best:
+        print(f"\nbest: {best['run_name']} {summary['metric']}={best['metric']:.4f} {best['params']}")
+        print(f"  checkpoint:  {best['checkpoint']}")
+        print(f"  config:      {summary['root']}/best_config.yaml")
+    print(f"  table:       {summary['root']}/results.json")
+    if summary["interrupted"]:
+        print(f"interrupted: continue with `mmtrain sweep --config {args.config} --resume`")
+        return 1
+    return 0 if best else 1
