@@ -65,8 +65,12 @@ def _add_address(parser) -> None:
 
 
 def job_client(address: str):
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray.job_submission import JobSubmissionClient
 
+    # As `ray job submit` does: with RAY_AUTH_MODE unset, send the token Ray keeps for its
+    # clusters (~/.ray/auth_token, $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH) if there is one.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError) as err:
