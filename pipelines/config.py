@@ -30,8 +30,11 @@ class DataConfig:
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
     shuffle_seed: Optional[int] = 0  # file order + local buffer; None = not reproducible
     shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer; 0 = off
-    decode_batch_size: int = 64
-    tokenize_batch_size: int = 256
-    tokenize_actors: int = 1
+    decode_batch_size: int = 64  # rows per block from the reader, the batch every stage works on
+    tokenize_batch_size: int = 0  # unused since the stages were fused; still read from saved configs
+    # Read, decode and tokenize run fused in one pool of actors (see pipelines/dataset.py).
+    workers: int = 0  # actors in the pool; 0 = as many as data_cpu_limit / cpus_per_worker, at most one per shard
+    cpus_per_worker: float = 1.0
+    tokenize_actors: int = 0  # the old name of `workers`, still read from saved configs
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS

@@ -44,12 +44,19 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
     return out
 
 
+def select(batch: dict, columns: tuple[str, ...] | None) -> dict:
+    """Keep `columns` (all when None). Done inside the last stage: a separate select_columns
+    would be one more operator, and one more copy of every image through the object store."""
+    return batch if columns is None else {name: batch[name] for name in columns}
+
+
 class Tokenize:
     """Captions -> fixed-length token ids and attention mask."""
 
-    def __init__(self, tokenizer_path: str, context_length: int):
+    def __init__(self, tokenizer_path: str, context_length: int, columns: tuple[str, ...] | None = None):
         self._tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
         self._context_length = context_length
+        self._columns = columns
 
     def __call__(self, batch: dict) -> dict:
         captions = [str(c) for c in batch.pop("caption")]
@@ -58,7 +65,7 @@ class Tokenize:
         batch[contract.INPUT_IDS] = np.array([e.ids for e in encodings], dtype=np.int32).reshape(-1, length)
         batch[contract.ATTENTION_MASK] = np.array(
             [e.attention_mask for e in encodings], dtype=np.uint8).reshape(-1, length)
-        return batch
+        return select(batch, self._columns)
 
 
 
@@ -67,12 +74,14 @@ class TokenizeConversations:
     that are -100 everywhere but assistant replies. Samples left with no supervised token after
     truncation are dropped and counted (never silently trained on)."""
 
-    def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None):
+    def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None,
+                 columns: tuple[str, ...] | None = None):
         from transformers import AutoTokenizer
 
         self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path), num_image_tokens, max_length)
         self._captions = captions
         self._ledger = ledger
+        self._columns = columns
 
     def __call__(self, batch: dict) -> dict:
         captions = batch.pop("caption")
@@ -96,4 +105,4 @@ class TokenizeConversations:
         out[contract.INPUT_IDS] = ids.astype(np.int32)
         out[contract.ATTENTION_MASK] = mask.astype(np.uint8)
         out[contract.LABELS] = labels.astype(np.int32)
-        return out
+        return select(out, self._columns)

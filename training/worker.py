@@ -149,9 +149,12 @@ class _Hooks:
             if not self._data_quality_ok():
                 self._report(state, metrics, checkpoint=False)
                 return False
-        if every(loop.eval_every, state.step) and not final:
+        if final:  # finish() reports these with the final evaluation and checkpoint, in one report
+            self.last_metrics.update(metrics)
+            return True
+        if every(loop.eval_every, state.step):
             metrics.update(self.evaluate(state.step))
-        checkpoint = every(loop.checkpoint_every, state.step) and not final
+        checkpoint = every(loop.checkpoint_every, state.step)
         if metrics or checkpoint:
             local_copy = self._report(state, metrics, checkpoint)
             if local_copy:  # report() has persisted it to run storage
