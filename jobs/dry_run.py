@@ -30,15 +30,17 @@ def run_dry_run(args) -> int:
     out = args.out.resolve()
     started = time.time()
     data_dir, runs = out / "data", out / "runs"
+    # Two data actors per pipeline are plenty for 4 small shards on a laptop (each one starts a process).
     shards = [f"data.train_shards=[{data_dir}/train-*.tar]", f"data.eval_shards=[{data_dir}/val-*.tar]",
-              f"run.output_dir={runs}"]
+              f"run.output_dir={runs}", "data.workers=2"]
 
     _step(1, f"synthesising the shapes dataset in {data_dir}")
     write_synth(data_dir, num_train=1024, num_val=128, image_size=32, shard_size=256)
     write_tokenizer([str(data_dir)], data_dir / "tokenizer.json")
 
     _step(2, "training CLIP (tiny) with 2 Ray Train workers, then zero-shot + retrieval evaluation")
-    clip = run_clip(load_config(ClipRunConfig, CONF / "clip/tiny.yaml", shards + ["run.name=dry-run-clip"]))
+    clip = run_clip(load_config(ClipRunConfig, CONF / "clip/tiny.yaml",
+                                shards + ["run.name=dry-run-clip", "loop.max_steps=24"]))
 
     _step(3, "VLM stage 1: projector on captions (CLIP tower and a tiny LM frozen)")
     lm_dir = make_tiny_lm(data_dir / "tiny-lm", iter_captions([str(data_dir)]), vocab_size=512, hidden_size=64)
