@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from training.config import SweepConfig
@@ -24,8 +25,7 @@ def run(args) -> int:
     from training.sweep import format_table, run_sweep
 
     cfg = load_config(SweepConfig, args.config, args.set)
-    if args.trial_set:
-        cfg = load_config(SweepConfig, args.config, args.set + [f"overrides={[*cfg.overrides, *args.trial_set]!r}"])
+    cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *args.trial_set])
     summary = run_sweep(cfg, resume=args.resume)
     print(f"\n== sweep {summary['sweep']}: {len(summary['trials'])} trials ==")
     print(format_table(summary))

@@ -35,6 +35,6 @@ class DataConfig:
     # Read, decode and tokenize run fused in one pool of actors (see pipelines/dataset.py).
     workers: int = 0  # actors in the pool; 0 = as many as data_cpu_limit / cpus_per_worker, at most one per shard
     cpus_per_worker: float = 1.0
-    tokenize_actors: int = 0  # the old name of `workers`, still read from saved configs
+    tokenize_actors: int = 0  # unused since the stages were fused; still read from saved configs
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS

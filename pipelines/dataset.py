@@ -68,7 +68,7 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
 def pool_size(cfg: DataConfig, num_shards: int) -> int:
     """Actors in the fused read/decode/tokenize pool: data.workers, else what Ray Data's CPU cap
     holds; never more than the shards, since one actor reads one shard at a time."""
-    workers = cfg.workers or cfg.tokenize_actors
+    workers = cfg.workers
     if not workers:
         limit = DataContext.get_current().execution_options.resource_limits.cpu
         if limit is None or math.isinf(limit):

@@ -34,7 +34,6 @@ from training.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, Tracker, default_tra
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
-FINISHED_TRIAL_STATES = ("TERMINATED", "ERROR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +121,10 @@ def check_search_space(sweep: SweepConfig, base_config: Path) -> None:
         raise ConfigError("search_space is empty: give at least one config key to vary")
     for key, entry in sweep.search_space.items():
         kind, args = _sampler(key, entry)
-        values = args if kind in ("choice", "grid") else args[:1] if kind != "randint" else [int(args[0])]
+        if kind in ("choice", "grid"):
+            values = args
+        else:  # a range: its lower bound stands for every value
+            values = [int(args[0]) if kind == "randint" else args[0]]
         for value in values:
             try:
                 load_config(CONFIGS[sweep.trainer], base_config, sweep.overrides, {key: value})
