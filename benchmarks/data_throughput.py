@@ -13,41 +13,46 @@ import json
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 
 def make_shards(out: Path, samples: int, size: int, per_shard: int = 500) -> Path:
-    """Photo-like 256px JPEGs (smooth gradients + noise + shapes) with captions."""
-    from PIL import Image, ImageDraw
+    """Photo-like JPEGs (smooth gradients + noise + shapes) with captions, made on every core."""
+    from multiprocessing import Pool
 
     from pipelines.shard_writer import ShardWriter, write_manifest
     from pipelines.tokenizer import train_bpe_tokenizer
 
     if (out / "manifest.json").is_file():
         return out
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
     captions = []
-    with ShardWriter(out, "train", max_samples=per_shard) as writer:
-        for index in range(samples):
-            base = np.stack([xx * rng.uniform(0, 255), yy * rng.uniform(0, 255),
-                             (xx + yy) * rng.uniform(0, 128)], -1)
-            pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels)
-            draw = ImageDraw.Draw(image)
-            for _ in range(3):
-                x, y, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(8, 48))]
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.integers(0, 255, 3).tolist()))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=90)
-            caption = f"a photo number {index} with {rng.integers(1, 9)} circles"
+    with ShardWriter(out, "train", max_samples=per_shard) as writer, Pool() as pool:
+        for index, (jpeg, caption) in enumerate(pool.imap(partial(_photo_like_sample, size=size), range(samples),
+                                                          chunksize=64)):
             captions.append(caption)
-            writer.write({"__key__": f"{index:08d}", "jpg": buffer.getvalue(), "txt": caption.encode()})
+            writer.write({"__key__": f"{index:08d}", "jpg": jpeg, "txt": caption.encode()})
     write_manifest(out, writer.shards)
     train_bpe_tokenizer(captions, vocab_size=1000).save(str(out / "tokenizer.json"))
     return out
+
+
+def _photo_like_sample(index: int, size: int) -> tuple[bytes, str]:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(index)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([xx * rng.uniform(0, 255), yy * rng.uniform(0, 255), (xx + yy) * rng.uniform(0, 128)], -1)
+    image = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(8, 48))]
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.integers(0, 255, 3).tolist()))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), f"a photo number {index} with {rng.integers(1, 9)} circles"
 
 
 def run_mmtrain(shards: Path, batch_size: int, image_size: int) -> float:

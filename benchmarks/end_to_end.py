@@ -9,6 +9,7 @@ to the first step.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shards", required=True, help="training shards (with tokenizer.json beside them)")
+    parser.add_argument("--data-cpus", type=float, default=0,
+                        help="CPUs for the Ray Data pool (0 = all but the training worker's); Ray gets one per core")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -40,7 +43,10 @@ def main() -> None:
         "run.name=e2e", f"loop.max_steps={args.steps}", f"loop.batch_size_per_worker={args.batch_size}",
         f"loop.log_every={max(args.steps // 4, 1)}", f"loop.checkpoint_every={10 * args.steps}",
         "scaling.num_workers=1", f"scaling.use_gpu={str(use_gpu).lower()}", "eval.zero_shot=false",
-        "eval.retrieval=false", "tracking.experiment=benchmarks"])
+        "eval.retrieval=false", "tracking.tracking_uri=none", "tracking.log_figures=false",
+        # One logical CPU per core: the default oversubscription (made for 2-core laptops) would put
+        # three decode processes on each core beside the process that feeds the GPU.
+        f"run.local_num_cpus={os.cpu_count()}", f"data.data_cpu_limit={args.data_cpus}"])
     metrics = run_clip(cfg)
     # The same model and batch on synthetic in-memory data, for the efficiency ratio.
     from training.run import resolve

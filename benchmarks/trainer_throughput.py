@@ -45,14 +45,16 @@ def measure(cfg: ClipRunConfig, batch_size: int, steps: int, warmup: int, compil
     sample = task.prepare_batch(next(batches), device)
     flops_per_sample = 3 * forward_flops(lambda: model(sample[contract.IMAGE], sample[contract.INPUT_IDS],
                                                         sample[contract.ATTENTION_MASK])) / batch_size
+    # The trainer's own step: gradient clipping as configured, bf16 autocast on a GPU.
+    step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)
     state = train(task, stepped, optimizer, scheduler, TrainState(), lambda _: batches, warmup, device, lambda s, r: True,
-                  autocast_dtype=autocast)
+                  **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     train(task, stepped, optimizer, scheduler, state, lambda _: batches, warmup + steps, device, lambda s, r: True,
-          autocast_dtype=autocast)
+          **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     samples_per_s = steps * batch_size / (time.perf_counter() - start)

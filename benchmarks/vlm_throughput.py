@@ -2,6 +2,7 @@
 batches: tokens/s and MFU. Full size: SmolLM2-135M with the vit_b16 tower on a GPU.
 
     python -m benchmarks.vlm_throughput --lm models/smollm2-135m --vision-preset vit_b16 --batch-size 32   # GPU
+    python -m benchmarks.vlm_throughput --lm smollm2-135m-shape --vision-preset vit_b16   # random weights, same size
     python -m benchmarks.vlm_throughput --lm data/synth/tiny-lm --vision-preset synth --batch-size 8       # CPU
 """
 
@@ -21,6 +22,7 @@ from training.config import ClipRunConfig, ModuleLearningRates, VlmRunConfig
 from training.config_io import from_dict, load_config, to_dict
 from training.loop import TrainState, train
 from training.models.clip import ClipModel
+from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
 from training.optim import build_optimizer, warmup_cosine
 from training.vlm_task import VlmTask, num_image_tokens
 
@@ -38,7 +40,8 @@ def random_tower_checkpoint(preset: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lm", required=True, help="an HF causal-LM directory")
+    parser.add_argument("--lm", required=True, help="an HF causal-LM directory, or smollm2-135m-shape: a random "
+                        "model of SmolLM2-135M's size (throughput does not depend on the weights)")
     parser.add_argument("--vision-preset", default="vit_b16")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample beside the image's")
@@ -48,12 +51,16 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm_path = args.lm
+    if args.lm == "smollm2-135m-shape":
+        lm_path = str(make_tiny_lm(Path(tempfile.mkdtemp(prefix="mmtrain-lm-")), ["a photo of a cat"] * 10,
+                                   vocab_size=300, **SMOLLM2_135M_SHAPE))
     tower = random_tower_checkpoint(args.vision_preset)
     clip_cfg = load_config(ClipRunConfig, CONF / f"{args.vision_preset}.yaml")
     image_tokens = num_image_tokens(clip_cfg)
     length = image_tokens + args.text_tokens
     cfg = from_dict(VlmRunConfig, {"stage": "conversations", "max_length": length,
-                                   "model": {"vision": {"checkpoint": tower}, "lm": {"path": args.lm}}})
+                                   "model": {"vision": {"checkpoint": tower}, "lm": {"path": lm_path}}})
     cfg = VlmRunConfig(**{**cfg.__dict__, "lrs": ModuleLearningRates(vision=0, projector=2e-5, lm=2e-5)})
     task = VlmTask(cfg)
     model = task.build_model().to(device)
@@ -78,13 +85,14 @@ def main() -> None:
     scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     batches = lambda _: iter(lambda: batch, None)  # the same batch forever
+    step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)  # the trainer's own step
     state = train(task, model, optimizer, scheduler, TrainState(), batches, args.warmup, device,
-                  lambda s, r: True, autocast_dtype=autocast)
+                  lambda s, r: True, **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     train(task, model, optimizer, scheduler, state, batches, args.warmup + args.steps, device, lambda s, r: True,
-          autocast_dtype=autocast)
+          **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps

@@ -88,7 +88,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db; "none" = off
     experiment: str = "mmtrain"
     parent_run_id: str = ""  # set by a sweep: this run is nested under the sweep's run
     log_figures: bool = True  # sample grid, similarity and confusion matrices as PNG artifacts
@@ -204,7 +204,7 @@ class SweepConfig:
     data_cpus_per_trial: float = 1.0  # CPUs each trial's Ray Data pipeline may use
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     output_dir: str = "runs"  # the sweep lives in <output_dir>/sweeps/<name>/
-    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db; "none" = off
     experiment: str = "mmtrain"
     seed: int = 0
     ray_address: str = ""  # "" = a local Ray instance

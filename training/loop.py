@@ -40,7 +40,7 @@ class StepResult:
     samples: int
     data_wait_s: float
     step_s: float
-    extra: dict
+    extra: dict  # scalar tensors, like loss: read them (float()) only when logging
 
 
 def every(interval: int, step: int) -> bool:
@@ -104,7 +104,9 @@ def _optimizer_step(task, model, optimizer, batches: Iterator[dict], device, gra
                     grad_clip_norm, autocast_dtype, no_sync) -> StepResult | None:
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    total_loss, samples, wait, extra = torch.zeros(()), 0, 0.0, {}
+    # Everything stays on the device: a .item() or a host->device copy here would make the host wait
+    # for the GPU every step, and the GPU would then idle while the host queues the next step.
+    total_loss, samples, wait, extra = None, 0, 0.0, {}
     for micro in range(grad_accum_steps):
         fetch_start = time.perf_counter()
         batch = next(batches, None)
@@ -121,9 +123,10 @@ def _optimizer_step(task, model, optimizer, batches: Iterator[dict], device, gra
             with autocast:
                 loss, extra = task.loss(model, batch)
             (loss / grad_accum_steps).backward()
-        total_loss = total_loss.to(loss.device) + loss.detach() / grad_accum_steps
+        micro_loss = loss.detach() / grad_accum_steps
+        total_loss = micro_loss if total_loss is None else total_loss + micro_loss
         samples += len(next(iter(batch.values())))
     if grad_clip_norm > 0:
-        extra["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm))
+        extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm).detach()
     optimizer.step()
     return StepResult(total_loss, samples, wait, time.perf_counter() - start, extra)

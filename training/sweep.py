@@ -29,7 +29,7 @@ from training.checkpoint import latest_checkpoint
 from training.config import SweepConfig
 from training.config_io import ConfigError, flatten, load_config, to_dict
 from training.run import CONFIGS, RUNNERS, ensure_ray
-from training.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, Tracker, default_tracking_uri
+from training.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
@@ -218,6 +218,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     trials = num_trials(sweep)
     parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
     tracking_uri = default_tracking_uri(sweep.tracking_uri, sweep.output_dir)
+    if tracking_uri == TRACKING_OFF:
+        raise ValueError("a sweep records its trials in MLflow: set tracking_uri to a store or server, not 'none'")
     parent = Tracker(tracking_uri, sweep.experiment, f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"})
     parent.log_params(flatten(to_dict(sweep)))
     context = TrialContext(sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id,

@@ -7,10 +7,13 @@ from pathlib import Path
 
 RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
+# tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
+TRACKING_OFF = "none"
 
 
 def default_tracking_uri(configured: str, output_dir: str) -> str:
-    """The config's URI, else $MLFLOW_TRACKING_URI, else a sqlite store under the output dir."""
+    """The config's URI ("none" turns tracking off), else $MLFLOW_TRACKING_URI, else a sqlite store
+    under the output dir."""
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):

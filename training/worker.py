@@ -28,7 +28,7 @@ from training.config import ClipRunConfig, VlmRunConfig
 from training.vlm_task import VlmTask
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
-from training.tracking import Tracker
+from training.tracking import TRACKING_OFF, Tracker
 
 TASKS = {"clip": ClipTask, "vlm": VlmTask}
 RunConfig = ClipRunConfig | VlmRunConfig
@@ -64,9 +64,10 @@ def train_worker(payload: dict) -> None:
 
     tracker = None
     if rank == 0:
-        tracker = Tracker(payload["tracking_uri"], cfg.tracking.experiment, cfg.run.name,
-                          tags={"mmtrain.task": payload["task"]}, parent_run_id=cfg.tracking.parent_run_id)
-        tracker.log_params(flatten(to_dict(cfg)))
+        if payload["tracking_uri"] != TRACKING_OFF:
+            tracker = Tracker(payload["tracking_uri"], cfg.tracking.experiment, cfg.run.name,
+                              tags={"mmtrain.task": payload["task"]}, parent_run_id=cfg.tracking.parent_run_id)
+            tracker.log_params(flatten(to_dict(cfg)))
         if state.step:
             print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})")
 
@@ -76,6 +77,8 @@ def train_worker(payload: dict) -> None:
     def epoch_batches(epoch: int):
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+            # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
+            pin_memory=device.type == "cuda",
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
             local_shuffle_seed=None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch + 7919 * rank,
         )
@@ -193,7 +196,7 @@ class _Hooks:
             "epoch": state.epoch,
             "samples_seen": state.samples_seen * world,
             **self.task.step_metrics(self.model),
-            **result.extra,
+            **{name: float(value) for name, value in result.extra.items()},
         }
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         return metrics

@@ -12,10 +12,17 @@ from pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 
+# SmolLM2-135M's architecture (134.5M parameters), for throughput benchmarks on hosts without its weights.
+SMOLLM2_135M_SHAPE = dict(hidden_size=576, intermediate_size=1536, layers=30, heads=9, kv_heads=3,
+                          model_vocab_size=49152)
+
+
 def make_tiny_lm(out_dir: Path, texts: Iterable[str], vocab_size: int = 1024, hidden_size: int = 128,
-                 layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+                 layers: int = 2, heads: int = 4, seed: int = 0, intermediate_size: int = 0, kv_heads: int = 0,
+                 model_vocab_size: int = 0) -> Path:
     """A randomly initialised Llama-style LM with a BPE tokenizer trained on `texts`, a ChatML
-    template and an <image> token: small enough to train in minutes on a CPU."""
+    template and an <image> token: small enough to train in minutes on a CPU. The optional shape
+    arguments (0 = derived) give a random model of a real LM's size, e.g. SMOLLM2_135M_SHAPE."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from pipelines.tokenizer import train_bpe_tokenizer
@@ -26,8 +33,9 @@ def make_tiny_lm(out_dir: Path, texts: Iterable[str], vocab_size: int = 1024, hi
                                         additional_special_tokens=[IM_START, IMAGE_PLACEHOLDER])
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+    config = LlamaConfig(vocab_size=max(model_vocab_size, len(tokenizer)), hidden_size=hidden_size,
+                         intermediate_size=intermediate_size or hidden_size * 3, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                          max_position_embeddings=1024, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=None)
