@@ -125,7 +125,8 @@ class VlmTask:
         clip_cfg = vision_tower_config(self.cfg.model.vision.checkpoint)
         encoder = ConversationEncoder(self._tokenizer, num_image_tokens(clip_cfg), self.cfg.max_length)
         stop_ids = {self._tokenizer.eos_token_id}
-        totals = torch.zeros(4)  # loss sum, loss batches, exact matches, questions
+        # loss sum, loss batches, exact matches, questions; on the device, as NCCL all-reduces only those
+        totals = torch.zeros(4, device=device)
         table = []
         budget = self.cfg.eval.max_generate_samples
         for batch in eval_shard.iter_batches(batch_size=self.cfg.eval.batch_size, batch_format="numpy"):

@@ -203,7 +203,7 @@ class _Hooks:
 
     def _data_quality_ok(self) -> bool:
         """Rank 0 reads the ledger; every rank learns the verdict, so all stop together."""
-        verdict = torch.zeros(1)
+        verdict = torch.zeros(1, device=self.device)  # NCCL (GPU workers) moves device tensors only
         if self.rank == 0 and self.ledger is not None:
             try:
                 check_bad_fraction(ray.get(self.ledger.summary.remote()), self.cfg.data.max_bad_fraction,
@@ -213,9 +213,10 @@ class _Hooks:
                 verdict[0] = 1
         if dist.is_initialized():
             dist.broadcast(verdict, src=0)
-        if verdict[0] and self.data_error is None:
+        stop = bool(verdict[0])
+        if stop and self.data_error is None:
             self.data_error = "stopped by rank 0: too many bad samples"
-        return not verdict[0]
+        return not stop
 
     def evaluate(self, step: int) -> dict:
         if not self.eval_assets:
