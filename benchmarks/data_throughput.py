@@ -55,7 +55,7 @@ def _photo_like_sample(index: int, size: int) -> tuple[bytes, str]:
     return buffer.getvalue(), f"a photo number {index} with {rng.integers(1, 9)} circles"
 
 
-def run_mmtrain(shards: Path, batch_size: int, image_size: int) -> float:
+def run_mmtrain(shards: Path, batch_size: int, image_size: int, prefetch_batches: int) -> float:
     from pipelines.config import AugmentConfig, DataConfig
     from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines import contract
@@ -64,7 +64,7 @@ def run_mmtrain(shards: Path, batch_size: int, image_size: int) -> float:
                      decode_batch_size=64, shuffle_buffer_size=0)
     limit_data_resources(cfg, train_worker_cpus=0)
     dataset = build_dataset(cfg, [str(shards)], train=True, columns=contract.TENSOR_COLUMNS)
-    return _time_batches(dataset.iter_batches(batch_size=batch_size, prefetch_batches=4))
+    return _time_batches(dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches))
 
 
 def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int) -> float:
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefetch-batches", type=int, default=4,
+                        help="mmtrain's iter_batches prefetch (Ray hands over the first batch once this many "
+                             "batches have arrived)")
     parser.add_argument("--shards", type=Path, default=Path("/tmp/mmtrain-bench-shards"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data_throughput.json"))
     args = parser.parse_args()
@@ -125,7 +128,7 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results = {"mmtrain": [], "dataloader": []}
     for round_index in range(args.rounds):  # alternate so drift hits both sides alike
-        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size))
+        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches))
         results["dataloader"].append(run_dataloader(shards, args.batch_size, args.image_size, args.cpus))
         print(f"round {round_index + 1}: " + ", ".join(
             f"{name} {runs[-1]['samples_per_s']:.0f} samples/s (first batch {runs[-1]['first_batch_s']:.2f} s, "
@@ -136,7 +139,8 @@ def main() -> None:
     report = {
         "benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
         "cpus": args.cpus, "samples": args.samples, "source_size": args.source_size,
-        "image_size": args.image_size, "batch_size": args.batch_size, "runs": results,
+        "image_size": args.image_size, "batch_size": args.batch_size, "prefetch_batches": args.prefetch_batches,
+        "runs": results,
         "median_samples_per_s": summary, "ratio_mmtrain_over_dataloader": summary["mmtrain"] / summary["dataloader"],
         "median_steady_samples_per_s": steady,
         "steady_ratio_mmtrain_over_dataloader": steady["mmtrain"] / steady["dataloader"],

@@ -204,6 +204,9 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     if sweep.scheduler.type == "asha" and base.loop.eval_every <= 0:
         raise ConfigError(f"ASHA needs a metric during training: set loop.eval_every in {base_config.name} "
                           "or in overrides (e.g. overrides: [loop.eval_every=10])")
+    tracking_uri = default_tracking_uri(sweep.tracking_uri, sweep.output_dir)
+    if tracking_uri == TRACKING_OFF:
+        raise ValueError("a sweep records its trials in MLflow: set tracking_uri to a store or server, not 'none'")
     paths = sweep_paths(sweep)
     exists = tune.Tuner.can_restore(str(paths.tune))
     if resume and not exists:
@@ -217,9 +220,6 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     per_trial = trial_resources(base, sweep)
     trials = num_trials(sweep)
     parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
-    tracking_uri = default_tracking_uri(sweep.tracking_uri, sweep.output_dir)
-    if tracking_uri == TRACKING_OFF:
-        raise ValueError("a sweep records its trials in MLflow: set tracking_uri to a store or server, not 'none'")
     parent = Tracker(tracking_uri, sweep.experiment, f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"})
     parent.log_params(flatten(to_dict(sweep)))
     context = TrialContext(sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id,

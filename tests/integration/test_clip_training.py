@@ -69,8 +69,11 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     from training.run import run_clip
 
     out = tmp_path / "runs"
-    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "ev", 10))
+    # tracking off: the run trains and checkpoints without touching MLflow
+    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
+                      _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"])
     checkpoint = run_clip(cfg)["checkpoint"]
+    assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
     assert main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
 

@@ -69,3 +69,15 @@ def test_grid_multiplies_trials_and_table_orders_best_first():
     lines = format_table(summary).splitlines()
     assert lines[0].split()[:4] == ["trial", "status", "step", "m"]
     assert [line.split()[0] for line in lines[1:]] == ["t2", "t1", "t3"]
+
+
+def test_sweep_without_tracking_is_refused_before_ray_starts(tmp_path):
+    import ray
+
+    from training.sweep import run_sweep
+
+    sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml",
+                        ["tracking_uri=none", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="records its trials in MLflow"):
+        run_sweep(sweep)
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())

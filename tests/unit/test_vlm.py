@@ -120,3 +120,19 @@ def test_frozen_modules_stay_in_eval_mode(parts):
     task.train_mode(model)
     assert model.projector.training
     assert not model.vision.training and not model.lm.training
+
+
+def test_random_lm_can_take_a_real_models_shape(tmp_path):
+    """make_tiny_lm's shape arguments (as SMOLLM2_135M_SHAPE uses them): grouped-query attention,
+    a wider MLP and an embedding larger than the tokenizer's vocabulary."""
+    from training.models.language_model import SMOLLM2_135M_SHAPE, load_lm
+
+    assert SMOLLM2_135M_SHAPE["layers"] == 30 and SMOLLM2_135M_SHAPE["hidden_size"] == 576
+    path = make_tiny_lm(tmp_path / "lm", TEXTS, vocab_size=300, hidden_size=32, layers=1, heads=4, kv_heads=2,
+                        intermediate_size=80, model_vocab_size=1000)
+    model, tokenizer = load_lm(str(path))
+    config = model.config
+    assert (config.num_key_value_heads, config.intermediate_size, config.vocab_size) == (2, 80, 1000)
+    assert len(tokenizer) < 1000
+    ids = torch.tensor([tokenizer.encode("a red square")])
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 1000)
