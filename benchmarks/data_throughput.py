@@ -93,7 +93,8 @@ def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int)
 
 def _time_batches(batches) -> dict:
     """samples/s over the whole epoch (start-up included), the time to the first batch, and
-    samples/s after the first batch (steady state)."""
+    samples/s after the first batch. The last is no steady-state rate: it includes what was decoded
+    while the first batch was awaited (benchmarks/RESULTS.md); compare whole epochs."""
     start, samples, first, first_samples = time.perf_counter(), 0, None, 0
     for batch in batches:
         images = batch["image"] if isinstance(batch, dict) else batch[0]

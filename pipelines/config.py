@@ -30,7 +30,9 @@ class DataConfig:
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
     shuffle_seed: Optional[int] = 0  # file order + local buffer; None = not reproducible
     shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer; 0 = off
-    decode_batch_size: int = 64  # rows per block from the reader, the batch every stage works on
+    # Rows per block the reader yields. Ray then coalesces a read task's blocks up to its target block
+    # size (128 MiB), so the stages see up to a whole shard per call, whatever this is.
+    decode_batch_size: int = 64
     tokenize_batch_size: int = 0  # unused since the stages were fused; still read from saved configs
     # Read, decode and tokenize run fused in one pool of actors (see pipelines/dataset.py).
     workers: int = 0  # actors in the pool; 0 = as many as data_cpu_limit / cpus_per_worker, at most one per shard

@@ -38,8 +38,9 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
         shuffle = FileShuffleConfig(seed=cfg.shuffle_seed, reseed_after_execution=True)
     elif train:
         shuffle = "files"
-    # The reader's blocks are the batches of every stage: a batch_size on a later stage would
-    # stop Ray from fusing the read into the pool.
+    # No stage sets a batch size: one would stop Ray from fusing the read into the pool (and on a
+    # small machine leave the read tasks without a CPU beside the actors). Each stage therefore
+    # sees what the read hands on: a shard's rows, coalesced up to Ray's 128 MiB target block size.
     source = ShardDatasource(shards.paths, rows_per_block=cfg.decode_batch_size, filesystem=shards.filesystem,
                              shuffle=shuffle)
     cpus = cfg.cpus_per_worker  # the same for every stage, or Ray will not fuse them
