@@ -100,9 +100,18 @@ def _member_offset(data: bytes, name: str) -> int:
     raise KeyError(name)
 
 
-def free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: every socket stays bound until all are picked (asked one at a
+    time, the OS can hand the same port out twice, and `ray start` refuses a port given twice)."""
     import socket
+    from contextlib import ExitStack
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]

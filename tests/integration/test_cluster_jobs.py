@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.submit import job_client
-from tests.assets import free_port
+from tests.assets import free_port, free_ports
 from training.tracking import RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
@@ -41,11 +41,11 @@ def ray_head():
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir, stopped by its pid
     (never `ray stop`, which would kill every Ray on the machine)."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths have a length limit
-    dashboard_port = free_port()
-    ports = {"--port": free_port(), "--dashboard-port": dashboard_port, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
-             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
+    names = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
+             "--node-manager-port", "--object-manager-port"]
+    ports = dict(zip(names, free_ports(len(names))))
+    dashboard_port = ports["--dashboard-port"]
     args = [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=6",
             "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"] + [f"{k}={v}" for k, v in ports.items()]
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # the job's `python` has mmtrain

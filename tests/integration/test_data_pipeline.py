@@ -17,7 +17,7 @@ from pipelines.dataset import build_dataset, check_data_quality
 from pipelines.datasource import ShardDatasource
 from pipelines.ledger import SampleLedger
 from pipelines.sources import resolve_shards
-from tests.assets import write_bad_shards
+from tests.assets import free_port, write_bad_shards
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +83,9 @@ def _tokenizer(tmp_path):
     return str(path)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server(monkeypatch):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
                                "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
