@@ -1,7 +1,12 @@
-"""Decode and augment one image with PIL, staying in C for every pixel.
+"""Decode and augment one image, staying in C for every pixel.
 
-The crop box is chosen from the header size before decoding, so JPEGs much larger than the
-crop decode at 1/2, 1/4 or 1/8 scale (libjpeg draft mode), and crop + resize is one PIL call.
+The header is read first (PIL, lazily), so images over the pixel limit are refused before any
+decoding and the crop box is chosen from the size alone: a JPEG much larger than its crop then
+decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), and only the crop is resized. OpenCV
+decodes and resizes, straight into the caller's batch array when given one: on 256px JPEGs that
+is about twice PIL's speed per image, PIL's resize being the slower half (benchmarks/RESULTS.md).
+Images OpenCV cannot read are tried with PIL before being called bad. EXIF orientation is
+ignored, as PIL and torchvision ignore it.
 """
 
 from __future__ import annotations
@@ -10,16 +15,25 @@ import io
 import math
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from pipelines import bad_samples
 from pipelines.config import AugmentConfig
 
-Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
+Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels, right/bottom exclusive
 
 # Our own max-pixels guard (read from the header) replaces PIL's decompression-bomb check.
 Image.MAX_IMAGE_PIXELS = None
+# One image per CPU: the parallelism comes from the pipeline's processes, which OpenCV's own
+# threads would only oversubscribe.
+cv2.setNumThreads(1)
+
+_DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+# The scale bits of IMREAD_REDUCED_*; the GRAYSCALE constants are those bits alone.
+_JPEG_SCALE_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                     8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 class BadSample(Exception):
@@ -45,53 +59,79 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def random_resized_crop_box(width: int, height: int, cfg: AugmentConfig, rng: np.random.Generator) -> Box:
-    """Inception-style crop (as torchvision's RandomResizedCrop): area and aspect ratio in ranges."""
+    """Inception-style crop, as torchvision's RandomResizedCrop: area and aspect ratio drawn from
+    ranges, ten tries, then a central crop with the aspect ratio clamped to the range."""
     area = width * height
     log_ratio = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
     for _ in range(10):
         target_area = area * rng.uniform(*cfg.crop_scale)
         aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = math.sqrt(target_area * aspect)
-        crop_h = math.sqrt(target_area / aspect)
-        if crop_w <= width and crop_h <= height:
-            left = rng.uniform(0, width - crop_w)
-            top = rng.uniform(0, height - crop_h)
+        crop_w = round(math.sqrt(target_area * aspect))
+        crop_h = round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left = int(rng.integers(0, width - crop_w + 1))
+            top = int(rng.integers(0, height - crop_h + 1))
             return (left, top, left + crop_w, top + crop_h)
-    return center_crop_box(width, height, 1.0)
+    crop_w, crop_h = width, height
+    if width / height < cfg.crop_ratio[0]:
+        crop_h = max(1, round(width / cfg.crop_ratio[0]))
+    elif width / height > cfg.crop_ratio[1]:
+        crop_w = max(1, round(height * cfg.crop_ratio[1]))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return (left, top, left + crop_w, top + crop_h)
 
 
 def center_crop_box(width: int, height: int, resize_ratio: float) -> Box:
     """Resize-shorter-side-then-centre-crop, expressed as a square box in source pixels."""
-    side = min(width, height) * min(resize_ratio, 1.0)
-    left, top = (width - side) / 2, (height - side) / 2
+    side = max(1, round(min(width, height) * min(resize_ratio, 1.0)))
+    left, top = round((width - side) / 2), round((height - side) / 2)
     return (left, top, left + side, top + side)
 
 
-def render(image: Image.Image, box: Box, size: int, flip: bool) -> np.ndarray:
-    """Crop `box`, resize to size x size RGB, optionally flip: uint8 [H, W, 3]."""
-    try:
-        shrink = min(box[2] - box[0], box[3] - box[1]) / size
-        if image.format == "JPEG" and shrink >= 2:
-            reduce = 2 ** int(math.log2(min(shrink, 8)))
-            full_width = image.size[0]
-            image.draft("RGB", (math.ceil(image.size[0] / reduce), math.ceil(image.size[1] / reduce)))
-            scale = image.size[0] / full_width
-            box = tuple(v * scale for v in box)
-        rgb = image.convert("RGB")
-        out = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    except Exception:  # truncated or corrupt pixel data surfaces only when decoding
+def decode_rgb(data: bytes, image_format: str | None, reduce: int = 1) -> np.ndarray:
+    """uint8 [H, W, 3]; a JPEG at 1/`reduce` scale. Raises BadSample on corrupt or truncated data."""
+    flags = _DECODE_FLAGS | (_JPEG_SCALE_FLAGS[reduce] if image_format == "JPEG" else 0)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if pixels is not None:
+        return pixels
+    try:  # a format this OpenCV build lacks; truncated data fails here too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception:
         raise BadSample(bad_samples.NOT_AN_IMAGE) from None
+
+
+def render(data: bytes, image: Image.Image, box: Box, size: int, flip: bool,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Decode `data` (whose header is `image`), crop `box`, resize to size x size, optionally flip:
+    uint8 [size, size, 3], written into `out` when given."""
+    width, height = image.size
+    shrink = min(box[2] - box[0], box[3] - box[1]) / size
+    reduce = 2 ** int(math.log2(min(shrink, 8))) if image.format == "JPEG" and shrink >= 2 else 1
+    pixels = decode_rgb(data, image.format, reduce)
+    if pixels.shape[:2] != (height, width):  # decoded at reduced scale: scale the box with it
+        scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
+        left, top = int(box[0] * scale_x), int(box[1] * scale_y)
+        box = (left, top, max(left + 1, round(box[2] * scale_x)), max(top + 1, round(box[3] * scale_y)))
+    crop = pixels[box[1]:box[3], box[0]:box[2]]
+    if out is None:
+        out = np.empty((size, size, 3), np.uint8)
     if flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out, dtype=np.uint8)
+        cv2.flip(cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR), 1, dst=out)
+    else:
+        cv2.resize(crop, (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
-def decode_train(data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.random.Generator) -> np.ndarray:
+def decode_train(data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.random.Generator,
+                 out: np.ndarray | None = None) -> np.ndarray:
     image = open_image(data, max_pixels)
     box = random_resized_crop_box(*image.size, cfg, rng)
-    return render(image, box, cfg.image_size, flip=cfg.hflip and rng.random() < 0.5)
+    return render(data, image, box, cfg.image_size, flip=cfg.hflip and rng.random() < 0.5, out=out)
 
 
-def decode_eval(data: bytes, cfg: AugmentConfig, max_pixels: int) -> np.ndarray:
+def decode_eval(data: bytes, cfg: AugmentConfig, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray:
     image = open_image(data, max_pixels)
-    return render(image, center_crop_box(*image.size, cfg.eval_resize_ratio), cfg.image_size, flip=False)
+    return render(data, image, center_crop_box(*image.size, cfg.eval_resize_ratio), cfg.image_size, flip=False,
+                  out=out)

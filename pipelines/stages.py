@@ -15,26 +15,28 @@ from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
 def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_pixels: int,
                        keep_conversation: bool, ledger=None) -> dict:
-    """Raw rows -> uint8 images; bad rows (from the reader or from decoding) are dropped and counted."""
+    """Raw rows -> uint8 images; bad rows (from the reader or from decoding) are dropped and counted.
+    Each image is resized straight into its row of the batch array: no per-image array to stack."""
     rng = np.random.default_rng()
-    images, keep, bad = [], [], Counter()
+    size = augment.image_size
+    images = np.empty((len(batch["key"]), size, size, 3), np.uint8)
+    keep, bad = [], Counter()
     for index, (data, reason) in enumerate(zip(batch["image_bytes"], batch["bad_reason"])):
         if reason:
             bad[reason] += 1
             continue
         try:
             if train:
-                images.append(decode_train(data, augment, max_pixels, rng))
+                decode_train(data, augment, max_pixels, rng, out=images[len(keep)])
             else:
-                images.append(decode_eval(data, augment, max_pixels))
+                decode_eval(data, augment, max_pixels, out=images[len(keep)])
             keep.append(index)
         except BadSample as err:
             bad[err.reason] += 1
     if ledger is not None:
         ledger.record.remote(len(keep), dict(bad))
-    size = augment.image_size
     out = {
-        contract.IMAGE: np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        contract.IMAGE: images[:len(keep)],
         contract.KEY: np.asarray(batch["key"])[keep],
         contract.LABEL: np.asarray(batch["label"], dtype=np.int64)[keep],
         "caption": np.asarray(batch["caption"])[keep],
