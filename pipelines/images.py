@@ -7,6 +7,9 @@ decodes and resizes, straight into the caller's batch array when given one: on 2
 is about twice PIL's speed per image, PIL's resize being the slower half (benchmarks/RESULTS.md).
 Images OpenCV cannot read are tried with PIL before being called bad. EXIF orientation is
 ignored, as PIL and torchvision ignore it.
+
+Where OpenCV is not installed (its 60 MB wheel does not fit the offline GPU host's bundle,
+../shared/GPU.md) the same crops are rendered by PIL; DECODER says which is in use.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import io
 import math
 import warnings
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -24,16 +26,23 @@ from pipelines.config import AugmentConfig
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels, right/bottom exclusive
 
+try:
+    import cv2
+except ImportError:
+    cv2 = None
+
+DECODER = "opencv" if cv2 is not None else "pil"
+
 # Our own max-pixels guard (read from the header) replaces PIL's decompression-bomb check.
 Image.MAX_IMAGE_PIXELS = None
-# One image per CPU: the parallelism comes from the pipeline's processes, which OpenCV's own
-# threads would only oversubscribe.
-cv2.setNumThreads(1)
-
-_DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-# The scale bits of IMREAD_REDUCED_*; the GRAYSCALE constants are those bits alone.
-_JPEG_SCALE_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                     8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+if cv2 is not None:
+    # One image per CPU: the parallelism comes from the pipeline's processes, which OpenCV's own
+    # threads would only oversubscribe.
+    cv2.setNumThreads(1)
+    _DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    # The scale bits of IMREAD_REDUCED_*; the GRAYSCALE constants are those bits alone.
+    _JPEG_SCALE_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                         8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 class BadSample(Exception):
@@ -95,9 +104,7 @@ def decode_rgb(data: bytes, image_format: str | None, reduce: int = 1) -> np.nda
     if pixels is not None:
         return pixels
     try:  # a format this OpenCV build lacks; truncated data fails here too
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        return np.asarray(_pil_decode(Image.open(io.BytesIO(data)), reduce=1))
     except Exception:
         raise BadSample(bad_samples.NOT_AN_IMAGE) from None
 
@@ -106,22 +113,47 @@ def render(data: bytes, image: Image.Image, box: Box, size: int, flip: bool,
            out: np.ndarray | None = None) -> np.ndarray:
     """Decode `data` (whose header is `image`), crop `box`, resize to size x size, optionally flip:
     uint8 [size, size, 3], written into `out` when given."""
-    width, height = image.size
     shrink = min(box[2] - box[0], box[3] - box[1]) / size
     reduce = 2 ** int(math.log2(min(shrink, 8))) if image.format == "JPEG" and shrink >= 2 else 1
+    if out is None:
+        out = np.empty((size, size, 3), np.uint8)
+    if cv2 is None:
+        out[...] = _render_pil(image, box, size, flip, reduce)
+        return out
+    width, height = image.size
     pixels = decode_rgb(data, image.format, reduce)
     if pixels.shape[:2] != (height, width):  # decoded at reduced scale: scale the box with it
         scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
         left, top = int(box[0] * scale_x), int(box[1] * scale_y)
         box = (left, top, max(left + 1, round(box[2] * scale_x)), max(top + 1, round(box[3] * scale_y)))
     crop = pixels[box[1]:box[3], box[0]:box[2]]
-    if out is None:
-        out = np.empty((size, size, 3), np.uint8)
     if flip:
         cv2.flip(cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR), 1, dst=out)
     else:
         cv2.resize(crop, (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def _pil_decode(image: Image.Image, reduce: int) -> Image.Image:
+    """Decode to RGB, a JPEG at 1/`reduce` scale (libjpeg's draft mode)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if reduce > 1:
+            image.draft("RGB", (math.ceil(image.size[0] / reduce), math.ceil(image.size[1] / reduce)))
+        return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _render_pil(image: Image.Image, box: Box, size: int, flip: bool, reduce: int) -> np.ndarray:
+    try:
+        full_width = image.size[0]
+        rgb = _pil_decode(image, reduce)
+        scale = rgb.size[0] / full_width
+        out = rgb.resize((size, size), Image.Resampling.BILINEAR, box=tuple(v * scale for v in box))
+    except Exception:  # truncated or corrupt pixel data surfaces only when decoding
+        raise BadSample(bad_samples.NOT_AN_IMAGE) from None
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def decode_train(data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.random.Generator,

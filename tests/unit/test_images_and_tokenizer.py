@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines import images
 from pipelines.config import AugmentConfig
 from pipelines.images import BadSample, center_crop_box, decode_eval, decode_train, random_resized_crop_box
 from pipelines.tokenizer import configure_fixed_length, pad_token_id, train_bpe_tokenizer
+
+
+@pytest.fixture(params=["opencv", "pil"], autouse=True)
+def decoder(request, monkeypatch):
+    """Every test here runs with OpenCV and with the PIL fallback used where OpenCV is missing."""
+    if request.param == "pil":
+        monkeypatch.setattr(images, "cv2", None)
+    return request.param
 
 
 def _jpeg(w, h):
