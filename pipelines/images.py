@@ -4,7 +4,7 @@ The header is read first (PIL, lazily), so images over the pixel limit are refus
 decoding and the crop box is chosen from the size alone: a JPEG much larger than its crop then
 decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), and only the crop is resized. OpenCV
 decodes and resizes, straight into the caller's batch array when given one: on 256px JPEGs that
-is about twice PIL's speed per image, PIL's resize being the slower half (benchmarks/RESULTS.md).
+is 1.8-2.3x PIL's speed per image, PIL's resize being the slower half (benchmarks/RESULTS.md).
 Images OpenCV cannot read are tried with PIL before being called bad. EXIF orientation is
 ignored, as PIL and torchvision ignore it.
 
