@@ -7,14 +7,13 @@ and with the PIL fallback, on the same images in alternating rounds, in one proc
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import write_report
 from benchmarks.data_throughput import make_shards
 from pipelines import images
 from pipelines.config import AugmentConfig
@@ -57,14 +56,13 @@ def main() -> None:
         for decoder in runs:
             runs[decoder].append(cpu_us_per_image(jpegs, cfg, decoder))
     median = {name: float(np.median(values)) for name, values in runs.items()}
-    report = {"benchmark": "decode_throughput", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-              "images": len(jpegs), "image_size": args.image_size, "cpu_us_per_image": runs,
-              "median_cpu_us_per_image": median, "speedup_opencv_over_pil": median["pil"] / median["opencv"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    speedup = median["pil"] / median["opencv"]
     print(f"per image (CPU, median of {args.rounds}): OpenCV {median['opencv']:.0f} us "
           f"({1e6 / median['opencv']:.0f} images/s per core), PIL {median['pil']:.0f} us "
-          f"({1e6 / median['pil']:.0f}/s): {report['speedup_opencv_over_pil']:.2f}x -> {args.out}")
+          f"({1e6 / median['pil']:.0f}/s): {speedup:.2f}x")
+    write_report(args.out, {"benchmark": "decode_throughput", "images": len(jpegs), "image_size": args.image_size,
+                            "cpu_us_per_image": runs, "median_cpu_us_per_image": median,
+                            "speedup_opencv_over_pil": speedup})
 
 
 if __name__ == "__main__":
