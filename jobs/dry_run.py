@@ -5,6 +5,7 @@ Ray Tune sweep, all tracked in an embedded MLflow store."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from training.config_io import load_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
+RUN_NAMES = ("dry-run-clip", "dry-run-vlm-stage1", "dry-run-vlm-stage2", "sweeps/dry-run-sweep")
 
 
 def add_parsers(subparsers) -> None:
@@ -38,6 +40,11 @@ def run_dry_run(args) -> int:
     # Two data actors per pipeline are plenty for 4 small shards on a laptop (each one starts a process).
     shards = [f"data.train_shards=[{data_dir}/train-*.tar]", f"data.eval_shards=[{data_dir}/val-*.tar]",
               f"run.output_dir={runs}", "data.workers=2"]
+
+    cleared = clear_previous_runs(runs)
+    if cleared:
+        print(f"[dry-run] starting over: removed the last dry run's {', '.join(cleared)} in {runs} "
+              "(its MLflow runs stay in the store)", flush=True)
 
     _step(1, f"synthesising the shapes dataset in {data_dir}")
     write_synth(data_dir, num_train=1024, num_val=128, image_size=32, shard_size=256)
@@ -85,6 +92,17 @@ def run_dry_run(args) -> int:
     return 0
 
 
+def clear_previous_runs(runs: Path) -> list[str]:
+    """Remove an earlier dry run's checkpoints and sweep, so that a second dry run into the same
+    --out trains again (resuming them would find every run already at its last step)."""
+    cleared = []
+    for name in RUN_NAMES:
+        if (runs / name).exists():
+            shutil.rmtree(runs / name)
+            cleared.append(name)
+    return cleared
+
+
 def _start_sweep(shards: list[str], runs: Path, log_path: Path, ray_address: str) -> subprocess.Popen:
     """`mmtrain sweep` as a second driver on this Ray instance, so its trials overlap the VLM
     stages (on 2 cores most of each run is start-up latency, which overlaps well)."""
@@ -94,8 +112,6 @@ def _start_sweep(shards: list[str], runs: Path, log_path: Path, ray_address: str
                 "scheduler.grace_period=4", f"output_dir={runs}", f"ray_address={ray_address}", f"overrides={trial!r}"]
     args = [sys.executable, "-m", "jobs.cli", "sweep", "--config", str(CONF / "sweep/clip_temperature.yaml")]
     args += [item for setting in settings for item in ("--set", setting)]
-    if (runs / "sweeps/dry-run-sweep/tune").is_dir():  # a second dry run into the same --out
-        args.append("--resume")
     with log_path.open("w") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
