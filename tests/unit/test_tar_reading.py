@@ -3,6 +3,8 @@
 import io
 import tarfile
 
+import pytest
+
 from pipelines import bad_samples
 from pipelines.inspection import inspect_shards, iter_shard_records
 from pipelines.sources import resolve_shards
@@ -66,3 +68,51 @@ def test_truncated_stream_keeps_prefix():
     whole = [s for s in samples if s.key and len(s.fields) == 3]
     assert len(whole) >= 1
     assert any(s.bad_reason == bad_samples.TRUNCATED_TAR for s in samples)
+
+
+def _tar_bytes(members, tar_format, directory=None):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        if directory:
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_and_non_ascii_names_in_every_tar_format(tar_format):
+    """pax 'path' records, GNU 'L' long names and ustar prefixes all give the member's full name."""
+    deep = "/".join(["d" * 40] * 4)  # 163 characters of directories: over ustar's 100-byte name field
+    names = [f"{deep}/k0001.jpg", f"{deep}/k0001.txt", "short/k0002.jpg", "short/k0002.txt"]
+    if tar_format != tarfile.USTAR_FORMAT:  # ustar cannot store a name like this
+        names += ["caf\u00e9/" + "x" * 120 + ".jpg", "caf\u00e9/" + "x" * 120 + ".txt"]
+    members = [(name, f"data of {name}".encode() * (i + 1)) for i, name in enumerate(names)]
+    data = _tar_bytes(members, tar_format, directory="short")
+    samples = list(iter_raw_samples(io.BytesIO(data)))
+    assert [s.bad_reason for s in samples] == [None] * (len(names) // 2)
+    got = {(s.key, ext): value for s in samples for ext, value in s.fields.items()}
+    assert got == {split_key(name): value for name, value in members}
+
+
+def test_reader_agrees_with_tarfile_on_a_real_shard(tmp_path):
+    """Same members, same bytes, as Python's tarfile on a shard written by our ShardWriter."""
+    from pipelines.shard_writer import ShardWriter
+
+    with ShardWriter(tmp_path, "train", max_samples=50) as writer:
+        for i in range(20):
+            writer.write({"__key__": f"{i:06d}", "jpg": bytes([i]) * (100 + 37 * i), "txt": f"caption {i}".encode()})
+    shard = tmp_path / writer.shards[0].name
+    with open(shard, "rb") as stream:
+        ours = [(s.key, sorted(s.fields.items())) for s in iter_raw_samples(stream)]
+    with tarfile.open(shard) as tar:
+        theirs = {}
+        for info in tar:
+            if info.isfile():
+                key, ext = split_key(info.name)
+                theirs.setdefault(key, []).append((ext, tar.extractfile(info).read()))
+    assert ours == [(key, sorted(fields)) for key, fields in theirs.items()]
