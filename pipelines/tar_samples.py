@@ -10,7 +10,6 @@ Pickle-like members are refused by name and never deserialised.
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Optional
 
@@ -19,7 +18,7 @@ from pipelines import bad_samples
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"}
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
-BLOCK = tarfile.BLOCKSIZE
+BLOCK = 512  # a tar header, and the unit member data is padded to
 
 
 @dataclass
@@ -74,9 +73,15 @@ def iter_raw_samples(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES
 
 
 def _iter_members(stream: IO[bytes], max_member_bytes: int):
-    """Yield (name, bytes or None if oversized) per regular member, or a reason string.
+    """Yield (name, bytes or None if oversized) per regular member, or a reason string."""
+    try:
+        yield from _read_members(stream, max_member_bytes)
+    except OSError:  # the storage failed mid-shard (e.g. a dropped S3 connection): keep what was read
+        yield bad_samples.UNREADABLE_SHARD
 
-    A small ustar/pax/GNU reader rather than tarfile, whose Python header parsing cost ~30 us per
+
+def _read_members(stream: IO[bytes], max_member_bytes: int):
+    """A small ustar/pax/GNU reader rather than tarfile, whose Python header parsing cost ~30 us per
     member, most of our read time per sample; here a header costs a checksum (a C-level sum) and
     a few slices. Like tarfile's ignore_zeros mode, zero blocks are skipped and a block that fails
     its checksum is skipped too, until the next valid header (counted once per damaged region).

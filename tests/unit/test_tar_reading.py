@@ -116,3 +116,19 @@ def test_reader_agrees_with_tarfile_on_a_real_shard(tmp_path):
                 key, ext = split_key(info.name)
                 theirs.setdefault(key, []).append((ext, tar.extractfile(info).read()))
     assert ours == [(key, sorted(fields)) for key, fields in theirs.items()]
+
+
+def test_a_read_error_mid_shard_keeps_the_samples_before_it():
+    """Storage failing mid-shard (a dropped S3 connection) is one counted bad event, not a crash."""
+    data = _tar_bytes(good_members("r", 4), tarfile.PAX_FORMAT)
+
+    class FailingStream(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > len(data) // 2:
+                raise OSError("connection reset")
+            return super().read(size)
+
+    samples = list(iter_raw_samples(FailingStream(data)))
+    assert [s.bad_reason for s in samples].count(bad_samples.UNREADABLE_SHARD) == 1
+    whole = [s.key for s in samples if not s.bad_reason and len(s.fields) == 3]
+    assert whole[:1] == ["r0000"] and len(whole) < 4
