@@ -14,7 +14,8 @@ from pathlib import Path
 from training.config_io import load_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-RUN_NAMES = ("dry-run-clip", "dry-run-vlm-stage1", "dry-run-vlm-stage2", "sweeps/dry-run-sweep")
+CLIP_RUN, STAGE1_RUN, STAGE2_RUN, SWEEP = "dry-run-clip", "dry-run-vlm-stage1", "dry-run-vlm-stage2", "dry-run-sweep"
+RUN_NAMES = (CLIP_RUN, STAGE1_RUN, STAGE2_RUN, f"sweeps/{SWEEP}")  # what a second dry run clears
 
 
 def add_parsers(subparsers) -> None:
@@ -53,7 +54,7 @@ def run_dry_run(args) -> int:
     _step(2, "training CLIP (tiny) with 2 Ray Train workers, then zero-shot + retrieval evaluation")
     # 8 logical CPUs: the sweep's trials and the VLM stages share the local instance below.
     clip = run_clip(load_config(ClipRunConfig, CONF / "clip/tiny.yaml",
-                                shards + ["run.name=dry-run-clip", "loop.max_steps=24", "run.local_num_cpus=8"]))
+                                shards + [f"run.name={CLIP_RUN}", "loop.max_steps=24", "run.local_num_cpus=8"]))
 
     _step(3, "a 2-trial Ray Tune sweep over the CLIP temperature (ASHA, one nested MLflow run per trial), "
              f"in the background: log in {out / 'sweep.log'}")
@@ -61,20 +62,20 @@ def run_dry_run(args) -> int:
 
     _step(4, "VLM stage 1: projector on captions (CLIP tower and a tiny LM frozen)")
     lm_dir = make_tiny_lm(data_dir / "tiny-lm", iter_captions([str(data_dir)]), vocab_size=512, hidden_size=64)
-    vlm = shards + [f"model.vision.checkpoint={runs / 'dry-run-clip'}", f"model.lm.path={lm_dir}",
+    vlm = shards + [f"model.vision.checkpoint={runs / CLIP_RUN}", f"model.lm.path={lm_dir}",
                     "loop.max_steps=12", "loop.log_every=4", "loop.batch_size_per_worker=16", "scaling.num_workers=1",
                     "eval.max_generate_samples=8", "max_length=48"]
     # Stage 1 skips the held-out evaluation (an eval pipeline and greedy answers cost ~10 s here);
     # stage 2 evaluates and logs its table of generations.
     stage1 = run_vlm(load_config(VlmRunConfig, CONF / "vlm/stage1.yaml",
-                                 vlm + ["run.name=dry-run-vlm-stage1", "data.eval_shards=[]"]))
+                                 vlm + [f"run.name={STAGE1_RUN}", "data.eval_shards=[]"]))
 
     _step(5, "VLM stage 2: projector + LM on conversations, from the stage-1 projector")
     stage2 = run_vlm(load_config(VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [
-        "run.name=dry-run-vlm-stage2", f"init_from={runs / 'dry-run-vlm-stage1'}"]))
+        f"run.name={STAGE2_RUN}", f"init_from={runs / STAGE1_RUN}"]))
 
     print("[dry-run] waiting for the sweep to finish", flush=True)
-    summary = _finish_sweep(sweep, runs / "sweeps/dry-run-sweep/results.json", out / "sweep.log")
+    summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
     print(format_table(summary))
 
     print(f"\n== dry run finished in {time.time() - started:.0f} s ==")
@@ -108,7 +109,7 @@ def _start_sweep(shards: list[str], runs: Path, log_path: Path, ray_address: str
     stages (on 2 cores most of each run is start-up latency, which overlaps well)."""
     trial = shards + ["loop.max_steps=8", "loop.eval_every=4", "loop.checkpoint_every=4", "loop.log_every=4",
                       "scaling.num_workers=1", "tracking.log_figures=false"]
-    settings = ["name=dry-run-sweep", "num_samples=2", "data_cpus_per_trial=0.5", "max_concurrent_trials=2",
+    settings = [f"name={SWEEP}", "num_samples=2", "data_cpus_per_trial=0.5", "max_concurrent_trials=2",
                 "scheduler.grace_period=4", f"output_dir={runs}", f"ray_address={ray_address}", f"overrides={trial!r}"]
     args = [sys.executable, "-m", "jobs.cli", "sweep", "--config", str(CONF / "sweep/clip_temperature.yaml")]
     args += [item for setting in settings for item in ("--set", setting)]
