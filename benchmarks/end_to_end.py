@@ -4,11 +4,16 @@ to the first step.
 
     python -m benchmarks.end_to_end --preset vit_b16 --batch-size 256 --shards 'shards/train-*.tar'   # GPU host
     python -m benchmarks.end_to_end --preset tiny --batch-size 64 --shards 'data/synth/train-*.tar'   # CPU
+
+`--baseline trainer_throughput.json` takes the synthetic figure from a trainer_throughput run of the
+same preset, batch size and device made just before (gpu_suite.sh does this), instead of compiling
+the model a second time here: on an H100 that second compile is a minute of scarce device time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +36,8 @@ def main() -> None:
     parser.add_argument("--shards", required=True, help="training shards (with tokenizer.json beside them)")
     parser.add_argument("--data-cpus", type=float, default=0,
                         help="CPUs for the Ray Data pool (0 = all but the training worker's); Ray gets one per core")
+    parser.add_argument("--baseline", type=Path,
+                        help="trainer_throughput JSON of the same preset/batch/device to take the synthetic figure from")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -53,13 +60,17 @@ def main() -> None:
 
     resolved, _, _ = resolve(cfg)
     device = torch.device("cuda" if use_gpu else "cpu")
-    synthetic = measure(resolved, args.batch_size, steps=max(args.steps // 4, 5), warmup=3,
-                        compile_model=resolved.loop.compile, device=device)
+    if args.baseline:
+        synthetic = baseline_from(args.baseline, args.preset, args.batch_size, device, resolved.loop.compile)
+    else:
+        synthetic = measure(resolved, args.batch_size, steps=max(args.steps // 4, 5), warmup=3,
+                            compile_model=resolved.loop.compile, device=device)
     report = {
         "benchmark": "end_to_end", "device": device_name(device), "preset": args.preset,
         "batch_size": args.batch_size, "steps": args.steps,
         "pipeline_samples_per_s": metrics["samples_per_s"],  # the last logging window: steady state
         "synthetic_samples_per_s": synthetic["samples_per_s"],
+        "synthetic_from": str(args.baseline) if args.baseline else "measured in this run",
         "pipeline_efficiency": metrics["samples_per_s"] / synthetic["samples_per_s"],
         "data_wait_fraction": metrics["data_wait_fraction"],
         "time_to_first_step_s": metrics.get("time_to_first_step_s"),
@@ -68,6 +79,23 @@ def main() -> None:
           f"{report['synthetic_samples_per_s']:.0f}: efficiency {report['pipeline_efficiency']:.2f}, "
           f"waiting for input {report['data_wait_fraction']:.0%}")
     write_report(args.out or Path(f"benchmarks/results/end_to_end_{args.preset}.json"), report)
+
+
+def baseline_from(path: Path, preset: str, batch_size: int, device: torch.device, compiled: bool) -> dict:
+    """The synthetic-data result in a trainer_throughput report, refusing one of another setup."""
+    report = json.loads(path.read_text())
+    wanted = {"preset": preset, "batch_size": batch_size, "device": device_name(device)}
+    found = {key: report.get(key) for key in wanted}
+    if found != wanted:
+        raise SystemExit(f"{path} measured {found}, not {wanted}: rerun trainer_throughput to match, "
+                         "or drop --baseline to measure here")
+    for result in report["results"]:
+        # The trainer compiles with torch.compile's default mode, so only that result compares.
+        if result["compiled"] == compiled and result.get("compile_mode") in (None, "default"):
+            return result
+    mode = "compiled" if compiled else "eager"
+    raise SystemExit(f"{path} has no {mode} result in torch.compile's default mode; run trainer_throughput "
+                     f"with --modes {mode} and no --compile-mode")
 
 
 if __name__ == "__main__":
