@@ -1,7 +1,10 @@
 """CPU time per image of the train-time decode (JPEG -> random-resized-crop -> flip), with OpenCV
 and with the PIL fallback, on the same images in alternating rounds, in one process (one core).
+`--pre-resize N` adds both decoders on the same images shrunk to an N-pixel shorter side, as
+`mmtrain data convert --resize N` stores them.
 
     python -m benchmarks.decode_throughput --shards /tmp/mmtrain-bench-shards --images 300 --rounds 5
+    python -m benchmarks.decode_throughput --shards /tmp/bench-512 --source-size 512 --pre-resize 256
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from benchmarks.common import write_report
 from benchmarks.data_throughput import make_shards
 from pipelines import images
 from pipelines.config import AugmentConfig
+from pipelines.resize import shrink
 
 
 def cpu_us_per_image(jpegs: list[bytes], cfg: AugmentConfig, decoder: str) -> float:
@@ -40,29 +44,45 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--source-size", type=int, default=256, help="image size of shards made here")
+    parser.add_argument("--pre-resize", type=int, default=0,
+                        help="also time the images shrunk to this shorter side (as `data convert --resize`)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode_throughput.json"))
     args = parser.parse_args()
     if images.DECODER != "opencv":
         raise SystemExit("OpenCV is not installed here: `pip install opencv-python-headless` to compare")
 
-    shards = make_shards(args.shards, max(args.images, 1000), 256)
+    shards = make_shards(args.shards, max(args.images, 1000), args.source_size)
     with tarfile.open(sorted(shards.glob("*.tar"))[0]) as tar:
         jpegs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][:args.images]
+    image_sets = {"": jpegs}
+    if args.pre_resize:
+        image_sets[f"@{args.pre_resize}"] = [shrink(data, args.pre_resize, 95, 10**8) or data for data in jpegs]
     cfg = AugmentConfig(image_size=args.image_size, crop_scale=(0.08, 1.0))
-    runs = {"opencv": [], "pil": []}
-    for decoder in runs:  # untimed: first calls pay for lazy initialisation
-        cpu_us_per_image(jpegs[:20], cfg, decoder)
-    for _ in range(args.rounds):  # alternate so drift hits both alike
-        for decoder in runs:
-            runs[decoder].append(cpu_us_per_image(jpegs, cfg, decoder))
+    variants = [(decoder, suffix) for suffix in image_sets for decoder in ("opencv", "pil")]
+    runs = {decoder + suffix: [] for decoder, suffix in variants}
+    for decoder, suffix in variants:  # untimed: first calls pay for lazy initialisation
+        cpu_us_per_image(image_sets[suffix][:20], cfg, decoder)
+    for _ in range(args.rounds):  # alternate so drift hits all alike
+        for decoder, suffix in variants:
+            runs[decoder + suffix].append(cpu_us_per_image(image_sets[suffix], cfg, decoder))
     median = {name: float(np.median(values)) for name, values in runs.items()}
-    speedup = median["pil"] / median["opencv"]
-    print(f"per image (CPU, median of {args.rounds}): OpenCV {median['opencv']:.0f} us "
-          f"({1e6 / median['opencv']:.0f} images/s per core), PIL {median['pil']:.0f} us "
-          f"({1e6 / median['pil']:.0f}/s): {speedup:.2f}x")
+    speedups = {f"opencv{suffix} over pil{suffix}": median[f"pil{suffix}"] / median[f"opencv{suffix}"]
+                for suffix in image_sets}
+    if args.pre_resize:
+        speedups.update({f"{decoder}@{args.pre_resize} over {decoder}": median[decoder] / median[f"{decoder}@{args.pre_resize}"]
+                         for decoder in ("opencv", "pil")})
+    print(f"per image (CPU, median of {args.rounds}), {args.source_size}px sources -> {args.image_size}px crops:")
+    for name, value in median.items():
+        print(f"  {name:<12} {value:6.0f} us ({1e6 / value:.0f} images/s per core)")
+    for name, value in speedups.items():
+        print(f"  {name}: {value:.2f}x")
     write_report(args.out, {"benchmark": "decode_throughput", "images": len(jpegs), "image_size": args.image_size,
+                            "source_size": args.source_size, "pre_resize": args.pre_resize,
+                            "mean_jpeg_bytes": {name or "original": float(np.mean([len(d) for d in data]))
+                                                for name, data in image_sets.items()},
                             "cpu_us_per_image": runs, "median_cpu_us_per_image": median,
-                            "speedup_opencv_over_pil": speedup})
+                            "speedup_opencv_over_pil": speedups["opencv over pil"], "speedups": speedups})
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ def add_parsers(subparsers) -> None:
     conv.add_argument("--shard-samples", type=int, default=10_000, help="samples per shard at most")
     conv.add_argument("--shard-mb", type=float, default=256, help="MiB per shard at most")
     conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--resize", type=int, default=0, metavar="PIXELS",
+                      help="scale images down to this shorter side and store them as JPEG, so training "
+                           "decodes fewer pixels (e.g. 256 for 224px training); default: keep the bytes")
+    conv.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images (default 95)")
+    conv.add_argument("--workers", type=int, default=0, help="processes that resize (default: one per core)")
     conv.set_defaults(handler=run_convert)
 
     insp = commands.add_parser("inspect", help="count samples and bad samples by reason")
@@ -74,12 +79,15 @@ def run_convert(args) -> int:
         image_column=args.image_column, caption_column=args.caption_column,
         label_column=args.label_column, shard_samples=args.shard_samples,
         shard_bytes=int(args.shard_mb * 1024 * 1024), seed=args.seed,
+        resize=args.resize, quality=args.quality, workers=args.workers,
     )
     with tqdm(desc="convert", unit="sample") as bar:
         manifest = convert(args.src, args.out_dir, options, progress=bar.update)
     write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
     skipped = manifest.get("skipped") or {}
+    resized = manifest.get("resize", {}).get("resized")
     print(f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out_dir}"
+          f"{f' ({resized} resized to a {args.resize}px shorter side)' if resized is not None else ''}"
           f"{f'; skipped {skipped}' if skipped else ''} (+ manifest.json, tokenizer.json)")
     return 0
 

@@ -5,20 +5,28 @@ Formats:
   csv      a table with an image column (path or bytes) and a caption column; also jsonl, parquet
   idx      MNIST-style IDX files (train-images-idx3-ubyte[.gz] + labels, t10k-* as the test split)
            with class names from --classes and captions from --template
+
+With `resize`, images whose shorter side is larger are scaled down to it and stored as JPEG
+(pipelines/resize.py), on `workers` processes; the rest keep their original bytes.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
-from dataclasses import dataclass
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
 
+from pipelines.images import BadSample
+from pipelines.resize import shrink
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
 from pipelines.tar_samples import IMAGE_EXTENSIONS
 
@@ -58,6 +66,10 @@ class ConvertOptions:
     shard_samples: int = 10_000
     shard_bytes: int = 256 * 1024 * 1024
     seed: int = 0
+    resize: int = 0  # scale images down to this shorter side (JPEG); 0 = store the bytes as given
+    quality: int = 95  # JPEG quality of resized images
+    workers: int = 0  # processes that resize; 0 = one per core
+    max_pixels: int = 64_000_000  # images over this (read from the header) are skipped, not decoded
 
 
 def convert(src: Path, out_dir: Path, options: ConvertOptions,
@@ -71,6 +83,9 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
     for template in options.templates:
         if "{}" not in template:
             raise ValueError(f"caption template {template!r} needs a {{}} where the class name goes")
+    if options.resize < 0 or not 1 <= options.quality <= 100:
+        raise ValueError(f"--resize must be >= 0 (got {options.resize}) and --quality within 1-100 "
+                         f"(got {options.quality})")
     reader = {
         "folder": _read_folder, "csv": _read_table, "jsonl": _read_table,
         "parquet": _read_table, "idx": _read_idx,
@@ -78,7 +93,11 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
     writers: dict[str, ShardWriter] = {}
     skipped: dict[str, int] = {}
     extra: dict = {"source": str(src), "format": options.format}
-    for item in reader(src, options, extra):
+    items = reader(src, options, extra)
+    if options.resize:
+        resized = extra["resize"] = {"shorter_side": options.resize, "quality": options.quality, "resized": 0}
+        items = _shrink_all(items, options, resized)
+    for item in items:
         if isinstance(item, str):  # a skipped input, by reason
             skipped[item] = skipped.get(item, 0) + 1
             continue
@@ -97,6 +116,41 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
         raise ValueError(f"found no convertible samples in {src} as format {options.format!r}")
     extra["skipped"] = skipped
     return write_manifest(out_dir, shards, extra)
+
+
+def _shrink_all(items, options: ConvertOptions, counts: dict, chunk: int = 256) -> Iterator[Example | str]:
+    """Resize on a process pool, a chunk at a time (Executor.map would read the whole source
+    ahead into memory), keeping the source's order."""
+    workers = options.workers or os.cpu_count() or 1
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        while batch := list(itertools.islice(items, chunk)):
+            args = (_shrink_example, batch, itertools.repeat(options))
+            for item in pool.map(*args, chunksize=8) if pool else map(*args):
+                if isinstance(item, _Resized):
+                    counts["resized"] += 1
+                    item = item.example
+                yield item
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+@dataclass
+class _Resized:
+    """An example whose image was scaled down (counted in the manifest)."""
+
+    example: Example
+
+
+def _shrink_example(item: Example | str, options: ConvertOptions) -> Example | _Resized | str:
+    if isinstance(item, str):  # a skip reason from the reader
+        return item
+    try:
+        smaller = shrink(item.image, options.resize, options.quality, options.max_pixels)
+    except BadSample as err:
+        return err.reason
+    return item if smaller is None else _Resized(replace(item, image=smaller, image_ext="jpg"))
 
 
 def _read_folder(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:

@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import tarfile
 
@@ -107,3 +108,58 @@ def test_convert_errors_say_what_to_change(tmp_path):
     (tmp_path / "t.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(ValueError, match="--image-column"):
         convert(tmp_path / "t.csv", tmp_path / "o", ConvertOptions(format="csv"))
+
+
+def _encoded(image, fmt):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_convert_resize_shrinks_big_images_keeps_small_ones_and_skips_bad(tmp_path):
+    from PIL import Image
+
+    from pipelines.tar_samples import iter_raw_samples
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (300, 480, 3), dtype=np.uint8))  # H x W: 480 x 300
+    small = jpeg_bytes()
+    sources = {
+        "big": _encoded(photo, "JPEG"),
+        "tall_png": _encoded(Image.fromarray(rng.integers(0, 255, (640, 400, 4), dtype=np.uint8), "RGBA"), "PNG"),
+        "small": small,
+        "broken": _encoded(photo, "JPEG")[:2000],  # header intact, pixel data cut off
+        "junk": b"not an image at all",
+    }
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in sources.items():
+        (folder / f"{name}.{'png' if name.endswith('png') else 'jpg'}").write_bytes(data)
+        (folder / f"{name}.txt").write_text(f"a picture called {name}")
+    out = tmp_path / "shards"
+
+    assert main(["data", "convert", str(folder), str(out), "--format", "folder", "--resize", "128",
+                 "--quality", "90", "--workers", "2"]) == 0
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 3}
+    assert manifest["skipped"] == {"not_an_image": 2}
+    assert manifest["resize"] == {"shorter_side": 128, "quality": 90, "resized": 2}
+    with open(out / "train-00000.tar", "rb") as stream:
+        stored = {raw.key: raw.fields for raw in iter_raw_samples(stream)}
+    assert set(stored) == {"big", "tall_png", "small"}
+    assert stored["small"]["jpg"] == small  # already small enough: the original bytes
+    big = Image.open(io.BytesIO(stored["big"]["jpg"]))
+    assert (big.format, big.size) == ("JPEG", (205, 128))  # aspect ratio kept
+    tall = Image.open(io.BytesIO(stored["tall_png"]["jpg"]))  # resized images are stored as JPEG
+    assert (tall.format, tall.mode, tall.size) == ("JPEG", "RGB", (128, 205))
+    # The content survives: the shrunk image matches the original scaled the same way.
+    reference = np.asarray(photo.resize((205, 128), Image.Resampling.LANCZOS), float)
+    assert np.abs(np.asarray(big.convert("RGB"), float) - reference).mean() < 30
+
+
+def test_convert_resize_refuses_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="--quality"):
+        convert(tmp_path, tmp_path / "o", ConvertOptions(format="folder", resize=256, quality=0))
