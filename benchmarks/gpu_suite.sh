@@ -70,4 +70,4 @@ step trainer_vit_b16_cudagraphs 200 "$python" -m benchmarks.trainer_throughput -
   --steps 15 --warmup 3 --modes compiled --compile-mode reduce-overhead --profile-steps 5 \
   --out "$results/trainer_throughput_vit_b16_cudagraphs.json"
 step vlm_throughput 90 "$python" -m benchmarks.vlm_throughput --lm smollm2-135m-shape --vision-preset vit_b16 \
-  --batch-size 32 --steps 15 --out "$results/vlm_throughput_smollm2_vit_b16.json"
+  --batch-size 32 --steps 15 --profile-steps 3 --out "$results/vlm_throughput_smollm2_vit_b16.json"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import H100_BF16_PEAK_FLOPS, device_name, forward_flops, write_report
+from benchmarks.step_profile import format_profile, profile_steps
 from pipelines import contract
 from training.checkpoint import save_checkpoint
 from training.config import ClipRunConfig, ModuleLearningRates, VlmRunConfig
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample beside the image's")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after timing, profile this many steps and report time by kernel family")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -82,7 +85,7 @@ def main() -> None:
     # The frozen tower runs forward only; the projector and LM run forward and backward (~3x).
     flops_per_step = vision + 3 * (total - vision)
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
-    scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup)
+    scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup + args.profile_steps)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     batches = lambda _: iter(lambda: batch, None)  # the same batch forever
     step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)  # the trainer's own step
@@ -96,12 +99,19 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+
+    def run_steps(count: int) -> None:
+        train(task, model, optimizer, scheduler, state, batches, state.step + count, device, lambda s, r: True, **step)
+
+    profiled = profile_steps(run_steps, args.profile_steps, seconds, device) if args.profile_steps else None
     report = {"benchmark": "vlm_throughput", "device": device_name(device), "lm": args.lm,
               "vision_preset": args.vision_preset, "batch_size": args.batch_size, "tokens_per_sample": length,
               "tokens_per_s": args.batch_size * length / seconds, "samples_per_s": args.batch_size / seconds,
-              "mfu_vs_h100_bf16": flops_per_step / seconds / H100_BF16_PEAK_FLOPS}
+              "mfu_vs_h100_bf16": flops_per_step / seconds / H100_BF16_PEAK_FLOPS, "profile": profiled}
     print(f"{report['tokens_per_s']:.0f} tokens/s ({report['samples_per_s']:.1f} samples/s), "
           f"MFU {report['mfu_vs_h100_bf16']:.2%} of an H100's bf16 peak")
+    if profiled:
+        print(format_profile(profiled))
     write_report(args.out or Path("benchmarks/results/vlm_throughput.json"), report)
 
 
