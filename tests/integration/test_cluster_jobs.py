@@ -48,7 +48,10 @@ def ray_head():
     dashboard_port = ports["--dashboard-port"]
     args = [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=6",
             "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"] + [f"{k}={v}" for k, v in ports.items()]
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # the job's `python` has mmtrain
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",  # the job's `python` has mmtrain
+           # No drain on SIGTERM: the group's signal reaches the GCS too, so a drain would only wait
+           # out its 30 s timeout before the shutdown.
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp_dir) / "head.log", "w")
     head = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
