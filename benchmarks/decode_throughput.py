@@ -69,9 +69,9 @@ def main() -> None:
     median = {name: float(np.median(values)) for name, values in runs.items()}
     speedups = {f"opencv{suffix} over pil{suffix}": median[f"pil{suffix}"] / median[f"opencv{suffix}"]
                 for suffix in image_sets}
-    if args.pre_resize:
-        speedups.update({f"{decoder}@{args.pre_resize} over {decoder}": median[decoder] / median[f"{decoder}@{args.pre_resize}"]
-                         for decoder in ("opencv", "pil")})
+    for decoder in ("opencv", "pil") if args.pre_resize else ():
+        resized = f"{decoder}@{args.pre_resize}"
+        speedups[f"{resized} over {decoder}"] = median[decoder] / median[resized]
     print(f"per image (CPU, median of {args.rounds}), {args.source_size}px sources -> {args.image_size}px crops:")
     for name, value in median.items():
         print(f"  {name:<12} {value:6.0f} us ({1e6 / value:.0f} images/s per core)")

@@ -83,9 +83,10 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
     for template in options.templates:
         if "{}" not in template:
             raise ValueError(f"caption template {template!r} needs a {{}} where the class name goes")
-    if options.resize < 0 or not 1 <= options.quality <= 100:
-        raise ValueError(f"--resize must be >= 0 (got {options.resize}) and --quality within 1-100 "
-                         f"(got {options.quality})")
+    if options.resize < 0:
+        raise ValueError(f"--resize {options.resize}: give a shorter side in pixels, or 0 to keep images as they are")
+    if not 1 <= options.quality <= 100:
+        raise ValueError(f"--quality {options.quality}: JPEG quality goes from 1 to 100 (default 95)")
     reader = {
         "folder": _read_folder, "csv": _read_table, "jsonl": _read_table,
         "parquet": _read_table, "idx": _read_idx,
@@ -126,31 +127,25 @@ def _shrink_all(items, options: ConvertOptions, counts: dict, chunk: int = 256) 
     try:
         while batch := list(itertools.islice(items, chunk)):
             args = (_shrink_example, batch, itertools.repeat(options))
-            for item in pool.map(*args, chunksize=8) if pool else map(*args):
-                if isinstance(item, _Resized):
-                    counts["resized"] += 1
-                    item = item.example
+            for item, resized in pool.map(*args, chunksize=8) if pool else map(*args):
+                counts["resized"] += resized
                 yield item
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
 
 
-@dataclass
-class _Resized:
-    """An example whose image was scaled down (counted in the manifest)."""
-
-    example: Example
-
-
-def _shrink_example(item: Example | str, options: ConvertOptions) -> Example | _Resized | str:
+def _shrink_example(item: Example | str, options: ConvertOptions) -> tuple[Example | str, bool]:
+    """(the example, with its image scaled down where it was larger, or a skip reason; whether it was resized)"""
     if isinstance(item, str):  # a skip reason from the reader
-        return item
+        return item, False
     try:
         smaller = shrink(item.image, options.resize, options.quality, options.max_pixels)
     except BadSample as err:
-        return err.reason
-    return item if smaller is None else _Resized(replace(item, image=smaller, image_ext="jpg"))
+        return err.reason, False
+    if smaller is None:
+        return item, False
+    return replace(item, image=smaller, image_ext="jpg"), True
 
 
 def _read_folder(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
