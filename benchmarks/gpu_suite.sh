@@ -6,19 +6,19 @@
 #
 #   bash benchmarks/gpu_suite.sh [RESULTS_DIR]        # default benchmarks/results/gpu
 #
-# Steps run in order of what is least known (RESULTS.md): end_to_end for B/32 has never been
-# measured, then B/16's step with a profile (the MFU gap's cause), then B/16 end to end against the
-# synthetic figure taken minutes before in the same call. BUDGET_S (default 570, under the device
+# Steps run in order of what was least known (RESULTS.md). BUDGET_S (default 570, under the device
 # tool's 600 s per command) caps the whole suite: each step's limit is cut to what is left, and a
-# step with under 45 s left is skipped.
-# On one H100 with 16 cores (2026-11-26): shards 25 s, trainer_throughput 77 s (B/32) and 68 s
-# (B/16), data_throughput 53 s, vlm_throughput 25 s; an end_to_end run took over 150 s when it
-# compiled the model twice (now once: its baseline comes from the trainer step's JSON).
+# step with under 45 s left is skipped. STEPS (names, space-separated) runs only those steps, e.g.
+#   STEPS="trainer_vit_b16_cudagraphs vlm_throughput" bash benchmarks/gpu_suite.sh
+# (end_to_end needs the shards step and its trainer step, whose JSON is its baseline).
+# On one H100 with 16 cores (2026-11-26, late night): shards 32 s, trainer_vit_b32 83 s,
+# end_to_end_vit_b32 154 s, trainer_vit_b16 with profile 104 s, end_to_end_vit_b16 143 s: the
+# budget ends there, and the rest needs a second call (data_throughput ~80 s with its shards,
+# vlm_throughput with profile 43 s).
 #
-# The offline host's wheel bundle leaves no room for OpenCV in the same upload (64 MiB per call).
-# Its wheel (~58 MiB) fits a call of its own: upload .gpu-wheels in one call and .cv-wheels in the
-# next, while the machine is still warm (ignored folders stay between calls); this script installs
-# .cv-wheels/*.whl when present (it needs numpy >= 2 on the host, else decoding stays on PIL):
+# The GPU host's image already has opencv-python-headless (host.txt records `decoder opencv`).
+# For a host without it, this script installs .cv-wheels/*.whl when present (~58 MiB: upload it in
+# a call of its own while the machine is warm, as .gpu-wheels fills most of one 64 MiB upload):
 #   pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.12 \
 #       -d .cv-wheels opencv-python-headless
 set -u
@@ -35,6 +35,7 @@ export RAY_DATA_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELIS
 step() {  # step NAME TIME_LIMIT_S COMMAND...
   local name=$1 limit=$2 left=$((deadline - SECONDS))
   shift 2
+  if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then return; fi
   if ((left < 45)); then echo "== $name skipped: ${left}s of the suite's ${budget}s left"; return; fi
   ((limit > left)) && limit=$left
   echo "== $name ($(date +%T), limit ${limit}s): $*"
