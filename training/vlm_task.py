@@ -19,8 +19,11 @@ from training.config_io import from_dict
 from training.distributed import all_reduce_sum
 from training.models.clip import ClipModel
 from training.models.language_model import load_lm
-from training.models.vlm import VisionLanguageModel, build_projector
+from training.models.vlm import VisionLanguageModel, build_projector, predicting_positions
 from training.optim import param_groups
+
+# A prepared batch's key beside the contract columns: the positions that get logits (vlm.predicting_positions).
+PREDICTING = "predicting_positions"
 
 
 def vision_tower_config(checkpoint: str) -> ClipRunConfig:
@@ -100,11 +103,13 @@ class VlmTask:
         out = {contract.IMAGE: images_to_model_input(torch.as_tensor(batch[contract.IMAGE]), device)}
         for column in (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS):
             out[column] = torch.as_tensor(batch[column]).to(device, non_blocking=True).long()
+        # Found on the host copy of the labels, so the step never waits for the GPU to find them.
+        out[PREDICTING] = predicting_positions(torch.as_tensor(batch[contract.LABELS])).to(device, non_blocking=True)
         return out
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         loss = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK],
-                     batch[contract.LABELS])
+                     batch[contract.LABELS], batch[PREDICTING])
         return loss, {}
 
     def after_optimizer_step(self, model: nn.Module) -> None:
@@ -132,7 +137,8 @@ class VlmTask:
         for batch in eval_shard.iter_batches(batch_size=self.cfg.eval.batch_size, batch_format="numpy"):
             prepared = self.prepare_batch(batch, device)
             totals[0] += float(model(prepared[contract.IMAGE], prepared[contract.INPUT_IDS],
-                                     prepared[contract.ATTENTION_MASK], prepared[contract.LABELS]))
+                                     prepared[contract.ATTENTION_MASK], prepared[contract.LABELS],
+                                     prepared[PREDICTING]))
             totals[1] += 1
             for row in range(len(batch[contract.KEY])):
                 if totals[3] >= budget:

@@ -136,3 +136,42 @@ def test_random_lm_can_take_a_real_models_shape(tmp_path):
     assert len(tokenizer) < 1000
     ids = torch.tensor([tokenizer.encode("a red square")])
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 1000)
+
+
+def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
+    """The LM head runs only at positions whose next token has a label; the loss and every gradient
+    must still be those of the LM's own loss over full logits. Rows supervise different spans, one
+    row is padded, and one position is supervised in one row only."""
+    from training.models.vlm import predicting_positions
+
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm, stage="conversations", lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)))
+    model = task.build_model()
+    encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
+    rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\n" + question},
+                                        {"from": "gpt", "value": answer}]))
+            for question, answer in [("what colour are the shapes?", "red"), ("what colour?", "a red circle."),
+                                     ("what colour are the shapes? red", "blue")]]
+    ids, mask, labels = (torch.tensor([row[i] for row in rows]) for i in range(3))
+    labels[2, 20] = ids[2, 20]  # a lone supervised token in one row: its position must still get logits
+    images = torch.randn(3, 3, 16, 16)
+
+    positions = predicting_positions(labels)
+    supervised_anywhere = (labels[:, 1:] != -100).any(0)
+    assert positions.tolist() == supervised_anywhere.nonzero().flatten().tolist()
+    assert 0 < len(positions) < ids.shape[1] - 1  # the image and prompt positions get no logits
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    ours, our_grads = loss_and_grads(lambda: model(images, ids, mask, labels, positions))
+    full, full_grads = loss_and_grads(lambda: model.lm(inputs_embeds=model.embed(images, ids), attention_mask=mask,
+                                                       labels=labels).loss)
+    assert torch.allclose(ours, full, atol=1e-6)
+    assert our_grads.keys() == full_grads.keys() and any(name.startswith("projector.") for name in our_grads)
+    for name, grad in our_grads.items():
+        assert torch.allclose(grad, full_grads[name], atol=1e-6), name
+    assert torch.allclose(model(images, ids, mask, labels), ours, atol=1e-6)  # positions found when not given

@@ -9,7 +9,9 @@ import re
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from pipelines.conversations import IGNORE_INDEX
 from training.models.clip import VisionTower
 
 PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
@@ -56,9 +58,18 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"each sample needs {features_BPD.shape[1]} image tokens, got {counts.tolist()}")
         return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
 
-    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL):
+    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None):
+        """Mean next-token loss over the supervised tokens, as the LM's own loss computes it, but with
+        logits only at `predicting_K`: the positions whose next token has a label in some row
+        (`predicting_positions`; computed here when not given). The image and prompt positions carry no
+        label, and full-vocabulary fp32 logits there were most of a step's memory traffic."""
+        if predicting_K is None:
+            predicting_K = predicting_positions(labels_BL)
         embeds = self.embed(images_BCHW, input_ids_BL)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL, labels=labels_BL).loss
+        logits_BKV = self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL,
+                             logits_to_keep=predicting_K.to(embeds.device)).logits
+        targets_BK = labels_BL[:, 1:].index_select(1, predicting_K.to(labels_BL.device))
+        return F.cross_entropy(logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def generate(self, image_CHW: torch.Tensor, prompt_ids_L: torch.Tensor, max_new_tokens: int,
@@ -75,3 +86,10 @@ class VisionLanguageModel(nn.Module):
             out = self.lm(input_ids=torch.tensor([[next_id]], device=prompt_ids_L.device),
                           cache=out.cache, use_cache=True)
         return generated
+
+
+def predicting_positions(labels_BL: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token is supervised in at least one row: [K] int64. Call it on
+    the host copy of the labels (VlmTask.prepare_batch does): on a GPU tensor, `nonzero` would make
+    the host wait for the device every step."""
+    return (labels_BL[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
