@@ -62,7 +62,7 @@ class VisionLanguageModel(nn.Module):
         """Mean next-token loss over the supervised tokens, as the LM's own loss computes it, but with
         logits only at `predicting_K`: the positions whose next token has a label in some row
         (`predicting_positions`; computed here when not given). The image and prompt positions carry no
-        label, and full-vocabulary fp32 logits there were most of a step's memory traffic."""
+        label: full-vocabulary fp32 logits there would be computed, stored and thrown away."""
         if predicting_K is None:
             predicting_K = predicting_positions(labels_BL)
         embeds = self.embed(images_BCHW, input_ids_BL)
