@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="after timing, profile this many steps and report time by kernel family")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model, as loop.compile=true does in training (the batch's number "
+                             "of supervised positions varies, so expect one recompile with a dynamic shape)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -90,25 +93,27 @@ def main() -> None:
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
     scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup + args.profile_steps)
     autocast = torch.bfloat16 if device.type == "cuda" else None
+    stepped = torch.compile(model) if args.compile else model
     batches = lambda _: iter(lambda: batch, None)  # the same batch forever
     step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)  # the trainer's own step
-    state = train(task, model, optimizer, scheduler, TrainState(), batches, args.warmup, device,
+    state = train(task, stepped, optimizer, scheduler, TrainState(), batches, args.warmup, device,
                   lambda s, r: True, **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train(task, model, optimizer, scheduler, state, batches, args.warmup + args.steps, device, lambda s, r: True,
+    train(task, stepped, optimizer, scheduler, state, batches, args.warmup + args.steps, device, lambda s, r: True,
           **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
 
     def run_steps(count: int) -> None:
-        train(task, model, optimizer, scheduler, state, batches, state.step + count, device, lambda s, r: True, **step)
+        train(task, stepped, optimizer, scheduler, state, batches, state.step + count, device, lambda s, r: True, **step)
 
     profiled = profile_steps(run_steps, args.profile_steps, seconds, device) if args.profile_steps else None
     report = {"benchmark": "vlm_throughput", "device": device_name(device), "lm": args.lm,
               "vision_preset": args.vision_preset, "batch_size": args.batch_size, "tokens_per_sample": length,
+              "compiled": args.compile,
               "tokens_per_s": args.batch_size * length / seconds, "samples_per_s": args.batch_size / seconds,
               "mfu_vs_h100_bf16": flops_per_step / seconds / H100_BF16_PEAK_FLOPS, "profile": profiled}
     print(f"{report['tokens_per_s']:.0f} tokens/s ({report['samples_per_s']:.1f} samples/s), "
