@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="after timing, profile this many steps and report time by kernel family")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model, as loop.compile=true does in training (the batch's number "
-                             "of supervised positions varies, so expect one recompile with a dynamic shape)")
+                        help="torch.compile the model, as loop.compile=true does in training (where the number "
+                             "of supervised positions varies by batch: one recompile makes that shape dynamic)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 

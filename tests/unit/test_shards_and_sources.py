@@ -111,8 +111,6 @@ def test_convert_errors_say_what_to_change(tmp_path):
 
 
 def _encoded(image, fmt):
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
