@@ -34,7 +34,7 @@ def random_tower_checkpoint(preset: str) -> str:
     """A vision tower of the preset's shape with random weights (throughput does not need trained ones)."""
     cfg = load_config(ClipRunConfig, CONF / f"{preset}.yaml", ["model.text.vocab_size=1000"])
     directory = Path(tempfile.mkdtemp(prefix="mmtrain-tower-"))
-    save_checkpoint(directory, ClipModel(cfg.model, cfg.data.context_length, cfg.loss), None, None, TrainState(),
+    save_checkpoint(directory, ClipModel(cfg.model, cfg.data.context_length, cfg.loss), None, TrainState(),
                     to_dict(cfg))
     return str(directory)
 

@@ -12,10 +12,12 @@ NOT_AN_IMAGE = "not_an_image"          # bytes PIL cannot identify or decode
 OVERSIZED_IMAGE = "oversized_image"    # width x height over the max-pixels guard (from the header)
 OVERSIZED_MEMBER = "oversized_member"  # a tar member too large to load into memory safely
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # VLM: truncation left no assistant token to learn
+IMAGE_TRUNCATED = "image_truncated"    # VLM: max_length cuts into the image's tokens
 
 ALL = (
     TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, PICKLE_MEMBER, MISSING_IMAGE, MISSING_CAPTION,
     EMPTY_CAPTION, BAD_METADATA, NOT_AN_IMAGE, OVERSIZED_IMAGE, OVERSIZED_MEMBER, NO_SUPERVISED_TOKENS,
+    IMAGE_TRUNCATED,
 )
 
 # Events about a shard rather than about one sample; they do not count as samples.

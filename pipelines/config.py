@@ -28,7 +28,7 @@ class DataConfig:
     max_image_pixels: int = 64_000_000  # read from the image header before decoding
     max_bad_fraction: float = 0.05  # fail the run when more samples than this are bad
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
-    shuffle_seed: Optional[int] = 0  # file order + local buffer; None = not reproducible
+    shuffle_seed: Optional[int] = 0  # file order, local buffer and augmentation; None = not reproducible
     shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer; 0 = off
     # Rows per block the reader yields. Ray then coalesces a read task's blocks up to its target block
     # size (128 MiB), so the stages see up to a whole shard per call, whatever this is.

@@ -16,6 +16,9 @@ LABEL = "label"                    # int64 [B], class index, -1 when the sample 
 KEY = "key"                        # str [B], the sample's key inside its shard
 CONVERSATION = "conversation"      # str [B], LLaVA-format turns as JSON (VLM data only)
 LABELS = "labels"                  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
+# int64 [K], made from LABELS at collation (pipelines/collate.py): the positions whose next token is
+# supervised in some row, the only ones the VLM computes logits for.
+PREDICTING = "predicting_positions"
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),

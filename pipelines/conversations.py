@@ -1,17 +1,22 @@
 """LLaVA conversations -> token ids and labels, with loss only on assistant tokens.
 
-Labels are derived from character offsets: the chat template renders the whole conversation,
-each assistant reply is located in the rendered text, and a token is supervised exactly when
-its character span overlaps a reply (plus the end-of-turn token that follows it). LLaVA's
-length arithmetic instead assumed per-turn token counts add up, and silently masked whole
-samples when they did not ("tokenization mismatch").
+Labels are derived from character offsets. The chat template renders the conversation once with a
+unique sentinel in place of every message, so each message's place in the rendered text is known
+exactly, whatever the message says: a reply such as "assistant" or "end" can never be mistaken for
+the template's own markup. The real messages then replace the sentinels, and a token is
+supervised exactly when its character span overlaps an assistant reply or the end-of-turn token the
+template puts after it. LLaVA's length arithmetic instead assumed per-turn token counts add up,
+and silently masked whole samples when they did not ("tokenization mismatch").
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+
+import numpy as np
+
+from pipelines import bad_samples
 
 IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
@@ -68,19 +73,20 @@ class ConversationEncoder:
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
-        self.end_of_turn = tokenizer.eos_token or ""
+        self.end_of_turn_id = end_of_turn_token(tokenizer)
+        self.end_of_turn = tokenizer.decode([self.end_of_turn_id]) if self.end_of_turn_id is not None else ""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def encode(self, conversation: list[dict], key: str = "") -> Optional[EncodedConversation]:
-        """The encoding, or None when truncation left no supervised token."""
+    def encode(self, conversation: list[dict], key: str = "") -> EncodedConversation | str:
+        """The encoding, or the bad-sample reason when truncation cuts the image block
+        (IMAGE_TRUNCATED) or leaves no supervised token (NO_SUPERVISED_TOKENS)."""
         messages = to_messages(conversation)
         placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
         if placeholders != 1:
             raise PlaceholderMismatch(
                 f"sample {key!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholders for 1 image; "
                 f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn")
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        spans = self._assistant_spans(text, messages)
+        text, spans = self._render_with_reply_spans(messages)
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids, labels = [], []
         for token_id, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
@@ -92,8 +98,10 @@ class ConversationEncoder:
             input_ids.append(token_id)
             labels.append(token_id if supervised else IGNORE_INDEX)
         input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        if input_ids.count(self.image_token_id) != self.num_image_tokens:
+            return bad_samples.IMAGE_TRUNCATED  # the model needs every image position or none
         if all(label == IGNORE_INDEX for label in labels):
-            return None
+            return bad_samples.NO_SUPERVISED_TOKENS
         return EncodedConversation(input_ids, labels)
 
     def encode_prompt(self, conversation: list[dict]) -> list[int]:
@@ -107,19 +115,34 @@ class ConversationEncoder:
             ids += [token_id] * (self.num_image_tokens if token_id == self.image_token_id else 1)
         return ids
 
-    def _assistant_spans(self, text: str, messages: list[dict]) -> list[tuple[int, int]]:
-        spans, cursor = [], 0
-        for message in messages:
-            start = text.find(message["content"], cursor)
-            if start < 0:
-                raise ValueError("the chat template rewrote a message; cannot locate it for masking")
-            end = start + len(message["content"])
+    @property
+    def stop_ids(self) -> set[int]:
+        """Tokens that end a generated reply: the template's end-of-turn and the tokenizer's EOS."""
+        return {i for i in (self.end_of_turn_id, self.tokenizer.eos_token_id) if i is not None}
+
+    def _render_with_reply_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its assistant replies (each with the
+        end-of-turn token after it: the model learns to stop)."""
+        sentinels = [_sentinel(index) for index in range(len(messages))]
+        skeleton = self.tokenizer.apply_chat_template(
+            [{**m, "content": s} for m, s in zip(messages, sentinels)], tokenize=False)
+        text, spans, cursor = "", [], 0
+        for message, sentinel in zip(messages, sentinels):
+            at = skeleton.find(sentinel, cursor)
+            if at < 0:
+                raise ValueError("the chat template drops or rewrites message content; "
+                                 "cannot locate replies for masking")
+            text += skeleton[cursor:at]
+            start = len(text)
+            text += message["content"]
+            cursor = at + len(sentinel)
             if message["role"] == "assistant":
-                if self.end_of_turn and text.startswith(self.end_of_turn, end):
-                    end += len(self.end_of_turn)  # learn to stop: the end-of-turn token is supervised
+                end = len(text)
+                if self.end_of_turn and skeleton.startswith(self.end_of_turn, cursor):
+                    end += len(self.end_of_turn)
                 spans.append((start, end))
-            cursor = end
-        return spans
+        text += skeleton[cursor:]
+        return text, spans
 
     def pad(self, encoded: EncodedConversation) -> tuple[list[int], list[int], list[int]]:
         """(input_ids, attention_mask, labels), right-padded to max_length."""
@@ -127,3 +150,27 @@ class ConversationEncoder:
         return (encoded.input_ids + [self.pad_id] * missing,
                 [1] * len(encoded.input_ids) + [0] * missing,
                 encoded.labels + [IGNORE_INDEX] * missing)
+
+
+def _sentinel(index: int) -> str:
+    # Private-use characters: no real message or chat template contains them.
+    return f"\ue000{index}\ue001"
+
+
+def end_of_turn_token(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (ChatML's <|im_end|>, Llama 3's
+    <|eot_id|>, Gemma's <end_of_turn>), read from the template's own rendering; None when the
+    template closes a turn with nothing, or with plain text rather than a special token."""
+    reply = _sentinel(1)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _sentinel(0)}, {"role": "assistant", "content": reply}], tokenize=False)
+    after_reply = rendered[rendered.index(reply) + len(reply):].lstrip()
+    ids = tokenizer(after_reply, add_special_tokens=False)["input_ids"] if after_reply else []
+    if ids and ids[0] in tokenizer.all_special_ids:
+        return ids[0]
+    return tokenizer.eos_token_id
+
+
+def supervised_positions(labels_BL) -> np.ndarray:
+    """Positions whose next token is supervised in at least one row: [K] int64 (host arrays only)."""
+    return np.flatnonzero((np.asarray(labels_BL)[:, 1:] != IGNORE_INDEX).any(axis=0)).astype(np.int64)

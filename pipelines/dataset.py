@@ -42,7 +42,7 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
     # small machine leave the read tasks without a CPU beside the actors). Each stage therefore
     # sees what the read hands on: a shard's rows, coalesced up to Ray's 128 MiB target block size.
     source = ShardDatasource(shards.paths, rows_per_block=cfg.decode_batch_size, filesystem=shards.filesystem,
-                             shuffle=shuffle)
+                             shuffle=shuffle, seed=cfg.shuffle_seed)
     cpus = cfg.cpus_per_worker  # the same for every stage, or Ray will not fuse them
     dataset = ray.data.read_datasource(source, override_num_blocks=len(shards.paths), num_cpus=cpus)
     dataset = dataset.map_batches(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 import numpy as np
 
-from pipelines import bad_samples, contract
+from pipelines import contract
 from pipelines.config import AugmentConfig
 from pipelines.conversations import ConversationEncoder, caption_conversation, parse_conversation
 from pipelines.images import BadSample, decode_eval, decode_train
@@ -17,7 +17,7 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
                        keep_conversation: bool, ledger=None) -> dict:
     """Raw rows -> uint8 images; bad rows (from the reader or from decoding) are dropped and counted.
     Each image is resized straight into its row of the batch array: no per-image array to stack."""
-    rng = np.random.default_rng()
+    rng = _augment_rng(batch["augment_seed"]) if train else None
     size = augment.image_size
     images = np.empty((len(batch["key"]), size, size, 3), np.uint8)
     keep, bad = [], Counter()
@@ -44,6 +44,14 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
     if keep_conversation:
         out[contract.CONVERSATION] = np.asarray(batch["conversation"])[keep]
     return out
+
+
+def _augment_rng(seeds) -> np.random.Generator:
+    """One generator for the batch, from its rows' seeds (reproducible), or fresh when unseeded."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if len(seeds) == 0 or (seeds < 0).any():
+        return np.random.default_rng()
+    return np.random.default_rng(seeds.astype(np.uint64))
 
 
 def select(batch: dict, columns: tuple[str, ...] | None) -> dict:
@@ -73,8 +81,9 @@ class Tokenize:
 
 class TokenizeConversations:
     """Image + conversation (or caption, for stage 1) -> LM token ids, attention mask and labels
-    that are -100 everywhere but assistant replies. Samples left with no supervised token after
-    truncation are dropped and counted (never silently trained on)."""
+    that are -100 everywhere but assistant replies. Samples whose truncation cuts the image block
+    or leaves no supervised token are dropped and counted by reason (never trained on, never a
+    crash inside the model)."""
 
     def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None,
                  columns: tuple[str, ...] | None = None):
@@ -87,20 +96,21 @@ class TokenizeConversations:
 
     def __call__(self, batch: dict) -> dict:
         captions = batch.pop("caption")
-        keep, rows = [], []
+        keep, rows, dropped = [], [], Counter()
         for index, key in enumerate(batch[contract.KEY]):
             if self._captions:
                 conversation = caption_conversation(str(captions[index]))
             else:
                 conversation = parse_conversation(str(batch[contract.CONVERSATION][index]))
             encoded = self._encoder.encode(conversation, key=str(key))
-            if encoded is not None:
-                keep.append(index)
-                rows.append(self._encoder.pad(encoded))
-        if self._ledger is not None and len(keep) < len(batch[contract.KEY]):
-            dropped = len(batch[contract.KEY]) - len(keep)
-            # decode counted these as good; move them to the bad column
-            self._ledger.record.remote(-dropped, {bad_samples.NO_SUPERVISED_TOKENS: dropped})
+            if isinstance(encoded, str):  # a bad-sample reason
+                dropped[encoded] += 1
+                continue
+            keep.append(index)
+            rows.append(self._encoder.pad(encoded))
+        if self._ledger is not None and dropped:
+            # decode counted these as good; move them to their bad reasons
+            self._ledger.record.remote(-sum(dropped.values()), dict(dropped))
         out = {name: np.asarray(values)[keep] for name, values in batch.items()}
         length = self._encoder.max_length
         ids, mask, labels = (np.array([r[i] for r in rows]).reshape(-1, length) for i in range(3))

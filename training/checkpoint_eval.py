@@ -10,6 +10,7 @@ import torch
 from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict
 from training.config import ClipRunConfig, VlmRunConfig
 from training.config_io import apply_override, from_dict
+from training.payload import EvalAssets
 
 CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
 
@@ -26,11 +27,11 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
         apply_override(data, override)
     cfg = from_dict(CONFIGS[kind], data)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_shards=list(shards)))
-    assets = {}
+    assets = EvalAssets()
     if kind == "clip":
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=[], templates=[]))
         classes, templates = classes_and_templates(cfg)
-        assets = {"tokenizer": cfg.data.tokenizer, "classes": classes, "templates": templates}
+        assets = EvalAssets(cfg.data.tokenizer, classes, templates)
     task_class = TASKS[kind]
     task = task_class(cfg)
     model = task.build_model()
@@ -40,5 +41,6 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     dataset = build_dataset(cfg.data, list(shards), train=False, columns=task_class.eval_columns,
                             text_stage=task_class.text_stage(cfg))
     with torch.no_grad():
-        metrics = task.evaluate(model, dataset, torch.device("cpu"), assets)
+        batches = dataset.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy")
+        metrics = task.evaluate(model, batches, torch.device("cpu"), assets)
     return metrics, task.eval_table

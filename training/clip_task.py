@@ -1,34 +1,34 @@
-"""The CLIP trainer's task: model, optimizer groups, the loss on one batch, evaluation."""
+"""The CLIP trainer's task: model, optimizer groups, the loss on a batch (with feature-cached
+gradient accumulation), evaluation."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from pipelines import contract
 from training.config import ClipRunConfig
+from training.figures import HeatmapSpec
+from training.loop import Autocast, NoSync, accumulate_independently
 from training.losses import infonce_loss, siglip_loss
+from training.model_inputs import ImageNormalizer, unwrap
 from training.models.clip import ClipModel
-from training.optim import param_groups
-
-
-def images_to_model_input(images_BHWC: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [B, H, W, C] -> normalised float [B, C, H, W] on `device` (the copy stays uint8)."""
-    images = images_BHWC.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(contract.IMAGE_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(contract.IMAGE_STD, device=device).view(1, 3, 1, 1)
-    return (images - mean) / std
+from training.optim import exempt_from_weight_decay, param_groups
 
 
 class ClipTask:
     train_columns = contract.TENSOR_COLUMNS
     eval_columns = contract.TENSOR_COLUMNS
+    train_collate = None  # Ray's default: every column a tensor
 
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg
+        self.normalize = ImageNormalizer(contract.IMAGE_MEAN, contract.IMAGE_STD)
         self.eval_table: list[dict] = []  # CLIP has no generations to show
-        # name -> (matrix, row labels, column labels, title, x label, y label), for figures.heatmap
-        self.eval_pictures: dict[str, tuple] = {}
+        self.eval_pictures: dict[str, HeatmapSpec] = {}
         self._caption_tokenizer = None
 
     @staticmethod
@@ -39,24 +39,56 @@ class ClipTask:
         return ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        return param_groups(model.named_parameters(), self.cfg.optim.weight_decay, self.cfg.optim.lr)
+        return param_groups(model, self.cfg.optim.weight_decay, self.cfg.optim.lr, exempt_from_weight_decay(model))
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         return {
-            contract.IMAGE: images_to_model_input(batch[contract.IMAGE], device),
-            contract.INPUT_IDS: batch[contract.INPUT_IDS].to(device, non_blocking=True).long(),
-            contract.ATTENTION_MASK: batch[contract.ATTENTION_MASK].to(device, non_blocking=True).long(),
+            contract.IMAGE: self.normalize(batch[contract.IMAGE], device),
+            contract.INPUT_IDS: torch.as_tensor(batch[contract.INPUT_IDS]).to(device, non_blocking=True).long(),
+            contract.ATTENTION_MASK: torch.as_tensor(batch[contract.ATTENTION_MASK]).to(
+                device, non_blocking=True).long(),
         }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         # Call the (possibly DDP-wrapped) module itself so gradient sync hooks run.
-        image_BE, text_BE = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK])
-        clip = unwrap(model)
+        image_BE, text_BE = model(*_model_inputs(batch))
+        return self._contrastive(unwrap(model), image_BE.float(), text_BE.float(), learn_temperature=True), {}
+
+    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
+                         no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+        if len(micro_batches) == 1:
+            return accumulate_independently(self.loss, model, micro_batches, autocast, no_sync)
+        return self._accumulate_with_cached_features(model, micro_batches, autocast, no_sync)
+
+    def _accumulate_with_cached_features(self, model, micro_batches, autocast, no_sync):
+        """N micro-batches of B as one batch of N x B (open_clip's accum_freq, GradCache): embed all
+        without gradient, then re-embed each with gradient and backward the loss over the whole
+        accumulated batch, the other micro-batches' features fixed. Each row's gradient then comes
+        from all N x B negatives, as in one big batch. Assumes the forward is deterministic (no
+        dropout), so the re-embedded features equal the cached ones."""
+        with torch.no_grad(), autocast():
+            cached = [model(*_model_inputs(batch)) for batch in micro_batches]
+        images = [image.float() for image, _ in cached]
+        texts = [text.float() for _, text in cached]
+        clip, last = unwrap(model), len(micro_batches) - 1
+        for index, batch in enumerate(micro_batches):
+            with no_sync() if index < last and no_sync is not None else nullcontext():
+                with autocast():
+                    image_BE, text_BE = model(*_model_inputs(batch))
+                all_images = torch.cat(images[:index] + [image_BE.float()] + images[index + 1:])
+                all_texts = torch.cat(texts[:index] + [text_BE.float()] + texts[index + 1:])
+                # The temperature's gradient is taken once, in the last (synchronised) backward.
+                loss = self._contrastive(clip, all_images, all_texts, learn_temperature=index == last)
+                loss.backward()
+        return loss.detach(), {}
+
+    def _contrastive(self, clip: ClipModel, image_BE, text_BE, learn_temperature: bool) -> torch.Tensor:
+        scale, bias = clip.logit_scale, clip.logit_bias
+        if not learn_temperature:
+            scale, bias = scale.detach(), bias.detach()
         if self.cfg.loss.kind == "siglip":
-            loss = siglip_loss(image_BE.float(), text_BE.float(), clip.logit_scale, clip.logit_bias)
-        else:
-            loss = infonce_loss(image_BE.float(), text_BE.float(), clip.logit_scale)
-        return loss, {}
+            return siglip_loss(image_BE, text_BE, scale, bias)
+        return infonce_loss(image_BE, text_BE, scale)
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         unwrap(model).clamp_logit_scale(self.cfg.loss.max_logit_scale)
@@ -76,15 +108,15 @@ class ClipTask:
         ids, mask = batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK]
         return [self._caption_tokenizer.decode(row[row_mask.bool()].tolist()) for row, row_mask in zip(ids, mask)]
 
-    def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
-        """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part)."""
+    def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets) -> dict:
+        """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part).
+        `batches` are this rank's eval batches; `assets` an EvalAssets (classes, templates, tokenizer)."""
         from training.evaluate import (embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier,
                                        zero_shot_confusion)
 
         model = unwrap(model)
         eval_cfg = self.cfg.eval
-        batches = eval_shard.iter_torch_batches(batch_size=eval_cfg.batch_size)
-        image_NE, text_NE, labels_N = embed_eval_set(model, batches, device)
+        image_NE, text_NE, labels_N = embed_eval_set(model, batches, device, self.normalize)
         metrics = {"eval_samples": image_NE.shape[0]}
         self.eval_pictures = {}
         if eval_cfg.retrieval:
@@ -92,22 +124,18 @@ class ClipTask:
             metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
             shown = min(16, image_NE.shape[0])
             labels = [str(i) for i in range(shown)]
-            self.eval_pictures["retrieval_similarity"] = (
+            self.eval_pictures["retrieval_similarity"] = HeatmapSpec(
                 (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(), labels, labels,
                 "cosine similarity, first eval pairs (matches on the diagonal)", "caption", "image")
-        if eval_cfg.zero_shot and assets.get("classes"):
-            classes = assets["classes"]
-            classifier = zero_shot_classifier(model, assets["tokenizer"], self.cfg.data.context_length,
-                                              classes, assets["templates"], device)
+        if eval_cfg.zero_shot and assets.classes:
+            classifier = zero_shot_classifier(model, assets.tokenizer, self.cfg.data.context_length,
+                                              assets.classes, assets.templates, device)
             metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
-            self.eval_pictures["zero_shot_confusion"] = (
-                zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(), classes, classes,
+            self.eval_pictures["zero_shot_confusion"] = HeatmapSpec(
+                zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(), assets.classes, assets.classes,
                 "zero-shot confusion (counts)", "predicted class", "true class")
         return metrics
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+def _model_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK]

@@ -52,7 +52,12 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip_norm: float = 1.0  # 0 = off
+    # Micro-batches per optimizer step. CLIP accumulates with cached features, so N micro-batches of B
+    # are one batch of N x B, negatives included; the VLM averages the micro-batches' gradients.
     grad_accum_steps: int = 1
+    # On resume with a different loop.max_steps: false keeps the run's schedule (it ends where it
+    # was planned to); true starts a new warmup + cosine from the current step to the new max_steps.
+    restart_schedule: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over all ranks (a collective: every rank calls it), on the device."""
+    rank_count = world()[1]
+    if rank_count == 1:
+        return x
+    total = x.detach().clone().float()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / rank_count

@@ -14,19 +14,19 @@ import torch.nn.functional as F
 
 from pipelines import contract
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from training.clip_task import images_to_model_input
 from training.distributed import all_gather_uneven
+from training.model_inputs import ImageNormalizer
 
 
 @torch.no_grad()
-def embed_eval_set(model, batches: Iterable[dict], device: torch.device):
-    """(image_NE, text_NE, labels_N) for this rank's batches, gathered across ranks."""
+def embed_eval_set(model, batches: Iterable[dict], device: torch.device, normalize: ImageNormalizer):
+    """(image_NE, text_NE, labels_N) for this rank's batches (numpy or tensors), gathered across ranks."""
     images, texts, labels = [], [], []
     for batch in batches:
-        images.append(model.encode_image(images_to_model_input(batch[contract.IMAGE], device)).float())
-        texts.append(model.encode_text(batch[contract.INPUT_IDS].to(device).long(),
-                                       batch[contract.ATTENTION_MASK].to(device).long()).float())
-        labels.append(batch[contract.LABEL].to(device))
+        images.append(model.encode_image(normalize(batch[contract.IMAGE], device)).float())
+        texts.append(model.encode_text(torch.as_tensor(batch[contract.INPUT_IDS]).to(device).long(),
+                                       torch.as_tensor(batch[contract.ATTENTION_MASK]).to(device).long()).float())
+        labels.append(torch.as_tensor(batch[contract.LABEL]).to(device))
     if not images:  # this rank got no eval data; it still takes part in the gather
         embed_dim = model.visual.proj.out_features
         images = texts = [torch.zeros((0, embed_dim), device=device)]

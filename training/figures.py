@@ -6,9 +6,22 @@ confusion). Built with matplotlib's object API, so no backend or global state is
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
+
+
+@dataclass
+class HeatmapSpec:
+    """What an evaluation wants drawn as a heat map (figures.heatmap draws it)."""
+
+    matrix: np.ndarray
+    row_labels: list[str]
+    column_labels: list[str]
+    title: str
+    xlabel: str
+    ylabel: str
 
 
 def sample_grid(images_NHWC: np.ndarray, captions: list[str], columns: int = 4) -> Figure:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, ContextManager, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -20,16 +20,26 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     samples_seen: int = 0
+    # The learning-rate schedule in force: warmup + cosine over `schedule_steps` optimizer steps from
+    # `schedule_start`. Saved, so a resumed run keeps its schedule when loop.max_steps changes.
+    schedule_start: int = 0
+    schedule_steps: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# A fresh autocast (or no-op) context for each forward: the loop decides precision, tasks use it.
+Autocast = Callable[[], ContextManager]
+NoSync = Callable[[], ContextManager] | None  # DDP's no_sync, or None without DDP
 
 
 class Task(Protocol):
     """What differs between trainers (CLIP, VLM): the model and the loss on one batch."""
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict: ...
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...
+    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
+                         no_sync: NoSync) -> tuple[torch.Tensor, dict]: ...
     def after_optimizer_step(self, model: nn.Module) -> None: ...
     def train_mode(self, model: nn.Module) -> None: ...
 
@@ -38,7 +48,7 @@ class Task(Protocol):
 class StepResult:
     loss: torch.Tensor  # a detached scalar; float() it only when logging (avoids a device sync per step)
     samples: int
-    data_wait_s: float
+    data_wait_s: float  # time spent waiting for this step's batches, every fetch included
     step_s: float
     extra: dict  # scalar tensors, like loss: read them (float()) only when logging
 
@@ -51,14 +61,18 @@ def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
           state: TrainState, epoch_batches: Callable[[int], Iterable[dict]], max_steps: int,
           device: torch.device, on_step: Callable[[TrainState, StepResult], bool],
           grad_accum_steps: int = 1, grad_clip_norm: float = 0.0,
-          autocast_dtype: torch.dtype | None = None, no_sync=None) -> TrainState:
+          autocast_dtype: torch.dtype | None = None, no_sync: NoSync = None) -> TrainState:
     """Run optimizer steps until `max_steps`; `on_step` returning False stops early."""
     task.train_mode(model)
+
+    def autocast() -> ContextManager:
+        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+
     while state.step < max_steps:
-        batches = _Peekable(epoch_batches(state.epoch))
+        batches = TimedBatches(epoch_batches(state.epoch))
         while state.step < max_steps:
             result = _optimizer_step(task, model, optimizer, batches, device, grad_accum_steps,
-                                     grad_clip_norm, autocast_dtype, no_sync)
+                                     grad_clip_norm, autocast, no_sync)
             if result is None:  # the epoch ended inside an accumulation window
                 state.epoch += 1
                 break
@@ -69,6 +83,7 @@ def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
             # Learn that the epoch is over before on_step, so a checkpoint records the next epoch.
             epoch_done = state.step < max_steps and batches.exhausted()
             state.epoch += epoch_done
+            result.data_wait_s = batches.take_wait_s()  # the look-ahead fetch waited too
             if not on_step(state, result):
                 return state
             if epoch_done:
@@ -76,57 +91,74 @@ def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
     return state
 
 
-class _Peekable:
-    """An iterator that can tell whether it has another item (fetching it early)."""
+class TimedBatches:
+    """An epoch's batches, with the time spent waiting in every fetch, including the look-ahead
+    fetch that tells whether the epoch is over (it would otherwise hide the wait: the next
+    timed `next()` would return the batch fetched early)."""
 
-    _EMPTY = object()
+    _END = object()
 
     def __init__(self, iterable: Iterable):
         self._iterator = iter(iterable)
-        self._next = self._EMPTY
+        self._next = None  # a batch fetched early, or _END
+        self._wait_s = 0.0
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._next is not self._EMPTY:
-            item, self._next = self._next, self._EMPTY
-            return item
-        return next(self._iterator)
+    def next(self):
+        """The next batch, or None at the end of the epoch."""
+        item = self._next if self._next is not None else self._fetch()
+        self._next = None
+        return None if item is self._END else item
 
     def exhausted(self) -> bool:
-        if self._next is self._EMPTY:
-            self._next = next(self._iterator, self._EMPTY)
-        return self._next is self._EMPTY
+        if self._next is None:
+            self._next = self._fetch()
+        return self._next is self._END
+
+    def take_wait_s(self) -> float:
+        """Seconds waited since the last call."""
+        wait, self._wait_s = self._wait_s, 0.0
+        return wait
+
+    def _fetch(self):
+        start = time.perf_counter()
+        item = next(self._iterator, self._END)
+        self._wait_s += time.perf_counter() - start
+        return item
 
 
-def _optimizer_step(task, model, optimizer, batches: Iterator[dict], device, grad_accum_steps,
-                    grad_clip_norm, autocast_dtype, no_sync) -> StepResult | None:
+def _optimizer_step(task, model, optimizer, batches: TimedBatches, device, grad_accum_steps,
+                    grad_clip_norm, autocast: Autocast, no_sync: NoSync) -> StepResult | None:
     start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    # Everything stays on the device: a .item() or a host->device copy here would make the host wait
-    # for the GPU every step, and the GPU would then idle while the host queues the next step.
-    total_loss, samples, wait, extra = None, 0, 0.0, {}
-    for micro in range(grad_accum_steps):
-        fetch_start = time.perf_counter()
-        batch = next(batches, None)
-        wait += time.perf_counter() - fetch_start
+    raw = []
+    for _ in range(grad_accum_steps):
+        batch = batches.next()
         if batch is None:
             return None
-        batch = task.prepare_batch(batch, device)
-        last = micro == grad_accum_steps - 1
-        # Skip the gradient all-reduce on all but the last micro-batch.
-        sync = nullcontext() if last or no_sync is None else no_sync()
-        autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-                    else nullcontext())
-        with sync:
-            with autocast:
-                loss, extra = task.loss(model, batch)
-            (loss / grad_accum_steps).backward()
-        micro_loss = loss.detach() / grad_accum_steps
-        total_loss = micro_loss if total_loss is None else total_loss + micro_loss
-        samples += len(next(iter(batch.values())))
+        raw.append(batch)
+    # Everything stays on the device: a .item() or a host->device copy here would make the host wait
+    # for the GPU every step, and the GPU would then idle while the host queues the next step.
+    micro_batches = [task.prepare_batch(batch, device) for batch in raw]
+    optimizer.zero_grad(set_to_none=True)
+    loss, extra = task.forward_backward(model, micro_batches, autocast, no_sync)
     if grad_clip_norm > 0:
         extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm).detach()
     optimizer.step()
-    return StepResult(total_loss, samples, wait, time.perf_counter() - start, extra)
+    samples = sum(len(next(iter(batch.values()))) for batch in raw)
+    return StepResult(loss.detach(), samples, 0.0, time.perf_counter() - start, extra)
+
+
+def accumulate_independently(loss_fn, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
+                             no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+    """Backward through each micro-batch's own loss, scaled so the gradients are their mean; the
+    gradient all-reduce runs on the last only. Right for losses that are means over samples
+    (the VLM's); a contrastive loss needs every micro-batch's negatives (ClipTask's override)."""
+    count, total, extra = len(micro_batches), None, {}
+    for index, batch in enumerate(micro_batches):
+        last = index == count - 1
+        with nullcontext() if last or no_sync is None else no_sync():
+            with autocast():
+                loss, extra = loss_fn(model, batch)
+            (loss / count).backward()
+        share = loss.detach() / count
+        total = share if total is None else total + share
+    return total, extra

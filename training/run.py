@@ -9,12 +9,15 @@ from pathlib import Path
 
 from pipelines.dataset import resolve_tokenizer
 from pipelines.tokenizer import load_tokenizer
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, load_config_dict
+from training.config_io import to_dict
 from training.config import ClipRunConfig, VlmRunConfig
+from training.payload import EvalAssets
+from training.resume import check_resume_config, format_changes
 from training.tracking import default_tracking_uri
 
 
-def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, dict | None, str]:
+def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
     """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
     data = cfg.data
     if not data.train_shards:
@@ -37,7 +40,7 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, dict | None, str]:
     if data.eval_shards:
         classes, templates = classes_and_templates(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
-        eval_assets = {"tokenizer": data.tokenizer, "classes": classes, "templates": templates}
+        eval_assets = EvalAssets(data.tokenizer, classes, templates)
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
     return cfg, eval_assets, tracking_uri
@@ -86,16 +89,32 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env})
 
 
+def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
+    """A run that continues from a checkpoint: print what changed in its config, and refuse (before
+    Ray starts) a change that cannot take effect mid-run."""
+    if "://" in cfg.run.output_dir:
+        return  # remote storage: the worker restores from Ray's checkpoint without this preview
+    try:
+        checkpoint = latest_checkpoint(Path(cfg.run.output_dir) / cfg.run.name)
+    except ValueError:
+        return  # nothing to resume: a fresh run
+    changes = check_resume_config(load_config_dict(checkpoint), to_dict(cfg), str(checkpoint))
+    if changes:
+        print(f"[mmtrain] {cfg.run.name} continues from {checkpoint}; config changes:\n{format_changes(changes)}",
+              flush=True)
+
+
 def run_clip(cfg: ClipRunConfig, callbacks: list = ()) -> dict:
     from training.worker import fit
 
     cfg, eval_assets, tracking_uri = resolve(cfg)
+    check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     make_output_dir(cfg.run.output_dir)
     return fit(cfg, "clip", eval_assets, tracking_uri, callbacks)
 
 
-def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, dict | None, str]:
+def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str]:
     """Check the prerequisites (CLIP checkpoint, LM directory) and match the data to the vision tower."""
     from training.vlm_task import vision_tower_config
 
@@ -122,7 +141,7 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, dict | None, str]:
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
     cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from,
                               tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
-    eval_assets = {"generate": True} if data.eval_shards else None
+    eval_assets = EvalAssets() if data.eval_shards else None
     return cfg, eval_assets, tracking_uri
 
 
@@ -130,6 +149,7 @@ def run_vlm(cfg: VlmRunConfig, callbacks: list = ()) -> dict:
     from training.worker import fit
 
     cfg, eval_assets, tracking_uri = resolve_vlm(cfg)
+    check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     make_output_dir(cfg.run.output_dir)
     return fit(cfg, "vlm", eval_assets, tracking_uri, callbacks)

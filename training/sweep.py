@@ -220,7 +220,11 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     per_trial = trial_resources(base, sweep)
     trials = num_trials(sweep)
     parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
-    parent = Tracker(tracking_uri, sweep.experiment, f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"})
+    # The sweep's MLflow run id lives beside its Tune state, so --resume continues the same parent run.
+    parent_id_file = paths.root / "mlflow_run_id"
+    parent = Tracker(tracking_uri, sweep.experiment, f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"},
+                     resume_run_id=parent_id_file.read_text().strip() if resume and parent_id_file.is_file() else "")
+    parent_id_file.write_text(parent.run_id)
     parent.log_params(flatten(to_dict(sweep)))
     context = TrialContext(sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id,
                            sweep.data_cpus_per_trial, os.getcwd())

@@ -1,4 +1,5 @@
-"""MLflow tracking from rank 0. A re-run with the same run name continues the same MLflow run."""
+"""MLflow tracking from rank 0. An MLflow run belongs to a checkpoint lineage: its id is saved in
+every checkpoint, a resumed run continues it, and a fresh start (even under an old name) opens a new one."""
 
 from __future__ import annotations
 
@@ -28,24 +29,30 @@ class Tracker:
     """A thin wrapper over MlflowClient so that workers never touch MLflow's global state."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict | None = None,
-                 parent_run_id: str = ""):
+                 parent_run_id: str = "", resume_run_id: str = ""):
+        """Continue the run `resume_run_id` when the store has it, else open a new run."""
         from mlflow.tracking import MlflowClient
 
         tags = {**(tags or {}), **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})}
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self._create_experiment(experiment, tracking_uri)
-        existing = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
-        if existing:
-            self.run_id = existing[0].info.run_id
+        self.resumed = bool(resume_run_id) and self._exists(resume_run_id)
+        if self.resumed:
+            self.run_id = resume_run_id
             self.client.update_run(self.run_id, status="RUNNING")
-            self.resumed = True
         else:
-            run = self.client.create_run(experiment_id, run_name=run_name,
-                                         tags={RUN_NAME_TAG: run_name, **tags})
+            run = self.client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
             self.run_id = run.info.run_id
-            self.resumed = False
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:  # the checkpoint came from another tracking store
+            return False
 
     def _create_experiment(self, name: str, tracking_uri: str) -> str:
         artifact_location = None
@@ -63,6 +70,11 @@ class Tracker:
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
         for start in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[start:start + 100])
+
+    def log_resume_changes(self, step: int, changes: dict[str, tuple]) -> None:
+        """Params are immutable in MLflow, so a value changed on resume is recorded under its own
+        name: `resumed_at_step_<step>/<key>` holds the new value."""
+        self.log_params({f"resumed_at_step_{step}/{key}": new for key, (_, new) in changes.items()})
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         from mlflow.entities import Metric

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from pipelines import contract
-from pipelines.conversations import ConversationEncoder, parse_conversation
+from pipelines.collate import VlmCollate
+from pipelines.conversations import ConversationEncoder, parse_conversation, supervised_positions
 from pipelines.stages import TokenizeConversations
 from training.checkpoint import latest_checkpoint, load_config_dict
-from training.clip_task import images_to_model_input, unwrap
 from training.config import ClipRunConfig, VlmRunConfig
 from training.config_io import from_dict
 from training.distributed import all_reduce_sum
 from training.models.clip import ClipModel
 from training.models.language_model import load_lm
-from training.models.vlm import VisionLanguageModel, build_projector, predicting_positions
-from training.optim import param_groups
-
-# A prepared batch's key beside the contract columns: the positions that get logits (vlm.predicting_positions).
-PREDICTING = "predicting_positions"
+from training.loop import Autocast, NoSync, accumulate_independently
+from training.model_inputs import ImageNormalizer, unwrap
+from training.models.vlm import VisionLanguageModel, build_projector
+from training.optim import exempt_from_weight_decay, param_groups
 
 
 def vision_tower_config(checkpoint: str) -> ClipRunConfig:
@@ -37,11 +37,13 @@ def num_image_tokens(clip_cfg: ClipRunConfig) -> int:
 class VlmTask:
     train_columns = contract.VLM_TENSOR_COLUMNS
     eval_columns = None  # keep the conversation text for generation
+    train_collate = VlmCollate  # adds contract.PREDICTING, found on the host
 
     def __init__(self, cfg: VlmRunConfig):
         self.cfg = cfg
+        self.normalize = ImageNormalizer(contract.IMAGE_MEAN, contract.IMAGE_STD)
         self.eval_table: list[dict] = []
-        self.eval_pictures: dict[str, tuple] = {}  # the VLM shows a table of generations instead
+        self.eval_pictures: dict = {}  # the VLM shows a table of generations instead
         self._tokenizer = None
 
     @staticmethod
@@ -90,27 +92,33 @@ class VlmTask:
         model.projector.load_state_dict(projector_state)
 
     def param_groups(self, model: VisionLanguageModel) -> list[dict]:
-        groups = []
+        groups, exempt = [], exempt_from_weight_decay(model)
         for name, module in self.modules(model).items():
             lr = getattr(self.cfg.lrs, name)
             if lr > 0:
-                groups += param_groups(module.named_parameters(), self.cfg.optim.weight_decay, lr)
+                groups += param_groups(module, self.cfg.optim.weight_decay, lr, exempt)
         if not groups:
             raise ValueError("every module has learning rate 0: set lrs.projector (and lrs.lm for stage 2)")
         return groups
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
-        out = {contract.IMAGE: images_to_model_input(torch.as_tensor(batch[contract.IMAGE]), device)}
+        out = {contract.IMAGE: self.normalize(batch[contract.IMAGE], device)}
         for column in (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS):
             out[column] = torch.as_tensor(batch[column]).to(device, non_blocking=True).long()
-        # Found on the host copy of the labels, so the step never waits for the GPU to find them.
-        out[PREDICTING] = predicting_positions(torch.as_tensor(batch[contract.LABELS])).to(device, non_blocking=True)
+        predicting = batch.get(contract.PREDICTING)
+        if predicting is None:  # numpy batches (evaluation): the labels are still on the host
+            predicting = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
+        out[contract.PREDICTING] = predicting.to(device, non_blocking=True)
         return out
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         loss = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK],
-                     batch[contract.LABELS], batch[PREDICTING])
+                     batch[contract.LABELS], batch[contract.PREDICTING])
         return loss, {}
+
+    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
+                         no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+        return accumulate_independently(self.loss, model, micro_batches, autocast, no_sync)
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         pass
@@ -124,21 +132,19 @@ class VlmTask:
         return [self._tokenizer.decode(row[row != -100].tolist(), skip_special_tokens=True) for row in labels]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, eval_shard, device: torch.device, assets: dict) -> dict:
-        """Held-out loss/perplexity, and exact match of greedy answers to the first question."""
+    def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets=None) -> dict:
+        """Held-out loss/perplexity, and exact match of greedy answers to the first question.
+        `batches` are this rank's eval batches as numpy (the conversation text included)."""
         model = unwrap(model)
         clip_cfg = vision_tower_config(self.cfg.model.vision.checkpoint)
         encoder = ConversationEncoder(self._tokenizer, num_image_tokens(clip_cfg), self.cfg.max_length)
-        stop_ids = {self._tokenizer.eos_token_id}
         # loss sum, loss batches, exact matches, questions; on the device, as NCCL all-reduces only those
         totals = torch.zeros(4, device=device)
         table = []
         budget = self.cfg.eval.max_generate_samples
-        for batch in eval_shard.iter_batches(batch_size=self.cfg.eval.batch_size, batch_format="numpy"):
+        for batch in batches:
             prepared = self.prepare_batch(batch, device)
-            totals[0] += float(model(prepared[contract.IMAGE], prepared[contract.INPUT_IDS],
-                                     prepared[contract.ATTENTION_MASK], prepared[contract.LABELS],
-                                     prepared[PREDICTING]))
+            totals[0] += self.loss(model, prepared)[0].detach()
             totals[1] += 1
             for row in range(len(batch[contract.KEY])):
                 if totals[3] >= budget:
@@ -148,7 +154,7 @@ class VlmTask:
                     continue
                 prompt = torch.tensor(encoder.encode_prompt(conversation), device=device)
                 generated = model.generate(prepared[contract.IMAGE][row], prompt, self.cfg.eval.max_new_tokens,
-                                           stop_ids)
+                                           encoder.stop_ids)
                 answer = self._tokenizer.decode(generated, skip_special_tokens=True)
                 expected = conversation[1]["value"]
                 correct = normalise(answer) == normalise(expected)

@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -22,54 +23,61 @@ from training.config_io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, load_config_dict, load_tracking_run_id, save_checkpoint
 from training.clip_task import ClipTask
 from training.config import ClipRunConfig, VlmRunConfig
-from training.vlm_task import VlmTask
+from training.distributed import global_mean
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
+from training.payload import EvalAssets, WorkerPayload
+from training.resume import config_changes, plan_schedule, seed_for
 from training.tracking import TRACKING_OFF, Tracker
+from training.vlm_task import VlmTask
 
 TASKS = {"clip": ClipTask, "vlm": VlmTask}
 RunConfig = ClipRunConfig | VlmRunConfig
 
 
-def train_worker(payload: dict) -> None:
+@dataclass
+class Restored:
+    """What a worker takes from the checkpoint it resumes from."""
+
+    state: TrainState
+    config: dict  # the config the checkpoint was saved under
+    tracking_run_id: str
+
+
+def train_worker(loop_config: dict) -> None:
     """Runs in every Ray Train worker: build, maybe restore, train, evaluate, checkpoint, report."""
     # Ray Train logs every report at INFO with all its metrics (its logger is named by file path);
     # mmtrain prints its own progress line.
     from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    cfg: RunConfig = payload["config"]
-    task = TASKS[payload["task"]](cfg)
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    payload: WorkerPayload = loop_config["payload"]
+    cfg: RunConfig = payload.config
+    task = TASKS[payload.task](cfg)
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.loop.seed + rank)
 
+    torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
     model = task.build_model().to(device)
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
-    scheduler = warmup_cosine(optimizer, cfg.optim, cfg.loop.max_steps)
-    state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory), model, optimizer, scheduler)
-        torch.manual_seed(cfg.loop.seed + rank + 1000 * state.step)  # fresh randomness after a resume
+    restored = _restore(model, optimizer)
+    state, schedule_note = plan_schedule(restored.state if restored else TrainState(), cfg.loop.max_steps,
+                                         cfg.optim.restart_schedule)
+    scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
+    # Randomness from (seed, step, rank): a resumed run draws what a run reaching this step would.
+    torch.manual_seed(seed_for(cfg.loop.seed, state.step, rank))
     # prepare_model wraps in DDP when there is more than one worker.
     wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
     if cfg.loop.compile:
         wrapped = torch.compile(wrapped)
 
-    tracker = None
-    if rank == 0:
-        if payload["tracking_uri"] != TRACKING_OFF:
-            tracker = Tracker(payload["tracking_uri"], cfg.tracking.experiment, cfg.run.name,
-                              tags={"mmtrain.task": payload["task"]}, parent_run_id=cfg.tracking.parent_run_id)
-            tracker.log_params(flatten(to_dict(cfg)))
-        if state.step:
-            print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})")
+    tracker = _open_tracker(payload, restored, state.step) if rank == 0 else None
+    if rank == 0 and restored:
+        print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})"
+              + (f"; {schedule_note}" if schedule_note else ""), flush=True)
 
     hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload)
     train_shard = ray.train.get_dataset_shard("train")
@@ -77,6 +85,7 @@ def train_worker(payload: dict) -> None:
     def epoch_batches(epoch: int):
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+            collate_fn=task.train_collate() if task.train_collate else None,
             # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
             pin_memory=device.type == "cuda",
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
@@ -96,6 +105,37 @@ def train_worker(payload: dict) -> None:
         if tracker:
             tracker.finish("FAILED")
         raise
+
+
+def _restore(model, optimizer) -> Restored | None:
+    """Load the checkpoint Ray Train hands this worker (a restart or a re-run), if any. The peak
+    learning rates stay the config's, not the checkpoint's (the schedule scales them)."""
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    with checkpoint.as_directory() as directory:
+        state = load_checkpoint(Path(directory), model, optimizer)
+        restored = Restored(state, load_config_dict(Path(directory)), load_tracking_run_id(Path(directory)))
+    for group, peak in zip(optimizer.param_groups, peaks):
+        group["initial_lr"] = peak
+    return restored
+
+
+def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) -> Tracker | None:
+    """Rank 0's MLflow run: the one the checkpoint's lineage logs to, else a new one. Config values
+    changed on resume are recorded beside the originals (MLflow params cannot change)."""
+    if payload.tracking_uri == TRACKING_OFF:
+        return None
+    cfg = payload.config
+    tracker = Tracker(payload.tracking_uri, cfg.tracking.experiment, cfg.run.name,
+                      tags={"mmtrain.task": payload.task}, parent_run_id=cfg.tracking.parent_run_id,
+                      resume_run_id=restored.tracking_run_id if restored else "")
+    config = to_dict(cfg)
+    if tracker.resumed:
+        tracker.log_resume_changes(step, config_changes(restored.config, config))
+    tracker.log_params(flatten(config))
+    return tracker
 
 
 def _count_nodes() -> int:
@@ -118,8 +158,8 @@ class _Hooks:
     def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload):
         self.cfg, self.task, self.model = cfg, task, model
         self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
-        self.tracker, self.ledger = tracker, payload.get("ledger")
-        self.eval_assets = payload.get("eval")
+        self.tracker, self.ledger = tracker, payload.ledger
+        self.eval_assets: EvalAssets | None = payload.eval
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         self.last_metrics: dict = {}
         self.data_error: str | None = None
@@ -189,7 +229,7 @@ class _Hooks:
         elapsed = time.perf_counter() - self.window_start
         world = dist.get_world_size() if dist.is_initialized() else 1
         metrics = {
-            "loss": float(result.loss),
+            "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
             "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
@@ -219,10 +259,12 @@ class _Hooks:
         return not stop
 
     def evaluate(self, step: int) -> dict:
-        if not self.eval_assets:
+        if self.eval_assets is None:
             return {}
         self.model.eval()
-        metrics = self.task.evaluate(self.model, ray.train.get_dataset_shard("eval"), self.device, self.eval_assets)
+        batches = ray.train.get_dataset_shard("eval").iter_batches(batch_size=self.cfg.eval.batch_size,
+                                                                   batch_format="numpy")
+        metrics = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
         self.task.train_mode(self.model)
         if self.tracker:
             self._log_eval_artifacts(step)
@@ -235,9 +277,9 @@ class _Hooks:
             self.tracker.log_table([{"step": step, **row} for row in self.task.eval_table], "eval_generations.json")
         if not self.cfg.tracking.log_figures:
             return
-        for name, (matrix, rows, columns, title, xlabel, ylabel) in self.task.eval_pictures.items():
-            figure = heatmap(matrix, rows, columns, f"{title}, step {step}", xlabel, ylabel,
-                             annotate=matrix.shape[0] <= 16)
+        for name, spec in self.task.eval_pictures.items():
+            figure = heatmap(spec.matrix, spec.row_labels, spec.column_labels, f"{spec.title}, step {step}",
+                             spec.xlabel, spec.ylabel, annotate=spec.matrix.shape[0] <= 16)
             self.tracker.log_figure(figure, f"figures/{name}_step{step:06d}.png")
 
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
@@ -258,14 +300,15 @@ class _Hooks:
             ray.train.report(metrics, checkpoint=None)
             return None
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
-        save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, to_dict(self.cfg))
+        save_checkpoint(directory, self.model, self.optimizer, state, to_dict(self.cfg),
+                        self.tracker.run_id if self.tracker else "")
         if before_report:
             before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return directory
 
 
-def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str, callbacks: list = ()) -> dict:
+def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri: str, callbacks: list = ()) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
     the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
     callbacks (a sweep passes one that reports to Tune)."""
@@ -290,8 +333,7 @@ def fit(cfg: RunConfig, task: str, eval_assets: dict | None, tracking_uri: str, 
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg, "task": task, "ledger": ledger, "eval": eval_assets,
-                           "tracking_uri": tracking_uri},
+        train_loop_config={"payload": WorkerPayload(cfg, task, tracking_uri, eval_assets, ledger)},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker},
                                      placement_strategy=scaling.placement_strategy),

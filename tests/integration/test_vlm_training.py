@@ -26,7 +26,7 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
                              model=ClipModelConfig(embed_dim=32, vision=VisionConfig(
                                  image_size=32, patch_size=8, width=64, layers=2, heads=2),
                                  text=TextConfig(vocab_size=64, width=32, layers=1, heads=2)))
-    save_checkpoint(tmp_path / "clip", ClipModel(clip_cfg.model, 8, clip_cfg.loss), None, None, TrainState(),
+    save_checkpoint(tmp_path / "clip", ClipModel(clip_cfg.model, 8, clip_cfg.loss), None, TrainState(),
                     to_dict(clip_cfg))
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
     out = tmp_path / "runs"

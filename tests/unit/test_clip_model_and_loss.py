@@ -13,7 +13,7 @@ from torch import nn
 from tests.unit import distributed_loss_check as check
 from training.config import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
 from training.models.clip import ClipModel
-from training.optim import decays, param_groups, warmup_cosine
+from training.optim import exempt_from_weight_decay, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,15 +66,21 @@ def test_temperature_clamp_after_step():
     assert not fixed.logit_scale.requires_grad
 
 
-def test_weight_decay_groups():
+def decayed_names(model, groups) -> set[str]:
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    return {name for name, p in model.named_parameters() if id(p) in decayed}
+
+
+def test_weight_decay_groups_by_dimension_with_declared_exceptions():
     model = _tiny_model()
-    names = dict(model.named_parameters())
-    assert decays("visual.transformer.blocks.0.attn.qkv.weight", names["visual.transformer.blocks.0.attn.qkv.weight"])
+    groups = param_groups(model, 0.1, 1e-3, exempt_from_weight_decay(model))
+    decayed = decayed_names(model, groups)
+    assert "visual.transformer.blocks.0.attn.qkv.weight" in decayed and "visual.patch_proj.weight" in decayed
     for no_decay in ("visual.transformer.blocks.0.attn.qkv.bias", "visual.ln_pre.weight", "logit_scale",
                      "text.token_embedding.weight", "text.positional_embedding", "visual.class_embedding",
                      "visual.positional_embedding"):
-        assert not decays(no_decay, names[no_decay]), no_decay
-    groups = param_groups(model.named_parameters(), 0.1, 1e-3)
+        assert no_decay not in decayed, no_decay
+    assert {p.ndim for name, p in model.named_parameters() if name in decayed} == {2, 4}
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
 
@@ -89,3 +95,32 @@ def test_warmup_cosine_schedule():
         scheduler.step()
     assert math.isclose(lrs[0], 0.1) and math.isclose(lrs[9], 1.0)
     assert math.isclose(lrs[60], 0.5, abs_tol=1e-6) and lrs[-1] < 0.01
+
+
+def test_schedule_rebuilt_mid_run_continues_where_it_was():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, cfg, total_steps=110)
+    for _ in range(37):
+        optimizer.step()
+        scheduler.step()
+    expected = optimizer.param_groups[0]["lr"]
+    fresh = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert math.isclose(warmup_cosine(fresh, cfg, 110, current_step=37).get_last_lr()[0], expected)
+    assert math.isclose(fresh.param_groups[0]["lr"], expected)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_two_workers_accumulating_two_micro_batches_equal_one_batch_each(tmp_path, kind):
+    """Feature-cached accumulation across 2 DDP ranks: each rank's 2 micro-batches of 8 give the
+    loss and gradients of one batch of 16 per rank (negatives from all 32 rows). The logged loss
+    is the mean over ranks, not rank 0's."""
+    out = tmp_path / "accum.pt"
+    subprocess.run([sys.executable, "-m", "tests.unit.distributed_accum_check", kind, str(out)],
+                   cwd=REPO, check=True, timeout=180)
+    result = torch.load(out, weights_only=True)
+    assert torch.allclose(result["loss_whole"], result["loss_accum"], atol=1e-6)
+    assert result["grads_whole"].keys() == result["grads_accum"].keys()
+    for name, grad in result["grads_whole"].items():
+        assert torch.allclose(grad, result["grads_accum"][name], atol=1e-5, rtol=1e-4), name
+    assert float(result["global_mean"]) == 1.5

@@ -1,7 +1,11 @@
 """The loop runs on plain tensors (no Ray), learns, and resumes exactly from a checkpoint."""
 
 import dataclasses
+import math
+import time
+from contextlib import nullcontext
 
+import pytest
 import torch
 
 from pipelines import contract
@@ -10,6 +14,7 @@ from training.clip_task import ClipTask
 from training.config import ClipModelConfig, ClipRunConfig, LoopConfig, OptimConfig, TextConfig, VisionConfig
 from training.loop import TrainState, train
 from training.optim import build_optimizer, warmup_cosine
+from training.resume import check_resume_config, plan_schedule, seed_for
 from pipelines.config import AugmentConfig, DataConfig
 
 
@@ -70,15 +75,16 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path):
 
     def checkpoint_at_10(state, result):
         if state.step == 10:
-            save_checkpoint(tmp_path, model, optimizer, scheduler, state, {"note": "test"})
+            save_checkpoint(tmp_path, model, optimizer, state, {"note": "test"})
         return True
 
     train(task, model, optimizer, scheduler, TrainState(), _batches, 20, torch.device("cpu"), checkpoint_at_10)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     task2, model2, optimizer2, scheduler2 = _setup(cfg)
-    restored = load_checkpoint(tmp_path, model2, optimizer2, scheduler2)
+    restored = load_checkpoint(tmp_path, model2, optimizer2)
     assert restored == TrainState(step=10, epoch=1, samples_seen=80)  # epoch 0 fully consumed
+    scheduler2 = warmup_cosine(optimizer2, cfg.optim, 20, current_step=restored.step)
     train(task2, model2, optimizer2, scheduler2, restored, _batches, 20, torch.device("cpu"), lambda s, r: True)
     for key, value in model2.state_dict().items():
         assert torch.allclose(value, expected[key], atol=1e-6), key
@@ -87,6 +93,99 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path):
 def test_checkpoint_files_load_without_unpickling(tmp_path):
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
-    save_checkpoint(tmp_path, model, optimizer, scheduler, TrainState(step=3), {"a": 1})
-    for name in ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt"):
+    save_checkpoint(tmp_path, model, optimizer, TrainState(step=3), {"a": 1})
+    for name in ("model.pt", "optimizer.pt"):
         torch.load(tmp_path / name, weights_only=True)  # raises on any non-tensor object
+
+
+def test_data_wait_counts_every_fetch_including_the_epoch_end_look_ahead():
+    # Before: the look-ahead that detects the epoch's end fetched the next batch outside every
+    # timer, so the timed fetch returned a cached batch and the wait read ~0 whatever the input.
+    cfg = _cfg()
+    task, model, optimizer, scheduler = _setup(cfg)
+
+    def slow_batches(epoch):
+        for batch in _batches(epoch):
+            time.sleep(0.05)
+            yield batch
+
+    results = []
+    train(task, model, optimizer, scheduler, TrainState(), slow_batches, 12, torch.device("cpu"),
+          lambda s, r: results.append(r) or True)
+    waits = [r.data_wait_s for r in results]
+    # 13 batches were fetched (10 of epoch 0, 3 of epoch 1: steps 11, 12 and a look-ahead); each slept 50 ms
+    assert sum(waits) >= 0.045 * 13, waits
+    assert sum(wait >= 0.045 for wait in waits) >= 10, waits  # the epoch-end and final steps wait ~0
+
+
+def _lrs_after_resume(cfg, max_steps, restart, tmp_path):
+    """Train 10 of 10 steps, then resume with `max_steps`: the learning rates of the resumed steps."""
+    task, model, optimizer, scheduler = _setup(cfg)
+    state = train(task, model, optimizer, scheduler, TrainState(schedule_steps=10), _batches, 10,
+                  torch.device("cpu"), lambda s, r: True)
+    save_checkpoint(tmp_path, model, optimizer, state, {})
+    task, model, optimizer, _ = _setup(cfg)
+    state, note = plan_schedule(load_checkpoint(tmp_path, model, optimizer), max_steps, restart)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.optim.lr
+    scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
+    lrs = []
+    train(task, model, optimizer, scheduler, state, _batches, max_steps, torch.device("cpu"),
+          lambda s, r: lrs.append(scheduler.get_last_lr()[0]) or True)
+    return lrs, note
+
+
+def test_raising_max_steps_on_resume_keeps_the_schedule(tmp_path):
+    # Before: the cosine was rebuilt over the new max_steps and the lr jumped from 0 back to ~0.65 x peak.
+    cfg = dataclasses.replace(_cfg(), optim=OptimConfig(lr=1e-3, warmup_steps=2))
+    lrs, note = _lrs_after_resume(cfg, 20, restart=False, tmp_path=tmp_path)
+    assert max(lrs) == 0.0 and "schedule kept" in note and "optim.restart_schedule=true" in note
+
+
+def test_a_new_schedule_on_resume_warms_up_again(tmp_path):
+    cfg = dataclasses.replace(_cfg(), optim=OptimConfig(lr=1e-3, warmup_steps=2))
+    lrs, note = _lrs_after_resume(cfg, 20, restart=True, tmp_path=tmp_path)
+    assert "from step 10 to 20" in note
+    assert math.isclose(lrs[0], 1e-3) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4
+
+
+def test_config_changes_on_resume_are_listed_and_shape_changes_refused():
+    saved = {"model": {"embed_dim": 16}, "loop": {"max_steps": 10, "batch_size_per_worker": 8},
+             "scaling": {"num_workers": 2}, "optim": {"grad_accum_steps": 1, "lr": 1e-3}}
+    longer = {**saved, "loop": {"max_steps": 20, "batch_size_per_worker": 8}}
+    assert check_resume_config(saved, longer, "ckpt") == {"loop.max_steps": (10, 20)}
+    with pytest.raises(ValueError, match=r"model.embed_dim: 16 -> 32.*another run.name"):
+        check_resume_config(saved, {**saved, "model": {"embed_dim": 32}}, "ckpt")
+    with pytest.raises(ValueError, match=r"global batch .*16 -> 8"):
+        check_resume_config(saved, {**saved, "scaling": {"num_workers": 1}}, "ckpt")
+    # one worker with twice the batch is the same global batch: allowed
+    check_resume_config(saved, {**saved, "scaling": {"num_workers": 1},
+                                "loop": {"max_steps": 10, "batch_size_per_worker": 16}}, "ckpt")
+
+
+def test_randomness_comes_from_seed_step_and_rank():
+    assert seed_for(0, 10, 1) == seed_for(0, 10, 1)
+    assert len({seed_for(0, 10, 0), seed_for(0, 10, 1), seed_for(0, 11, 0), seed_for(1, 10, 0)}) == 4
+
+
+def _micro(images, ids, mask):
+    return {contract.IMAGE: images, contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
+
+
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_feature_cached_accumulation_equals_one_big_batch(kind):
+    # Before: each micro-batch saw only its own negatives, so 2 x 8 was not a batch of 16.
+    cfg = dataclasses.replace(_cfg(), loss=dataclasses.replace(_cfg().loss, kind=kind))
+    halves = [next(iter(_batches(seed))) for seed in (5, 6)]
+    whole = {key: torch.cat([half[key] for half in halves]) for key in halves[0]}
+    results = []
+    for micro_batches in ([whole], halves):
+        task, model, _, _ = _setup(cfg)
+        prepared = [task.prepare_batch(b, torch.device("cpu")) for b in micro_batches]
+        loss, _ = task.forward_backward(model, prepared, nullcontext, None)
+        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_one, grads_one), (loss_two, grads_two) = results
+    assert torch.allclose(loss_one, loss_two, atol=1e-6)
+    assert grads_one.keys() == grads_two.keys() and "logit_scale" in grads_one
+    for name in grads_one:
+        assert torch.allclose(grads_one[name], grads_two[name], atol=1e-5, rtol=1e-4), name

@@ -17,7 +17,7 @@ def test_stages_produce_the_contract(tmp_path):
         for raw in iter_raw_samples(stream):
             record = to_record(raw)
             for name, value in zip(RAW_SCHEMA.names, (record.key, record.image_bytes, record.caption,
-                                                      record.label, record.conversation, "")):
+                                                      record.label, record.conversation, "", 7 + len(columns["key"]))):
                 columns[name].append(value)
     columns["bad_reason"][3] = "missing_caption"  # a row the reader marked bad is dropped here
     for train in (True, False):
@@ -27,3 +27,21 @@ def test_stages_produce_the_contract(tmp_path):
         contract.check_batch(batch, image_size=32, context_length=20)
         assert len(batch[contract.KEY]) == 11 and "caption" not in batch
         assert contract.CONVERSATION in batch
+
+
+def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
+    assert main(["data", "synth", str(tmp_path), "--train", "8", "--val", "4", "--image-size", "48"]) == 0
+    with pafs.LocalFileSystem().open_input_stream(str(tmp_path / "train-00000.tar")) as stream:
+        records = [to_record(raw) for raw in iter_raw_samples(stream)]
+
+    def augmented(first_seed):
+        columns = {"key": [r.key for r in records], "image_bytes": [r.image_bytes for r in records],
+                   "label": [r.label for r in records], "caption": [r.caption for r in records],
+                   "bad_reason": [""] * len(records),
+                   "augment_seed": [first_seed + i if first_seed >= 0 else -1 for i in range(len(records))]}
+        return decode_and_augment(columns, augment=AugmentConfig(image_size=24), train=True, max_pixels=10**6,
+                                  keep_conversation=False)[contract.IMAGE]
+
+    assert (augmented(100) == augmented(100)).all()  # same seeds, same crops and flips
+    assert (augmented(100) != augmented(200)).any()
+    assert (augmented(-1) != augmented(-1)).any()  # unseeded: fresh randomness each time

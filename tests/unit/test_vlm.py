@@ -30,7 +30,7 @@ def parts(tmp_path_factory):
                                  image_size=16, patch_size=8, width=32, layers=2, heads=2),
                                  text=TextConfig(vocab_size=40, width=16, layers=1, heads=2)))
     clip = ClipModel(clip_cfg.model, 8, clip_cfg.loss)
-    save_checkpoint(root / "clip", clip, None, None, TrainState(), to_dict(clip_cfg))
+    save_checkpoint(root / "clip", clip, None, TrainState(), to_dict(clip_cfg))
     lm = make_tiny_lm(root / "lm", TEXTS, vocab_size=300, hidden_size=32, layers=1, heads=2)
     return root, lm
 
@@ -82,7 +82,7 @@ def test_stage1_trains_only_the_projector(parts):
 def test_stage2_starts_from_stage1_projector_and_trains_the_lm(parts, tmp_path):
     root, lm = parts
     _, stage1, _, _ = _train(_cfg(root, lm))
-    save_checkpoint(tmp_path / "stage1", stage1, None, None, TrainState(step=3), {})
+    save_checkpoint(tmp_path / "stage1", stage1, None, TrainState(step=3), {})
     cfg2 = _cfg(root, lm, stage="conversations", init_from=str(tmp_path / "stage1"),
                 lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3))
     task = VlmTask(cfg2)
@@ -142,7 +142,7 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     """The LM head runs only at positions whose next token has a label; the loss and every gradient
     must still be those of the LM's own loss over full logits. Rows supervise different spans, one
     row is padded, and one position is supervised in one row only."""
-    from training.models.vlm import predicting_positions
+    from pipelines.collate import VlmCollate
 
     root, lm = parts
     task = VlmTask(_cfg(root, lm, stage="conversations", lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)))
@@ -156,7 +156,7 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     labels[2, 20] = ids[2, 20]  # a lone supervised token in one row: its position must still get logits
     images = torch.randn(3, 3, 16, 16)
 
-    positions = predicting_positions(labels)
+    positions = VlmCollate()({contract.LABELS: labels.numpy()})[contract.PREDICTING]
     supervised_anywhere = (labels[:, 1:] != -100).any(0)
     assert positions.tolist() == supervised_anywhere.nonzero().flatten().tolist()
     assert 0 < len(positions) < ids.shape[1] - 1  # the image and prompt positions get no logits
@@ -175,3 +175,17 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     for name, grad in our_grads.items():
         assert torch.allclose(grad, full_grads[name], atol=1e-6), name
     assert torch.allclose(model(images, ids, mask, labels), ours, atol=1e-6)  # positions found when not given
+
+
+def test_weight_decay_spares_the_lms_token_embeddings(parts):
+    # Before: decay was chosen by name substrings ("embedding"), which missed the HF LM's embed_tokens.
+    from tests.unit.test_clip_model_and_loss import decayed_names
+
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm, stage="conversations", lrs=ModuleLearningRates(vision=1e-4, projector=1e-3, lm=1e-3)))
+    model = task.build_model()
+    decayed = decayed_names(model, task.param_groups(model))
+    assert "lm.model.embed_tokens.weight" not in decayed
+    assert "lm.model.layers.0.self_attn.q_proj.weight" in decayed and "projector.0.weight" in decayed
+    assert "vision.positional_embedding" not in decayed and "vision.transformer.blocks.0.attn.qkv.weight" in decayed
+    assert not any(name.endswith(("bias", "norm.weight")) for name in decayed)

@@ -31,6 +31,9 @@ class VisionTower(nn.Module):
         self.ln_post = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"class_embedding", "positional_embedding"}
+
     def tokens(self, images_BCHW: torch.Tensor, stop_after: int | None = None) -> torch.Tensor:
         """[CLS] + patch tokens after `stop_after` blocks (all blocks if None): [B, 1+P, D]."""
         patches_BDP = self.patch_proj(images_BCHW).flatten(2)
@@ -54,6 +57,9 @@ class TextTower(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"token_embedding.weight", "positional_embedding"}
+
     def forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
         x_BLD = self.token_embedding(input_ids_BL) + self.positional_embedding
         x_BLD = self.ln_final(self.transformer(x_BLD, causal=True))
@@ -72,6 +78,9 @@ class ClipModel(nn.Module):
         # SigLIP's learnable bias; unused (and untouched) by InfoNCE.
         self.logit_bias = nn.Parameter(
             torch.tensor(loss.siglip_init_bias), requires_grad=loss.kind == "siglip")
+
+    def no_weight_decay(self) -> set[str]:
+        return {"logit_scale", "logit_bias"}  # the towers declare their embeddings
 
     def encode_image(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(images_BCHW), dim=-1)

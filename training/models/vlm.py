@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipelines.conversations import IGNORE_INDEX
+from pipelines.conversations import IGNORE_INDEX, supervised_positions
 from training.models.clip import VisionTower
 
 PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
@@ -43,28 +43,34 @@ class VisionLanguageModel(nn.Module):
         if not 1 <= self.vision_blocks <= depth:
             raise ValueError(f"feature_layer {feature_layer} is outside the vision tower's {depth} blocks")
 
+    def no_weight_decay(self) -> set[str]:
+        """The LM's token embeddings (a tied output head shares them): weight decay would pull rare
+        tokens' embeddings towards zero. The vision tower declares its own."""
+        embeddings = self.lm.get_input_embeddings().weight
+        return {name for name, param in self.named_parameters() if param is embeddings}
+
     def image_features(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """Projected patch features without CLS: [B, P, D]."""
         patches_BPV = self.vision.tokens(images_BCHW, stop_after=self.vision_blocks)[:, 1:]
         return self.projector(patches_BPV)
 
     def embed(self, images_BCHW: torch.Tensor, input_ids_BL: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with each image's features written over its image-token positions."""
+        """Token embeddings with each image's features written over its image-token positions.
+        The data stage guarantees every row holds exactly P image tokens (it drops rows whose
+        truncation cut the image block); checking it here would make the host wait on the GPU."""
         embeds_BLD = self.lm.get_input_embeddings()(input_ids_BL)
         features_BPD = self.image_features(images_BCHW).to(embeds_BLD.dtype)
         is_image_BL = input_ids_BL == self.image_token_id
-        counts = is_image_BL.sum(dim=1)
-        if not torch.all(counts == features_BPD.shape[1]):
-            raise ValueError(f"each sample needs {features_BPD.shape[1]} image tokens, got {counts.tolist()}")
         return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
 
     def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None):
         """Mean next-token loss over the supervised tokens, as the LM's own loss computes it, but with
         logits only at `predicting_K`: the positions whose next token has a label in some row
-        (`predicting_positions`; computed here when not given). The image and prompt positions carry no
-        label: full-vocabulary fp32 logits there would be computed, stored and thrown away."""
+        (contract.PREDICTING, made on the host at collation; computed here from host labels when not
+        given). The image and prompt positions carry no label: full-vocabulary fp32 logits there
+        would be computed, stored and thrown away."""
         if predicting_K is None:
-            predicting_K = predicting_positions(labels_BL)
+            predicting_K = torch.from_numpy(supervised_positions(labels_BL.cpu().numpy()))
         embeds = self.embed(images_BCHW, input_ids_BL)
         logits_BKV = self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL,
                              logits_to_keep=predicting_K.to(embeds.device)).logits
@@ -86,10 +92,3 @@ class VisionLanguageModel(nn.Module):
             out = self.lm(input_ids=torch.tensor([[next_id]], device=prompt_ids_L.device),
                           cache=out.cache, use_cache=True)
         return generated
-
-
-def predicting_positions(labels_BL: torch.Tensor) -> torch.Tensor:
-    """Sequence positions whose next token is supervised in at least one row: [K] int64. Call it on
-    the host copy of the labels (VlmTask.prepare_batch does): on a GPU tensor, `nonzero` would make
-    the host wait for the device every step."""
-    return (labels_BL[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)

@@ -1,0 +1,25 @@
+"""Last-mile collation on the trainer's side of Ray Data: numpy batch -> torch tensors, in Ray's
+prefetch thread, before Ray pins the tensors and copies them to the device.
+
+The VLM's loss needs the sequence positions whose next token is supervised. Finding them takes a
+`nonzero`, which on a GPU tensor makes the host wait for the device every step; here it runs on the
+host copy of the labels, and the result travels to the device with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from pipelines import contract
+from pipelines.conversations import supervised_positions
+
+
+class VlmCollate(NumpyBatchCollateFn):
+    """The contract's columns as tensors, plus contract.PREDICTING from the labels."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
+        tensors[contract.PREDICTING] = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
+        return tensors
