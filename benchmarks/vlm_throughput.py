@@ -25,7 +25,8 @@ from training.loop import TrainState, train
 from training.models.clip import ClipModel
 from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
 from training.optim import build_optimizer, warmup_cosine
-from training.vlm_task import PREDICTING, VlmTask, num_image_tokens
+from pipelines.collate import VlmCollate
+from training.vlm_task import VlmTask, num_image_tokens
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 
@@ -37,6 +38,16 @@ def random_tower_checkpoint(preset: str) -> str:
     save_checkpoint(directory, ClipModel(cfg.model, cfg.data.context_length, cfg.loss), None, TrainState(),
                     to_dict(cfg))
     return str(directory)
+
+
+def synthetic_vlm_batch(ids, labels, batch_size: int, image_size: int, device: torch.device) -> dict:
+    """A batch as Ray delivers one to a training worker: collated on the host (VlmCollate finds the
+    supervised positions there), then copied to the device."""
+    host = {contract.IMAGE: torch.randint(0, 255, (batch_size, image_size, image_size, 3), dtype=torch.uint8),
+            contract.INPUT_IDS: ids.cpu(), contract.ATTENTION_MASK: torch.ones_like(ids).cpu(),
+            contract.LABELS: labels.cpu()}
+    collated = VlmCollate()({name: value.numpy() for name, value in host.items()})
+    return {name: value.to(device) for name, value in collated.items()}
 
 
 def main() -> None:
@@ -77,16 +88,13 @@ def main() -> None:
     ids[:, :image_tokens] = model.image_token_id
     labels = ids.clone()
     labels[:, :image_tokens] = -100
-    # Labels stay on the host, as Ray Data delivers them: prepare_batch finds the supervised positions
-    # there, and on a device tensor that would add a host-device sync the real loop does not have.
-    batch = {contract.IMAGE: torch.randint(0, 255, (args.batch_size, size, size, 3), dtype=torch.uint8, device=device),
-             contract.INPUT_IDS: ids, contract.ATTENTION_MASK: torch.ones_like(ids), contract.LABELS: labels.cpu()}
+    batch = synthetic_vlm_batch(ids, labels, args.batch_size, size, device)
 
     prepared = task.prepare_batch(batch, device)
     with torch.no_grad():
         total = forward_flops(lambda: model(prepared[contract.IMAGE], prepared[contract.INPUT_IDS],
                                             prepared[contract.ATTENTION_MASK], prepared[contract.LABELS],
-                                            prepared[PREDICTING]))
+                                            prepared[contract.PREDICTING]))
         vision = forward_flops(lambda: model.image_features(prepared[contract.IMAGE]))
     # The frozen tower runs forward only; the projector and LM run forward and backward (~3x).
     flops_per_step = vision + 3 * (total - vision)

@@ -62,6 +62,38 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert steps.count(30) <= 2 and max(steps) == 40 and 35 in steps
     assert run.info.status == "FINISHED"
+    # The schedule the run started with is kept: it ended at step 30, so the lr stays at its floor.
+    lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
+    assert lrs[40] == 0.0 and lrs[35] == 0.0, lrs
+    # The changed value is recorded beside the original (MLflow params are immutable).
+    assert run.data.params["loop.max_steps"] == "30"
+    assert run.data.params["resumed_at_step_30/loop.max_steps"] == "40"
+
+    # A run directory cleared and started again is a new lineage: a new MLflow run, not appended to the old.
+    import shutil
+
+    shutil.rmtree(out / "learn")
+    again = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 5)
+                        + ["optim.lr=0.002"])
+    assert run_clip(again)["step"] == 5
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mmtrain").experiment_id],
+                              filter_string=f"tags.`{RUN_NAME_TAG}` = 'learn'", order_by=["attributes.start_time"])
+    assert len(runs) == 2 and runs[0].info.run_id != runs[1].info.run_id
+    assert {r.data.params["optim.lr"] for r in runs} == {"0.001", "0.002"}
+
+
+def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
+    from training.run import run_clip
+
+    out = tmp_path / "runs"
+    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
+                      _overrides(synth_dir, out, "shape", 2) + ["tracking.tracking_uri=none"])
+    run_clip(cfg)
+    wider = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "shape", 4)
+                        + ["tracking.tracking_uri=none", "model.embed_dim=48"])
+    with pytest.raises(ValueError, match=r"model.embed_dim: \d+ -> 48.*another run.name"):
+        run_clip(wider)
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):

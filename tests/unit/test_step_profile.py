@@ -44,3 +44,10 @@ def test_a_profiled_cpu_loop_is_summarised_by_family():
     calls = {entry["name"]: entry["calls_per_step"] for entry in summary["top"]}
     assert calls.get("aten::mm") == 1
     assert "matmul" in format_profile(summary)
+
+
+def test_sync_check_runs_both_trainers_steps():
+    """The GPU sync check must keep running where there is no GPU, so it has not rotted when one is lent."""
+    from benchmarks.sync_check import main
+
+    main(["--steps", "1", "--batch-size", "4"])
