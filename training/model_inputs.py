@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,8 @@ class ImageNormalizer:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images_BHWC: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if isinstance(images_BHWC, np.ndarray) and not images_BHWC.flags.writeable:
+            images_BHWC = images_BHWC.copy()  # Ray's numpy batches are read-only; torch wants to own them
         images = torch.as_tensor(images_BHWC).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         mean, std = self._statistics(images.device)
         return (images - mean) / std
