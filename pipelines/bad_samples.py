@@ -3,11 +3,18 @@
 TRUNCATED_TAR = "truncated_tar"        # the tar ends mid-member; samples before it are kept
 CORRUPT_TAR = "corrupt_tar"            # unreadable headers; reading resumes at the next good header
 UNREADABLE_SHARD = "unreadable_shard"  # the file could not be opened or read at all
+PARSE_ERROR = "parse_error"            # the reader met input no rule foresaw; the shard stops there, earlier samples kept
 PICKLE_MEMBER = "pickle_member"        # .pyd/.pickle/.pth/... members are never unpickled
 MISSING_IMAGE = "missing_image"
 MISSING_CAPTION = "missing_caption"
 EMPTY_CAPTION = "empty_caption"
-BAD_METADATA = "bad_metadata"          # the .json member is not valid JSON
+BAD_METADATA = "bad_metadata"          # the .json member is not JSON, or its label is not an int64
+BAD_CONVERSATION = "bad_conversation"  # "conversations" is not a list of {from, value} string turns
+IMAGE_PLACEHOLDERS = "image_placeholders"  # a conversation without exactly one <image> placeholder
+DUPLICATE_MEMBER = "duplicate_member"  # two members of one sample with the same extension
+MEMBERS_NOT_ADJACENT = "members_not_adjacent"  # a key seen earlier in the shard: a sample's members must be adjacent
+BAD_HEADER = "bad_header"              # a header whose fields cannot be read (size not a number, absurd size)
+EMPTY_SHARD = "empty_shard"            # a valid tar with no samples (empty, or only directories)
 NOT_AN_IMAGE = "not_an_image"          # bytes PIL cannot identify or decode
 OVERSIZED_IMAGE = "oversized_image"    # width x height over the max-pixels guard (from the header)
 OVERSIZED_MEMBER = "oversized_member"  # a tar member too large to load into memory safely
@@ -17,11 +24,12 @@ IMAGE_TRUNCATED = "image_truncated"    # VLM: max_length cuts into the image's t
 ALL = (
     TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, PICKLE_MEMBER, MISSING_IMAGE, MISSING_CAPTION,
     EMPTY_CAPTION, BAD_METADATA, NOT_AN_IMAGE, OVERSIZED_IMAGE, OVERSIZED_MEMBER, NO_SUPERVISED_TOKENS,
-    IMAGE_TRUNCATED,
+    IMAGE_TRUNCATED, BAD_CONVERSATION, IMAGE_PLACEHOLDERS, DUPLICATE_MEMBER, MEMBERS_NOT_ADJACENT, BAD_HEADER,
+    EMPTY_SHARD, PARSE_ERROR,
 )
 
 # Events about a shard rather than about one sample; they do not count as samples.
-SHARD_LEVEL = frozenset({TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD})
+SHARD_LEVEL = frozenset({TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, BAD_HEADER, EMPTY_SHARD, PARSE_ERROR})
 
 
 class TooManyBadSamples(ValueError):

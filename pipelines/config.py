@@ -6,6 +6,19 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+class InvalidValue(ValueError):
+    """A config value of the right type that cannot work; the message starts with the key's name,
+    and the config loader puts the section's path in front of it."""
+
+
+def at_least(section, minimum: float, *names: str) -> None:
+    """Refuse a value of `section.name` below `minimum` (at load time, not inside a worker)."""
+    for name in names:
+        value = getattr(section, name)
+        if value < minimum:
+            raise InvalidValue(f"{name}={value!r}: must be at least {minimum}")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Train: random resized crop + horizontal flip. Eval: resize shorter side + centre crop."""
@@ -15,6 +28,9 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (0.75, 1.3333)  # aspect ratio range of the random crop
     hflip: bool = True
     eval_resize_ratio: float = 1.0  # eval resizes the shorter side to image_size / ratio, then crops
+
+    def __post_init__(self):
+        at_least(self, 1, "image_size")
 
 
 @dataclass(frozen=True)
@@ -40,3 +56,9 @@ class DataConfig:
     tokenize_actors: int = 0  # unused since the stages were fused; still read from saved configs
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS
+
+    def __post_init__(self):
+        at_least(self, 1, "context_length", "decode_batch_size")
+        at_least(self, 0, "workers", "shuffle_buffer_size", "max_bad_fraction", "data_cpu_limit")
+        if self.cpus_per_worker <= 0:
+            raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")

@@ -28,7 +28,8 @@ from PIL import Image
 from pipelines.images import BadSample
 from pipelines.resize import shrink
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
-from pipelines.tar_samples import IMAGE_EXTENSIONS
+from pipelines import bad_samples
+from pipelines.tar_samples import IMAGE_EXTENSIONS, metadata_problem
 
 FORMATS = ("folder", "csv", "jsonl", "parquet", "idx")
 DEFAULT_TEMPLATES = (
@@ -102,6 +103,10 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
         if isinstance(item, str):  # a skipped input, by reason
             skipped[item] = skipped.get(item, 0) + 1
             continue
+        problem = metadata_problem(item.meta) if item.meta is not None else None
+        if problem:  # the reader would refuse it: skip it here, counted, rather than write it
+            skipped[problem] = skipped.get(problem, 0) + 1
+            continue
         writer = writers.get(item.split)
         if writer is None:
             writer = writers[item.split] = ShardWriter(
@@ -155,7 +160,11 @@ def _read_folder(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Ex
             yield "missing_caption"
             continue
         meta_path = image_path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        except ValueError:
+            yield bad_samples.BAD_METADATA
+            continue
         key = image_path.relative_to(src).with_suffix("").as_posix().replace(".", "_")
         yield Example(options.split, key, image_path.read_bytes(), _ext(image_path.suffix),
                       caption_path.read_text().strip(), meta)
@@ -190,7 +199,8 @@ def _read_table(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Exa
         else:
             yield "missing_image"
             continue
-        meta = {"label": int(row[options.label_column])} if options.label_column else None
+        # metadata_problem() in convert() refuses a label that is no int64 (text, 1e400, 2**70)
+        meta = {"label": row[options.label_column]} if options.label_column else None
         yield Example(options.split, f"{index:09d}", image_bytes, ext, str(row[caption_col] or "").strip(), meta)
 
 

@@ -12,13 +12,17 @@ same augmentations run to run, and each execution (epoch) of the dataset differe
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Iterator
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from pipelines.tar_samples import iter_raw_samples, to_record
+from pipelines.tar_samples import Bad, iter_records
+
+logger = logging.getLogger("mmtrain.data")
+LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted
 
 RAW_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -49,11 +53,15 @@ class ShardDatasource(FileBasedDatasource):
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
         columns = {name: [] for name in RAW_SCHEMA.names}
         first_seed = _shard_seed(self._seed, self._execution, os.path.basename(path))
-        for index, raw in enumerate(iter_raw_samples(stream)):
-            record = to_record(raw)
+        bad = 0
+        for index, record in enumerate(iter_records(stream)):
             seed = -1 if first_seed < 0 else (first_seed + index) % 2**62
-            if isinstance(record, str):
-                row = (raw.key, b"", "", -1, "[]", record, seed)
+            if isinstance(record, Bad):
+                bad += 1
+                if bad <= LOGGED_PER_SHARD:
+                    logger.warning("%s: skipped %s at byte %d: %s", path, repr(record.key) if record.key else "a stretch",
+                                   record.offset, record.reason)
+                row = (record.key, b"", "", -1, "[]", record.reason, seed)
             else:
                 row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
             for name, value in zip(RAW_SCHEMA.names, row):
@@ -63,6 +71,9 @@ class ShardDatasource(FileBasedDatasource):
                 columns = {name: [] for name in RAW_SCHEMA.names}
         if columns["key"]:
             yield pa.table(columns, schema=RAW_SCHEMA)
+        if bad > LOGGED_PER_SHARD:
+            logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", path,
+                           bad - LOGGED_PER_SHARD)
 
 
 def _shard_seed(seed: int | None, execution: int, shard_name: str) -> int:

@@ -140,7 +140,21 @@ def _pil_decode(image: Image.Image, reduce: int) -> Image.Image:
         warnings.simplefilter("ignore")
         if reduce > 1:
             image.draft("RGB", (math.ceil(image.size[0] / reduce), math.ceil(image.size[1] / reduce)))
+        image = eight_bit(image)
         return image.convert("RGB") if image.mode != "RGB" else image
+
+
+# PIL's modes for 16-bit (and 32-bit integer) greyscale, as 16-bit PNGs and TIFFs open.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale scaled to 8 bits ('L'), as OpenCV does; other modes unchanged. PIL's own
+    convert("RGB") clips such values at 255 instead, so a 16-bit image came out all white."""
+    if image.mode not in _WIDE_GREY_MODES:
+        return image
+    pixels = np.asarray(image)
+    return Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), mode="L")
 
 
 def _render_pil(image: Image.Image, box: Box, size: int, flip: bool, reduce: int) -> np.ndarray:

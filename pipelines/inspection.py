@@ -9,19 +9,19 @@ from typing import Iterator
 from pipelines import bad_samples
 from pipelines.images import BadSample, open_image
 from pipelines.sources import ShardList, resolve_shards
-from pipelines.tar_samples import Record, iter_raw_samples, to_record
+from pipelines.tar_samples import Bad, Record, iter_records
 
 
 def iter_shard_records(shards: ShardList, path: str) -> Iterator[Record | str]:
-    """Records of one shard, or reason strings for what could not be used."""
+    """Records of one shard, or reason strings for what could not be used (the pipeline's reader)."""
     try:
         stream = shards.filesystem.open_input_stream(path)
     except OSError:
         yield bad_samples.UNREADABLE_SHARD
         return
     with stream:
-        for raw in iter_raw_samples(stream):
-            yield to_record(raw)
+        for record in iter_records(stream):
+            yield record.reason if isinstance(record, Bad) else record
 
 
 def inspect_shards(specs: list[str], max_pixels: int = 64_000_000, s3_endpoint: str = "",
@@ -74,5 +74,5 @@ def iter_captions(specs: list[str], s3_endpoint: str = "") -> Iterator[str]:
         for record in iter_shard_records(shards, path):
             if isinstance(record, Record):
                 yield record.caption
-                for turn in json.loads(record.conversation):
-                    yield turn.get("value", "")
+                for turn in json.loads(record.conversation):  # turns the reader checked: strings
+                    yield turn.get("value", turn.get("content", ""))

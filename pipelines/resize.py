@@ -13,7 +13,7 @@ import io
 from PIL import Image
 
 from pipelines import bad_samples
-from pipelines.images import BadSample, open_image
+from pipelines.images import BadSample, eight_bit, open_image
 
 
 def shrink(data: bytes, shorter_side: int, quality: int, max_pixels: int) -> bytes | None:
@@ -28,6 +28,7 @@ def shrink(data: bytes, shorter_side: int, quality: int, max_pixels: int) -> byt
     try:
         # A JPEG decodes at the smallest 1/2-1/8 DCT scale still at least `size`: far less work.
         image.draft("RGB", size)
+        image = eight_bit(image)  # 16-bit greyscale would otherwise clip to white
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         # Antialiased, as a downscale should be; reducing_gap box-reduces first, for speed.

@@ -15,6 +15,8 @@ import braceexpand
 import pyarrow.fs as pafs
 
 GLOB_CHARS = set("*?[")
+# What a directory's shards are named; pyarrow decompresses .gz, .bz2 and .zst as it reads.
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def make_filesystem(uri: str, s3_endpoint: str = "") -> tuple[pafs.FileSystem, s
 
 
 def resolve_shards(specs: list[str] | str, s3_endpoint: str = "") -> ShardList:
-    """Expand every spec to sorted .tar paths; raise ValueError naming a spec that matches nothing."""
+    """Expand every spec to sorted shard paths (.tar, or compressed: SHARD_SUFFIXES); raise
+    ValueError naming a spec that matches nothing."""
     if isinstance(specs, str):
         specs = [specs]
     if not specs:
@@ -59,9 +62,14 @@ def resolve_shards(specs: list[str] | str, s3_endpoint: str = "") -> ShardList:
                 filesystem = fs
             elif type(fs) is not type(filesystem):
                 raise ValueError(f"shard specs mix filesystems ({specs}); keep them on one")
-            found = _expand_one(fs, path)
+            try:
+                found = _expand_one(fs, path)
+            except OSError as err:  # nothing listens at the endpoint, no such bucket, no credentials
+                raise ValueError(f"cannot list shards at {expanded!r}: {err}. Check the endpoint (data.s3_endpoint "
+                                 "or AWS_ENDPOINT_URL), the bucket and the credentials") from None
             if not found:
-                raise ValueError(f"shard spec {expanded!r} matched no .tar files; check the path")
+                raise ValueError(f"shard spec {expanded!r} matched no shards ({', '.join(SHARD_SUFFIXES)}); "
+                                 "check the path")
             paths.extend(found)
     return ShardList(paths=list(dict.fromkeys(paths)), filesystem=filesystem)
 
@@ -74,7 +82,7 @@ def _expand_one(fs: pafs.FileSystem, path: str) -> list[str]:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-        return sorted(i.path for i in infos if i.is_file and i.path.endswith(".tar"))
+        return sorted(i.path for i in infos if i.is_file and i.path.endswith(SHARD_SUFFIXES))
     if info.type == pafs.FileType.File:
         return [path]
     return []

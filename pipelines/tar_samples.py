@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import IO, Iterator, Optional
+from typing import IO, Iterator, NamedTuple, Optional
 
 from pipelines import bad_samples
+from pipelines.conversations import IMAGE_PLACEHOLDER, ROLES
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"}
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_TAR_SIZE = 1 << 50  # 1 PiB: a member size beyond it is a corrupt header, not a member
 BLOCK = 512  # a tar header, and the unit member data is padded to
 
 
@@ -28,6 +30,7 @@ class RawSample:
     key: str
     fields: dict[str, bytes] = field(default_factory=dict)
     bad_reason: Optional[str] = None
+    offset: int = 0  # byte offset of its first header in the shard (for the log)
 
 
 @dataclass
@@ -41,6 +44,15 @@ class Record:
     conversation: str = "[]"
 
 
+@dataclass
+class Bad:
+    """A sample (or, with an empty key, a stretch of the shard) that cannot be used, and why."""
+
+    key: str
+    reason: str
+    offset: int
+
+
 def split_key(member_name: str) -> tuple[str, str]:
     """'dir/00012.txt' -> ('dir/00012', 'txt'): the key ends at the basename's first dot."""
     directory, _, base = member_name.rpartition("/")
@@ -48,94 +60,195 @@ def split_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
+def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Record | Bad]:
+    """Every sample of a shard as a Record or a Bad: the one containment boundary around all that
+    parses a sample (headers, members, metadata, conversations). The pipeline, `data inspect`,
+    `data tokenizer` and `data convert` all read through it, so they agree on every input, and an
+    input no rule below foresaw costs the rest of its shard, never the run."""
+    offset = 0
+    try:
+        for raw in iter_raw_samples(stream, max_member_bytes):
+            offset = raw.offset
+            if raw.bad_reason:
+                yield Bad(raw.key, raw.bad_reason, raw.offset)
+                continue
+            try:
+                record = to_record(raw)
+            except Exception:  # a metadata shape no check below foresaw
+                record = bad_samples.BAD_METADATA
+            yield Bad(raw.key, record, raw.offset) if isinstance(record, str) else record
+    except Exception:  # a reader bug, or a stream that fails in a new way: keep what came before
+        yield Bad("", bad_samples.PARSE_ERROR, offset)
+
+
 def iter_raw_samples(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[RawSample]:
     """Yield samples grouped by key (members of a sample are adjacent), plus counted failures."""
     current: Optional[RawSample] = None
+    seen: set[str] = set()  # keys already yielded: one seen again means its members were not adjacent
     for event in _iter_members(stream, max_member_bytes):
-        if isinstance(event, str):  # a shard-level problem: a reason without a sample
-            yield RawSample(key="", bad_reason=event)
+        if isinstance(event, ShardProblem):  # a reason without a sample
+            yield RawSample(key="", bad_reason=event.reason, offset=event.offset)
             continue
-        name, data = event
+        name, data, offset = event
         key, ext = split_key(name)
         if current is not None and key != current.key:
+            seen.add(current.key)
             yield current
             current = None
         if current is None:
-            current = RawSample(key=key)
+            current = RawSample(key=key, offset=offset)
+            if key in seen:
+                current.bad_reason = bad_samples.MEMBERS_NOT_ADJACENT
+        if current.bad_reason:
+            continue
         if ext in PICKLE_EXTENSIONS or ext.rsplit(".", 1)[-1] in PICKLE_EXTENSIONS:
             current.bad_reason = bad_samples.PICKLE_MEMBER
         elif data is None:
             current.bad_reason = bad_samples.OVERSIZED_MEMBER
+        elif ext in current.fields:
+            current.bad_reason = bad_samples.DUPLICATE_MEMBER  # neither copy is trusted over the other
         else:
             current.fields[ext] = data
     if current is not None:
         yield current
 
 
+class ShardProblem(NamedTuple):
+    reason: str  # one of bad_samples.SHARD_LEVEL
+    offset: int
+
+
 def _iter_members(stream: IO[bytes], max_member_bytes: int):
-    """Yield (name, bytes or None if oversized) per regular member, or a reason string."""
+    """Yield (name, bytes or None if oversized, offset) per regular member, or a ShardProblem."""
+    reader = _Reader(stream)
     try:
-        yield from _read_members(stream, max_member_bytes)
+        yield from _read_members(reader, max_member_bytes)
     except OSError:  # the storage failed mid-shard (e.g. a dropped S3 connection): keep what was read
-        yield bad_samples.UNREADABLE_SHARD
+        yield ShardProblem(bad_samples.UNREADABLE_SHARD, reader.position)
 
 
-def _read_members(stream: IO[bytes], max_member_bytes: int):
+class _Reader:
+    """The stream, the byte position in it, and a skip that seeks where it can."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream, self.position = stream, 0
+        self._seekable = _seekable(stream)
+
+    def read(self, size: int) -> bytes:
+        data = self.stream.read(size) if size else b""
+        self.position += len(data)
+        return data
+
+    def read_exact(self, size: int) -> Optional[bytes]:
+        data = self.read(size)
+        return data if len(data) == size else None
+
+    def skip(self, size: int) -> bool:
+        """Move past `size` bytes without holding them in memory; False if the shard ends first."""
+        if self._seekable:
+            end = self.stream.seek(0, 2)
+            if self.position + size > end:
+                self.stream.seek(end)
+                self.position = end
+                return False
+            self.position = self.stream.seek(self.position + size)
+            return True
+        while size:
+            chunk = self.read(min(size, 1 << 20))
+            if not chunk:
+                return False
+            size -= len(chunk)
+        return True
+
+
+def _seekable(stream) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _read_members(reader: _Reader, max_member_bytes: int):
     """A small ustar/pax/GNU reader rather than tarfile, whose Python header parsing cost ~30 us per
     member, most of our read time per sample; here a header costs a checksum (a C-level sum) and
     a few slices. Like tarfile's ignore_zeros mode, zero blocks are skipped and a block that fails
     its checksum is skipped too, until the next valid header (counted once per damaged region).
+    A header whose checksum holds but whose fields do not parse is counted as bad_header.
     """
-    members, resyncing = 0, False
+    members, files, resyncing = 0, 0, False
     long_name: Optional[str] = None  # from a GNU 'L' or pax 'path' record, for the next member
     pax_size: Optional[int] = None
     while True:
-        header = stream.read(BLOCK)
+        offset = reader.position
+        header = reader.read(BLOCK)
         if len(header) < BLOCK:
             if header and members and not resyncing:
-                yield bad_samples.TRUNCATED_TAR
+                yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
             break
         if header == _ZERO_BLOCK:
             continue
         parsed = _parse_header(header)
         if parsed is None:
             if not resyncing:
-                yield bad_samples.CORRUPT_TAR
+                yield ShardProblem(bad_samples.CORRUPT_TAR, offset)
                 resyncing = True
             continue
         resyncing = False
         members += 1
         name, size, kind = parsed
+        if size > MAX_TAR_SIZE:  # a base-256 size no storage holds: the header cannot be trusted
+            yield ShardProblem(bad_samples.BAD_HEADER, offset)
+            continue
         if kind in (b"L", b"x", b"g"):  # metadata for the next member (global pax: ignored)
-            payload = _read_exact(stream, _padded(size))
+            if size > max_member_bytes:  # no real name or pax record is this large
+                yield ShardProblem(bad_samples.BAD_HEADER, offset)
+                if reader.skip(_padded(size)):
+                    continue
+                yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
+                return
+            payload = reader.read_exact(_padded(size))
             if payload is None:
-                yield bad_samples.TRUNCATED_TAR
+                yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
                 return
             if kind == b"L":
                 long_name = payload[:size].rstrip(b"\0").decode("utf-8", "surrogateescape")
             elif kind == b"x":
                 records = _pax_records(payload[:size])
                 long_name = records.get("path", long_name)
-                pax_size = int(records["size"]) if "size" in records else pax_size
+                if "size" in records:
+                    pax_size = _pax_size(records["size"])
+                    if pax_size is None:
+                        yield ShardProblem(bad_samples.BAD_HEADER, offset)  # the member keeps its own header's size
             continue
         if long_name is not None:
             name, long_name = long_name, None
         if pax_size is not None:
             size, pax_size = pax_size, None
         if kind not in _REGULAR_FILE or size > max_member_bytes:
-            if _read_exact(stream, _padded(size)) is None:  # skip the data
-                yield bad_samples.TRUNCATED_TAR
-                return
             if kind in _REGULAR_FILE:
-                yield name, None
+                files += 1
+                yield name, None, offset
+            if not reader.skip(_padded(size)):  # skip the data, without reading it into memory
+                yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
+                return
             continue
-        data = _read_exact(stream, _padded(size))
+        data = reader.read_exact(_padded(size))
         if data is None:
-            yield bad_samples.TRUNCATED_TAR
+            yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
             return
-        yield name, data[:size]
-    if members == 0 and not resyncing:  # an empty file, or nothing but zero blocks (else reported above)
-        yield bad_samples.CORRUPT_TAR
+        files += 1
+        yield name, data[:size], offset
+    if files == 0 and (members or not resyncing):  # empty, zero blocks only, or only directories
+        yield ShardProblem(bad_samples.EMPTY_SHARD, 0)
+
+
+def _pax_size(text: str) -> Optional[int]:
+    """A pax `size` record's value, None when it is not a plausible size."""
+    try:
+        size = int(text)
+    except ValueError:
+        return None
+    return size if 0 <= size <= MAX_TAR_SIZE else None
 
 
 _ZERO_BLOCK = bytes(BLOCK)
@@ -181,11 +294,6 @@ def _pax_records(payload: bytes) -> dict[str, str]:
     return records
 
 
-def _read_exact(stream: IO[bytes], size: int) -> Optional[bytes]:
-    data = stream.read(size) if size else b""
-    return data if len(data) == size else None
-
-
 def _padded(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK * BLOCK
 
@@ -204,12 +312,53 @@ def to_record(sample: RawSample) -> Record | str:
     caption = caption_bytes.decode("utf-8", errors="replace").strip()
     if not caption:
         return bad_samples.EMPTY_CAPTION
-    label, conversation = -1, "[]"
+    label, conversation = -1, []
     if "json" in fields:
-        try:
-            meta = json.loads(fields["json"])
-            label = int(meta.get("label", -1))
-            conversation = json.dumps(meta.get("conversations", []))
-        except (ValueError, TypeError, AttributeError):
-            return bad_samples.BAD_METADATA
-    return Record(sample.key, fields[image_ext], caption, label, conversation)
+        meta = parse_metadata(fields["json"])
+        if isinstance(meta, str):
+            return meta
+        label, conversation = meta
+    return Record(sample.key, fields[image_ext], caption, label, json.dumps(conversation))
+
+
+def parse_metadata(text: bytes | str) -> tuple[int, list] | str:
+    """(label, conversation) from a sample's JSON metadata, or the reason it cannot be used."""
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError):
+        return bad_samples.BAD_METADATA
+    reason = metadata_problem(meta)
+    return reason if reason else (int(meta.get("label", -1)), meta.get("conversations", []))
+
+
+def metadata_problem(meta) -> str | None:
+    """Why parsed metadata cannot be used, or None. Shared by the reader and `data convert`, so a
+    shard that convert writes is one the reader accepts."""
+    if not isinstance(meta, dict):
+        return bad_samples.BAD_METADATA
+    label = meta.get("label", -1)
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or label != label:
+        return bad_samples.BAD_METADATA  # not a number, or NaN
+    if label in (float("inf"), float("-inf")) or int(label) != label or not -2**63 <= int(label) < 2**63:
+        return bad_samples.BAD_METADATA  # 1e400, 2**70, 2.5: no int64 class index
+    return conversation_problem(meta.get("conversations", []))
+
+
+def conversation_problem(conversation) -> str | None:
+    """Why a LLaVA conversation cannot be used (None when it can): it must be a list of turns, each
+    a mapping with a known speaker (human, gpt, system, ...) and string text, and hold exactly one
+    <image> placeholder (or be empty)."""
+    if not isinstance(conversation, list):
+        return bad_samples.BAD_CONVERSATION
+    placeholders = 0
+    for turn in conversation:
+        if not isinstance(turn, dict):
+            return bad_samples.BAD_CONVERSATION
+        speaker = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        if not isinstance(speaker, str) or speaker not in ROLES or not isinstance(text, str):
+            return bad_samples.BAD_CONVERSATION
+        placeholders += text.count(IMAGE_PLACEHOLDER)
+    if conversation and placeholders != 1:
+        return bad_samples.IMAGE_PLACEHOLDERS
+    return None

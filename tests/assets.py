@@ -115,3 +115,84 @@ def free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+# --- hand-made tar bytes for malformed headers that tarfile will not write ----------------------
+
+
+def tar_header(name: str, size: int, kind: bytes = b"0", size_field: bytes | None = None) -> bytes:
+    """A ustar header block with a valid checksum; `size_field` replaces the 12-byte size as given."""
+    block = bytearray(512)
+    block[0:len(name.encode())] = name.encode()
+    block[100:108] = b"0000644\0"
+    block[124:136] = size_field if size_field is not None else b"%011o\0" % size
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:263] = b"ustar\0"
+    block[263:265] = b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_member(name: str, data: bytes, **header) -> bytes:
+    return tar_header(name, len(data), **header) + data + bytes(-len(data) % 512)
+
+
+def pax_member(records: dict[str, str]) -> bytes:
+    """A pax extended header ('x') holding `records` for the member that follows it."""
+    body = b""
+    for key, value in records.items():
+        text = f" {key}={value}\n".encode()
+        length = len(text) + len(str(len(text)))
+        length = len(text) + len(str(length))
+        body += str(length).encode() + text
+    return tar_member("././@PaxHeader", body, kind=b"x")
+
+
+def good_sample_bytes(key: str, label: int = 0) -> bytes:
+    return (tar_member(f"{key}.jpg", jpeg_bytes()) + tar_member(f"{key}.json", b'{"label": %d}' % label)
+            + tar_member(f"{key}.txt", f"a red square {key}".encode()))
+
+
+def write_malformed_shards(out_dir: Path) -> dict:
+    """One shard per malformed input that once failed a whole run, each with good samples before
+    and after where the tar allows it. Returns {"good": count, "bad": {reason: count}} as every
+    reader must report them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpeg = jpeg_bytes()
+
+    def sample(key: str, meta: bytes | None = None) -> bytes:
+        return (tar_member(f"{key}.jpg", jpeg) + (tar_member(f"{key}.json", meta) if meta else b"")
+                + tar_member(f"{key}.txt", b"a caption"))
+
+    def shard(name: str, middle: bytes, good_after: bool = True) -> None:
+        before = good_sample_bytes(f"{name}_a") + good_sample_bytes(f"{name}_b")
+        after = good_sample_bytes(f"{name}_y") + good_sample_bytes(f"{name}_z") if good_after else b""
+        (out_dir / f"{name}.tar").write_bytes(before + middle + after + bytes(1024))
+
+    # pax size that is not a number: the member keeps its own header's size, and stays good
+    shard("pax_size_text", pax_member({"size": "abc"}) + sample("p0"))
+    # pax size of 50 GB in a small file: the member is oversized, and the declared data runs past the end
+    (out_dir / "pax_size_huge.tar").write_bytes(
+        good_sample_bytes("h_a") + good_sample_bytes("h_b") + pax_member({"size": str(50 * 10**9)})
+        + tar_member("h0.jpg", jpeg) + tar_member("h0.txt", b"caption") + bytes(1024))
+    # GNU base-256 size field: 0x80 then 0xff * 11 (~2^88 bytes)
+    shard("gnu_base256", tar_header("g0.jpg", 0, size_field=b"\x80" + b"\xff" * 11) + tar_member("g0.txt", b"c"))
+    shard("label_inf", sample("l0", b'{"label": 1e400}'))
+    shard("label_huge", sample("l1", b'{"label": %d}' % 2**70))
+    shard("conversation_string", sample("c0", b'{"conversations": "a string"}'))
+    no_image = b'{"conversations": [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "red"}]}'
+    two_images = b'{"conversations": [{"from": "human", "value": "<image><image>?"}, {"from": "gpt", "value": "red"}]}'
+    shard("placeholders", sample("i0", no_image) + sample("i2", two_images))
+    shard("duplicate_key", sample("d0") + tar_member("d0.txt", b"a second caption"))
+    shard("not_adjacent", tar_member("n0.jpg", jpeg) + tar_member("n1.jpg", jpeg)
+          + tar_member("n0.txt", b"c") + tar_member("n1.txt", b"c"))
+    (out_dir / "empty.tar").write_bytes(bytes(10240))
+    (out_dir / "zero_bytes.tar").write_bytes(b"")
+    (out_dir / "directories_only.tar").write_bytes(tar_header("a_dir/", 0, kind=b"5") + bytes(1024))
+    return {"good": 8 * 4 + 1 + 2,  # 4 around each middle (p0 is good too); 2 before the huge pax size
+            "bad": {"bad_header": 2, "missing_image": 1,  # g0.txt is left without its image
+                    "oversized_member": 1, "truncated_tar": 1, "bad_metadata": 2, "bad_conversation": 1,
+                    "image_placeholders": 2, "duplicate_member": 1, "missing_caption": 2, "members_not_adjacent": 2,
+                    "empty_shard": 3}}

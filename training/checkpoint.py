@@ -5,6 +5,8 @@ unpickling arbitrary objects. Layout of a checkpoint directory:
     state.json               step, epoch, samples seen, the learning-rate schedule in force
     config.yaml              the resolved run config
     tracking.json            the MLflow run this checkpoint's lineage logs to
+    checksums.json           sha256 of every file above, written last: a checkpoint without it, or
+                             with a file that does not match, is incomplete or damaged
 
 No RNG state is saved: a run draws its randomness from (seed, step, rank) (training.resume.seed_for),
 so every rank of a resumed run gets reproducible randomness of its own. The learning-rate schedule
@@ -13,6 +15,7 @@ is a function of the step and the schedule in state.json, so no scheduler state 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,7 +35,42 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config
     (directory / "state.json").write_text(json.dumps(state.to_dict()))
     (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
+    checksums = {path.name: _sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
+    (directory / CHECKSUMS).write_text(json.dumps(checksums, indent=1))
     return directory
+
+
+CHECKSUMS = "checksums.json"
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why a checkpoint directory cannot be trusted (a missing, truncated or altered file), or None.
+    Checkpoints written before checksums existed are trusted if their model.pt is there."""
+    directory = Path(directory)
+    for required in ("model.pt", "state.json", "config.yaml"):
+        if not (directory / required).is_file():
+            return f"no {required}"
+    if not (directory / CHECKSUMS).is_file():
+        return None if not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
+    try:
+        expected = json.loads((directory / CHECKSUMS).read_text())
+    except ValueError:
+        return f"{CHECKSUMS} is not JSON"
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_checkpoint(directory: Path, model, optimizer=None) -> TrainState:
@@ -60,12 +98,19 @@ def _load(path: Path):
 
 
 def latest_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or the newest `checkpoint_*` inside a run directory."""
+    """A checkpoint directory itself, or the newest intact `checkpoint_*` inside a run directory
+    (a damaged newer one is skipped, saying which and why)."""
     path = Path(path)
     if (path / "model.pt").is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ValueError(f"checkpoint {path} is damaged: {problem}; give the run directory to use "
+                             "its newest intact checkpoint")
         return path
-    candidates = sorted(p for p in path.glob("checkpoint_*") if (p / "model.pt").is_file())
-    if not candidates:
-        raise ValueError(f"no checkpoint in {path}: give a checkpoint directory (with model.pt) or a run "
-                         "directory that holds checkpoint_* folders")
-    return candidates[-1]
+    for candidate in sorted(path.glob("checkpoint_*"), reverse=True):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        print(f"[mmtrain] skipping checkpoint {candidate}: {problem}", flush=True)
+    raise ValueError(f"no intact checkpoint in {path}: give a checkpoint directory (with model.pt) or a run "
+                     "directory that holds checkpoint_* folders")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.config import DataConfig
+from pipelines.config import DataConfig, InvalidValue, at_least
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class OptimConfig:
     # was planned to); true starts a new warmup + cosine from the current step to the new max_steps.
     restart_schedule: bool = False
 
+    def __post_init__(self):
+        at_least(self, 0, "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip_norm", "eps")
+        at_least(self, 1, "grad_accum_steps")
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -71,6 +75,10 @@ class LoopConfig:
     compile: bool = False
     seed: int = 0
 
+    def __post_init__(self):
+        at_least(self, 1, "max_steps", "batch_size_per_worker")
+        at_least(self, 0, "log_every", "eval_every", "checkpoint_every")
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
@@ -78,6 +86,11 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: one worker per node where possible
+
+    def __post_init__(self):
+        at_least(self, 1, "num_workers")  # Ray Train workers; 1 trains without DDP
+        if self.cpus_per_worker <= 0:
+            raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,9 @@ class ModuleLearningRates:
     vision: float = 0.0
     projector: float = 1e-3
     lm: float = 0.0
+
+    def __post_init__(self):
+        at_least(self, 0, "vision", "projector", "lm")
 
 
 @dataclass(frozen=True)

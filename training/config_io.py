@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipelines.config import InvalidValue
+
 T = TypeVar("T")
 
 
@@ -80,6 +82,8 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:  # a required field without a default was left out
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
+    except InvalidValue as err:  # a value that cannot work, named with its full key
+        raise ConfigError(f"{path + '.' if path else ''}{err}") from None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:

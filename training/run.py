@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from pipelines.dataset import resolve_tokenizer
+from pipelines.sources import resolve_shards
 from pipelines.tokenizer import load_tokenizer
 from training.checkpoint import latest_checkpoint, load_config_dict
 from training.config_io import to_dict
@@ -22,6 +23,7 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
     data = cfg.data
     if not data.train_shards:
         raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
+    check_shards(data)
     tokenizer = resolve_tokenizer(data, data.train_shards)
     data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
     vocab = load_tokenizer(tokenizer).get_vocab_size()
@@ -44,6 +46,14 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
     return cfg, eval_assets, tracking_uri
+
+
+def check_shards(data) -> None:
+    """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
+    nothing listens fails in a second with the setting to fix, not minutes into a run."""
+    for specs in (data.train_shards, data.eval_shards):
+        if specs:
+            resolve_shards(specs, data.s3_endpoint)
 
 
 def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
@@ -132,6 +142,7 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str
         latest_checkpoint(cfg.init_from)  # fail now, not inside a worker
     if not cfg.data.train_shards:
         raise ValueError("data.train_shards is empty")
+    check_shards(cfg.data)
     clip_cfg = vision_tower_config(str(vision_dir))
     augment = dataclasses.replace(cfg.data.augment, image_size=clip_cfg.model.vision.image_size)
     data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)

@@ -23,7 +23,8 @@ from training.config_io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint import load_checkpoint, load_config_dict, load_tracking_run_id, save_checkpoint
+from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_tracking_run_id,
+                                 save_checkpoint)
 from training.clip_task import ClipTask
 from training.config import ClipRunConfig, VlmRunConfig
 from training.distributed import global_mean
@@ -63,7 +64,7 @@ def train_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
     model = task.build_model().to(device)
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
-    restored = _restore(model, optimizer)
+    restored = _restore(model, optimizer, rank)
     state, schedule_note = plan_schedule(restored.state if restored else TrainState(), cfg.loop.max_steps,
                                          cfg.optim.restart_schedule)
     scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
@@ -107,19 +108,42 @@ def train_worker(loop_config: dict) -> None:
         raise
 
 
-def _restore(model, optimizer) -> Restored | None:
-    """Load the checkpoint Ray Train hands this worker (a restart or a re-run), if any. The peak
-    learning rates stay the config's, not the checkpoint's (the schedule scales them)."""
+def _restore(model, optimizer, rank: int) -> Restored | None:
+    """Load the checkpoint Ray Train hands this worker (a restart or a re-run), or when that one is
+    damaged the newest intact one before it. The peak learning rates stay the config's, not the
+    checkpoint's (the schedule scales them)."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
         return None
     peaks = [group["lr"] for group in optimizer.param_groups]
-    with checkpoint.as_directory() as directory:
-        state = load_checkpoint(Path(directory), model, optimizer)
-        restored = Restored(state, load_config_dict(Path(directory)), load_tracking_run_id(Path(directory)))
-    for group, peak in zip(optimizer.param_groups, peaks):
-        group["initial_lr"] = peak
-    return restored
+    for candidate in _newest_first(checkpoint):
+        with candidate.as_directory() as directory:
+            directory = Path(directory)
+            problem = checkpoint_problem(directory)
+            if problem:
+                if rank == 0:
+                    print(f"[mmtrain] skipping checkpoint {candidate.path}: {problem}", flush=True)
+                continue
+            state = load_checkpoint(directory, model, optimizer)
+            restored = Restored(state, load_config_dict(directory), load_tracking_run_id(directory))
+        for group, peak in zip(optimizer.param_groups, peaks):
+            group["initial_lr"] = peak
+        return restored
+    raise ValueError(f"no intact checkpoint beside {checkpoint.path}: start a new run (another run.name) "
+                     "or restore the run directory from a backup")
+
+
+def _newest_first(checkpoint: ray.train.Checkpoint):
+    """`checkpoint`, then the older checkpoint_* directories beside it, newest first."""
+    import pyarrow.fs as pafs
+
+    yield checkpoint
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    siblings = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((info.path for info in siblings if info.type == pafs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+    for path in older:
+        yield ray.train.Checkpoint(path, filesystem=checkpoint.filesystem)
 
 
 def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) -> Tracker | None:

@@ -5,15 +5,13 @@ different losses. A separate interpreter keeps the process group away from the t
 
 import dataclasses
 import os
-import socket
-import sys
 from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.unit.distributed_loss_check import spawn_two
 from training.distributed import global_mean
 
 
@@ -59,9 +57,4 @@ def worker(rank, kind, port, out):
 
 
 if __name__ == "__main__":
-    kind, out = sys.argv[1], sys.argv[2]
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(worker, args=(kind, port, out), nprocs=2, join=True)
+    spawn_two(worker)

@@ -54,10 +54,15 @@ def worker(rank, kind, port, out):
     os._exit(0)
 
 
-if __name__ == "__main__":
+def spawn_two(worker) -> None:
+    """Run worker(rank, KIND, port, OUT) in 2 processes, KIND and OUT from the command line."""
     kind, out = sys.argv[1], sys.argv[2]
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.spawn(worker, args=(kind, port, out), nprocs=2, join=True)
+
+
+if __name__ == "__main__":
+    spawn_two(worker)

@@ -44,7 +44,7 @@ def test_sources_dir_glob_brace(tmp_path):
     assert len(resolve_shards(str(tmp_path))) == 3
     assert len(resolve_shards(str(tmp_path / "s-*.tar"))) == 3
     assert len(resolve_shards(str(tmp_path / "s-{00000..00001}.tar"))) == 2
-    with pytest.raises(ValueError, match="matched no .tar"):
+    with pytest.raises(ValueError, match="matched no shards"):
         resolve_shards(str(tmp_path / "missing-*.tar"))
 
 
