@@ -1,29 +1,35 @@
 """`mmtrain submit` and `mmtrain job ...`: run mmtrain commands on a Ray cluster through the Ray
 Jobs SDK. The only module that imports it.
 
-The project directory travels as the job's working_dir (data, runs and virtualenvs left out), the
-cluster's Python runs `python -m jobs.cli <your arguments>`, and MLflow settings travel as
-environment variables so the job's runs land in your tracking server.
+The project's code and presets travel as the job's working_dir (jobs/package.py: what git tracks,
+never data or credentials), the cluster's Python runs `python -m jobs.cli <your arguments>`, and
+non-secret settings travel as environment variables so the job's runs land in your tracking server.
+Secrets do not travel unless named with --env: the Jobs API shows a job's environment to anyone who
+can list jobs, so the cluster's own credentials (instance profile, the nodes' environment) serve.
+A cluster without token authentication is refused unless --insecure says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
+import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from jobs.package import MAX_PACKAGE_MB, build_package
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# Never uploaded: data, outputs and environments are big and machine-specific.
-WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "data", "runs", "out", "models", ".gpu-wheels", ".pytest_cache",
-                        "__pycache__", "*.egg-info", "benchmarks/results"]
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                 "MLFLOW_TRACKING_TOKEN", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+# Settings that travel to the job when set here; none of them is a secret.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY", "CREDENTIAL")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -36,10 +42,15 @@ def add_parsers(subparsers) -> None:
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     submit.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
                         help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
-    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra environment variable for the job (repeatable)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="an environment variable for the job, KEY alone taking this shell's value "
+                             "(repeatable); a secret named here is readable by anyone who can list jobs")
     submit.add_argument("--working-dir", type=Path, default=PROJECT_ROOT,
-                        help="uploaded as the job's working directory (default: this project)")
+                        help="the project whose tracked code and presets travel (default: this project)")
+    submit.add_argument("--max-package-mb", type=float, default=MAX_PACKAGE_MB,
+                        help=f"refuse a package larger than this (default {MAX_PACKAGE_MB} MB): data goes on shared storage")
+    submit.add_argument("--insecure", action="store_true",
+                        help="submit even to a cluster that runs without token authentication")
     submit.add_argument("--python", default="python", help="the cluster's Python with mmtrain installed")
     submit.add_argument("--submission-id", default=None, help="a job id of your choosing (default: generated)")
     submit.add_argument("mmtrain_args", nargs=argparse.REMAINDER, help="-- then the mmtrain command to run")
@@ -79,19 +90,40 @@ def job_client(address: str):
 
 
 def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
-    """Environment variables for the job: MLflow and S3 settings from here, then --env."""
+    """Environment variables for the job: non-secret MLflow and S3 settings from here, then --env
+    (KEY=VALUE, or KEY for this shell's value), each secret-looking one with a warning."""
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     for item in extra:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env {item!r} must look like KEY=VALUE")
-        env[key] = value
+        if not key or (not sep and key not in os.environ):
+            raise ValueError(f"--env {item!r} must look like KEY=VALUE, or name a variable set in this shell")
+        env[key] = value if sep else os.environ[key]
+        if any(word in key.upper() for word in SECRET_WORDS):
+            print(f"mmtrain: warning: {key} travels in the job's runtime_env, which anyone who can list jobs on "
+                  "the cluster can read; prefer the cluster's own credentials", file=sys.stderr)
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # sweeps read presets relative to the working dir
     return env
+
+
+def check_authentication(address: str, insecure: bool) -> None:
+    """Refuse a cluster whose dashboard (and so its Jobs API) runs without token authentication:
+    anyone who reaches it can run code there. Ray says which mode it runs in at a public endpoint."""
+    try:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/authentication_mode", timeout=10) as response:
+            mode = json.loads(response.read()).get("authentication_mode", "unknown")
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        mode = f"unknown ({err})"
+    if mode == "token":
+        return
+    message = (f"the Ray cluster at {address} runs without token authentication (mode: {mode}): anyone who "
+               "reaches its dashboard can run code on it. Start it with RAY_AUTH_MODE=token (cluster.yaml does)")
+    if not insecure:
+        raise ValueError(message + ", or pass --insecure to submit anyway")
+    print(f"mmtrain: warning: {message}; submitting anyway (--insecure)", file=sys.stderr)
 
 
 def entrypoint(python: str, mmtrain_args: list[str]) -> str:
@@ -109,12 +141,19 @@ def run_submit(args) -> int:
     if "MLFLOW_TRACKING_URI" not in env:
         print("mmtrain: warning: no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI); the job's runs "
               "go to a sqlite store inside its working directory on the head node", file=sys.stderr)
+    check_authentication(args.address, args.insecure)
     client = job_client(args.address)
-    job_id = client.submit_job(
-        entrypoint=command, submission_id=args.submission_id,
-        runtime_env={"working_dir": str(args.working_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env},
-        metadata={"mmtrain.command": " ".join(command.split()[2:])},
-    )
+    package = build_package(args.working_dir, args.max_package_mb)
+    print(f"uploading {len(package.files)} files, {package.size_bytes / 1e6:.1f} MB (what git tracks, "
+          "less credentials and data)")
+    try:
+        job_id = client.submit_job(  # Ray zips and uploads the package here
+            entrypoint=command, submission_id=args.submission_id,
+            runtime_env={"working_dir": str(package.directory), "env_vars": env},
+            metadata={"mmtrain.command": " ".join(command.split()[2:])},
+        )
+    finally:
+        shutil.rmtree(package.directory, ignore_errors=True)
     print(f"submitted {job_id} to {args.address}: {command}")
     if not args.follow:
         print(f"follow it with: mmtrain job logs {job_id} --follow --address {args.address}")

@@ -96,6 +96,22 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
         run_clip(wider)
 
 
+def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, synth_dir, tmp_path, capsys):
+    """Before: a truncated model.pt in the latest checkpoint failed every restart without naming it."""
+    from training.run import run_clip
+
+    out = tmp_path / "runs"
+    args = _overrides(synth_dir, out, "trunc", 10) + ["tracking.tracking_uri=none", "loop.checkpoint_every=5",
+                                                      "scaling.num_workers=1", "data.eval_shards=[]"]
+    run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
+    newest = sorted((out / "trunc").glob("checkpoint_*"))[-1]
+    data = (newest / "model.pt").read_bytes()
+    (newest / "model.pt").write_bytes(data[: len(data) // 3])
+    more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12"])
+    assert run_clip(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
+    assert f"skipping checkpoint {newest}: model.pt does not match its checksum" in capsys.readouterr().out
+
+
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     from jobs.cli import main
     from training.run import run_clip

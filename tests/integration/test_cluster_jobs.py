@@ -1,6 +1,6 @@
 """mmtrain on real Ray clusters started by the tests: a job submitted to a `ray start --head`
-(token authentication left on) through `mmtrain submit`, and CLIP training across two nodes
-made with ray.cluster_utils.Cluster."""
+(token authentication on) through `mmtrain submit`, a head without authentication refused, and
+CLIP training across two nodes made with ray.cluster_utils.Cluster."""
 
 import os
 import signal
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,8 @@ def _finished_run(tracking_uri, name):
     return client, runs[0]
 
 
-@pytest.fixture
-def ray_head():
+@contextmanager
+def _ray_head(auth_mode: str):
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir, stopped by its pid
     (never `ray stop`, which would kill every Ray on the machine)."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths have a length limit
@@ -49,10 +50,13 @@ def ray_head():
     args = [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=6",
             "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"] + [f"{k}={v}" for k, v in ports.items()]
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",  # the job's `python` has mmtrain
+           "RAY_AUTH_MODE": auth_mode,
            # No drain on SIGTERM: the group's signal reaches the GCS too, so a drain would only wait
            # out its 30 s timeout before the shutdown.
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     env.pop("RAY_ADDRESS", None)
+    if auth_mode == "token":  # as cluster.yaml asks of its user: the token exists before the head starts
+        subprocess.run([f"{VENV_BIN}/ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     log = open(Path(temp_dir) / "head.log", "w")
     head = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -60,7 +64,7 @@ def ray_head():
         deadline = time.time() + 120
         while True:
             try:
-                job_client(address).list_jobs()  # token authentication on: the client must send it
+                job_client(address).list_jobs()  # with token authentication on, the client must send it
                 break
             except Exception:
                 assert head.poll() is None and time.time() < deadline, (Path(temp_dir) / "head.log").read_text()[-3000:]
@@ -72,6 +76,24 @@ def ray_head():
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_head():
+    with _ray_head("token") as address:
+        yield address
+
+
+def test_submit_refuses_a_cluster_without_token_authentication(synth_dir, tmp_path):
+    with _ray_head("disabled") as address:
+        submit = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "submit", "--address", address, "--"]
+            + _train_args(synth_dir, tmp_path / "runs", "refused"),
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert submit.returncode == 2, submit.stdout + submit.stderr
+        assert "runs without token authentication (mode: disabled)" in submit.stderr
+        assert "--insecure" in submit.stderr
+        assert job_client(address).list_jobs() == []  # nothing was submitted
 
 
 def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):

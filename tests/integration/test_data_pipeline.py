@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from pipelines.dataset import build_dataset, check_data_quality
 from pipelines.datasource import ShardDatasource
 from pipelines.ledger import SampleLedger
 from pipelines.sources import resolve_shards
-from tests.assets import free_port, write_bad_shards
+from tests.assets import free_port, write_bad_shards, write_malformed_shards
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(**kw):
@@ -72,6 +74,40 @@ def test_bad_inputs_counted_and_every_good_sample_arrives(ray_local, tmp_path):
     strict = _cfg(tokenizer=tokenizer, max_bad_fraction=0.05, min_samples_for_bad_check=1)
     with pytest.raises(TooManyBadSamples, match="max_bad_fraction"):
         check_data_quality(strict, ledger)
+
+
+def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_training_run(ray_local, tmp_path):
+    """Inputs that each once failed a whole run (Ray retried, then gave up, never naming the shard)
+    are skipped and counted by reason, the same in `data inspect` and the Ray Data pipeline, and a
+    training run over them finishes and reports them."""
+    from jobs.data import write_tokenizer
+    from pipelines.inspection import inspect_shards
+    from training.config import ClipRunConfig
+    from training.config_io import load_config
+    from training.run import run_clip
+
+    shards = tmp_path / "shards"
+    expected = write_malformed_shards(shards)
+    write_tokenizer([str(shards)], shards / "tokenizer.json", vocab_size=300)
+    report = inspect_shards([str(shards)])
+    assert (report["total"]["good"], report["total"]["bad"]) == (expected["good"], expected["bad"])
+
+    cfg = DataConfig(augment=AugmentConfig(image_size=32), context_length=16, tokenizer=str(shards / "tokenizer.json"),
+                     with_conversations=True)
+    ledger = SampleLedger.remote()
+    rows = build_dataset(cfg, [str(shards)], train=True, ledger=ledger).take_all()
+    summary = ray.get(ledger.summary.remote())
+    assert len(rows) == summary["good"] == expected["good"]
+    assert summary["bad"] == expected["bad"]
+
+    run = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", [
+        f"data.train_shards=[{shards}]", "data.eval_shards=[]", f"run.output_dir={tmp_path / 'runs'}",
+        "run.name=malformed", "loop.max_steps=3", "loop.batch_size_per_worker=8", "scaling.num_workers=1",
+        "data.max_bad_fraction=0.9", "tracking.tracking_uri=none"])
+    metrics = run_clip(run)
+    assert metrics["step"] == 3
+    for reason, count in expected["bad"].items():  # the run's ledger saw at least one epoch's worth
+        assert metrics[f"data/bad/{reason}"] >= count, reason
 
 
 def test_bad_shard_in_the_same_read_task_keeps_good_shards(ray_local, tmp_path):

@@ -43,3 +43,11 @@ def test_installs_mmtrain_and_mounts_the_presets(cluster):
     target = next(t for t, source in mounts.items() if (REPO / source).resolve() == REPO)
     assert any(f"pip install" in command and target in command for command in cluster["setup_commands"])
     assert ".gitignore" in cluster["rsync_filter"]  # data, runs and .venv stay home
+
+
+def test_every_node_starts_with_token_authentication(cluster):
+    """Without RAY_AUTH_MODE=token, a head on --dashboard-host=0.0.0.0 runs anyone's code."""
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        starts = [command for command in commands if "ray start" in command]
+        assert starts and all("RAY_AUTH_MODE=token ray start" in command for command in starts), starts
+    assert cluster["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"

@@ -54,3 +54,28 @@ def test_frozen():
     cfg = DataConfig()
     with pytest.raises(Exception):
         cfg.context_length = 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loop.batch_size_per_worker=0", "loop.batch_size_per_worker=0: must be at least 1"),
+    ("loop.max_steps=-5", "loop.max_steps=-5: must be at least 1"),
+    ("optim.lr=-0.001", "optim.lr=-0.001: must be at least 0"),
+    ("scaling.num_workers=0", "scaling.num_workers=0: must be at least 1"),
+    ("optim.grad_accum_steps=0", "optim.grad_accum_steps=0: must be at least 1"),
+    ("data.cpus_per_worker=0", "data.cpus_per_worker=0.0: must be more than 0"),
+])
+def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, message):
+    from pathlib import Path
+
+    from training.config import ClipRunConfig
+
+    preset = Path(__file__).resolve().parents[2] / "conf/clip/tiny.yaml"
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(ClipRunConfig, preset, [override])
+
+
+def test_module_learning_rates_may_not_be_negative():
+    from training.config import VlmRunConfig
+
+    with pytest.raises(ConfigError, match=r"lrs\.lm=-1\.0: must be at least 0"):
+        from_dict(VlmRunConfig, {"lrs": {"lm": -1.0}})

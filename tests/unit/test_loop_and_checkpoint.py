@@ -189,3 +189,21 @@ def test_feature_cached_accumulation_equals_one_big_batch(kind):
     assert grads_one.keys() == grads_two.keys() and "logit_scale" in grads_one
     for name in grads_one:
         assert torch.allclose(grads_one[name], grads_two[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, capsys):
+    from training.checkpoint import checkpoint_problem, latest_checkpoint
+
+    cfg = _cfg()
+    task, model, optimizer, _ = _setup(cfg)
+    older, newer = tmp_path / "checkpoint_2026-01-01_00-00-01", tmp_path / "checkpoint_2026-01-01_00-00-02"
+    save_checkpoint(older, model, optimizer, TrainState(step=5), {})
+    save_checkpoint(newer, model, optimizer, TrainState(step=10), {})
+    assert checkpoint_problem(newer) is None and latest_checkpoint(tmp_path) == newer
+    data = (newer / "model.pt").read_bytes()
+    (newer / "model.pt").write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    assert "model.pt does not match its checksum" in checkpoint_problem(newer)
+    assert latest_checkpoint(tmp_path) == older
+    assert f"skipping checkpoint {newer}: model.pt does not match" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="is damaged: model.pt"):
+        latest_checkpoint(newer)

@@ -1,0 +1,71 @@
+"""What `mmtrain submit` uploads: the project's code and presets, never data, outputs or secrets.
+
+The package holds the files git tracks (so .gitignore'd data, runs, virtualenvs and MLflow stores
+stay home), or, outside a git checkout, an allow-list of the project's code. Either way, files whose
+names look like credentials are left out, and the package is refused above a size limit: data
+belongs on storage every node sees (S3, NFS), named in the config, not in the job's working dir.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Outside a git checkout, only these travel.
+ALLOWED = ("pipelines/", "training/", "jobs/", "conf/", "benchmarks/", "tests/", "pyproject.toml", "README.md",
+           "cluster.yaml")
+# Never uploaded, tracked or not: credentials, keys, local stores and data.
+SECRET_PATTERNS = (".env", ".env.*", "*.env", ".netrc", ".pgpass", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*",
+                   "id_dsa*", "id_ecdsa*", "id_ed25519*", "*credentials*", "*service-account*.json",
+                   "*service_account*.json", "*secret*", "*.token", "auth_token", "*.db", "*.sqlite")
+SECRET_DIRECTORIES = (".aws", ".ssh", ".gnupg", ".ray", ".git", ".venv", "mlruns", "mlartifacts", "__pycache__")
+DATA_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".safetensors", ".pt", ".ckpt", ".gguf")
+MAX_PACKAGE_MB = 50
+
+
+@dataclass(frozen=True)
+class Package:
+    directory: Path  # a temporary copy holding exactly the files that travel
+    files: list[str]
+    size_bytes: int
+
+
+def project_files(root: Path) -> list[str]:
+    """Paths (relative to `root`) of the files that may travel, before the secret filter."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+        return [name for name in listed.decode().split("\0") if name and (root / name).is_file()]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (or no git): the allow-list
+        return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
+                      and str(path.relative_to(root)).startswith(ALLOWED))
+
+
+def is_excluded(name: str) -> bool:
+    """A credential, a local store or data: never uploaded, whatever git says."""
+    parts = Path(name).parts
+    if any(part in SECRET_DIRECTORIES for part in parts[:-1]):
+        return True
+    base = parts[-1].lower()
+    return base.endswith(DATA_SUFFIXES) or any(fnmatch.fnmatch(base, pattern) for pattern in SECRET_PATTERNS)
+
+
+def build_package(root: Path, max_mb: float = MAX_PACKAGE_MB) -> Package:
+    """Copy the files that travel into a temporary directory; ValueError above `max_mb`."""
+    root = Path(root).resolve()
+    files = [name for name in project_files(root) if not is_excluded(name)]
+    size = sum((root / name).stat().st_size for name in files)
+    if size > max_mb * 1e6:
+        largest = sorted(files, key=lambda name: -(root / name).stat().st_size)[:3]
+        raise ValueError(f"the job package would be {size / 1e6:.0f} MB (limit {max_mb:g} MB; largest: "
+                         f"{', '.join(largest)}). Put data on storage every node reads (s3://... or NFS) and "
+                         "point the config at it, or raise --max-package-mb")
+    directory = Path(tempfile.mkdtemp(prefix="mmtrain-job-"))
+    for name in files:
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    return Package(directory, files, size)
