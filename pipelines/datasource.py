@@ -51,29 +51,35 @@ class ShardDatasource(FileBasedDatasource):
         return super().get_read_tasks(parallelism, per_task_row_limit=per_task_row_limit, data_context=data_context)
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
-        columns = {name: [] for name in RAW_SCHEMA.names}
         first_seed = _shard_seed(self._seed, self._execution, os.path.basename(path))
-        bad = 0
-        for index, record in enumerate(iter_records(stream)):
-            seed = -1 if first_seed < 0 else (first_seed + index) % 2**62
-            if isinstance(record, Bad):
-                bad += 1
-                if bad <= LOGGED_PER_SHARD:
-                    logger.warning("%s: skipped %s at byte %d: %s", path, repr(record.key) if record.key else "a stretch",
-                                   record.offset, record.reason)
-                row = (record.key, b"", "", -1, "[]", record.reason, seed)
-            else:
-                row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
-            for name, value in zip(RAW_SCHEMA.names, row):
-                columns[name].append(value)
-            if len(columns["key"]) >= self._rows_per_block:
-                yield pa.table(columns, schema=RAW_SCHEMA)
-                columns = {name: [] for name in RAW_SCHEMA.names}
-        if columns["key"]:
+        yield from shard_tables(stream, path, self._rows_per_block, first_seed)
+
+
+def shard_tables(stream, path: str, rows_per_block: int, first_seed: int = -1) -> Iterator[pa.Table]:
+    """One shard's rows (RAW_SCHEMA) in blocks; bad samples are rows with `bad_reason` set, and the
+    first few are named in the log with the shard and byte offset."""
+    columns = {name: [] for name in RAW_SCHEMA.names}
+    bad = 0
+    for index, record in enumerate(iter_records(stream)):
+        seed = -1 if first_seed < 0 else (first_seed + index) % 2**62
+        if isinstance(record, Bad):
+            bad += 1
+            if bad <= LOGGED_PER_SHARD:
+                logger.warning("%s: skipped %s at byte %d: %s", path, repr(record.key) if record.key else "a stretch",
+                               record.offset, record.reason)
+            row = (record.key, b"", "", -1, "[]", record.reason, seed)
+        else:
+            row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
+        for name, value in zip(RAW_SCHEMA.names, row):
+            columns[name].append(value)
+        if len(columns["key"]) >= rows_per_block:
             yield pa.table(columns, schema=RAW_SCHEMA)
-        if bad > LOGGED_PER_SHARD:
-            logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", path,
-                           bad - LOGGED_PER_SHARD)
+            columns = {name: [] for name in RAW_SCHEMA.names}
+    if columns["key"]:
+        yield pa.table(columns, schema=RAW_SCHEMA)
+    if bad > LOGGED_PER_SHARD:
+        logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", path,
+                       bad - LOGGED_PER_SHARD)
 
 
 def _shard_seed(seed: int | None, execution: int, shard_name: str) -> int:

@@ -107,7 +107,7 @@ def latest_checkpoint(path: str | Path) -> Path:
             raise ValueError(f"checkpoint {path} is damaged: {problem}; give the run directory to use "
                              "its newest intact checkpoint")
         return path
-    for candidate in sorted(path.glob("checkpoint_*"), reverse=True):
+    for candidate in sorted((p for p in path.glob("checkpoint_*") if p.is_dir()), reverse=True):
         problem = checkpoint_problem(candidate)
         if problem is None:
             return candidate

@@ -122,3 +122,29 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot list shards at 's3://bucket/prefix/'.*data.s3_endpoint"):
         resolve_shards(["s3://bucket/prefix/"], "http://127.0.0.1:1")
 
+
+
+def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offset(tmp_path, caplog):
+    from pipelines.datasource import shard_tables
+
+    expected = write_malformed_shards(tmp_path)
+    path = str(tmp_path / "label_inf.tar")
+    with caplog.at_level("WARNING", logger="mmtrain.data"), open(path, "rb") as stream:
+        tables = list(shard_tables(stream, path, rows_per_block=64))
+    assert sum(table.num_rows for table in tables) == 5 and expected["bad"]["bad_metadata"] == 2
+    offset = 2 * len(good_sample_bytes("label_inf_a"))  # l0 follows the two good samples before it
+    assert f"{path}: skipped 'l0' at byte {offset}: bad_metadata" in caplog.text
+
+
+def test_an_unreachable_shard_source_fails_before_ray_starts(monkeypatch):
+    from training import run
+    from training.config import ClipRunConfig
+    from training.config_io import from_dict
+
+    def no_ray(*args):
+        raise AssertionError("Ray was started before the shards were checked")
+
+    monkeypatch.setattr(run, "ensure_ray", no_ray)
+    cfg = from_dict(ClipRunConfig, {"data": {"train_shards": ["s3://bucket/train/"], "s3_endpoint": "http://127.0.0.1:1"}})
+    with pytest.raises(ValueError, match="cannot list shards.*data.s3_endpoint"):
+        run.run_clip(cfg)
