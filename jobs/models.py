@@ -1,4 +1,4 @@
-"""`mmtrain models ...`: make the causal LMs the VLM trainer uses."""
+"""`mmtrain models ...`: make the causal LMs the VLM trainer uses, and export trained models."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def add_parsers(subparsers) -> None:
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--vocab-size", type=int, default=1024)
     tiny.set_defaults(handler=run_tiny_lm)
+    export = commands.add_parser("export", help="a trained run or checkpoint -> a standard format (safetensors)")
+    export.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint) or a checkpoint")
+    export.add_argument("out_dir", type=Path)
+    export.add_argument("--format", choices=["hf"], default="hf",
+                        help="hf: a CLIP run as a transformers CLIPModel directory (config, weights, tokenizer, "
+                             "preprocessor)")
+    export.set_defaults(handler=run_export)
 
 
 def run_import_gguf(args) -> int:
@@ -36,4 +43,17 @@ def run_tiny_lm(args) -> int:
 
     out = make_tiny_lm(args.out_dir, iter_captions(args.shards), args.vocab_size, args.hidden_size, args.layers)
     print(f"wrote {out}")
+    return 0
+
+
+def run_export(args) -> int:
+    from training.checkpoint import latest_checkpoint, load_config_dict
+    from training.models.hf_clip import export_hf
+
+    checkpoint = latest_checkpoint(args.checkpoint)
+    if "stage" in load_config_dict(checkpoint):
+        raise ValueError(f"{checkpoint} is a VLM checkpoint; --format hf exports CLIP runs (a LLaVA export of "
+                         "VLM runs is not available yet)")
+    out = export_hf(checkpoint, args.out_dir)
+    print(f"wrote {out}: load it with transformers.CLIPModel.from_pretrained({str(out)!r})")
     return 0

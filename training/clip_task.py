@@ -26,7 +26,7 @@ class ClipTask:
 
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg
-        self.normalize = ImageNormalizer(contract.IMAGE_MEAN, contract.IMAGE_STD)
+        self.normalize = ImageNormalizer(cfg.model.vision.image_mean, cfg.model.vision.image_std)
         self.eval_table: list[dict] = []  # CLIP has no generations to show
         self.eval_pictures: dict[str, HeatmapSpec] = {}
         self._caption_tokenizer = None
@@ -36,7 +36,12 @@ class ClipTask:
         return None  # the pipeline's default: captions -> token ids with the caption tokenizer
 
     def build_model(self) -> ClipModel:
-        return ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
+        model = ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
+        if self.cfg.init_from:  # fine-tuning: start from a pretrained CLIPModel's weights
+            from training.models.hf_clip import load_pretrained
+
+            load_pretrained(model, self.cfg.init_from)
+        return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return param_groups(model, self.cfg.optim.weight_decay, self.cfg.optim.lr, exempt_from_weight_decay(model))

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipelines.config import DataConfig, InvalidValue, at_least
+from pipelines.contract import IMAGE_MEAN, IMAGE_STD
+
+Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), OpenAI CLIP's
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,10 @@ class VisionConfig:
     layers: int = 4
     heads: int = 3
     mlp_ratio: float = 4.0
+    activation: Activation = "gelu"
+    # Per-channel normalisation on the device; a pretrained tower brings its own (preprocessor_config.json).
+    image_mean: tuple[float, float, float] = IMAGE_MEAN
+    image_std: tuple[float, float, float] = IMAGE_STD
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class TextConfig:
     layers: int = 3
     heads: int = 3
     mlp_ratio: float = 4.0
+    activation: Activation = "gelu"
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,10 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class ClipRunConfig:
+    # A Hugging Face CLIPModel directory (config.json, model.safetensors, tokenizer) to fine-tune from:
+    # its architecture, weights, tokenizer, context length, image size and normalisation replace the
+    # preset's (training/models/hf_clip.py). "" = random initialisation.
+    init_from: str = ""
     run: RunSettings = field(default_factory=RunSettings)
     data: DataConfig = field(default_factory=DataConfig)
     model: ClipModelConfig = field(default_factory=ClipModelConfig)

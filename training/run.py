@@ -20,6 +20,10 @@ from training.tracking import default_tracking_uri
 
 def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
     """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
+    if cfg.init_from:
+        from training.models.hf_clip import pretrained_run_config
+
+        cfg = pretrained_run_config(cfg)
     data = cfg.data
     if not data.train_shards:
         raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")

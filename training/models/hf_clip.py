@@ -8,9 +8,13 @@ fit fail with the names and shapes that differ.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
 
-from training.config import ClipModelConfig, TextConfig, VisionConfig
+from training.config import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
 _BLOCK = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out", "self_attn.out_proj"),
@@ -32,6 +36,64 @@ _TOWER = {  # ours -> theirs, outside the blocks
     "logit_scale": "logit_scale",
 }
 _TOWERS = (("visual", "vision_model"), ("text", "text_model"))
+
+
+def pretrained_run_config(cfg: ClipRunConfig) -> ClipRunConfig:
+    """`cfg` with what the HF CLIPModel directory `cfg.init_from` fixes: the model's shape and
+    activation, the context length, the image size and normalisation, and (unless data.tokenizer
+    names another) its tokenizer."""
+    directory = Path(cfg.init_from)
+    hf_config = load_hf_config(directory)
+    model = model_config_from_hf(hf_config)
+    mean, std = image_statistics(directory)
+    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, image_mean=mean, image_std=std))
+    data = dataclasses.replace(
+        cfg.data, context_length=hf_config.text_config.max_position_embeddings,
+        tokenizer=cfg.data.tokenizer or str(directory.resolve()),
+        augment=dataclasses.replace(cfg.data.augment, image_size=model.vision.image_size))
+    return dataclasses.replace(cfg, init_from=str(directory.resolve()), model=model, data=data)
+
+
+def load_hf_config(directory: Path):
+    """The directory's CLIPConfig; a clear error for anything else."""
+    from transformers import AutoConfig, CLIPConfig
+
+    if not (Path(directory) / "config.json").is_file():
+        raise ValueError(f"init_from={directory} is not a Hugging Face model directory (no config.json)")
+    config = AutoConfig.from_pretrained(directory)
+    if not isinstance(config, CLIPConfig):
+        raise ValueError(f"init_from={directory} holds a {type(config).__name__}, not a CLIPModel: the CLIP "
+                         "trainer fine-tunes CLIP checkpoints (a SigLIP or CLIP vision tower can feed the VLM: "
+                         "model.vision.checkpoint)")
+    return config
+
+
+def image_statistics(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) from the directory's preprocessor_config.json, else CLIP's."""
+    path = Path(directory) / "preprocessor_config.json"
+    defaults = VisionConfig()
+    if not path.is_file():
+        return defaults.image_mean, defaults.image_std
+    processor = json.loads(path.read_text())
+    return (tuple(processor.get("image_mean", defaults.image_mean)),
+            tuple(processor.get("image_std", defaults.image_std)))
+
+
+def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights of an HF directory (one file, or shards listed in an index)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "model.safetensors"]
+    if not all((directory / name).is_file() for name in files):
+        raise ValueError(f"{directory} holds no model.safetensors: save the model with save_pretrained "
+                         "(safetensors is its default)")
+    state = {}
+    for name in files:
+        state.update(load_file(directory / name))
+    return state
 
 
 def model_config_from_hf(hf_config) -> ClipModelConfig:
@@ -58,12 +120,12 @@ def hf_config_from_model(cfg: ClipModelConfig, context_length: int, eos_token_id
     vision, text = cfg.vision, cfg.text
     return CLIPConfig(
         projection_dim=cfg.embed_dim,
-        vision_config=dict(hidden_size=vision.width, intermediate_size=int(vision.width * vision.mlp_ratio),
+        vision_config=dict(hidden_size=vision.width, intermediate_size=round(vision.width * vision.mlp_ratio),
                            num_hidden_layers=vision.layers, num_attention_heads=vision.heads,
                            image_size=vision.image_size, patch_size=vision.patch_size, hidden_act=vision.activation,
                            projection_dim=cfg.embed_dim),
         text_config=dict(vocab_size=text.vocab_size, hidden_size=text.width,
-                         intermediate_size=int(text.width * text.mlp_ratio), num_hidden_layers=text.layers,
+                         intermediate_size=round(text.width * text.mlp_ratio), num_hidden_layers=text.layers,
                          num_attention_heads=text.heads, max_position_embeddings=context_length,
                          hidden_act=text.activation, projection_dim=cfg.embed_dim,
                          # pooled at the first end-of-text token, as our tower pools at the last real one
@@ -72,6 +134,9 @@ def hf_config_from_model(cfg: ClipModelConfig, context_length: int, eos_token_id
 
 def state_from_hf(hf_state: dict[str, torch.Tensor], layers: dict[str, int]) -> dict[str, torch.Tensor]:
     """Our state dict from a CLIPModel's (`layers`: blocks per tower, {"visual": n, "text": m})."""
+    missing = [theirs for theirs in _TOWER.values() if theirs not in hf_state]
+    if missing:
+        raise ValueError(f"not a CLIPModel checkpoint: it lacks {', '.join(missing[:5])}")
     state = {ours: hf_state[theirs] for ours, theirs in _TOWER.items()}
     for ours_tower, their_tower in _TOWERS:
         for i in range(layers[ours_tower]):
@@ -98,6 +163,12 @@ def state_to_hf(state: dict[str, torch.Tensor], layers: dict[str, int]) -> dict[
     return hf_state
 
 
+def load_pretrained(model: torch.nn.Module, directory: str) -> None:
+    """Our CLIP model's weights from an HF CLIPModel directory."""
+    layers = {"visual": len(model.visual.transformer.blocks), "text": len(model.text.transformer.blocks)}
+    load_into(model, state_from_hf(load_hf_weights(Path(directory)), layers), directory)
+
+
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `model`, failing with every name and shape that differs."""
     expected = model.state_dict()
@@ -108,3 +179,54 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     if problems:
         raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
     model.load_state_dict({**expected, **state})
+
+
+def export_hf(checkpoint: Path, out_dir: Path) -> Path:
+    """A CLIP checkpoint as a directory transformers loads: config.json, model.safetensors,
+    tokenizer files and preprocessor_config.json (nothing pickled)."""
+    from tokenizers import Tokenizer
+    from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    from pipelines.tokenizer import load_tokenizer, pad_token_id
+    from training.checkpoint import load_config_dict
+    from training.config_io import from_dict
+
+    cfg = from_dict(ClipRunConfig, load_config_dict(checkpoint))
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    eos_id = end_of_text_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
+    hf_config = hf_config_from_model(cfg.model, cfg.data.context_length, eos_id, pad_id)
+    model = CLIPModel(hf_config)
+    state = torch.load(Path(checkpoint) / "model.pt", map_location="cpu", weights_only=True)
+    layers = {"visual": cfg.model.vision.layers, "text": cfg.model.text.layers}
+    missing, unexpected = model.load_state_dict(state_to_hf(state, layers), strict=False)
+    missing = [name for name in missing if not name.endswith("position_ids")]  # buffers, rebuilt
+    assert not missing and not unexpected, (missing, unexpected)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    raw = load_tokenizer(cfg.data.tokenizer)
+    raw.no_padding()
+    raw.no_truncation()
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(raw.to_str()),
+                                   model_max_length=cfg.data.context_length, padding_side="right",
+                                   eos_token=tokenizer.id_to_token(eos_id), pad_token=tokenizer.id_to_token(pad_id))
+    fast.save_pretrained(out_dir)
+    size = cfg.data.augment.image_size
+    CLIPImageProcessor(do_resize=True, size={"shortest_edge": size}, do_center_crop=True,
+                       crop_size={"height": size, "width": size}, resample=2,  # bilinear, as mmtrain's eval
+                       image_mean=list(cfg.model.vision.image_mean), image_std=list(cfg.model.vision.image_std),
+                       do_convert_rgb=True).save_pretrained(out_dir)
+    return out_dir
+
+
+def end_of_text_id(tokenizer) -> int:
+    """The token our text tower pools at: the one the tokenizer ends every caption with. CLIPModel
+    pools at the first occurrence of its config's eos_token_id, the same token."""
+    ids = tokenizer.encode("a").ids
+    special = {token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+    if not ids or ids[-1] not in special:
+        raise ValueError("the tokenizer ends captions with no special end-of-text token, so transformers' CLIP "
+                         "would pool elsewhere than mmtrain does; train with a tokenizer that wraps captions")
+    if ids[-1] == 2:  # CLIPModel reads eos_token_id == 2 as "pool at the largest token id" (legacy)
+        raise ValueError("the tokenizer's end-of-text id is 2, which CLIPModel treats as a legacy marker")
+    return ids[-1]
