@@ -27,7 +27,8 @@ from training.config_io import from_dict, load_config
 from training.loop import TrainState, train
 from training.models.language_model import make_tiny_lm
 from training.optim import build_optimizer, warmup_cosine
-from training.vlm_task import VlmTask, num_image_tokens
+from training.models.vision_encoder import tower_info
+from training.vlm_task import VlmTask
 
 
 @contextmanager
@@ -64,10 +65,10 @@ def check_clip(preset: str, batch_size: int, steps: int, device: torch.device) -
 
 def check_vlm(preset: str, batch_size: int, steps: int, device: torch.device) -> None:
     lm = make_tiny_lm(Path(tempfile.mkdtemp(prefix="mmtrain-lm-")), ["a photo of a cat"] * 10, vocab_size=300)
-    clip_cfg = load_config(ClipRunConfig, CONF / f"{preset}.yaml")
-    image_tokens = num_image_tokens(clip_cfg)
+    tower = tower_info(random_tower_checkpoint(preset))
+    image_tokens = tower.num_patches
     cfg = from_dict(VlmRunConfig, {"stage": "conversations", "max_length": image_tokens + 16,
-                                   "model": {"vision": {"checkpoint": random_tower_checkpoint(preset)},
+                                   "model": {"vision": {"checkpoint": tower.path},
                                              "lm": {"path": str(lm)}}})
     cfg = VlmRunConfig(**{**cfg.__dict__, "lrs": ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)})
     task = VlmTask(cfg)
@@ -76,7 +77,7 @@ def check_vlm(preset: str, batch_size: int, steps: int, device: torch.device) ->
     ids[:, :image_tokens] = model.image_token_id
     labels = ids.clone()
     labels[:, :image_tokens + 4] = -100  # an image and a prompt, then the supervised answer
-    batch = synthetic_vlm_batch(ids, labels, batch_size, clip_cfg.model.vision.image_size, device)
+    batch = synthetic_vlm_batch(ids, labels, batch_size, tower.image_size, device)
     run_checked(task, model, cfg, lambda _: iter(lambda: batch, None), steps, device)
     print(f"vlm ({preset} tower, tiny LM): {steps} steps {_verdict(device)}", flush=True)
 

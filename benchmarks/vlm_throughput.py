@@ -26,7 +26,8 @@ from training.models.clip import ClipModel
 from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
 from training.optim import build_optimizer, warmup_cosine
 from pipelines.collate import VlmCollate
-from training.vlm_task import VlmTask, num_image_tokens
+from training.models.vision_encoder import tower_info
+from training.vlm_task import VlmTask
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 
@@ -73,8 +74,8 @@ def main() -> None:
         lm_path = str(make_tiny_lm(Path(tempfile.mkdtemp(prefix="mmtrain-lm-")), ["a photo of a cat"] * 10,
                                    vocab_size=300, **SMOLLM2_135M_SHAPE))
     tower = random_tower_checkpoint(args.vision_preset)
-    clip_cfg = load_config(ClipRunConfig, CONF / f"{args.vision_preset}.yaml")
-    image_tokens = num_image_tokens(clip_cfg)
+    info = tower_info(tower)
+    image_tokens = info.num_patches
     length = image_tokens + args.text_tokens
     cfg = from_dict(VlmRunConfig, {"stage": "conversations", "max_length": length,
                                    "model": {"vision": {"checkpoint": tower}, "lm": {"path": lm_path}}})
@@ -82,7 +83,7 @@ def main() -> None:
     task = VlmTask(cfg)
     model = task.build_model().to(device)
     vocab = model.lm.config.vocab_size
-    size = clip_cfg.model.vision.image_size
+    size = info.image_size
     ids = torch.randint(0, vocab - 1, (args.batch_size, length), device=device)
     ids[ids == model.image_token_id] = 0  # random text must not contain extra image tokens
     ids[:, :image_tokens] = model.image_token_id

@@ -23,9 +23,9 @@ def add_parsers(subparsers) -> None:
     export = commands.add_parser("export", help="a trained run or checkpoint -> a standard format (safetensors)")
     export.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint) or a checkpoint")
     export.add_argument("out_dir", type=Path)
-    export.add_argument("--format", choices=["hf"], default="hf",
+    export.add_argument("--format", choices=["hf", "llava"], required=True,
                         help="hf: a CLIP run as a transformers CLIPModel directory (config, weights, tokenizer, "
-                             "preprocessor)")
+                             "preprocessor); llava: a VLM run as a LlavaForConditionalGeneration directory")
     export.set_defaults(handler=run_export)
 
 
@@ -48,12 +48,20 @@ def run_tiny_lm(args) -> int:
 
 def run_export(args) -> int:
     from training.checkpoint import latest_checkpoint, load_config_dict
-    from training.models.hf_clip import export_hf
 
     checkpoint = latest_checkpoint(args.checkpoint)
-    if "stage" in load_config_dict(checkpoint):
-        raise ValueError(f"{checkpoint} is a VLM checkpoint; --format hf exports CLIP runs (a LLaVA export of "
-                         "VLM runs is not available yet)")
-    out = export_hf(checkpoint, args.out_dir)
-    print(f"wrote {out}: load it with transformers.CLIPModel.from_pretrained({str(out)!r})")
+    trainer = "vlm" if "stage" in load_config_dict(checkpoint) else "clip"
+    wanted = {"hf": "clip", "llava": "vlm"}[args.format]
+    if trainer != wanted:
+        raise ValueError(f"{checkpoint} is a {trainer.upper()} checkpoint; --format {args.format} exports "
+                         f"{wanted.upper()} runs (use --format {'llava' if trainer == 'vlm' else 'hf'})")
+    if args.format == "hf":
+        from training.models.hf_clip import export_hf
+
+        out, loader = export_hf(checkpoint, args.out_dir), "CLIPModel"
+    else:
+        from training.models.hf_llava import export_llava
+
+        out, loader = export_llava(checkpoint, args.out_dir), "LlavaForConditionalGeneration"
+    print(f"wrote {out}: load it with transformers.{loader}.from_pretrained({str(out)!r})")
     return 0

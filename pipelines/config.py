@@ -28,6 +28,9 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (0.75, 1.3333)  # aspect ratio range of the random crop
     hflip: bool = True
     eval_resize_ratio: float = 1.0  # eval resizes the shorter side to image_size / ratio, then crops
+    # Eval: false resizes the whole image to image_size x image_size instead (SigLIP's preprocessing);
+    # the VLM sets it from its vision tower's preprocessor config.
+    eval_center_crop: bool = True
 
     def __post_init__(self):
         at_least(self, 1, "image_size")

@@ -179,5 +179,5 @@ def decode_train(data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.rando
 
 def decode_eval(data: bytes, cfg: AugmentConfig, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray:
     image = open_image(data, max_pixels)
-    return render(data, image, center_crop_box(*image.size, cfg.eval_resize_ratio), cfg.image_size, flip=False,
-                  out=out)
+    box = center_crop_box(*image.size, cfg.eval_resize_ratio) if cfg.eval_center_crop else (0, 0, *image.size)
+    return render(data, image, box, cfg.image_size, flip=False, out=out)

@@ -129,14 +129,16 @@ def run_clip(cfg: ClipRunConfig, callbacks: list = ()) -> dict:
 
 
 def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str]:
-    """Check the prerequisites (CLIP checkpoint, LM directory) and match the data to the vision tower."""
-    from training.vlm_task import vision_tower_config
+    """Check the prerequisites (vision tower, LM directory) and match the data to the vision tower:
+    its image size, its eval resize policy (centre crop or not) and, on the device, its normalisation."""
+    from training.models.vision_encoder import tower_info
 
     model = cfg.model
     if not model.vision.checkpoint:
-        raise ValueError("model.vision.checkpoint is empty: train a CLIP first "
-                         "(`mmtrain train clip --config conf/clip/synth.yaml`) and point at its run directory")
-    vision_dir = latest_checkpoint(model.vision.checkpoint)
+        raise ValueError("model.vision.checkpoint is empty: train a CLIP first (`mmtrain train clip --config "
+                         "conf/clip/synth.yaml`) and point at its run directory, or give a Hugging Face CLIP or "
+                         "SigLIP directory")
+    tower = tower_info(model.vision.checkpoint)
     if not (Path(model.lm.path) / "config.json").is_file():
         raise ValueError(f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
                          "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`")
@@ -147,10 +149,9 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str
     if not cfg.data.train_shards:
         raise ValueError("data.train_shards is empty")
     check_shards(cfg.data)
-    clip_cfg = vision_tower_config(str(vision_dir))
-    augment = dataclasses.replace(cfg.data.augment, image_size=clip_cfg.model.vision.image_size)
+    augment = dataclasses.replace(cfg.data.augment, image_size=tower.image_size, eval_center_crop=tower.center_crop)
     data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
-    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=str(vision_dir.resolve())),
+    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=tower.path),
                                 lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
     init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)

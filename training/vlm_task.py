@@ -14,24 +14,15 @@ from pipelines import contract
 from pipelines.collate import VlmCollate
 from pipelines.conversations import ConversationEncoder, parse_conversation, supervised_positions
 from pipelines.stages import TokenizeConversations
-from training.checkpoint import latest_checkpoint, load_config_dict
-from training.config import ClipRunConfig, VlmRunConfig
-from training.config_io import from_dict
+from training.checkpoint import latest_checkpoint
+from training.config import VlmRunConfig
 from training.distributed import all_reduce_sum
-from training.models.clip import ClipModel
 from training.models.language_model import load_lm
 from training.loop import Autocast, NoSync, accumulate_independently
 from training.model_inputs import ImageNormalizer, unwrap
+from training.models.vision_encoder import load_vision_encoder, tower_info
 from training.models.vlm import VisionLanguageModel, build_projector
 from training.optim import exempt_from_weight_decay, param_groups
-
-
-def vision_tower_config(checkpoint: str) -> ClipRunConfig:
-    return from_dict(ClipRunConfig, load_config_dict(latest_checkpoint(checkpoint)))
-
-
-def num_image_tokens(clip_cfg: ClipRunConfig) -> int:
-    return (clip_cfg.model.vision.image_size // clip_cfg.model.vision.patch_size) ** 2
 
 
 class VlmTask:
@@ -41,29 +32,26 @@ class VlmTask:
 
     def __init__(self, cfg: VlmRunConfig):
         self.cfg = cfg
-        self.normalize = ImageNormalizer(contract.IMAGE_MEAN, contract.IMAGE_STD)
+        self.tower = tower_info(cfg.model.vision.checkpoint)
+        self.normalize = ImageNormalizer(self.tower.image_mean, self.tower.image_std)
         self.eval_table: list[dict] = []
         self.eval_pictures: dict = {}  # the VLM shows a table of generations instead
         self._tokenizer = None
 
     @staticmethod
     def text_stage(cfg: VlmRunConfig, ledger=None):
-        clip_cfg = vision_tower_config(cfg.model.vision.checkpoint)
         return (TokenizeConversations, dict(
-            lm_path=cfg.model.lm.path, num_image_tokens=num_image_tokens(clip_cfg), max_length=cfg.max_length,
-            captions=cfg.stage == "captions", ledger=ledger))
+            lm_path=cfg.model.lm.path, num_image_tokens=tower_info(cfg.model.vision.checkpoint).num_patches,
+            max_length=cfg.max_length, captions=cfg.stage == "captions", ledger=ledger))
 
     def build_model(self) -> VisionLanguageModel:
-        vision_dir = latest_checkpoint(self.cfg.model.vision.checkpoint)
-        clip_cfg = vision_tower_config(vision_dir)
-        clip = ClipModel(clip_cfg.model, clip_cfg.data.context_length, clip_cfg.loss)
-        clip.load_state_dict(torch.load(vision_dir / "model.pt", map_location="cpu", weights_only=True))
+        vision = load_vision_encoder(self.tower, self.cfg.model.vision.feature_layer)
         lm, self._tokenizer = load_lm(self.cfg.model.lm.path)
         projector_cfg = self.cfg.model.projector
-        projector = build_projector(projector_cfg.type, clip_cfg.model.vision.width, lm.config.hidden_size,
+        projector = build_projector(projector_cfg.type, self.tower.width, lm.config.hidden_size,
                                     projector_cfg.hidden_width)
         image_token_id = self._tokenizer.convert_tokens_to_ids("<image>")
-        model = VisionLanguageModel(clip.visual, projector, lm, image_token_id, self.cfg.model.vision.feature_layer)
+        model = VisionLanguageModel(vision, projector, lm, image_token_id)
         if self.cfg.init_from:
             self._load_projector(model, latest_checkpoint(self.cfg.init_from))
         for name, module in self.modules(model).items():
@@ -136,8 +124,7 @@ class VlmTask:
         """Held-out loss/perplexity, and exact match of greedy answers to the first question.
         `batches` are this rank's eval batches as numpy (the conversation text included)."""
         model = unwrap(model)
-        clip_cfg = vision_tower_config(self.cfg.model.vision.checkpoint)
-        encoder = ConversationEncoder(self._tokenizer, num_image_tokens(clip_cfg), self.cfg.max_length)
+        encoder = ConversationEncoder(self._tokenizer, self.tower.num_patches, self.cfg.max_length)
         # loss sum, loss batches, exact matches, questions; on the device, as NCCL all-reduces only those
         totals = torch.zeros(4, device=device)
         table = []

@@ -48,3 +48,25 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     assert losses[-1] < losses[0], losses
     assert "eval_generations.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert run.data.params["stage"] == "conversations"
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, kind):
+    """A CLIP or SigLIP directory as transformers saves it feeds VLM stage 1 on Ray Train: its image
+    size and normalisation reach the pipeline and the device, and only the projector learns."""
+    from pipelines.inspection import iter_captions
+    from tests.unit.test_vision_encoders import save_hf_tower
+    from training.models.language_model import make_tiny_lm
+    from training.run import run_vlm
+
+    tower = save_hf_tower(tmp_path / "tower", kind, image_size=32, full=kind == "clip")
+    lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
+    out = tmp_path / "runs"
+    metrics = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", [
+        f"run.output_dir={out}", f"model.vision.checkpoint={tower}", f"model.lm.path={lm}",
+        f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "loop.max_steps=4",
+        "loop.batch_size_per_worker=8", "scaling.num_workers=1", "max_length=48", "tracking.tracking_uri=none"]))
+    assert metrics["step"] == 4 and metrics["loss"] > 0
+    saved = load_config(VlmRunConfig, Path(metrics["checkpoint"]) / "config.yaml")
+    assert saved.model.vision.checkpoint == str(tower.resolve())
+    assert saved.data.augment.image_size == 32 and saved.data.augment.eval_center_crop == (kind == "clip")

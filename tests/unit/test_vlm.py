@@ -187,5 +187,5 @@ def test_weight_decay_spares_the_lms_token_embeddings(parts):
     decayed = decayed_names(model, task.param_groups(model))
     assert "lm.model.embed_tokens.weight" not in decayed
     assert "lm.model.layers.0.self_attn.q_proj.weight" in decayed and "projector.0.weight" in decayed
-    assert "vision.positional_embedding" not in decayed and "vision.transformer.blocks.0.attn.qkv.weight" in decayed
+    assert "vision.tower.positional_embedding" not in decayed and "vision.tower.transformer.blocks.0.attn.qkv.weight" in decayed
     assert not any(name.endswith(("bias", "norm.weight")) for name in decayed)

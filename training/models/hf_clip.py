@@ -153,13 +153,29 @@ def state_to_hf(state: dict[str, torch.Tensor], layers: dict[str, int]) -> dict[
     """A CLIPModel's state dict from ours (the SigLIP bias, which CLIP lacks, is left out)."""
     hf_state = {theirs: state[ours] for ours, theirs in _TOWER.items()}
     for ours_tower, their_tower in _TOWERS:
-        for i in range(layers[ours_tower]):
-            ours, theirs = f"{ours_tower}.transformer.blocks.{i}", f"{their_tower}.encoder.layers.{i}"
-            for name in ("weight", "bias"):
-                for part, chunk in zip("qkv", state[f"{ours}.attn.qkv.{name}"].chunk(3)):
-                    hf_state[f"{theirs}.self_attn.{part}_proj.{name}"] = chunk.contiguous()
-                for our_part, their_part in _BLOCK:
-                    hf_state[f"{theirs}.{their_part}.{name}"] = state[f"{ours}.{our_part}.{name}"]
+        hf_state.update(_blocks_to_hf(state, ours_tower, their_tower, layers[ours_tower]))
+    return hf_state
+
+
+def _blocks_to_hf(state: dict, ours_tower: str, their_tower: str, layers: int) -> dict[str, torch.Tensor]:
+    hf_state = {}
+    for i in range(layers):
+        ours, theirs = f"{ours_tower}.transformer.blocks.{i}", f"{their_tower}.encoder.layers.{i}"
+        for name in ("weight", "bias"):
+            for part, chunk in zip("qkv", state[f"{ours}.attn.qkv.{name}"].chunk(3)):
+                hf_state[f"{theirs}.self_attn.{part}_proj.{name}"] = chunk.contiguous()
+            for our_part, their_part in _BLOCK:
+                hf_state[f"{theirs}.{their_part}.{name}"] = state[f"{ours}.{our_part}.{name}"]
+    return hf_state
+
+
+def vision_state_to_hf(tower_state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """A CLIPVisionModel's state dict from our image tower's (the embedding projection, which the
+    vision model lacks, left out)."""
+    prefixed = {f"visual.{name}": value for name, value in tower_state.items()}
+    hf_state = {theirs: prefixed[ours] for ours, theirs in _TOWER.items()
+                if ours.startswith("visual.") and ours != "visual.proj.weight"}
+    hf_state.update(_blocks_to_hf(prefixed, "visual", "vision_model", layers))
     return hf_state
 
 

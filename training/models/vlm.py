@@ -1,4 +1,4 @@
-"""LLaVA-style VLM: frozen CLIP vision tower -> projector -> Hugging Face causal LM.
+"""LLaVA-style VLM: vision encoder (patch features) -> projector -> Hugging Face causal LM.
 
 Shapes: B = batch, P = image patches, V = vision width, D = LM width, L = sequence length.
 """
@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipelines.conversations import IGNORE_INDEX, supervised_positions
-from training.models.clip import VisionTower
 
 PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 
@@ -32,16 +31,11 @@ def build_projector(kind: str, vision_width: int, lm_width: int, hidden_width: i
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, vision: VisionTower, projector: nn.Module, lm: nn.Module, image_token_id: int,
-                 feature_layer: int = -2):
+    def __init__(self, vision: nn.Module, projector: nn.Module, lm: nn.Module, image_token_id: int):
+        """`vision` maps images [B, C, H, W] to patch features [B, P, V] (models/vision_encoder.py)."""
         super().__init__()
         self.vision, self.projector, self.lm = vision, projector, lm
         self.image_token_id = image_token_id
-        depth = len(vision.transformer.blocks)
-        # feature_layer -2 = the penultimate block's output (LLaVA's choice); -1 = the last block.
-        self.vision_blocks = depth + 1 + feature_layer if feature_layer < 0 else feature_layer
-        if not 1 <= self.vision_blocks <= depth:
-            raise ValueError(f"feature_layer {feature_layer} is outside the vision tower's {depth} blocks")
 
     def no_weight_decay(self) -> set[str]:
         """The LM's token embeddings (a tied output head shares them): weight decay would pull rare
@@ -50,9 +44,8 @@ class VisionLanguageModel(nn.Module):
         return {name for name, param in self.named_parameters() if param is embeddings}
 
     def image_features(self, images_BCHW: torch.Tensor) -> torch.Tensor:
-        """Projected patch features without CLS: [B, P, D]."""
-        patches_BPV = self.vision.tokens(images_BCHW, stop_after=self.vision_blocks)[:, 1:]
-        return self.projector(patches_BPV)
+        """Projected patch features: [B, P, D]."""
+        return self.projector(self.vision(images_BCHW))
 
     def embed(self, images_BCHW: torch.Tensor, input_ids_BL: torch.Tensor) -> torch.Tensor:
         """Token embeddings with each image's features written over its image-token positions.

@@ -1,0 +1,72 @@
+"""A trained mmtrain VLM exported as a Hugging Face LLaVA: transformers' LlavaForConditionalGeneration
+loads it and greedy generation gives the tokens mmtrain's own generation gives."""
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.cli import main
+from pipelines.conversations import ConversationEncoder
+from training.checkpoint import save_checkpoint
+from training.config import (LanguageModelConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
+                             VlmModelConfig, VlmRunConfig)
+from training.config_io import to_dict
+from training.loop import TrainState
+from training.vlm_task import VlmTask
+from tests.unit.test_vision_encoders import save_hf_tower
+from tests.unit.test_vlm import parts  # noqa: F401  (the fixture: a tiny mmtrain CLIP tower and LM)
+
+QUESTION = [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"}]
+
+
+def _saved_vlm(directory, tower, lm, projector="mlp2x_gelu"):
+    cfg = VlmRunConfig(stage="conversations", max_length=64, lrs=ModuleLearningRates(projector=1e-3, lm=1e-3),
+                       model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower)),
+                                            projector=ProjectorConfig(type=projector),
+                                            lm=LanguageModelConfig(path=str(lm))))
+    task = VlmTask(cfg)
+    model = task.build_model()
+    torch.manual_seed(1)
+    with torch.no_grad():  # "trained": the projector and LM are no longer what they were built as
+        for param in list(model.projector.parameters()) + list(model.lm.parameters()):
+            param.add_(0.05 * torch.randn_like(param))
+    save_checkpoint(directory, model, None, TrainState(step=1), to_dict(cfg))
+    return task, model
+
+
+@pytest.mark.parametrize("tower_kind", ["mmtrain", "hf_siglip"])
+def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_kind):  # noqa: F811
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    root, lm = parts
+    tower = root / "clip" if tower_kind == "mmtrain" else save_hf_tower(tmp_path / "siglip", "siglip")
+    task, model = _saved_vlm(tmp_path / "vlm", tower, lm)
+    out = tmp_path / "llava"
+    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<image>") == llava.config.image_token_index
+
+    encoder = ConversationEncoder(task._tokenizer, task.tower.num_patches, 64)
+    prompt = torch.tensor(encoder.encode_prompt(QUESTION))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (1, 16, 16, 3), dtype=np.uint8))
+    pixels = task.normalize(images, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():  # the same next-token distribution at every position, image positions included
+        our_logits = model.lm(inputs_embeds=model.embed(pixels, prompt[None])).logits
+        their_logits = llava(input_ids=prompt[None], pixel_values=pixels).logits
+    assert torch.allclose(our_logits, their_logits, atol=1e-4)
+    ours = model.generate(pixels[0], prompt, 8, encoder.stop_ids)
+    with torch.no_grad():
+        generated = llava.generate(input_ids=prompt[None], pixel_values=pixels, max_new_tokens=8, do_sample=False,
+                                   eos_token_id=sorted(encoder.stop_ids), pad_token_id=encoder.pad_id)
+    theirs = [t for t in generated[0, len(prompt):].tolist() if t not in encoder.stop_ids]
+    assert len(ours) >= 3 and theirs == ours
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp3x_gelu"])
+def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):  # noqa: F811
+    root, lm = parts
+    _saved_vlm(tmp_path / "vlm", root / "clip", lm, projector=projector)
+    assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "llava"]) == 2
+    assert f"model.projector.type='{projector}' has no LLaVA equivalent" in capsys.readouterr().err
