@@ -47,21 +47,9 @@ def run_tiny_lm(args) -> int:
 
 
 def run_export(args) -> int:
-    from training.checkpoint import latest_checkpoint, load_config_dict
+    from training.checkpoint import latest_checkpoint
+    from training.export import export_checkpoint
 
-    checkpoint = latest_checkpoint(args.checkpoint)
-    trainer = "vlm" if "stage" in load_config_dict(checkpoint) else "clip"
-    wanted = {"hf": "clip", "llava": "vlm"}[args.format]
-    if trainer != wanted:
-        raise ValueError(f"{checkpoint} is a {trainer.upper()} checkpoint; --format {args.format} exports "
-                         f"{wanted.upper()} runs (use --format {'llava' if trainer == 'vlm' else 'hf'})")
-    if args.format == "hf":
-        from training.models.hf_clip import export_hf
-
-        out, loader = export_hf(checkpoint, args.out_dir), "CLIPModel"
-    else:
-        from training.models.hf_llava import export_llava
-
-        out, loader = export_llava(checkpoint, args.out_dir), "LlavaForConditionalGeneration"
+    out, loader = export_checkpoint(latest_checkpoint(args.checkpoint), args.out_dir, args.format)
     print(f"wrote {out}: load it with transformers.{loader}.from_pretrained({str(out)!r})")
     return 0

@@ -118,6 +118,9 @@ class TrackingConfig:
     experiment: str = "mmtrain"
     parent_run_id: str = ""  # set by a sweep: this run is nested under the sweep's run
     log_figures: bool = True  # sample grid, similarity and confusion matrices as PNG artifacts
+    # A name: at the end of a successful run, export the model (CLIP: transformers CLIPModel, VLM: LLaVA)
+    # and register it as a new version of this MLflow registered model. "" = no registration.
+    register_model: str = ""
 
 
 @dataclass(frozen=True)

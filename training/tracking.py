@@ -101,6 +101,19 @@ class Tracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def register_model(self, name: str, directory: str | Path) -> int:
+        """Log `directory` as the run's `model` artifacts and register them as a new version of the
+        registered model `name` (created on first use); returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        self.log_artifacts(directory, "model")
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:  # it exists already: add a version
+            pass
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/model"
+        return int(self.client.create_model_version(name, source, run_id=self.run_id).version)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

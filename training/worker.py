@@ -247,7 +247,18 @@ class _Hooks:
     def _finish_tracking(self, checkpoint_dir: Path) -> None:
         if self.tracker:
             self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            if self.cfg.tracking.register_model:
+                self._register(checkpoint_dir)
             self.tracker.finish("FINISHED")
+
+    def _register(self, checkpoint_dir: Path) -> None:
+        """The final checkpoint in its standard format, as a new version of the registered model."""
+        from training.export import export_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as export_dir:
+            export_checkpoint(checkpoint_dir, Path(export_dir))
+            version = self.tracker.register_model(self.cfg.tracking.register_model, export_dir)
+        print(f"[mmtrain] registered {self.cfg.tracking.register_model} version {version}", flush=True)
 
     def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
         elapsed = time.perf_counter() - self.window_start

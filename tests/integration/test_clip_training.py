@@ -166,3 +166,32 @@ def test_killed_worker_resumes_from_checkpoint(synth_dir, tmp_path):
     assert "step: 40" in text  # the summary's final step count
     client, run = _mlflow_run(out, "killed")
     assert run.info.status == "FINISHED"
+
+
+def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, synth_dir, tmp_path, mlflow_server,
+                                                                   monkeypatch):
+    """A CLIP run fine-tuned from a (tiny) Hugging Face CLIPModel directory on Ray Train; with
+    tracking.register_model its final checkpoint, exported as a transformers CLIPModel, becomes a
+    version of an MLflow registered model on a real tracking server, and its files load."""
+    import mlflow.artifacts
+    from transformers import CLIPModel
+
+    from tests.unit.test_hf_clip import save_hf_clip
+    from training.run import run_clip
+
+    pretrained = save_hf_clip(tmp_path / "pretrained")
+    args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [f"init_from={pretrained}",
+        f"tracking.tracking_uri={mlflow_server}", "tracking.register_model=tiny-clip", "scaling.num_workers=1",
+        "data.eval_shards=[]", "tracking.log_figures=false"]
+    run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
+    client = MlflowClient(mlflow_server)
+    version = client.get_latest_versions("tiny-clip")[0]
+    run = client.get_run(version.run_id)
+    assert run.data.tags[RUN_NAME_TAG] == "registered" and run.info.status == "FINISHED"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the registry follows it, as for a user
+    files = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/tiny-clip/{version.version}",
+                                                     dst_path=str(tmp_path / "downloaded")))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in files.iterdir()}
+    exported = CLIPModel.from_pretrained(files)
+    assert exported.config.projection_dim == 16 and exported.config.vision_config.hidden_act == "quick_gelu"

@@ -24,12 +24,10 @@ CAPTIONS = ["a red square on the left", "two blue circles", "a small green trian
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A tiny random CLIPModel as a user's downloaded directory would hold it."""
+def save_hf_clip(directory: Path) -> Path:
+    """A tiny random CLIPModel, tokenizer and image processor, as a user's downloaded directory holds them."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
-    directory = tmp_path_factory.mktemp("hf-clip")
     raw = train_bpe_tokenizer(CAPTIONS * 20, vocab_size=300)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="[EOT]", pad_token="[PAD]", bos_token="[BOS]")
     tokenizer.save_pretrained(directory)
@@ -44,6 +42,11 @@ def hf_dir(tmp_path_factory):
     CLIPImageProcessor(image_mean=list(MEAN), image_std=list(STD), size={"shortest_edge": 16},
                        crop_size={"height": 16, "width": 16}).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return save_hf_clip(tmp_path_factory.mktemp("hf-clip"))
 
 
 def _inputs(cfg: ClipRunConfig):
