@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from pipelines.config import AugmentConfig
 from pipelines.dataset import resolve_tokenizer
 from pipelines.sources import resolve_shards
 from pipelines.tokenizer import load_tokenizer
@@ -149,6 +150,11 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str
     if not cfg.data.train_shards:
         raise ValueError("data.train_shards is empty")
     check_shards(cfg.data)
+    asked = cfg.data.augment.image_size
+    if asked not in (AugmentConfig().image_size, tower.image_size):  # set on purpose, and not what the tower takes
+        raise ValueError(f"data.augment.image_size={asked}, but the vision tower at {tower.path} takes "
+                         f"{tower.image_size}x{tower.image_size} images: remove the key (the tower decides) "
+                         f"or set it to {tower.image_size}")
     augment = dataclasses.replace(cfg.data.augment, image_size=tower.image_size, eval_center_crop=tower.center_crop)
     data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
     model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=tower.path),

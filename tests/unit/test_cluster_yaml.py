@@ -41,7 +41,7 @@ def test_installs_mmtrain_and_mounts_the_presets(cluster):
     mounts = cluster["file_mounts"]
     assert any((REPO / source).resolve() == REPO for source in mounts.values())  # project, conf/ included
     target = next(t for t, source in mounts.items() if (REPO / source).resolve() == REPO)
-    assert any(f"pip install" in command and target in command for command in cluster["setup_commands"])
+    assert any("pip install" in command and target in command for command in cluster["setup_commands"])
     assert ".gitignore" in cluster["rsync_filter"]  # data, runs and .venv stay home
 
 

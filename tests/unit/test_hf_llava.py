@@ -14,7 +14,12 @@ from training.config_io import to_dict
 from training.loop import TrainState
 from training.vlm_task import VlmTask
 from tests.unit.test_vision_encoders import save_hf_tower
-from tests.unit.test_vlm import parts  # noqa: F401  (the fixture: a tiny mmtrain CLIP tower and LM)
+from tests.unit.test_vlm import make_parts
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return make_parts(tmp_path_factory.mktemp("vlm"))
+
 
 QUESTION = [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"}]
 
@@ -35,7 +40,7 @@ def _saved_vlm(directory, tower, lm, projector="mlp2x_gelu"):
 
 
 @pytest.mark.parametrize("tower_kind", ["mmtrain", "hf_siglip"])
-def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_kind):  # noqa: F811
+def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_kind):
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     root, lm = parts
@@ -65,7 +70,7 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
 
 
 @pytest.mark.parametrize("projector", ["linear", "mlp3x_gelu"])
-def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):  # noqa: F811
+def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):
     root, lm = parts
     _saved_vlm(tmp_path / "vlm", root / "clip", lm, projector=projector)
     assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "llava"]) == 2

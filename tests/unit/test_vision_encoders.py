@@ -65,3 +65,23 @@ def test_a_feature_layer_outside_the_tower_is_refused(tmp_path):
     info = tower_info(save_hf_tower(tmp_path, "clip"))
     with pytest.raises(ValueError, match="feature_layer=-5 is outside the tower's 3 blocks"):
         load_vision_encoder(info, feature_layer=-5)
+
+
+def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_path):
+    from training.config import VlmRunConfig
+    from training.config_io import from_dict
+    from training.models.language_model import make_tiny_lm
+    from training.run import resolve_vlm
+
+    tower = save_hf_tower(tmp_path / "tower", "siglip")
+    lm = make_tiny_lm(tmp_path / "lm", ["a red square"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "train-00000.tar").write_bytes(bytes(1024))
+    config = {"model": {"vision": {"checkpoint": str(tower)}, "lm": {"path": str(lm)}},
+              "data": {"train_shards": [str(shards)], "augment": {"image_size": 224}}}
+    with pytest.raises(ValueError, match="data.augment.image_size=224, but the vision tower .* takes 16x16"):
+        resolve_vlm(from_dict(VlmRunConfig, config))
+    del config["data"]["augment"]  # the tower decides: its size, and SigLIP's whole-image resize
+    cfg, _, _ = resolve_vlm(from_dict(VlmRunConfig, config))
+    assert cfg.data.augment.image_size == 16 and not cfg.data.augment.eval_center_crop

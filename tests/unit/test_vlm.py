@@ -24,7 +24,11 @@ TEXTS = ["what colour are the shapes?", "red", "blue", "a photo of a red circle.
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vlm")
+    return make_parts(tmp_path_factory.mktemp("vlm"))
+
+
+def make_parts(root):
+    """A tiny mmtrain CLIP tower (root/clip) and a tiny LM directory: (root, lm path)."""
     clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=16)),
                              model=ClipModelConfig(embed_dim=16, vision=VisionConfig(
                                  image_size=16, patch_size=8, width=32, layers=2, heads=2),
