@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/gpu_suite.sh [RESULTS_DIR]        # default benchmarks/results/gpu
 #
-# Steps run in order of what is least known (RESULTS.md): the VLM step since its logits change,
+# Steps run in order of what is least known (RESULTS.md): the sync check (benchmarks/sync_check.py,
+# both trainers' steps under CUDA's sync debug mode; never yet run on a GPU), the VLM step since its logits change,
 # eager and compiled; B/16's step with a profile, then with CUDA graphs (the MFU gap); the 16-core
 # data ratio; then B/32 and both end-to-end runs, measured on the last lease. BUDGET_S (default
 # 570, under the device tool's 600 s per command) caps the whole suite: each step's limit is cut to
@@ -43,7 +44,7 @@ step() {  # step NAME TIME_LIMIT_S COMMAND...
   echo "== $name ($(date +%T), limit ${limit}s): $*"
   timeout "$limit" "$@" >"$results/$name.log" 2>&1
   echo "   exit $? at $(date +%T)"
-  grep -E "samples/s|tokens/s|efficiency|ratio|median|Error|error:|^profile|^  [a-z]" "$results/$name.log" | tail -16
+  grep -E "samples/s|tokens/s|efficiency|ratio|median|Error|error:|^profile|^  [a-z]|sync" "$results/$name.log" | tail -16
   tar -czf "$tarball" -C "$(dirname "$results")" "$(basename "$results")"
 }
 
@@ -55,6 +56,8 @@ fi
 from pipelines import images; print('decoder', images.DECODER)"
 } | tee "$results/host.txt"
 
+# First, and cheap: both trainers' steps must make no host-device sync (CUDA sync debug mode "error").
+step sync_check 90 "$python" -m benchmarks.sync_check --clip-preset vit_b16 --vision-preset vit_b16 --batch-size 8
 step shards 120 "$python" -c "from pathlib import Path; from benchmarks.data_throughput import make_shards; \
 make_shards(Path('$shards'), $samples, 256)"
 step vlm_throughput 90 "$python" -m benchmarks.vlm_throughput --lm smollm2-135m-shape --vision-preset vit_b16 \
