@@ -14,7 +14,7 @@ from training.config import ClipRunConfig
 from training.figures import HeatmapSpec
 from training.loop import Autocast, NoSync, accumulate_independently
 from training.losses import infonce_loss, siglip_loss
-from training.model_inputs import ImageNormalizer, unwrap
+from training.model_inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.clip import ClipModel
 from training.optim import exempt_from_weight_decay, param_groups
 
@@ -49,8 +49,8 @@ class ClipTask:
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         return {
             contract.IMAGE: self.normalize(batch[contract.IMAGE], device),
-            contract.INPUT_IDS: torch.as_tensor(batch[contract.INPUT_IDS]).to(device, non_blocking=True).long(),
-            contract.ATTENTION_MASK: torch.as_tensor(batch[contract.ATTENTION_MASK]).to(
+            contract.INPUT_IDS: to_tensor(batch[contract.INPUT_IDS]).to(device, non_blocking=True).long(),
+            contract.ATTENTION_MASK: to_tensor(batch[contract.ATTENTION_MASK]).to(
                 device, non_blocking=True).long(),
         }
 

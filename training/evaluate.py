@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pipelines import contract
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 from training.distributed import all_gather_uneven
-from training.model_inputs import ImageNormalizer
+from training.model_inputs import ImageNormalizer, to_tensor
 
 
 @torch.no_grad()
@@ -24,9 +24,9 @@ def embed_eval_set(model, batches: Iterable[dict], device: torch.device, normali
     images, texts, labels = [], [], []
     for batch in batches:
         images.append(model.encode_image(normalize(batch[contract.IMAGE], device)).float())
-        texts.append(model.encode_text(torch.as_tensor(batch[contract.INPUT_IDS]).to(device).long(),
-                                       torch.as_tensor(batch[contract.ATTENTION_MASK]).to(device).long()).float())
-        labels.append(torch.as_tensor(batch[contract.LABEL]).to(device))
+        texts.append(model.encode_text(to_tensor(batch[contract.INPUT_IDS]).to(device).long(),
+                                       to_tensor(batch[contract.ATTENTION_MASK]).to(device).long()).float())
+        labels.append(to_tensor(batch[contract.LABEL]).to(device))
     if not images:  # this rank got no eval data; it still takes part in the gather
         embed_dim = model.visual.proj.out_features
         images = texts = [torch.zeros((0, embed_dim), device=device)]

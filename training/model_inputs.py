@@ -18,9 +18,7 @@ class ImageNormalizer:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images_BHWC: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if isinstance(images_BHWC, np.ndarray) and not images_BHWC.flags.writeable:
-            images_BHWC = images_BHWC.copy()  # Ray's numpy batches are read-only; torch wants to own them
-        images = torch.as_tensor(images_BHWC).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        images = to_tensor(images_BHWC).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         mean, std = self._statistics(images.device)
         return (images - mean) / std
 
@@ -29,6 +27,14 @@ class ImageNormalizer:
             self._on_device[device] = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
                                        torch.tensor(self.std, device=device).view(1, 3, 1, 1))
         return self._on_device[device]
+
+
+def to_tensor(values) -> torch.Tensor:
+    """A batch column as a tensor: tensors as they are, numpy arrays shared, or copied when read-only
+    (Ray's numpy batches are, and torch warns on a tensor over memory it may not write)."""
+    if isinstance(values, np.ndarray) and not values.flags.writeable:
+        values = values.copy()
+    return torch.as_tensor(values)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -19,7 +19,7 @@ from training.config import VlmRunConfig
 from training.distributed import all_reduce_sum
 from training.models.language_model import load_lm
 from training.loop import Autocast, NoSync, accumulate_independently
-from training.model_inputs import ImageNormalizer, unwrap
+from training.model_inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.vision_encoder import load_vision_encoder, tower_info
 from training.models.vlm import VisionLanguageModel, build_projector
 from training.optim import exempt_from_weight_decay, param_groups
@@ -92,7 +92,7 @@ class VlmTask:
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         out = {contract.IMAGE: self.normalize(batch[contract.IMAGE], device)}
         for column in (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS):
-            out[column] = torch.as_tensor(batch[column]).to(device, non_blocking=True).long()
+            out[column] = to_tensor(batch[column]).to(device, non_blocking=True).long()
         predicting = batch.get(contract.PREDICTING)
         if predicting is None:  # numpy batches (evaluation): the labels are still on the host
             predicting = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
@@ -116,7 +116,7 @@ class VlmTask:
 
     def captions(self, batch: dict) -> list[str]:
         """What each row of a training batch is supervised to say (its unmasked label tokens)."""
-        labels = torch.as_tensor(batch[contract.LABELS])
+        labels = to_tensor(batch[contract.LABELS])
         return [self._tokenizer.decode(row[row != -100].tolist(), skip_special_tokens=True) for row in labels]
 
     @torch.no_grad()

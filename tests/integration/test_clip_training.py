@@ -185,7 +185,7 @@ def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, s
         "data.eval_shards=[]", "tracking.log_figures=false"]
     run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     client = MlflowClient(mlflow_server)
-    version = client.get_latest_versions("tiny-clip")[0]
+    version = client.search_model_versions("name='tiny-clip'")[0]
     run = client.get_run(version.run_id)
     assert run.data.tags[RUN_NAME_TAG] == "registered" and run.info.status == "FINISHED"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the registry follows it, as for a user
