@@ -22,7 +22,6 @@ from training.optim import exempt_from_weight_decay, param_groups
 class ClipTask:
     train_columns = contract.TENSOR_COLUMNS
     eval_columns = contract.TENSOR_COLUMNS
-    train_collate = None  # Ray's default: every column a tensor
 
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg

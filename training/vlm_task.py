@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from pipelines import contract
-from pipelines.collate import VlmCollate
 from pipelines.conversations import ConversationEncoder, parse_conversation, supervised_positions
 from pipelines.stages import TokenizeConversations
 from training.checkpoint import latest_checkpoint
@@ -28,7 +27,6 @@ from training.optim import exempt_from_weight_decay, param_groups
 class VlmTask:
     train_columns = contract.VLM_TENSOR_COLUMNS
     eval_columns = None  # keep the conversation text for generation
-    train_collate = VlmCollate  # adds contract.PREDICTING, found on the host
 
     def __init__(self, cfg: VlmRunConfig):
         self.cfg = cfg

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from training.config_io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
+from pipelines.collate import VlmCollate
 from pipelines.ledger import check_bad_fraction
 from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_tracking_run_id,
                                  save_checkpoint)
@@ -36,6 +37,9 @@ from training.tracking import TRACKING_OFF, Tracker
 from training.vlm_task import VlmTask
 
 TASKS = {"clip": ClipTask, "vlm": VlmTask}
+# How Ray turns each trainer's numpy batches into tensors (None: Ray's default, every column a tensor).
+# The VLM's adds contract.PREDICTING, found on the host (pipelines/collate.py).
+TRAIN_COLLATE = {"clip": None, "vlm": VlmCollate}
 RunConfig = ClipRunConfig | VlmRunConfig
 
 
@@ -86,7 +90,7 @@ def train_worker(loop_config: dict) -> None:
     def epoch_batches(epoch: int):
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
-            collate_fn=task.train_collate() if task.train_collate else None,
+            collate_fn=TRAIN_COLLATE[payload.task]() if TRAIN_COLLATE[payload.task] else None,
             # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
             pin_memory=device.type == "cuda",
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
