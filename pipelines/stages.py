@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 import numpy as np
 
-from pipelines import contract
+from pipelines import bad_samples, contract
 from pipelines.config import AugmentConfig
 from pipelines.conversations import ConversationEncoder, caption_conversation, parse_conversation
 from pipelines.images import BadSample, decode_eval, decode_train
@@ -102,7 +102,10 @@ class TokenizeConversations:
                 conversation = caption_conversation(str(captions[index]))
             else:
                 conversation = parse_conversation(str(batch[contract.CONVERSATION][index]))
-            encoded = self._encoder.encode(conversation, key=str(key))
+            try:
+                encoded = self._encoder.encode(conversation, key=str(key))
+            except Exception:  # the LM's chat template refused it (e.g. roles out of the order it requires)
+                encoded = bad_samples.BAD_CONVERSATION
             if isinstance(encoded, str):  # a bad-sample reason
                 dropped[encoded] += 1
                 continue

@@ -45,3 +45,37 @@ def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
     assert (augmented(100) == augmented(100)).all()  # same seeds, same crops and flips
     assert (augmented(100) != augmented(200)).any()
     assert (augmented(-1) != augmented(-1)).any()  # unseeded: fresh randomness each time
+
+
+def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_path):
+    """A template that raises (roles out of the order it requires) costs that sample, not the run."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from pipelines import bad_samples
+    from pipelines.stages import TokenizeConversations
+    from training.models.language_model import make_tiny_lm
+
+    lm = make_tiny_lm(tmp_path / "lm", ["what colour?", "red"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)
+    tokenizer = AutoTokenizer.from_pretrained(lm)
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first turn must be "
+                               "the user') }}{% endif %}" + tokenizer.chat_template)
+    tokenizer.save_pretrained(lm)
+
+    class Ledger:  # stands in for the SampleLedger actor
+        def __init__(self):
+            self.calls = []
+            self.record = self
+
+        def remote(self, good, bad):
+            self.calls.append((good, bad))
+
+    ledger = Ledger()
+    stage = TokenizeConversations(str(lm), num_image_tokens=2, max_length=32, captions=False, ledger=ledger)
+    good = '[{"from": "human", "value": "<image>\\nwhat colour?"}, {"from": "gpt", "value": "red"}]'
+    refused = '[{"from": "gpt", "value": "<image> red"}, {"from": "human", "value": "what colour?"}]'
+    out = stage({contract.KEY: np.array(["a", "b"]), "caption": np.array(["x", "y"]),
+                 contract.CONVERSATION: np.array([good, refused]),
+                 contract.IMAGE: np.zeros((2, 4, 4, 3), np.uint8), contract.LABEL: np.array([0, 1])})
+    assert list(out[contract.KEY]) == ["a"]
+    assert ledger.calls == [(-1, {bad_samples.BAD_CONVERSATION: 1})]
