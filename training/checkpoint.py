@@ -15,6 +15,7 @@ is a function of the step and the schedule in state.json, so no scheduler state 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -52,6 +53,15 @@ def checkpoint_problem(directory: Path) -> str | None:
             return f"no {required}"
     if not (directory / CHECKSUMS).is_file():
         return None if not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
+    # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): hash a
+    # directory once per process, again only when a file's size or modification time has changed.
+    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file())
+    return _verify(str(directory.resolve()), files)
+
+
+@functools.lru_cache(maxsize=64)
+def _verify(directory: str, files: tuple) -> str | None:
+    directory = Path(directory)
     try:
         expected = json.loads((directory / CHECKSUMS).read_text())
     except ValueError:
