@@ -59,7 +59,7 @@ def check_clip(preset: str, batch_size: int, steps: int, device: torch.device) -
     model = task.build_model().to(device)
     batches = synthetic_batches(cfg, batch_size, device)
     for accumulate in (1, 2):  # feature-cached accumulation has its own step
-        run_checked(task, model, cfg, lambda _: batches, steps, device, grad_accum_steps=accumulate)
+        run_checked(task, model, cfg, batches, steps, device, grad_accum_steps=accumulate)
         print(f"clip {preset}, accumulation {accumulate}: {steps} steps {_verdict(device)}", flush=True)
 
 
@@ -78,7 +78,7 @@ def check_vlm(preset: str, batch_size: int, steps: int, device: torch.device) ->
     labels = ids.clone()
     labels[:, :image_tokens + 4] = -100  # an image and a prompt, then the supervised answer
     batch = synthetic_vlm_batch(ids, labels, batch_size, tower.image_size, device)
-    run_checked(task, model, cfg, lambda _: iter(lambda: batch, None), steps, device)
+    run_checked(task, model, cfg, iter(lambda: batch, None), steps, device)
     print(f"vlm ({preset} tower, tiny LM): {steps} steps {_verdict(device)}", flush=True)
 
 

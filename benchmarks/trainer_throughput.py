@@ -51,13 +51,13 @@ def measure(cfg: ClipRunConfig, batch_size: int, steps: int, warmup: int, compil
                                                         sample[contract.ATTENTION_MASK])) / batch_size
     # The trainer's own step: gradient clipping as configured, bf16 autocast on a GPU.
     step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)
-    state = train(task, stepped, optimizer, scheduler, TrainState(), lambda _: batches, warmup, device, lambda s, r: True,
+    state = train(task, stepped, optimizer, scheduler, TrainState(), batches, warmup, device, lambda s, r: True,
                   **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    train(task, stepped, optimizer, scheduler, state, lambda _: batches, warmup + steps, device, lambda s, r: True,
+    train(task, stepped, optimizer, scheduler, state, batches, warmup + steps, device, lambda s, r: True,
           **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -65,7 +65,7 @@ def measure(cfg: ClipRunConfig, batch_size: int, steps: int, warmup: int, compil
     samples_per_s = batch_size / step_s
 
     def run_steps(count: int) -> None:
-        train(task, stepped, optimizer, scheduler, state, lambda _: batches, state.step + count, device,
+        train(task, stepped, optimizer, scheduler, state, batches, state.step + count, device,
               lambda s, r: True, **step)
 
     profiled = profile_steps(run_steps, profile, step_s, device) if profile else None

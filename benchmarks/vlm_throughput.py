@@ -103,7 +103,7 @@ def main() -> None:
     scheduler = warmup_cosine(optimizer, cfg.optim, args.steps + args.warmup + args.profile_steps)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     stepped = torch.compile(model) if args.compile else model
-    batches = lambda _: iter(lambda: batch, None)  # the same batch forever
+    batches = iter(lambda: batch, None)  # the same batch forever
     step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)  # the trainer's own step
     state = train(task, stepped, optimizer, scheduler, TrainState(), batches, args.warmup, device,
                   lambda s, r: True, **step)

@@ -47,8 +47,9 @@ class DataConfig:
     max_image_pixels: int = 64_000_000  # read from the image header before decoding
     max_bad_fraction: float = 0.05  # fail the run when more samples than this are bad
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
-    shuffle_seed: Optional[int] = 0  # file order, local buffer and augmentation; None = not reproducible
-    shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer; 0 = off
+    shuffle_seed: Optional[int] = 0  # shard order, in-shard order, local buffer and augmentation; None = not reproducible
+    read_shuffle_buffer: int = 512  # samples each read task holds to shuffle within its shard, per (seed, epoch); 0 = file order
+    shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer (mixes shards); 0 = off
     # Rows per block the reader yields. Ray then coalesces a read task's blocks up to its target block
     # size (128 MiB), so the stages see up to a whole shard per call, whatever this is.
     decode_batch_size: int = 64
@@ -62,6 +63,6 @@ class DataConfig:
 
     def __post_init__(self):
         at_least(self, 1, "context_length", "decode_batch_size")
-        at_least(self, 0, "workers", "shuffle_buffer_size", "max_bad_fraction", "data_cpu_limit")
+        at_least(self, 0, "workers", "shuffle_buffer_size", "read_shuffle_buffer", "max_bad_fraction", "data_cpu_limit")
         if self.cpus_per_worker <= 0:
             raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")

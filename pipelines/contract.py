@@ -14,6 +14,7 @@ INPUT_IDS = "input_ids"            # int32 [B, L], right-padded with the tokeniz
 ATTENTION_MASK = "attention_mask"  # uint8 [B, L], 1 on real tokens, 0 on padding
 LABEL = "label"                    # int64 [B], class index, -1 when the sample has none
 KEY = "key"                        # str [B], the sample's key inside its shard
+POSITION = "position"              # int64 [B], (epoch, shard, sample number) packed (pipelines/position.py)
 CONVERSATION = "conversation"      # str [B], LLaVA-format turns as JSON (VLM data only)
 LABELS = "labels"                  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
 # int64 [K], made from LABELS at collation (pipelines/collate.py): the positions whose next token is
@@ -26,11 +27,12 @@ DTYPES = {
     ATTENTION_MASK: np.dtype(np.uint8),
     LABEL: np.dtype(np.int64),
     LABELS: np.dtype(np.int32),
+    POSITION: np.dtype(np.int64),
 }
-NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, LABELS: 2, KEY: 1, CONVERSATION: 1}
+NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, LABELS: 2, KEY: 1, CONVERSATION: 1, POSITION: 1}
 
 TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)  # what iter_torch_batches can carry
-TRAIN_COLUMNS = TENSOR_COLUMNS + (KEY,)
+TRAIN_COLUMNS = TENSOR_COLUMNS + (KEY, POSITION)
 VLM_TENSOR_COLUMNS = TENSOR_COLUMNS + (LABELS,)
 
 # Normalisation applied on the device by the trainer (CLIP's published statistics).

@@ -1,6 +1,6 @@
 """Compose the pipeline: shards -> robust read -> decode + augment -> tokenize.
 
-    read (ShardDatasource, one read task per shard, file order reshuffled each epoch)
+    read (EpochShardDatasource: one read task per epoch and shard, for every epoch of the run)
       -> decode_and_augment (bad rows counted in the SampleLedger and dropped)
       -> Tokenize (a callable class: the tokenizer loads once per actor)
 
@@ -9,42 +9,49 @@ reads a shard, decodes and tokenizes it in one process, like a DataLoader worker
 cross the object store once, on their way to the trainer. Separate operators cost an
 object-store hop per stage and ran the pipeline at 0.3x a plain DataLoader on 2 cores
 (benchmarks/RESULTS.md).
+
+A training dataset spans all the epochs of a run, so the pool starts once per run: a new execution
+per epoch cost each epoch the pool's start-up (every actor importing Ray Data again).
 """
 
 from __future__ import annotations
 
 import math
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import ray
-from ray.data import ActorPoolStrategy, DataContext, ExecutionResources, FileShuffleConfig
+from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 
 from pipelines.config import DataConfig
 from pipelines.ledger import check_bad_fraction
-from pipelines.datasource import ShardDatasource
-from pipelines.sources import resolve_shards
+from pipelines.datasource import EpochShardDatasource
+from pipelines.sources import ShardList, resolve_shards
 from pipelines.stages import Tokenize, decode_and_augment
+from pipelines.tar_samples import count_samples
 
 
 def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledger=None,
-                  columns: tuple[str, ...] | None = None, text_stage: tuple[type, dict] | None = None
-                  ) -> ray.data.Dataset:
-    """The Ray Dataset for one split. `ledger` (a SampleLedger handle) receives bad-sample counts;
-    `columns` keeps only those; `text_stage` replaces caption tokenizing (class, constructor kwargs)."""
+                  columns: tuple[str, ...] | None = None, text_stage: tuple[type, dict] | None = None,
+                  epochs: int = 1) -> ray.data.Dataset:
+    """The Ray Dataset for one split: `epochs` passes over the shards (training) or one in file
+    order (eval). `ledger` (a SampleLedger handle) receives bad-sample counts and tells the reads
+    what a resumed run has already used; `columns` keeps only those; `text_stage` replaces caption
+    tokenizing (class, constructor kwargs)."""
     shards = resolve_shards(shard_specs, cfg.s3_endpoint)
-    shuffle = None
-    if train and cfg.shuffle_seed is not None:
-        shuffle = FileShuffleConfig(seed=cfg.shuffle_seed, reseed_after_execution=True)
-    elif train:
-        shuffle = "files"
+    seed = None
+    if train:  # unseeded: a fresh seed, so each run still reshuffles every epoch
+        seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else random.randrange(2**31)
     # No stage sets a batch size: one would stop Ray from fusing the read into the pool (and on a
     # small machine leave the read tasks without a CPU beside the actors). Each stage therefore
     # sees what the read hands on: a shard's rows, coalesced up to Ray's 128 MiB target block size.
-    source = ShardDatasource(shards.paths, rows_per_block=cfg.decode_batch_size, filesystem=shards.filesystem,
-                             shuffle=shuffle, seed=cfg.shuffle_seed)
+    source = EpochShardDatasource(shards.paths, shards.filesystem, epochs=epochs if train else 1, seed=seed,
+                                  shuffle_buffer=cfg.read_shuffle_buffer if train else 0,
+                                  rows_per_block=cfg.decode_batch_size, ledger=ledger)
     cpus = cfg.cpus_per_worker  # the same for every stage, or Ray will not fuse them
-    dataset = ray.data.read_datasource(source, override_num_blocks=len(shards.paths), num_cpus=cpus)
+    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cpus)
     dataset = dataset.map_batches(
         decode_and_augment,
         fn_kwargs=dict(augment=cfg.augment, train=train, max_pixels=cfg.max_image_pixels,
@@ -76,6 +83,28 @@ def pool_size(cfg: DataConfig, num_shards: int) -> int:
             limit = ray.cluster_resources().get("CPU", 1.0)
         workers = max(1, int(limit // cfg.cpus_per_worker))
     return max(1, min(workers, num_shards))
+
+
+def count_dataset_samples(shards: ShardList) -> int:
+    """Samples in the shards (good or bad), from their tar headers; the shards are scanned in
+    parallel threads (reading is I/O, and a seekable file is read only at its headers)."""
+    def count(path: str) -> int:
+        try:
+            with shards.filesystem.open_input_file(path) as stream:
+                return count_samples(stream)
+        except OSError:  # unreadable: the read tasks count it as bad
+            return 0
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return sum(pool.map(count, shards.paths))
+
+
+def epochs_for(samples: int, global_batch: int, max_steps: int, max_bad_fraction: float) -> int:
+    """Epochs the training stream needs for `max_steps` optimizer steps, when at most
+    `max_bad_fraction` of `samples` are bad (more fails the run anyway), plus one for batches that
+    straddle epoch boundaries."""
+    usable = max(1, int(samples * (1 - max_bad_fraction)))
+    return min(math.ceil(max_steps * global_batch / usable) + 1, 1 << 16)
 
 
 def resolve_tokenizer(cfg: DataConfig, shard_specs: list[str]) -> str:

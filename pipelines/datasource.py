@@ -1,12 +1,17 @@
-"""A Ray Data datasource for WebDataset shards that survives bad tars and bad samples.
+"""A Ray Data datasource that reads WebDataset shards for every epoch of a run in one execution.
 
-It reuses Ray's file-based machinery (path listing, s3://, per-epoch file shuffling) and
-replaces only the per-file parsing. Bad samples are emitted as rows with `bad_reason` set, so
-the first map stage can count them in one place and drop them.
+One read task per (epoch, shard), in epoch order; within an epoch the shard order, and within a
+shard the sample order (a seeded shuffle buffer), are functions of (seed, epoch). So one
+execution, and one pool of read/decode/tokenize actors, serves the whole run, and the trainer sees
+epoch boundaries only in the rows' positions (pipelines/position.py).
 
-Each row also carries `augment_seed`, a function of (seed, execution, shard name, position in the
-shard): the decode stage draws its random crops and flips from it, so the same seed gives the
-same augmentations run to run, and each execution (epoch) of the dataset different ones.
+A read task asks the run's SampleLedger which samples of its (epoch, shard) were already trained on
+or found bad (a resumed run) and seeks past them. Bad samples and bad stretches of a shard are
+emitted as rows with `bad_reason` set, so the first map stage counts them in one place and drops them.
+
+Each row carries `augment_seed`, a function of (seed, epoch, shard name, sample number): the decode
+stage draws its random crops and flips from it, so a sample gets the same augmentation in an epoch
+whether it is read in a fresh run or after a resume.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
-from ray.data.datasource import FileBasedDatasource
+import pyarrow.fs as pafs
+import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.tar_samples import Bad, iter_records
+from pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
+from pipelines.tar_samples import Bad, Record, iter_records
 
 logger = logging.getLogger("mmtrain.data")
 LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted
@@ -32,45 +43,123 @@ RAW_SCHEMA = pa.schema([
     ("conversation", pa.string()),
     ("bad_reason", pa.string()),  # "" for a usable sample
     ("augment_seed", pa.int64()),  # -1: no seed, draw fresh randomness
+    ("epoch", pa.int32()),
+    ("shard", pa.int32()),  # the shard's place in the run's shard list
+    ("index", pa.int64()),  # the sample's number in its shard; -1 for a bad stretch of the shard
+    ("offset", pa.int64()),  # byte offset of the sample's first header
 ])
 
 
-class ShardDatasource(FileBasedDatasource):
-    _FILE_EXTENSIONS = ["tar"]
+@dataclass(frozen=True)
+class ShardRead:
+    """What one read task reads: a shard, for one epoch, in what order."""
 
-    def __init__(self, paths, rows_per_block: int = 256, seed: int | None = None, **file_based_kwargs):
-        super().__init__(paths, **file_based_kwargs)
-        self._rows_per_block = rows_per_block
-        self._seed = seed
-        self._execution = 0
-
-    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-        # Ray counts executions of the same dataset (one per epoch) in the data context; the read
-        # tasks made here carry this count to _read_stream.
-        self._execution = data_context._execution_idx if data_context is not None else 0
-        return super().get_read_tasks(parallelism, per_task_row_limit=per_task_row_limit, data_context=data_context)
-
-    def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
-        first_seed = _shard_seed(self._seed, self._execution, os.path.basename(path))
-        yield from shard_tables(stream, path, self._rows_per_block, first_seed)
+    path: str
+    shard: int
+    epoch: int
+    seed: Optional[int]  # None: file order and unseeded augmentation (eval, or data.shuffle_seed=null)
+    shuffle_buffer: int  # samples held for the in-shard shuffle; 0 = file order
 
 
-def shard_tables(stream, path: str, rows_per_block: int, first_seed: int = -1) -> Iterator[pa.Table]:
-    """One shard's rows (RAW_SCHEMA) in blocks; bad samples are rows with `bad_reason` set, and the
-    first few are named in the log with the shard and byte offset."""
+class EpochShardDatasource(Datasource):
+    def __init__(self, paths: list[str], filesystem: pafs.FileSystem, *, epochs: int = 1,
+                 seed: Optional[int] = None, shuffle_buffer: int = 0, rows_per_block: int = 256, ledger=None):
+        if len(paths) >= MAX_SHARDS or epochs > MAX_EPOCHS:
+            raise ValueError(f"{len(paths)} shards x {epochs} epochs: positions hold at most {MAX_SHARDS - 1} "
+                             f"shards and {MAX_EPOCHS} epochs")
+        self._paths, self._filesystem = list(paths), filesystem
+        self._epochs = epochs
+        self._seed, self._shuffle_buffer = seed, shuffle_buffer
+        self._rows_per_block, self._ledger = rows_per_block, ledger
+
+    def get_name(self) -> str:
+        return "ReadShards"
+
+    def estimate_inmemory_data_size(self) -> Optional[int]:
+        return None
+
+    def reads(self) -> list[ShardRead]:
+        """Every read of the run, epoch by epoch; the shard order is reshuffled each epoch."""
+        reads = []
+        for epoch in range(self._epochs):
+            order = range(len(self._paths))
+            if self._seed is not None:
+                order = np.random.default_rng([self._seed, epoch]).permutation(len(self._paths))
+            reads += [ShardRead(self._paths[i], int(i), epoch, self._seed, self._shuffle_buffer) for i in order]
+        return reads
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        filesystem, rows_per_block, ledger = self._filesystem, self._rows_per_block, self._ledger
+
+        def task(read: ShardRead) -> ReadTask:
+            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(read.path,))
+            return ReadTask(lambda: read_shard(read, filesystem, rows_per_block, ledger), metadata,
+                            schema=RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
+
+        return [task(read) for read in self.reads()]
+
+
+def read_shard(read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None) -> Iterator[pa.Table]:
+    """One (epoch, shard)'s rows, passing over what the ledger says this epoch already used."""
+    skip, done = ray.get(ledger.plan.remote(read.epoch, read.shard)) if ledger is not None else (None, False)
+    if done:  # every sample of this shard was trained on (or bad) this epoch: nothing to open
+        return
+    with filesystem.open_input_file(read.path) as stream:  # random access: skipped samples are sought past
+        records = iter_records(stream, skip=_Mask(skip) if skip is not None and skip.any() else None)
+        if read.seed is not None and read.shuffle_buffer:
+            records = shuffled(records, read.shuffle_buffer, np.random.default_rng([read.seed, read.epoch, read.shard]))
+        yield from shard_tables(records, read, rows_per_block, on_count=ledger)
+
+
+class _Mask:
+    """`index in mask` for a bool bitmap that may be shorter than the shard."""
+
+    def __init__(self, bitmap: np.ndarray):
+        self._bitmap = bitmap
+
+    def __contains__(self, index: int) -> bool:
+        return index < len(self._bitmap) and bool(self._bitmap[index])
+
+
+def shuffled(records: Iterable[Record | Bad], buffer_size: int, rng: np.random.Generator) -> Iterator[Record | Bad]:
+    """A shuffle buffer (webdataset's): hold up to `buffer_size` samples, emit a random one as each
+    new one arrives. Bad records pass straight through: they are only counted."""
+    buffer: list[Record] = []
+    for record in records:
+        if isinstance(record, Bad):
+            yield record
+            continue
+        if len(buffer) < buffer_size:
+            buffer.append(record)
+            continue
+        slot = int(rng.integers(buffer_size))
+        yield buffer[slot]
+        buffer[slot] = record
+    order = rng.permutation(len(buffer))
+    yield from (buffer[i] for i in order)
+
+
+def shard_tables(records: Iterable[Record | Bad], read: ShardRead, rows_per_block: int,
+                 on_count=None) -> Iterator[pa.Table]:
+    """A shard's records as RAW_SCHEMA blocks; the first few bad ones are named in the log with the
+    shard and byte offset. `on_count` (the ledger) learns the shard's sample count at the end."""
     columns = {name: [] for name in RAW_SCHEMA.names}
-    bad = 0
-    for index, record in enumerate(iter_records(stream)):
-        seed = -1 if first_seed < 0 else (first_seed + index) % 2**62
+    first_seed = _shard_seed(read.seed, read.epoch, os.path.basename(read.path))
+    bad, count = 0, 0
+    for record in records:
+        seed = -1 if first_seed < 0 or record.index < 0 else (first_seed + record.index) % 2**62
+        if record.index >= MAX_SAMPLES_PER_SHARD:
+            raise ValueError(f"{read.path} holds over {MAX_SAMPLES_PER_SHARD} samples: split it into smaller shards")
+        count = max(count, record.index + 1)
         if isinstance(record, Bad):
             bad += 1
             if bad <= LOGGED_PER_SHARD:
-                logger.warning("%s: skipped %s at byte %d: %s", path, repr(record.key) if record.key else "a stretch",
-                               record.offset, record.reason)
+                logger.warning("%s: skipped %s at byte %d: %s", read.path,
+                               repr(record.key) if record.key else "a stretch", record.offset, record.reason)
             row = (record.key, b"", "", -1, "[]", record.reason, seed)
         else:
             row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
-        for name, value in zip(RAW_SCHEMA.names, row):
+        for name, value in zip(RAW_SCHEMA.names, row + (read.epoch, read.shard, record.index, record.offset)):
             columns[name].append(value)
         if len(columns["key"]) >= rows_per_block:
             yield pa.table(columns, schema=RAW_SCHEMA)
@@ -78,12 +167,14 @@ def shard_tables(stream, path: str, rows_per_block: int, first_seed: int = -1) -
     if columns["key"]:
         yield pa.table(columns, schema=RAW_SCHEMA)
     if bad > LOGGED_PER_SHARD:
-        logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", path,
+        logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", read.path,
                        bad - LOGGED_PER_SHARD)
+    if on_count is not None and count:
+        on_count.shard_counted.remote(read.shard, count)
 
 
-def _shard_seed(seed: int | None, execution: int, shard_name: str) -> int:
+def _shard_seed(seed: int | None, epoch: int, shard_name: str) -> int:
     if seed is None:
         return -1
-    digest = hashlib.blake2b(f"{seed}/{execution}/{shard_name}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{shard_name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2

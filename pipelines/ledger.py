@@ -1,28 +1,69 @@
-"""Count good and bad samples across every Ray Data task, and enforce the bad-fraction limit."""
+"""The run's data ledger: good and bad sample counts, the bad-fraction limit, and the data position
+that read tasks consult on a resume."""
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
 
+import numpy as np
 import ray
 
 from pipelines.bad_samples import TooManyBadSamples
+from pipelines.position import BadSample, DataPosition
 
 
 @ray.remote(num_cpus=0)
 class SampleLedger:
-    """One per dataset. Stages send counts fire-and-forget; the consumer reads the summary."""
+    """One per dataset. Stages send counts fire-and-forget; read tasks ask `plan` what to skip; the
+    trainer reads the summary and, at each checkpoint, hands over what was trained on and takes the
+    position to save.
 
-    def __init__(self):
+    With `wait_for_begin`, `plan` waits until the trainer has called `begin` (with the checkpoint's
+    position, or None for a fresh run), so no read task runs before the resume point is known.
+    """
+
+    def __init__(self, wait_for_begin: bool = False, num_shards: int = 0):
+        self._num_shards = num_shards
+        self._position = DataPosition()
         self._good = 0
-        self._bad: Counter[str] = Counter()
+        self._ready = asyncio.Event()
+        if not wait_for_begin:
+            self._ready.set()
 
-    def record(self, good: int, bad: dict[str, int]) -> None:
+    def begin(self, position: dict | None) -> None:
+        self._position = DataPosition.from_json(position) if position else DataPosition()
+        self._good = self._position.total_consumed()  # samples read again after a resume are counted again
+        self._ready.set()
+
+    async def plan(self, epoch: int, shard: int) -> tuple[np.ndarray, bool]:
+        """(bitmap of samples to pass over, whether nothing is left to read) for one (epoch, shard)."""
+        await self._ready.wait()
+        return self._position.skip(epoch, shard), self._position.shard_done(epoch, shard)
+
+    def record(self, good: int, bad: list[BadSample]) -> None:
         self._good += good
-        self._bad.update(bad)
+        self._position.add_bad(bad)
+
+    def shard_counted(self, shard: int, count: int) -> None:
+        known = self._position.samples_per_shard.get(shard, 0)
+        self._position.samples_per_shard[shard] = max(known, count)
+
+    def consume(self, positions: np.ndarray) -> None:
+        self._position.add_consumed(positions)
+
+    def position(self) -> dict:
+        return self._position.to_json()
+
+    def epoch_in_progress(self) -> int:
+        """The oldest epoch with samples left to train on."""
+        epoch = 0
+        while self._num_shards and all(self._position.shard_done(epoch, s) for s in range(self._num_shards)):
+            epoch += 1
+        return epoch
 
     def summary(self) -> dict:
-        return {"good": self._good, "bad": dict(self._bad), "bad_total": sum(self._bad.values())}
+        bad = self._position.bad_counts()
+        return {"good": self._good, "bad": bad, "bad_total": sum(bad.values())}
 
 
 def bad_fraction(summary: dict) -> float:

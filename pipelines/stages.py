@@ -3,10 +3,9 @@ so the tokenizer loads once). dataset.py composes them."""
 
 from __future__ import annotations
 
-from collections import Counter
 import numpy as np
 
-from pipelines import bad_samples, contract
+from pipelines import bad_samples, contract, position
 from pipelines.config import AugmentConfig
 from pipelines.conversations import ConversationEncoder, caption_conversation, parse_conversation
 from pipelines.images import BadSample, decode_eval, decode_train
@@ -20,10 +19,10 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
     rng = _augment_rng(batch["augment_seed"]) if train else None
     size = augment.image_size
     images = np.empty((len(batch["key"]), size, size, 3), np.uint8)
-    keep, bad = [], Counter()
+    keep, bad = [], []  # bad: (row, reason)
     for index, (data, reason) in enumerate(zip(batch["image_bytes"], batch["bad_reason"])):
         if reason:
-            bad[reason] += 1
+            bad.append((index, reason))
             continue
         try:
             if train:
@@ -32,10 +31,13 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
                 decode_eval(data, augment, max_pixels, out=images[len(keep)])
             keep.append(index)
         except BadSample as err:
-            bad[err.reason] += 1
+            bad.append((index, err.reason))
     if ledger is not None:
-        ledger.record.remote(len(keep), dict(bad))
+        ledger.record.remote(len(keep), [position.BadSample(int(batch["epoch"][row]), int(batch["shard"][row]),
+                                                            int(batch["index"][row]), int(batch["offset"][row]), reason)
+                                         for row, reason in bad])
     out = {
+        contract.POSITION: position.pack(batch["epoch"], batch["shard"], batch["index"])[keep],
         contract.IMAGE: images[:len(keep)],
         contract.KEY: np.asarray(batch["key"])[keep],
         contract.LABEL: np.asarray(batch["label"], dtype=np.int64)[keep],
@@ -44,6 +46,11 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
     if keep_conversation:
         out[contract.CONVERSATION] = np.asarray(batch["conversation"])[keep]
     return out
+
+
+def _bad_sample(packed: int, reason: str) -> position.BadSample:
+    epoch, shard, index = (int(v) for v in position.unpack(packed))
+    return position.BadSample(epoch, shard, index, -1, reason)
 
 
 def _augment_rng(seeds) -> np.random.Generator:
@@ -96,7 +103,7 @@ class TokenizeConversations:
 
     def __call__(self, batch: dict) -> dict:
         captions = batch.pop("caption")
-        keep, rows, dropped = [], [], Counter()
+        keep, rows, dropped = [], [], []
         for index, key in enumerate(batch[contract.KEY]):
             if self._captions:
                 conversation = caption_conversation(str(captions[index]))
@@ -107,13 +114,13 @@ class TokenizeConversations:
             except Exception:  # the LM's chat template refused it (e.g. roles out of the order it requires)
                 encoded = bad_samples.BAD_CONVERSATION
             if isinstance(encoded, str):  # a bad-sample reason
-                dropped[encoded] += 1
+                dropped.append(_bad_sample(batch[contract.POSITION][index], encoded))
                 continue
             keep.append(index)
             rows.append(self._encoder.pad(encoded))
         if self._ledger is not None and dropped:
             # decode counted these as good; move them to their bad reasons
-            self._ledger.record.remote(-sum(dropped.values()), dict(dropped))
+            self._ledger.record.remote(-len(dropped), dropped)
         out = {name: np.asarray(values)[keep] for name, values in batch.items()}
         length = self._encoder.max_length
         ids, mask, labels = (np.array([r[i] for r in rows]).reshape(-1, length) for i in range(3))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import IO, Iterator, NamedTuple, Optional
+from typing import IO, Container, Iterator, NamedTuple, Optional
 
 from pipelines import bad_samples
 from pipelines.conversations import IMAGE_PLACEHOLDER, ROLES
@@ -31,6 +31,7 @@ class RawSample:
     fields: dict[str, bytes] = field(default_factory=dict)
     bad_reason: Optional[str] = None
     offset: int = 0  # byte offset of its first header in the shard (for the log)
+    index: int = -1  # the sample's number in the shard (SampleNumbering); -1 for a shard-level problem
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Record:
     caption: str
     label: int = -1
     conversation: str = "[]"
+    index: int = -1  # the sample's number in the shard
+    offset: int = 0  # byte offset of its first header
 
 
 @dataclass
@@ -51,6 +54,34 @@ class Bad:
     key: str
     reason: str
     offset: int
+    index: int = -1  # the sample's number in the shard; -1 for a stretch of the shard
+
+
+class SampleNumbering:
+    """Numbers a shard's samples (runs of adjacent members sharing a key) 0, 1, 2... in file order,
+    from member names alone. The reader asks it before reading a member's data, so a sample in
+    `skip` is sought past, never read, and the samples after it keep the numbers a full read gives:
+    a resumed epoch names its samples as the interrupted one did."""
+
+    def __init__(self, skip: Optional[Container[int]] = None):
+        self.skip = skip if skip is not None else ()
+        self.index = -1
+        self.repeated = False  # the current key was seen earlier in the shard (members not adjacent)
+        self._key: Optional[str] = None
+        self._seen: set[str] = set()
+
+    def wants(self, member_name: str) -> bool:
+        """Called for each regular member in order; False: seek past its data."""
+        key, _ = split_key(member_name)
+        if key != self._key:
+            if self._key is not None:
+                self._seen.add(self._key)
+            self._key, self.index, self.repeated = key, self.index + 1, key in self._seen
+        return self.index not in self.skip
+
+    @property
+    def count(self) -> int:
+        return self.index + 1
 
 
 def split_key(member_name: str) -> tuple[str, str]:
@@ -60,44 +91,46 @@ def split_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Record | Bad]:
+def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
+                 skip: Optional[Container[int]] = None) -> Iterator[Record | Bad]:
     """Every sample of a shard as a Record or a Bad: the one containment boundary around all that
     parses a sample (headers, members, metadata, conversations). The pipeline, `data inspect`,
     `data tokenizer` and `data convert` all read through it, so they agree on every input, and an
-    input no rule below foresaw costs the rest of its shard, never the run."""
+    input no rule below foresaw costs the rest of its shard, never the run. Samples whose number
+    is in `skip` are passed over (sought past on a seekable stream)."""
     offset = 0
     try:
-        for raw in iter_raw_samples(stream, max_member_bytes):
+        for raw in iter_raw_samples(stream, max_member_bytes, skip):
             offset = raw.offset
             if raw.bad_reason:
-                yield Bad(raw.key, raw.bad_reason, raw.offset)
+                yield Bad(raw.key, raw.bad_reason, raw.offset, raw.index)
                 continue
             try:
                 record = to_record(raw)
             except Exception:  # a metadata shape no check below foresaw
                 record = bad_samples.BAD_METADATA
-            yield Bad(raw.key, record, raw.offset) if isinstance(record, str) else record
+            yield Bad(raw.key, record, raw.offset, raw.index) if isinstance(record, str) else record
     except Exception:  # a reader bug, or a stream that fails in a new way: keep what came before
         yield Bad("", bad_samples.PARSE_ERROR, offset)
 
 
-def iter_raw_samples(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[RawSample]:
+def iter_raw_samples(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
+                     skip: Optional[Container[int]] = None) -> Iterator[RawSample]:
     """Yield samples grouped by key (members of a sample are adjacent), plus counted failures."""
+    numbering = SampleNumbering(skip)
     current: Optional[RawSample] = None
-    seen: set[str] = set()  # keys already yielded: one seen again means its members were not adjacent
-    for event in _iter_members(stream, max_member_bytes):
+    for event in _iter_members(stream, max_member_bytes, numbering):
         if isinstance(event, ShardProblem):  # a reason without a sample
             yield RawSample(key="", bad_reason=event.reason, offset=event.offset)
             continue
         name, data, offset = event
         key, ext = split_key(name)
-        if current is not None and key != current.key:
-            seen.add(current.key)
+        if current is not None and numbering.index != current.index:
             yield current
             current = None
         if current is None:
-            current = RawSample(key=key, offset=offset)
-            if key in seen:
+            current = RawSample(key=key, offset=offset, index=numbering.index)
+            if numbering.repeated:  # a key seen earlier: its members were not adjacent
                 current.bad_reason = bad_samples.MEMBERS_NOT_ADJACENT
         if current.bad_reason:
             continue
@@ -118,11 +151,29 @@ class ShardProblem(NamedTuple):
     offset: int
 
 
-def _iter_members(stream: IO[bytes], max_member_bytes: int):
-    """Yield (name, bytes or None if oversized, offset) per regular member, or a ShardProblem."""
+def count_samples(stream: IO[bytes]) -> int:
+    """How many samples a shard holds (good or bad), from its headers: on a seekable stream no
+    member's data is read."""
+    numbering = SampleNumbering(skip=_EVERYTHING)
+    for _ in _iter_members(stream, MAX_MEMBER_BYTES, numbering):
+        pass
+    return numbering.count
+
+
+class _Everything:
+    def __contains__(self, item) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
+
+
+def _iter_members(stream: IO[bytes], max_member_bytes: int, numbering: SampleNumbering):
+    """Yield (name, bytes or None if oversized, offset) per regular member that `numbering`
+    wants, or a ShardProblem."""
     reader = _Reader(stream)
     try:
-        yield from _read_members(reader, max_member_bytes)
+        yield from _read_members(reader, max_member_bytes, numbering)
     except OSError:  # the storage failed mid-shard (e.g. a dropped S3 connection): keep what was read
         yield ShardProblem(bad_samples.UNREADABLE_SHARD, reader.position)
 
@@ -168,7 +219,7 @@ def _seekable(stream) -> bool:
         return False
 
 
-def _read_members(reader: _Reader, max_member_bytes: int):
+def _read_members(reader: _Reader, max_member_bytes: int, numbering: SampleNumbering):
     """A small ustar/pax/GNU reader rather than tarfile, whose Python header parsing cost ~30 us per
     member, most of our read time per sample; here a header costs a checksum (a C-level sum) and
     a few slices. Like tarfile's ignore_zeros mode, zero blocks are skipped and a block that fails
@@ -224,9 +275,10 @@ def _read_members(reader: _Reader, max_member_bytes: int):
             name, long_name = long_name, None
         if pax_size is not None:
             size, pax_size = pax_size, None
-        if kind not in _REGULAR_FILE or size > max_member_bytes:
-            if kind in _REGULAR_FILE:
-                files += 1
+        wanted = kind in _REGULAR_FILE and numbering.wants(name)
+        files += kind in _REGULAR_FILE
+        if not wanted or size > max_member_bytes:
+            if wanted:
                 yield name, None, offset
             if not reader.skip(_padded(size)):  # skip the data, without reading it into memory
                 yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
@@ -236,7 +288,6 @@ def _read_members(reader: _Reader, max_member_bytes: int):
         if data is None:
             yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
             return
-        files += 1
         yield name, data[:size], offset
     if files == 0 and (members or not resyncing):  # empty, zero blocks only, or only directories
         yield ShardProblem(bad_samples.EMPTY_SHARD, 0)
@@ -318,7 +369,7 @@ def to_record(sample: RawSample) -> Record | str:
         if isinstance(meta, str):
             return meta
         label, conversation = meta
-    return Record(sample.key, fields[image_ext], caption, label, json.dumps(conversation))
+    return Record(sample.key, fields[image_ext], caption, label, json.dumps(conversation), sample.index, sample.offset)
 
 
 def parse_metadata(text: bytes | str) -> tuple[int, list] | str:

@@ -5,6 +5,8 @@ unpickling arbitrary objects. Layout of a checkpoint directory:
     state.json               step, epoch, samples seen, the learning-rate schedule in force
     config.yaml              the resolved run config
     tracking.json            the MLflow run this checkpoint's lineage logs to
+    data_position.json       what the run has trained on in each epoch, and the bad samples it met
+                             (pipelines/position.py): a resume continues the epoch from there
     checksums.json           sha256 of every file above, written last: a checkpoint without it, or
                              with a file that does not match, is incomplete or damaged
 
@@ -27,7 +29,7 @@ from training.loop import TrainState
 
 
 def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config: dict,
-                    tracking_run_id: str = "") -> Path:
+                    tracking_run_id: str = "", data_position: dict | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / "model.pt")
@@ -36,12 +38,15 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config
     (directory / "state.json").write_text(json.dumps(state.to_dict()))
     (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
+    if data_position is not None:
+        (directory / DATA_POSITION).write_text(json.dumps(data_position))
     checksums = {path.name: _sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
     (directory / CHECKSUMS).write_text(json.dumps(checksums, indent=1))
     return directory
 
 
 CHECKSUMS = "checksums.json"
+DATA_POSITION = "data_position.json"
 
 
 def checkpoint_problem(directory: Path) -> str | None:
@@ -101,6 +106,12 @@ def load_tracking_run_id(directory: Path) -> str:
     """The MLflow run id saved with the checkpoint ("" when none was)."""
     path = Path(directory) / "tracking.json"
     return json.loads(path.read_text()).get("mlflow_run_id", "") if path.is_file() else ""
+
+
+def load_data_position(directory: Path) -> dict | None:
+    """The data position saved with the checkpoint (None for one saved without: its epoch restarts)."""
+    path = Path(directory) / DATA_POSITION
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _load(path: Path):

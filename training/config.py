@@ -75,6 +75,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class LoopConfig:
     max_steps: int = 200
+    # Passes over the training data; 0 = as many as max_steps needs. The run ends at max_steps or
+    # at the end of the last epoch, whichever comes first.
+    epochs: int = 0
     batch_size_per_worker: int = 64
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
@@ -85,7 +88,7 @@ class LoopConfig:
 
     def __post_init__(self):
         at_least(self, 1, "max_steps", "batch_size_per_worker")
-        at_least(self, 0, "log_every", "eval_every", "checkpoint_every")
+        at_least(self, 0, "log_every", "eval_every", "checkpoint_every", "epochs")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from torch import nn
 @dataclass
 class TrainState:
     step: int = 0
-    epoch: int = 0
-    samples_seen: int = 0
+    epoch: int = 0  # the oldest epoch not yet wholly trained on (set from the data position at checkpoints)
+    samples_seen: int = 0  # this rank's
     # The learning-rate schedule in force: warmup + cosine over `schedule_steps` optimizer steps from
     # `schedule_start`. Saved, so a resumed run keeps its schedule when loop.max_steps changes.
     schedule_start: int = 0
@@ -58,61 +58,46 @@ def every(interval: int, step: int) -> bool:
 
 
 def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-          state: TrainState, epoch_batches: Callable[[int], Iterable[dict]], max_steps: int,
+          state: TrainState, batches: Iterable[dict], max_steps: int,
           device: torch.device, on_step: Callable[[TrainState, StepResult], bool],
           grad_accum_steps: int = 1, grad_clip_norm: float = 0.0,
           autocast_dtype: torch.dtype | None = None, no_sync: NoSync = None) -> TrainState:
-    """Run optimizer steps until `max_steps`; `on_step` returning False stops early."""
+    """Run optimizer steps until `max_steps` or the end of `batches` (one stream for the whole run:
+    epochs are the data's business); `on_step` returning False stops early."""
     task.train_mode(model)
 
     def autocast() -> ContextManager:
         return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
 
+    stream = TimedBatches(batches)
     while state.step < max_steps:
-        batches = TimedBatches(epoch_batches(state.epoch))
-        while state.step < max_steps:
-            result = _optimizer_step(task, model, optimizer, batches, device, grad_accum_steps,
-                                     grad_clip_norm, autocast, no_sync)
-            if result is None:  # the epoch ended inside an accumulation window
-                state.epoch += 1
-                break
-            scheduler.step()
-            task.after_optimizer_step(model)
-            state.step += 1
-            state.samples_seen += result.samples
-            # Learn that the epoch is over before on_step, so a checkpoint records the next epoch.
-            epoch_done = state.step < max_steps and batches.exhausted()
-            state.epoch += epoch_done
-            result.data_wait_s = batches.take_wait_s()  # the look-ahead fetch waited too
-            if not on_step(state, result):
-                return state
-            if epoch_done:
-                break
+        result = _optimizer_step(task, model, optimizer, stream, device, grad_accum_steps,
+                                 grad_clip_norm, autocast, no_sync)
+        if result is None:  # the stream ended; a partial accumulation window is not trained on
+            break
+        scheduler.step()
+        task.after_optimizer_step(model)
+        state.step += 1
+        state.samples_seen += result.samples
+        result.data_wait_s = stream.take_wait_s()
+        if not on_step(state, result):
+            break
     return state
 
 
 class TimedBatches:
-    """An epoch's batches, with the time spent waiting in every fetch, including the look-ahead
-    fetch that tells whether the epoch is over (it would otherwise hide the wait: the next
-    timed `next()` would return the batch fetched early)."""
+    """The run's batches, with the time spent waiting in every fetch."""
 
     _END = object()
 
     def __init__(self, iterable: Iterable):
         self._iterator = iter(iterable)
-        self._next = None  # a batch fetched early, or _END
         self._wait_s = 0.0
 
     def next(self):
-        """The next batch, or None at the end of the epoch."""
-        item = self._next if self._next is not None else self._fetch()
-        self._next = None
+        """The next batch, or None at the end of the stream."""
+        item = self._fetch()
         return None if item is self._END else item
-
-    def exhausted(self) -> bool:
-        if self._next is None:
-            self._next = self._fetch()
-        return self._next is self._END
 
     def take_wait_s(self) -> float:
         """Seconds waited since the last call."""

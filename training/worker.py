@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -24,10 +25,11 @@ from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.collate import VlmCollate
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_tracking_run_id,
-                                 save_checkpoint)
+from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
+                                 load_tracking_run_id, save_checkpoint)
 from training.clip_task import ClipTask
 from training.config import ClipRunConfig, VlmRunConfig
+from training.consumption import Consumption
 from training.distributed import global_mean
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
@@ -50,6 +52,7 @@ class Restored:
     state: TrainState
     config: dict  # the config the checkpoint was saved under
     tracking_run_id: str
+    data_position: dict | None  # what the run had trained on (None: a checkpoint from before positions)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -84,25 +87,23 @@ def train_worker(loop_config: dict) -> None:
         print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})"
               + (f"; {schedule_note}" if schedule_note else ""), flush=True)
 
-    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload)
-    train_shard = ray.train.get_dataset_shard("train")
-
-    def epoch_batches(epoch: int):
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
-            collate_fn=TRAIN_COLLATE[payload.task]() if TRAIN_COLLATE[payload.task] else None,
-            # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
-            pin_memory=device.type == "cuda",
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
-            local_shuffle_seed=None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch + 7919 * rank,
-        )
-        if tracker and cfg.tracking.log_figures and state.step == 0 and epoch == 0:
-            return hooks.show_first_batch(batches)
-        return batches
+    consumption = Consumption()
+    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step)
+    _begin_data(payload.ledger, restored, rank)
+    batches = consumption.watch(ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+        collate_fn=TRAIN_COLLATE[payload.task]() if TRAIN_COLLATE[payload.task] else None,
+        # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
+        pin_memory=device.type == "cuda",
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
+        local_shuffle_seed=None if cfg.data.shuffle_seed is None else seed_for(cfg.data.shuffle_seed, state.step, rank),
+    ))
+    if tracker and cfg.tracking.log_figures and state.step == 0:
+        batches = hooks.show_first_batch(batches)
 
     autocast = torch.bfloat16 if _use_bf16(cfg.loop.precision, device) else None
     try:
-        state = train(task, wrapped, optimizer, scheduler, state, epoch_batches, cfg.loop.max_steps, device,
+        state = train(task, wrapped, optimizer, scheduler, state, batches, cfg.loop.max_steps, device,
                       hooks.on_step, cfg.optim.grad_accum_steps, cfg.optim.grad_clip_norm, autocast,
                       getattr(wrapped, "no_sync", None))
         hooks.finish(state)
@@ -110,6 +111,15 @@ def train_worker(loop_config: dict) -> None:
         if tracker:
             tracker.finish("FAILED")
         raise
+
+
+def _begin_data(ledger, restored: Restored | None, rank: int) -> None:
+    """Tell the read tasks where the run stands in its data before any rank asks for a batch: rank 0
+    hands the checkpoint's data position to the ledger (the reads wait for it), then all ranks meet."""
+    if rank == 0 and ledger is not None:
+        ray.get(ledger.begin.remote(restored.data_position if restored else None))
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _restore(model, optimizer, rank: int) -> Restored | None:
@@ -129,7 +139,8 @@ def _restore(model, optimizer, rank: int) -> Restored | None:
                     print(f"[mmtrain] skipping checkpoint {candidate.path}: {problem}", flush=True)
                 continue
             state = load_checkpoint(directory, model, optimizer)
-            restored = Restored(state, load_config_dict(directory), load_tracking_run_id(directory))
+            restored = Restored(state, load_config_dict(directory), load_tracking_run_id(directory),
+                                load_data_position(directory))
         for group, peak in zip(optimizer.param_groups, peaks):
             group["initial_lr"] = peak
         return restored
@@ -166,6 +177,22 @@ def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) 
     return tracker
 
 
+def _stream_epochs(cfg: RunConfig, shards) -> int:
+    """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
+    shards' sample count comes from their tar headers)."""
+    from pipelines.dataset import count_dataset_samples, epochs_for
+
+    if cfg.loop.epochs:
+        return cfg.loop.epochs
+    start = time.perf_counter()
+    samples = count_dataset_samples(shards)
+    global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
+    epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
+    print(f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
+          f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps", flush=True)
+    return epochs
+
+
 def _count_nodes() -> int:
     """How many distinct Ray nodes the training workers run on (a collective: every rank calls it)."""
     node = ray.get_runtime_context().get_node_id()
@@ -183,8 +210,10 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 class _Hooks:
     """Logging, evaluation and checkpoint cadence around the loop: small predicates on the step."""
 
-    def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload):
+    def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload,
+                 consumption: Consumption, start_step: int):
         self.cfg, self.task, self.model = cfg, task, model
+        self.consumption, self.positions_taken_at = consumption, start_step
         self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
         self.tracker, self.ledger = tracker, payload.ledger
         self.eval_assets: EvalAssets | None = payload.eval
@@ -321,6 +350,22 @@ class _Hooks:
                              spec.xlabel, spec.ylabel, annotate=spec.matrix.shape[0] <= 16)
             self.tracker.log_figure(figure, f"figures/{name}_step{step:06d}.png")
 
+    def _data_position(self, state: TrainState) -> dict | None:
+        """Every rank's trained-on positions since the last checkpoint, gathered into the ledger;
+        rank 0 gets the run's data position to save (None elsewhere). A collective: all ranks call it."""
+        batches = (state.step - self.positions_taken_at) * self.cfg.optim.grad_accum_steps
+        self.positions_taken_at = state.step
+        mine = self.consumption.take(batches)
+        gathered = [mine]
+        if dist.is_initialized():
+            gathered = [None] * dist.get_world_size() if self.rank == 0 else None
+            dist.gather_object(mine, gathered, dst=0)
+        if self.rank != 0 or self.ledger is None:
+            return None
+        self.ledger.consume.remote(np.concatenate(gathered))
+        position, state.epoch = ray.get([self.ledger.position.remote(), self.ledger.epoch_in_progress.remote()])
+        return position
+
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
         """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint and
         returns the local directory it was written to (None elsewhere). `before_report` gets that
@@ -335,12 +380,13 @@ class _Hooks:
             print(f"[mmtrain] step {state.step}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())),
                 flush=True)
+        position = self._data_position(state) if checkpoint else None
         if not checkpoint or self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return None
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
         save_checkpoint(directory, self.model, self.optimizer, state, to_dict(self.cfg),
-                        self.tracker.run_id if self.tracker else "")
+                        self.tracker.run_id if self.tracker else "", position)
         if before_report:
             before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
@@ -357,14 +403,17 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
 
     from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines.ledger import SampleLedger
+    from pipelines.sources import resolve_shards
 
     scaling = cfg.scaling
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
-    ledger = SampleLedger.remote()
+    shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
+    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
     task_class = TASKS[task]
     datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
-                                       columns=task_class.train_columns,
-                                       text_stage=task_class.text_stage(cfg, ledger))}
+                                       columns=task_class.train_columns + (contract.POSITION,),
+                                       text_stage=task_class.text_stage(cfg, ledger),
+                                       epochs=_stream_epochs(cfg, shards))}
     if eval_assets is not None:
         datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
                                          columns=task_class.eval_columns, text_stage=task_class.text_stage(cfg))

@@ -125,12 +125,13 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
 
 
 def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offset(tmp_path, caplog):
-    from pipelines.datasource import shard_tables
+    from pipelines.datasource import ShardRead, shard_tables
 
     expected = write_malformed_shards(tmp_path)
     path = str(tmp_path / "label_inf.tar")
+    read = ShardRead(path, shard=0, epoch=0, seed=0, shuffle_buffer=0)
     with caplog.at_level("WARNING", logger="mmtrain.data"), open(path, "rb") as stream:
-        tables = list(shard_tables(stream, path, rows_per_block=64))
+        tables = list(shard_tables(iter_records(stream), read, rows_per_block=64))
     assert sum(table.num_rows for table in tables) == 5 and expected["bad"]["bad_metadata"] == 2
     offset = 2 * len(good_sample_bytes("label_inf_a"))  # l0 follows the two good samples before it
     assert f"{path}: skipped 'l0' at byte {offset}: bad_metadata" in caplog.text

@@ -17,7 +17,8 @@ def test_stages_produce_the_contract(tmp_path):
         for raw in iter_raw_samples(stream):
             record = to_record(raw)
             for name, value in zip(RAW_SCHEMA.names, (record.key, record.image_bytes, record.caption,
-                                                      record.label, record.conversation, "", 7 + len(columns["key"]))):
+                                                      record.label, record.conversation, "", 7 + len(columns["key"]),
+                                                      0, 0, record.index, record.offset)):
                 columns[name].append(value)
     columns["bad_reason"][3] = "missing_caption"  # a row the reader marked bad is dropped here
     for train in (True, False):
@@ -37,7 +38,8 @@ def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
     def augmented(first_seed):
         columns = {"key": [r.key for r in records], "image_bytes": [r.image_bytes for r in records],
                    "label": [r.label for r in records], "caption": [r.caption for r in records],
-                   "bad_reason": [""] * len(records),
+                   "bad_reason": [""] * len(records), "epoch": [0] * len(records), "shard": [0] * len(records),
+                   "index": [r.index for r in records], "offset": [r.offset for r in records],
                    "augment_seed": [first_seed + i if first_seed >= 0 else -1 for i in range(len(records))]}
         return decode_and_augment(columns, augment=AugmentConfig(image_size=24), train=True, max_pixels=10**6,
                                   keep_conversation=False)[contract.IMAGE]
@@ -53,6 +55,7 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
     from transformers import AutoTokenizer
 
     from pipelines import bad_samples
+    from pipelines.position import BadSample, pack
     from pipelines.stages import TokenizeConversations
     from training.models.language_model import make_tiny_lm
 
@@ -76,6 +79,7 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
     refused = '[{"from": "gpt", "value": "<image> red"}, {"from": "human", "value": "what colour?"}]'
     out = stage({contract.KEY: np.array(["a", "b"]), "caption": np.array(["x", "y"]),
                  contract.CONVERSATION: np.array([good, refused]),
-                 contract.IMAGE: np.zeros((2, 4, 4, 3), np.uint8), contract.LABEL: np.array([0, 1])})
+                 contract.IMAGE: np.zeros((2, 4, 4, 3), np.uint8), contract.LABEL: np.array([0, 1]),
+                 contract.POSITION: pack(3, 1, [10, 11])})
     assert list(out[contract.KEY]) == ["a"]
-    assert ledger.calls == [(-1, {bad_samples.BAD_CONVERSATION: 1})]
+    assert ledger.calls == [(-1, [BadSample(3, 1, 11, -1, bad_samples.BAD_CONVERSATION)])]

@@ -46,7 +46,7 @@ def _cfg(root, lm, **kw):
 
 
 def _batches(task, encoder):
-    def epoch(_):
+    def epoch():
         generator = torch.Generator().manual_seed(0)
         for _ in range(3):
             rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
@@ -55,7 +55,7 @@ def _batches(task, encoder):
                    contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
                    contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
                    contract.LABELS: torch.tensor([r[2] for r in rows])}
-    return epoch
+    return epoch()
 
 
 def _train(cfg, steps=3):

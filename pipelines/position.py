@@ -1,0 +1,148 @@
+"""Where a run is in its data: which samples of each epoch were trained on, and which were bad.
+
+Every training row carries a `position`, one int64 packing (epoch, shard, sample number): the
+sample number is the sample's place in its shard's file order (tar_samples.SampleNumbering), so it
+names the same sample on every read, whatever was skipped or shuffled. A checkpoint stores a
+DataPosition; a resumed run reads each (epoch, shard) again, seeking past the samples it lists,
+so every sample of an epoch is trained on once, whatever the kill point and worker count.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EPOCH_BITS, SHARD_BITS, INDEX_BITS = 16, 24, 23  # 63 bits: the position stays a positive int64
+MAX_EPOCHS, MAX_SHARDS, MAX_SAMPLES_PER_SHARD = 1 << EPOCH_BITS, 1 << SHARD_BITS, 1 << INDEX_BITS
+
+
+def pack(epoch, shard, index) -> np.ndarray:
+    """int64 positions from (epoch, shard, sample number); each may be an array."""
+    epoch, shard, index = (np.asarray(v, dtype=np.int64) for v in (epoch, shard, index))
+    return (epoch << (SHARD_BITS + INDEX_BITS)) | (shard << INDEX_BITS) | index
+
+
+def unpack(positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epoch, shard, sample number) arrays from int64 positions."""
+    positions = np.asarray(positions, dtype=np.int64)
+    return (positions >> (SHARD_BITS + INDEX_BITS), (positions >> INDEX_BITS) & (MAX_SHARDS - 1),
+            positions & (MAX_SAMPLES_PER_SHARD - 1))
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A bad sample (index >= 0) or a bad stretch of a shard (index -1, told apart by its byte offset).
+    The same bad input read twice in an epoch (a resume) is one entry: it is counted once."""
+
+    epoch: int
+    shard: int
+    index: int
+    offset: int
+    reason: str
+
+    @property
+    def identity(self) -> tuple:
+        return (self.epoch, self.shard, self.index) if self.index >= 0 else (
+            self.epoch, self.shard, -1, self.offset, self.reason)
+
+
+@dataclass
+class DataPosition:
+    """Consumed samples per epoch and shard (bitmaps), bad samples, and each shard's sample count
+    once a read has counted it. Saved in every checkpoint as data_position.json."""
+
+    consumed: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # epoch -> shard -> bool[n]
+    repeated: dict[int, int] = field(default_factory=dict)  # epoch -> samples trained on more than once
+    bad: dict[tuple, BadSample] = field(default_factory=dict)
+    samples_per_shard: dict[int, int] = field(default_factory=dict)
+
+    def add_consumed(self, positions: np.ndarray) -> None:
+        """Mark these positions trained on; any seen before (or twice here) counts as repeated."""
+        epochs, shards, indices = unpack(positions)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            for shard in np.unique(shards[in_epoch]):
+                chosen = indices[in_epoch & (shards == shard)]
+                bitmap = self._bitmap(int(epoch), int(shard), int(chosen.max()) + 1)
+                unique, counts = np.unique(chosen, return_counts=True)
+                repeats = int((counts - 1).sum() + bitmap[unique].sum())
+                if repeats:
+                    self.repeated[int(epoch)] = self.repeated.get(int(epoch), 0) + repeats
+                bitmap[unique] = True
+
+    def add_bad(self, samples) -> None:
+        for sample in samples:
+            self.bad.setdefault(sample.identity, sample)
+
+    def skip(self, epoch: int, shard: int) -> np.ndarray:
+        """bool[n]: the samples of (epoch, shard) a resumed read passes over (trained on, or bad)."""
+        bitmap = self.consumed.get(epoch, {}).get(shard, np.zeros(0, bool)).copy()
+        bad = [s.index for s in self.bad.values() if s.epoch == epoch and s.shard == shard and s.index >= 0]
+        if bad:
+            bitmap = _grown(bitmap, max(bad) + 1)
+            bitmap[bad] = True
+        return bitmap
+
+    def shard_done(self, epoch: int, shard: int) -> bool:
+        """True when every sample of the shard is known consumed or bad for `epoch` (nothing to read)."""
+        count = self.samples_per_shard.get(shard)
+        return count is not None and int(self.skip(epoch, shard)[:count].sum()) >= count
+
+    def consumed_count(self, epoch: int) -> int:
+        return int(sum(bitmap.sum() for bitmap in self.consumed.get(epoch, {}).values()))
+
+    def total_consumed(self) -> int:
+        return sum(self.consumed_count(epoch) for epoch in self.consumed)
+
+    def bad_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for sample in self.bad.values():
+            counts[sample.reason] = counts.get(sample.reason, 0) + 1
+        return counts
+
+    def _bitmap(self, epoch: int, shard: int, size: int) -> np.ndarray:
+        shards = self.consumed.setdefault(epoch, {})
+        shards[shard] = _grown(shards.get(shard, np.zeros(0, bool)), size)
+        return shards[shard]
+
+    def to_json(self) -> dict:
+        return {
+            "format": 1,
+            "consumed": {str(e): {str(s): _encode(b) for s, b in shards.items()} for e, shards in self.consumed.items()},
+            "consumed_counts": {str(e): self.consumed_count(e) for e in self.consumed},
+            "repeated": {str(e): n for e, n in self.repeated.items()},
+            "bad": [[s.epoch, s.shard, s.index, s.offset, s.reason] for s in self.bad.values()],
+            "samples_per_shard": {str(s): n for s, n in self.samples_per_shard.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DataPosition":
+        position = cls(
+            consumed={int(e): {int(s): _decode(b) for s, b in shards.items()} for e, shards in data["consumed"].items()},
+            repeated={int(e): n for e, n in data.get("repeated", {}).items()},
+            samples_per_shard={int(s): n for s, n in data.get("samples_per_shard", {}).items()},
+        )
+        position.add_bad(BadSample(*row) for row in data.get("bad", []))
+        return position
+
+
+def _grown(bitmap: np.ndarray, size: int) -> np.ndarray:
+    if len(bitmap) >= size:
+        return bitmap
+    grown = np.zeros(max(size, 2 * len(bitmap)), bool)
+    grown[:len(bitmap)] = bitmap
+    return grown
+
+
+def _encode(bitmap: np.ndarray) -> str:
+    """A bitmap as base64 of its zlib-compressed bits: a finished epoch (all ones) takes a few bytes."""
+    return f"{len(bitmap)}:" + base64.b64encode(zlib.compress(np.packbits(bitmap).tobytes(), 6)).decode()
+
+
+def _decode(text: str) -> np.ndarray:
+    size, _, data = text.partition(":")
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(data)), np.uint8))
+    return bits[:int(size)].astype(bool)
