@@ -61,7 +61,7 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
     )
     if text_stage is None:
         text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
-                                     context_length=cfg.context_length))
+                                     context_length=cfg.context_length, ledger=ledger))
     stage_class, stage_kwargs = text_stage
     workers = pool_size(cfg, len(shards.paths))
     return dataset.map_batches(

@@ -26,6 +26,7 @@ class SampleLedger:
         self._num_shards = num_shards
         self._position = DataPosition()
         self._good = 0
+        self._actors_started = 0
         self._ready = asyncio.Event()
         if not wait_for_begin:
             self._ready.set()
@@ -43,6 +44,9 @@ class SampleLedger:
     def record(self, good: int, bad: list[BadSample]) -> None:
         self._good += good
         self._position.add_bad(bad)
+
+    def actor_started(self) -> None:
+        self._actors_started += 1
 
     def shard_counted(self, shard: int, count: int) -> None:
         known = self._position.samples_per_shard.get(shard, 0)
@@ -63,7 +67,7 @@ class SampleLedger:
 
     def summary(self) -> dict:
         bad = self._position.bad_counts()
-        return {"good": self._good, "bad": bad, "bad_total": sum(bad.values())}
+        return {"good": self._good, "bad": bad, "bad_total": sum(bad.values()), "actors_started": self._actors_started}
 
 
 def bad_fraction(summary: dict) -> float:

@@ -48,6 +48,13 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
     return out
 
 
+def _count_actor(ledger) -> None:
+    """The text stage is the last of the fused pool and constructed once per actor: the ledger counts
+    the pool's actors, so a run shows whether its pool started once or restarted."""
+    if ledger is not None:
+        ledger.actor_started.remote()
+
+
 def _bad_sample(packed: int, reason: str) -> position.BadSample:
     epoch, shard, index = (int(v) for v in position.unpack(packed))
     return position.BadSample(epoch, shard, index, -1, reason)
@@ -70,7 +77,8 @@ def select(batch: dict, columns: tuple[str, ...] | None) -> dict:
 class Tokenize:
     """Captions -> fixed-length token ids and attention mask."""
 
-    def __init__(self, tokenizer_path: str, context_length: int, columns: tuple[str, ...] | None = None):
+    def __init__(self, tokenizer_path: str, context_length: int, columns: tuple[str, ...] | None = None, ledger=None):
+        _count_actor(ledger)
         self._tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
         self._context_length = context_length
         self._columns = columns
@@ -96,6 +104,7 @@ class TokenizeConversations:
                  columns: tuple[str, ...] | None = None):
         from transformers import AutoTokenizer
 
+        _count_actor(ledger)
         self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path), num_image_tokens, max_length)
         self._captions = captions
         self._ledger = ledger

@@ -219,6 +219,7 @@ class _Hooks:
         self.eval_assets: EvalAssets | None = payload.eval
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         self.last_metrics: dict = {}
+        self.last_result: StepResult | None = None
         self.data_error: str | None = None
         self.created = time.perf_counter()
         self.num_nodes = _count_nodes()
@@ -236,6 +237,7 @@ class _Hooks:
 
     def on_step(self, state: TrainState, result: StepResult) -> bool:
         loop = self.cfg.loop
+        self.last_result = result
         self.window_samples += result.samples
         self.window_wait += result.data_wait_s
         self.window_steps += 1
@@ -266,10 +268,14 @@ class _Hooks:
             if self.tracker:
                 self.tracker.finish("FAILED")
             return
-        metrics = {**self.last_metrics, **self.evaluate(state.step)}
+        metrics = dict(self.last_metrics)
+        if self.window_steps:  # the stream ended between log steps: the last window's figures
+            metrics.update(self._train_metrics(state, self.last_result))
+        metrics.update(self.evaluate(state.step))
         if self.rank == 0 and self.ledger is not None:  # bad-sample counts reach the run, by reason
             summary = ray.get(self.ledger.summary.remote())
             metrics["data/good_samples"] = summary["good"]
+            metrics["data/pool_actors_started"] = summary["actors_started"]
             metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
         # The MLflow run is complete before the last report: a sweep's scheduler may stop the
         # trial as soon as it sees that report, and a killed trial cannot end its run.
@@ -362,7 +368,8 @@ class _Hooks:
             dist.gather_object(mine, gathered, dst=0)
         if self.rank != 0 or self.ledger is None:
             return None
-        self.ledger.consume.remote(np.concatenate(gathered))
+        # Wait for it: a call whose argument is in the object store may otherwise run after the next.
+        ray.get(self.ledger.consume.remote(np.concatenate(gathered)))
         position, state.epoch = ray.get([self.ledger.position.remote(), self.ledger.epoch_in_progress.remote()])
         return position
 
@@ -370,7 +377,8 @@ class _Hooks:
         """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint and
         returns the local directory it was written to (None elsewhere). `before_report` gets that
         directory on rank 0 once it is written."""
-        metrics = {**metrics, "step": state.step}
+        position = self._data_position(state) if checkpoint else None  # also brings state.epoch up to date
+        metrics = {**metrics, "step": state.step, **({"epoch": state.epoch} if "epoch" in metrics else {})}
         if self.data_error:
             metrics["data_error"] = self.data_error
         self.last_metrics.update({k: v for k, v in metrics.items() if not k.startswith("eval/")})
@@ -380,7 +388,6 @@ class _Hooks:
             print(f"[mmtrain] step {state.step}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())),
                 flush=True)
-        position = self._data_position(state) if checkpoint else None
         if not checkpoint or self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return None

@@ -1,0 +1,125 @@
+"""One data stream per run, and exact mid-epoch resumption: every sample of every epoch is trained
+on exactly once across all ranks, through a killed worker, a killed driver and a change of worker
+count. Real Ray Train workers, real shards; the checkpoints' data positions are the record."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.position import DataPosition
+from training.checkpoint import latest_checkpoint
+from training.config import ClipRunConfig
+from training.config_io import load_config
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+SHARDS, PER_SHARD = 4, 64  # the synth_dir fixture's training data, all good samples
+
+
+def _overrides(synth_dir, out, name, workers=2, batch=8):
+    return [f"run.name={name}", f"run.output_dir={out}", f"loop.epochs={EPOCHS}", "loop.max_steps=1000",
+            f"loop.batch_size_per_worker={batch}", f"scaling.num_workers={workers}", "loop.checkpoint_every=5",
+            f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "tracking.tracking_uri=none"]
+
+
+def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
+    """The final checkpoint's record: each epoch consumed every sample of every shard, none twice."""
+    checkpoint = latest_checkpoint(run_dir)
+    position = DataPosition.from_json(json.loads((checkpoint / "data_position.json").read_text()))
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["epoch"] == EPOCHS and state["step"] == EPOCHS * SHARDS * PER_SHARD // 16
+    for epoch in range(EPOCHS):
+        assert position.repeated.get(epoch, 0) == 0, (epoch, position.repeated)
+        for shard in range(SHARDS):
+            consumed = position.consumed[epoch][shard]
+            assert consumed[:PER_SHARD].all() and not consumed[PER_SHARD:].any(), (epoch, shard)
+    assert set(position.consumed) == set(range(EPOCHS))
+
+
+def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
+    from training.run import run_clip
+
+    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
+                      _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"])
+    metrics = run_clip(cfg)
+    assert metrics["data/pool_actors_started"] == 2  # one pool for the run, not one per epoch
+    assert metrics["epoch"] == EPOCHS and metrics["data/good_samples"] == EPOCHS * SHARDS * PER_SHARD
+    _assert_each_sample_once_per_epoch(tmp_path / "epochs")
+
+
+def _start(synth_dir, out, log_path, overrides):
+    args = [sys.executable, "-m", "jobs.cli", "train", "clip", "--config", str(REPO / "conf/clip/tiny.yaml"),
+            "--set", "run.local_num_cpus=6"]
+    for override in overrides:
+        args += ["--set", override]
+    return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _checkpoints(run_dir: Path) -> int:
+    return len(list(run_dir.glob("checkpoint_2*")))
+
+
+def _wait_for_checkpoints(proc, run_dir: Path, count: int, log_path: Path) -> None:
+    deadline = time.time() + 300
+    while _checkpoints(run_dir) < count:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.5)
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_killed_worker_resumes_mid_epoch_and_loses_or_repeats_nothing(synth_dir, tmp_path):
+    from tests.integration.test_clip_training import _train_workers_of
+
+    seed = random.randrange(10**6)
+    delay = random.Random(seed).uniform(0, 2)  # somewhere after a checkpoint, mid-epoch
+    log = tmp_path / "train.log"
+    proc = _start(synth_dir, tmp_path, log, _overrides(synth_dir, tmp_path, "worker"))
+    try:
+        _wait_for_checkpoints(proc, tmp_path / "worker", 2, log)
+        time.sleep(delay)
+        workers = _train_workers_of(proc.pid)
+        assert workers, "no Ray Train worker process found to kill"
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "[mmtrain] resumed worker at step" in log.read_text(), f"seed {seed}"
+    _assert_each_sample_once_per_epoch(tmp_path / "worker")
+
+
+def test_a_killed_driver_resumes_exactly_and_on_fewer_workers(synth_dir, tmp_path):
+    """Kill the whole driver twice at random points after a checkpoint; re-run the same command,
+    then finish the run on one worker (the same global batch): each sample once per epoch."""
+    rng = random.Random(seed := random.randrange(10**6))
+    run_dir, log = tmp_path / "driver", tmp_path / "train.log"
+    for attempt, workers in enumerate((2, 2)):
+        proc = _start(synth_dir, tmp_path, log, _overrides(synth_dir, tmp_path, "driver", workers))
+        try:
+            _wait_for_checkpoints(proc, run_dir, _checkpoints(run_dir) + 1 + (attempt == 0), log)
+            time.sleep(rng.uniform(0, 2))
+        finally:
+            _stop(proc)
+        assert proc.returncode != 0, f"the run finished before it was killed (seed {seed})"
+    proc = _start(synth_dir, tmp_path, log, _overrides(synth_dir, tmp_path, "driver", workers=1, batch=16))
+    try:
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert log.read_text().count("[mmtrain] resumed driver at step") == 2, f"seed {seed}"
+    _assert_each_sample_once_per_epoch(run_dir)
