@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from training.config_io import load_config
 from training.config import ClipRunConfig
 from training.tracking import RUN_NAME_TAG
+from tests.integration.test_data_resume import wait_for_new_checkpoints
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -148,12 +149,8 @@ def test_killed_worker_resumes_from_checkpoint(synth_dir, tmp_path):
     log = (tmp_path / "train.log").open("w")
     proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        # Two checkpoints on disk: the first is surely committed (a report completes on all ranks
-        # before the next begins), so the restart must resume from it rather than from scratch.
-        while time.time() < deadline and len(list((out / "killed").glob("checkpoint_*"))) < 2:
-            assert proc.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-            time.sleep(1)
+        # A checkpoint the controller has registered, so the restart must resume from it.
+        wait_for_new_checkpoints(proc, out / "killed", 1, tmp_path / "train.log")
         workers = _train_workers_of(proc.pid)
         assert workers, "no Ray Train worker process found to kill"
         os.kill(workers[-1].pid, signal.SIGKILL)

@@ -15,8 +15,9 @@ from pipelines import bad_samples, contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.config import AugmentConfig, DataConfig
 from pipelines.dataset import build_dataset, check_data_quality
-from pipelines.datasource import ShardDatasource
+from pipelines.datasource import EpochShardDatasource
 from pipelines.ledger import SampleLedger
+from pipelines.position import unpack
 from pipelines.sources import resolve_shards
 from tests.assets import free_port, write_bad_shards, write_malformed_shards
 
@@ -114,18 +115,28 @@ def test_bad_shard_in_the_same_read_task_keeps_good_shards(ray_local, tmp_path):
     """Ray's own reader drops a whole read task on one bad tar; ours keeps the good shard."""
     expected = write_bad_shards(tmp_path / "shards", tmp_path / "unpickled")
     shards = resolve_shards([str(tmp_path / "shards" / "garbage.tar"), str(tmp_path / "shards" / "good.tar")])
-    rows = ray.data.read_datasource(ShardDatasource(shards.paths), override_num_blocks=1).take_all()
+    rows = ray.data.read_datasource(EpochShardDatasource(shards.paths, shards.filesystem)).take_all()
     good = {r["key"] for r in rows if not r["bad_reason"]}
     assert good == {k for k in expected["good_keys"] if k.startswith("good")}
 
 
-def test_epochs_reshuffle(ray_local, synth_dir):
-    cfg = _cfg(shuffle_seed=3)
-    dataset = build_dataset(cfg, [str(synth_dir / "train-*.tar")], train=True)
-    first = [r[contract.KEY] for r in dataset.iter_rows()]
-    second = [r[contract.KEY] for r in dataset.iter_rows()]
-    assert sorted(first) == sorted(second) and len(first) == 256
-    assert first != second
+def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(ray_local, synth_dir):
+    """Two epochs in one stream: each holds every sample once, in an order within each shard that
+    is a function of (seed, epoch): the same in a second run, different in the next epoch."""
+    def order_by_epoch_and_shard():
+        dataset = build_dataset(_cfg(shuffle_seed=3, read_shuffle_buffer=16), [str(synth_dir / "train-*.tar")],
+                                train=True, epochs=2, columns=(contract.KEY, contract.POSITION))
+        orders = {}
+        for row in dataset.iter_rows():  # rows of one (epoch, shard) come from one read task, in its order
+            epoch, shard, _ = (int(v) for v in unpack(row[contract.POSITION]))
+            orders.setdefault((epoch, shard), []).append(row[contract.KEY])
+        return orders
+
+    first, again = order_by_epoch_and_shard(), order_by_epoch_and_shard()
+    assert first == again and len(first) == 8
+    for shard in range(4):
+        assert sorted(first[0, shard]) == sorted(first[1, shard]) and len(first[0, shard]) == 64
+        assert first[0, shard] != first[1, shard]
 
 
 def _tokenizer(tmp_path):
