@@ -4,7 +4,13 @@ the same number of CPUs; both call the same `decode_train`, so the ratio measure
 not the image library. After an untimed warm-up on two shards, runs alternate; prints a summary
 and writes JSON.
 
+With --epochs N each run is N epochs: mmtrain's one stream of N epochs (as a training run reads
+it), against the DataLoader iterated N times with persistent_workers=True (its best multi-epoch
+setting). mmtrain also shuffles within each shard (data.read_shuffle_buffer), the DataLoader not.
+
     python -m benchmarks.data_throughput --cpus 2 --samples 4000 --out benchmarks/results/data_throughput.json
+    python -m benchmarks.data_throughput --cpus 2 --samples 8000 --epochs 5 --shards /tmp/mmtrain-bench-8k \
+        --out benchmarks/results/data_throughput_2core_8k_5epochs.json
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ def shard_files(shards: Path, limit: int | None = None) -> list[str]:
 
 
 def run_mmtrain(shards: Path, batch_size: int, image_size: int, prefetch_batches: int,
-                limit_shards: int | None = None) -> dict:
+                limit_shards: int | None = None, epochs: int = 1, execution_per_epoch: bool = False) -> dict:
+    """`execution_per_epoch`: the pipeline as it was before one stream per run, a new Ray Data
+    execution (and actor pool) for each epoch."""
     from pipelines.config import AugmentConfig, DataConfig
     from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines import contract
@@ -70,12 +78,16 @@ def run_mmtrain(shards: Path, batch_size: int, image_size: int, prefetch_batches
     cfg = DataConfig(augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)), context_length=32,
                      decode_batch_size=64, shuffle_buffer_size=0)
     limit_data_resources(cfg, train_worker_cpus=0)
-    dataset = build_dataset(cfg, shard_files(shards, limit_shards), train=True, columns=contract.TENSOR_COLUMNS)
+    dataset = build_dataset(cfg, shard_files(shards, limit_shards), train=True, columns=contract.TENSOR_COLUMNS,
+                            epochs=1 if execution_per_epoch else epochs)
+    if execution_per_epoch:
+        return _time_batches(batch for _ in range(epochs)
+                             for batch in dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches))
     return _time_batches(dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches))
 
 
 def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int,
-                   limit_shards: int | None = None) -> dict:
+                   limit_shards: int | None = None, epochs: int = 1) -> dict:
     import torch
     import webdataset as wds
 
@@ -93,9 +105,10 @@ def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int,
                 torch.tensor(encoding.ids, dtype=torch.int32), torch.tensor(encoding.attention_mask, dtype=torch.uint8))
 
     dataset = wds.WebDataset(shard_files(shards, limit_shards), shardshuffle=False, empty_check=False).map(transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         persistent_workers=epochs > 1 and workers > 0,
                                          prefetch_factor=4 if workers else None)
-    return _time_batches(loader)
+    return _time_batches(batch for _ in range(epochs) for batch in loader)
 
 
 def _time_batches(batches) -> dict:
@@ -121,6 +134,7 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per run (mmtrain: one stream)")
     parser.add_argument("--prefetch-batches", type=int, default=4,
                         help="mmtrain's iter_batches prefetch (Ray hands over the first batch once this many "
                              "batches have arrived)")
@@ -142,9 +156,17 @@ def main() -> None:
     run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches, limit_shards=2)
     run_dataloader(shards, args.batch_size, args.image_size, args.cpus, limit_shards=2)
     results = {"mmtrain": [], "dataloader": []}
+    if args.epochs > 1:
+        results["mmtrain_execution_per_epoch"] = []
     for round_index in range(args.rounds):  # alternate so drift hits both sides alike
-        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches))
-        results["dataloader"].append(run_dataloader(shards, args.batch_size, args.image_size, args.cpus))
+        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches,
+                                              epochs=args.epochs))
+        results["dataloader"].append(run_dataloader(shards, args.batch_size, args.image_size, args.cpus,
+                                                    epochs=args.epochs))
+        if args.epochs > 1:
+            results["mmtrain_execution_per_epoch"].append(run_mmtrain(
+                shards, args.batch_size, args.image_size, args.prefetch_batches, epochs=args.epochs,
+                execution_per_epoch=True))
         print(f"round {round_index + 1}: " + ", ".join(
             f"{name} {runs[-1]['samples_per_s']:.0f} samples/s (first batch {runs[-1]['first_batch_s']:.2f} s, "
             f"then {runs[-1]['steady_samples_per_s']:.0f}/s)" for name, runs in results.items()), flush=True)
@@ -153,10 +175,13 @@ def main() -> None:
     steady = {name: float(np.median([r["steady_samples_per_s"] for r in runs])) for name, runs in results.items()}
     report = {
         "benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-        "cpus": args.cpus, "decoder": DECODER, "samples": args.samples, "source_size": args.source_size,
+        "cpus": args.cpus, "decoder": DECODER, "samples": args.samples, "epochs": args.epochs,
+        "source_size": args.source_size,
         "image_size": args.image_size, "batch_size": args.batch_size, "prefetch_batches": args.prefetch_batches,
         "runs": results,
         "median_samples_per_s": summary, "ratio_mmtrain_over_dataloader": summary["mmtrain"] / summary["dataloader"],
+        **({"ratio_execution_per_epoch_over_dataloader": summary["mmtrain_execution_per_epoch"] / summary["dataloader"]}
+           if args.epochs > 1 else {}),
         "median_steady_samples_per_s": steady,
         "steady_ratio_mmtrain_over_dataloader": steady["mmtrain"] / steady["dataloader"],
     }

@@ -90,14 +90,7 @@ def train_worker(loop_config: dict) -> None:
     consumption = Consumption()
     hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step)
     _begin_data(payload.ledger, restored, rank)
-    batches = consumption.watch(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
-        collate_fn=TRAIN_COLLATE[payload.task]() if TRAIN_COLLATE[payload.task] else None,
-        # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
-        pin_memory=device.type == "cuda",
-        local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
-        local_shuffle_seed=None if cfg.data.shuffle_seed is None else seed_for(cfg.data.shuffle_seed, state.step, rank),
-    ))
+    batches = consumption.watch(_train_batches(payload, state.step, rank, device))
     if tracker and cfg.tracking.log_figures and state.step == 0:
         batches = hooks.show_first_batch(batches)
 
@@ -111,6 +104,20 @@ def train_worker(loop_config: dict) -> None:
         if tracker:
             tracker.finish("FAILED")
         raise
+
+
+def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.device):
+    """This rank's share of the run's one training stream, as tensors on the device."""
+    cfg = payload.config
+    collate = TRAIN_COLLATE[payload.task]
+    return ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+        collate_fn=collate() if collate else None,
+        # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
+        pin_memory=device.type == "cuda",
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
+        local_shuffle_seed=None if cfg.data.shuffle_seed is None else seed_for(cfg.data.shuffle_seed, step, rank),
+    )
 
 
 def _begin_data(ledger, restored: Restored | None, rank: int) -> None:
