@@ -67,8 +67,9 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
 
     class Ledger:  # stands in for the SampleLedger actor
         def __init__(self):
-            self.calls = []
+            self.calls, self.actors = [], 0
             self.record = self
+            self.actor_started = type("Method", (), {"remote": lambda _: setattr(self, "actors", self.actors + 1)})()
 
         def remote(self, good, bad):
             self.calls.append((good, bad))
@@ -83,3 +84,4 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
                  contract.POSITION: pack(3, 1, [10, 11])})
     assert list(out[contract.KEY]) == ["a"]
     assert ledger.calls == [(-1, [BadSample(3, 1, 11, -1, bad_samples.BAD_CONVERSATION)])]
+    assert ledger.actors == 1  # the pool's actor counted once, at construction
