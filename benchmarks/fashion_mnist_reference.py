@@ -66,7 +66,7 @@ def _raw_columns(records, epoch: int) -> dict:
             "offset": [r.offset for r in records]}
 
 
-def run_reference(workers: int) -> dict:
+def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     """Train and evaluate without Ray; the wall time of the whole function."""
     from training.clip_task import ClipTask
     from training.config import ClipRunConfig
@@ -76,7 +76,7 @@ def run_reference(workers: int) -> dict:
     from training.run import resolve
 
     start = time.perf_counter()
-    cfg = load_config(ClipRunConfig, PRESET, ["tracking.tracking_uri=none"])
+    cfg = load_config(ClipRunConfig, PRESET, ["tracking.tracking_uri=none", *overrides])
     cfg, assets, _ = resolve(cfg)
     global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers
     task = ClipTask(cfg)
@@ -101,19 +101,24 @@ def run_reference(workers: int) -> dict:
     return {"steps": state.step, "zero_shot_top1": metrics["zero_shot_top1"], "wall_s": time.perf_counter() - start}
 
 
-def run_mmtrain(run_dir: Path) -> dict:
+def run_mmtrain(run_dir: Path, overrides: list[str] = ()) -> dict:
     """The user's command, in a subprocess; its final metrics parsed from the summary it prints."""
     start = time.perf_counter()
     command = [sys.executable, "-m", "jobs.cli", "train", "clip", "--config", str(PRESET),
                "--set", f"run.output_dir={run_dir}", "--set", "tracking.tracking_uri=none"]
+    for override in overrides:
+        command += ["--set", override]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "command.log").write_text(out.stdout + out.stderr)  # step lines, time to first step
     if out.returncode:
         raise RuntimeError(out.stdout[-3000:] + out.stderr[-3000:])
     summary = out.stdout[out.stdout.rindex("== final metrics =="):]
     value = lambda name: float(re.search(rf"^\s*{re.escape(name)}: (\S+)", summary, re.M).group(1))
     return {"steps": int(value("step")), "zero_shot_top1": value("eval/zero_shot_top1"), "wall_s": wall,
-            "samples_per_s_last_window": value("samples_per_s")}
+            "samples_per_s_last_window": value("samples_per_s"), "time_to_first_step_s": value("time_to_first_step_s"),
+            "log": str(run_dir / "command.log")}
 
 
 def main() -> None:
@@ -121,15 +126,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="reference DataLoader workers (2 cores: 1 decodes, "
                         "the main process trains)")
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/mmtrain-fmnist-bench"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override for both runs")
+    parser.add_argument("--only", choices=("reference", "mmtrain"), help="run one side (for tuning, not a ratio)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fashion_mnist_2core.json"))
     args = parser.parse_args()
     os.chdir(REPO)  # the preset's data paths are relative to the project
-    reference = run_reference(args.workers)
-    print(f"reference: {reference}", flush=True)
-    mmtrain = run_mmtrain(args.run_dir / time.strftime("%Y%m%d-%H%M%S"))
-    print(f"mmtrain: {mmtrain}", flush=True)
+    if args.only != "mmtrain":
+        reference = run_reference(args.workers, args.overrides)
+        print(f"reference: {reference}", flush=True)
+    if args.only != "reference":
+        mmtrain = run_mmtrain(args.run_dir / time.strftime("%Y%m%d-%H%M%S"), args.overrides)
+        print(f"mmtrain: {mmtrain}", flush=True)
+    if args.only:
+        return
     report = {"benchmark": "fashion_mnist_reference", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-              "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)), "reference": reference,
+              "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)), "overrides": args.overrides,
+              "reference": reference,
               "mmtrain": mmtrain, "wall_ratio_mmtrain_over_reference": mmtrain["wall_s"] / reference["wall_s"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
