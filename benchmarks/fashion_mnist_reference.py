@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.common import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "conf/clip/fashion_mnist.yaml"
@@ -139,15 +139,13 @@ def main() -> None:
         print(f"mmtrain: {mmtrain}", flush=True)
     if args.only:
         return
-    report = {"benchmark": "fashion_mnist_reference", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-              "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)), "overrides": args.overrides,
+    report = {"benchmark": "fashion_mnist_reference", "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)), "overrides": args.overrides,
               "reference": reference,
               "mmtrain": mmtrain, "wall_ratio_mmtrain_over_reference": mmtrain["wall_s"] / reference["wall_s"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"zero-shot top-1: mmtrain {mmtrain['zero_shot_top1']:.4f}, reference {reference['zero_shot_top1']:.4f}; "
           f"wall: mmtrain {mmtrain['wall_s']:.0f} s, reference {reference['wall_s']:.0f} s, ratio "
-          f"{report['wall_ratio_mmtrain_over_reference']:.2f} -> {args.out}")
+          f"{report['wall_ratio_mmtrain_over_reference']:.2f}")
 
 
 if __name__ == "__main__":

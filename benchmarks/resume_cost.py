@@ -9,15 +9,15 @@ each shard again and seek past the 90% it has trained on. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "conf/clip/fashion_mnist.yaml"
@@ -53,15 +53,13 @@ def main() -> None:
     fresh = time_to_first_step(args.run_dir, steps_at_90_percent)
     resumed = time_to_first_step(args.run_dir, steps_at_90_percent + 10)
     assert resumed["first_step"] == steps_at_90_percent + 1, resumed
-    report = {"benchmark": "resume_cost", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-              "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)),
+    report = {"benchmark": "resume_cost", "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)),
               "resumed_at_step": steps_at_90_percent, "epoch_fraction_trained": steps_at_90_percent * 256 / 60_000,
               "fresh": fresh, "resumed": resumed,
               "ratio_resumed_over_fresh": resumed["to_first_step_s"] / fresh["to_first_step_s"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"to the first step: fresh {fresh['to_first_step_s']:.1f} s, resumed at {report['epoch_fraction_trained']:.0%} "
-          f"of an epoch {resumed['to_first_step_s']:.1f} s, ratio {report['ratio_resumed_over_fresh']:.2f} -> {args.out}")
+          f"of an epoch {resumed['to_first_step_s']:.1f} s, ratio {report['ratio_resumed_over_fresh']:.2f}")
 
 
 if __name__ == "__main__":

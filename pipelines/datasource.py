@@ -29,6 +29,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from pipelines import bad_samples
 from pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
 from pipelines.tar_samples import Bad, Record, iter_records
 
@@ -148,8 +149,8 @@ def shard_tables(records: Iterable[Record | Bad], read: ShardRead, rows_per_bloc
     bad, count = 0, 0
     for record in records:
         seed = -1 if first_seed < 0 or record.index < 0 else (first_seed + record.index) % 2**62
-        if record.index >= MAX_SAMPLES_PER_SHARD:
-            raise ValueError(f"{read.path} holds over {MAX_SAMPLES_PER_SHARD} samples: split it into smaller shards")
+        if record.index >= MAX_SAMPLES_PER_SHARD:  # no position can name it: skipped and counted, with its byte offset
+            record = Bad(record.key, bad_samples.PARSE_ERROR, record.offset)
         count = max(count, record.index + 1)
         if isinstance(record, Bad):
             bad += 1

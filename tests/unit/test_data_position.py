@@ -111,3 +111,15 @@ def test_rows_carry_epoch_shard_and_sample_number(tmp_path):
     table = next(shard_tables(iter_records(io.BytesIO(data), skip={0, 1}), read, rows_per_block=64))
     assert table.column("index").to_pylist() == list(range(2, 12))
     assert set(table.column("epoch").to_pylist()) == {2} and set(table.column("shard").to_pylist()) == {4}
+
+
+def test_samples_past_what_a_position_can_name_are_skipped_and_counted(tmp_path, monkeypatch):
+    """A shard with more samples than positions can number loses only those samples, counted."""
+    from pipelines import datasource
+
+    monkeypatch.setattr(datasource, "MAX_SAMPLES_PER_SHARD", 8)
+    data = _tar_bytes(tmp_path, "s.tar", 12)
+    read = ShardRead("s.tar", shard=0, epoch=0, seed=None, shuffle_buffer=0)
+    table = next(shard_tables(iter_records(io.BytesIO(data)), read, rows_per_block=64))
+    reasons = table.column("bad_reason").to_pylist()
+    assert reasons[:8] == [""] * 8 and reasons[8:] == ["parse_error"] * 4
