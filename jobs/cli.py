@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from jobs import data, dry_run, models, submit, sweep, train
+from jobs import data, dry_run, models, submit, sweep, train, use
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parsers(subparsers)
     train.add_parsers(subparsers)
     models.add_parsers(subparsers)
+    use.add_parsers(subparsers)
     sweep.add_parsers(subparsers)
     submit.add_parsers(subparsers)
     dry_run.add_parsers(subparsers)

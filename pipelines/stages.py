@@ -84,7 +84,8 @@ class Tokenize:
         self._columns = columns
 
     def __call__(self, batch: dict) -> dict:
-        captions = [str(c) for c in batch.pop("caption")]
+        # The caption stays in the batch: training selects it away, batch inference writes it out.
+        captions = [str(c) for c in batch["caption"]]
         encodings = self._tokenizer.encode_batch(captions) if captions else []
         length = self._context_length
         batch[contract.INPUT_IDS] = np.array([e.ids for e in encodings], dtype=np.int32).reshape(-1, length)
@@ -92,6 +93,16 @@ class Tokenize:
             [e.attention_mask for e in encodings], dtype=np.uint8).reshape(-1, length)
         return select(batch, self._columns)
 
+
+class SelectColumns:
+    """The text stage of a pipeline whose model makes its own text (VLM captioning): keep `columns`."""
+
+    def __init__(self, columns: tuple[str, ...] | None = None, ledger=None):
+        _count_actor(ledger)
+        self._columns = columns
+
+    def __call__(self, batch: dict) -> dict:
+        return select(batch, self._columns)
 
 
 class TokenizeConversations:

@@ -63,7 +63,7 @@ def check_shards(data) -> None:
 
 def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
     ev = cfg.eval
-    manifest = _manifest_near(cfg.data.eval_shards[0])
+    manifest = manifest_near(cfg.data.eval_shards[0])
     classes = list(ev.classes)
     if not classes and ev.classes_file:
         classes = [l.strip() for l in Path(ev.classes_file).read_text().splitlines() if l.strip()]
@@ -73,7 +73,7 @@ def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
     return classes, templates
 
 
-def _manifest_near(spec: str) -> dict:
+def manifest_near(spec: str) -> dict:
     if "://" in spec:
         return {}
     path = Path(spec)

@@ -1,0 +1,127 @@
+"""The batch-inference pipeline: the training pipeline's robust reader and eval decode (bad samples
+skipped and counted in a SampleLedger), then a pool of model replicas, one per Ray Data actor.
+
+    shards -> read/decode/tokenize pool (pipelines/dataset.py, one pass in file order)
+           -> model pool (`model_stage`: loads the model once per actor, a GPU each when asked)
+           -> Ray Data's Parquet writer, or rows handed to the caller
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
+
+from inference.progress import ProgressCounter, ProgressPrinter
+from inference.trained import TrainedRun
+from pipelines import contract, position
+from pipelines.dataset import build_dataset, count_dataset_samples
+from pipelines.ledger import SampleLedger
+from pipelines.sources import ShardList, resolve_shards
+
+# What the model stage receives: the image and tokenized caption, and what the output rows keep.
+INFERENCE_COLUMNS = (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABEL,
+                     contract.KEY, contract.POSITION, "caption")
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    actors: int = 2              # model replicas
+    gpus_per_actor: float = 0.0  # 0: CPU replicas
+    cpus_per_actor: float = 1.0
+    batch_size: int = 128        # rows per model call
+    ray_address: str = ""        # "" = $RAY_ADDRESS, else a local Ray instance
+
+
+@dataclass
+class InferenceRun:
+    """A started pipeline: `dataset` is lazy; the ledger and counter fill as it executes."""
+
+    dataset: ray.data.Dataset
+    ledger: object     # SampleLedger handle: good count and bad samples by reason
+    counter: object    # ProgressCounter handle: rows the model pool has finished
+    shards: ShardList
+    total_samples: int  # from the tar headers, good and bad
+    started: float
+
+
+def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_kwargs: dict,
+                    options: PoolOptions, text_stage: tuple[type, dict] | None = None) -> InferenceRun:
+    """Lists the shards (a mistyped path fails before Ray starts), starts Ray, composes the pipeline."""
+    from training.run import ensure_ray
+
+    data_cfg = run.cfg.data
+    shards = resolve_shards(specs, data_cfg.s3_endpoint)
+    ensure_ray(options.ray_address, run.cfg.run.local_num_cpus)
+    started = time.perf_counter()
+    ledger, counter = SampleLedger.remote(), ProgressCounter.remote()
+    # The model replicas take their CPUs first; the read/decode pool gets what is left (at least one).
+    spare = ray.cluster_resources().get("CPU", 1.0) - options.actors * options.cpus_per_actor
+    data_cfg = dataclasses.replace(data_cfg, workers=data_cfg.workers or max(1, int(spare // data_cfg.cpus_per_worker)))
+    if text_stage is not None:
+        text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger})
+    dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=INFERENCE_COLUMNS,
+                            text_stage=text_stage)
+    dataset = dataset.map_batches(
+        model_stage,
+        fn_constructor_kwargs={**stage_kwargs, "checkpoint": str(run.checkpoint), "shard_paths": shards.paths,
+                               "counter": counter},
+        batch_size=options.batch_size,
+        compute=ActorPoolStrategy(size=options.actors),
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor or None,
+    )
+    return InferenceRun(dataset, ledger, counter, shards, count_dataset_samples(shards), started)
+
+
+def write_parquet(inference: InferenceRun, out_dir: Path, label: str) -> int:
+    """Runs the pipeline into Parquet files in `out_dir` (Ray Data's writer), printing progress;
+    returns the rows written. A directory that already holds Parquet files is refused: the new rows
+    would be appended to the old ones."""
+    out_dir = Path(out_dir)
+    if parquet_files(out_dir):
+        raise ValueError(f"--out {out_dir} already holds Parquet files: choose a new directory or remove it")
+    with ProgressPrinter(inference.counter, inference.total_samples, label):
+        inference.dataset.write_parquet(str(out_dir))
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in parquet_files(out_dir))
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The Parquet files of an output directory, in a fixed order (a search index numbers rows by it)."""
+    return sorted(Path(directory).glob("*.parquet")) if Path(directory).is_dir() else []
+
+
+def run_summary(inference: InferenceRun, run: TrainedRun, specs: list[str], rows: int) -> dict:
+    """What every batch-inference manifest records: the model, the data, and where each sample went."""
+    counts = ray.get(inference.ledger.summary.remote())
+    return {
+        "model": {"kind": run.kind, "checkpoint": str(run.checkpoint), "model_sha256": run.fingerprint},
+        "data": list(specs),
+        "shards": len(inference.shards),
+        "samples_in_shards": inference.total_samples,
+        "good_samples": counts["good"],
+        "rows_written": rows,
+        "bad_samples": counts["bad"],
+        "bad_total": counts["bad_total"],
+        "seconds": round(time.perf_counter() - inference.started, 1),
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    path = Path(out_dir) / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def source_columns(batch: dict, shard_paths: list[str]) -> dict:
+    """The columns that say where each row came from: key, shard path, caption, label."""
+    shards = position.unpack(batch[contract.POSITION])[1]
+    return {"key": batch[contract.KEY], "shard": np.asarray(shard_paths)[shards],
+            "caption": batch["caption"], "label": batch[contract.LABEL]}

@@ -1,0 +1,136 @@
+"""`mmtrain search`: text-to-image and image-to-image search over an `mmtrain embed` directory,
+printed and drawn as a contact sheet (the images read back from their shards)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from inference.embed import MANIFEST_KIND
+from inference.index import load_index, load_rows, search
+from inference.trained import TrainedRun, find_trained, load_trained_model
+from pipelines.images import BadSample, decode_eval
+from pipelines.sources import resolve_shards
+from pipelines.tar_samples import Record, iter_records
+from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    key: str
+    shard: str
+    caption: str
+    label: int
+
+
+def read_manifest(index_dir: Path) -> dict:
+    path = Path(index_dir) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"--index {index_dir} has no manifest.json: make the index with "
+                         "`mmtrain embed --checkpoint RUN --data SHARDS --out DIR`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("kind") != MANIFEST_KIND:
+        raise ValueError(f"--index {index_dir} is not an embedding directory (its manifest says "
+                         f"{manifest.get('kind')!r}): make one with `mmtrain embed`")
+    return manifest
+
+
+def index_model(manifest: dict, index_dir: Path, checkpoint: str | Path | None) -> TrainedRun:
+    """The CLIP run that embeds the query: the one that built the index. A --checkpoint holding other
+    weights is refused: its embeddings would not be comparable with the index's."""
+    run = find_trained(checkpoint or manifest["model"]["checkpoint"], "clip", "search")
+    built_by = manifest["model"]["model_sha256"]
+    if run.fingerprint != built_by:
+        raise ValueError(f"--index {index_dir} was built by another model ({manifest['model']['checkpoint']}, "
+                         f"model.pt sha256 {built_by[:12]}), not by {run.checkpoint} (sha256 "
+                         f"{run.fingerprint[:12]}): search with the model that built it, or re-run `mmtrain embed` "
+                         "with this one")
+    return run
+
+
+@torch.inference_mode()
+def embed_query(run: TrainedRun, text: str = "", image: Path | None = None) -> np.ndarray:
+    """One unit query vector [1, E] from a caption or an image file."""
+    device = torch.device("cpu")
+    task, model = load_trained_model(run, device)
+    data = run.cfg.data
+    if image is not None:
+        try:
+            pixels = decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)
+        except OSError as err:
+            raise ValueError(f"--image {image}: {err.strerror or err}") from None
+        except BadSample as err:
+            raise ValueError(f"--image {image} could not be used as an image ({err.reason})") from None
+        vector = model.encode_image(task.normalize(torch.from_numpy(pixels[None]), device))
+    else:
+        if not text.strip():
+            raise ValueError("the query is empty: give text to search for, or --image PATH")
+        tokenizer = configure_fixed_length(load_tokenizer(data.tokenizer), data.context_length)
+        encoding = tokenizer.encode(text)
+        vector = model.encode_text(torch.tensor([encoding.ids]), torch.tensor([encoding.attention_mask]))
+    return vector.float().numpy()
+
+
+def search_index(index_dir: Path, text: str = "", image: Path | None = None, k: int = 10,
+                 checkpoint: str | Path | None = None) -> list[Hit]:
+    if k < 1:
+        raise ValueError(f"-k {k}: ask for at least 1 result")
+    manifest = read_manifest(index_dir)
+    query = embed_query(index_model(manifest, index_dir, checkpoint), text, image)
+    scores, ids = search(load_index(index_dir), query, k)
+    found = ids[0] >= 0
+    rows = load_rows(index_dir, ["key", "shard", "caption", "label"]).take(ids[0][found]).to_pylist()
+    return [Hit(rank + 1, float(score), row["key"], row["shard"], row["caption"], int(row["label"]))
+            for rank, (score, row) in enumerate(zip(scores[0][found], rows))]
+
+
+def format_hits(hits: list[Hit]) -> str:
+    lines = [f"{'rank':>4}  {'score':>6}  {'key':<14} caption"]
+    lines += [f"{h.rank:>4}  {h.score:6.3f}  {h.key:<14} {h.caption}" for h in hits]
+    return "\n".join(lines)
+
+
+def read_images(hits: list[Hit], specs: list[str], s3_endpoint: str = "") -> dict[tuple[str, str], bytes]:
+    """The hits' image bytes, read from their shards (each shard once)."""
+    filesystem = resolve_shards(specs, s3_endpoint).filesystem
+    wanted: dict[str, set[str]] = {}
+    for hit in hits:
+        wanted.setdefault(hit.shard, set()).add(hit.key)
+    found = {}
+    for shard, keys in wanted.items():
+        with filesystem.open_input_file(shard) as stream:
+            for record in iter_records(stream):
+                if isinstance(record, Record) and record.key in keys:
+                    found[(shard, record.key)] = record.image_bytes
+    return found
+
+
+def contact_sheet(hits: list[Hit], images: dict[tuple[str, str], bytes], title: str, path: Path,
+                  columns: int = 5) -> Path:
+    """The hits as a grid of thumbnails, each with rank, score and caption; the query as the title."""
+    import io
+
+    rows = max(1, -(-len(hits) // columns))
+    figure = Figure(figsize=(2.6 * columns, 3.0 * rows + 0.6), layout="constrained")
+    for cell, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        axes.axis("off")
+        if cell >= len(hits):
+            continue
+        hit = hits[cell]
+        data = images.get((hit.shard, hit.key))
+        if data is not None:
+            axes.imshow(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), interpolation="nearest")
+        caption = "\n".join(textwrap.wrap(hit.caption, 30)[:2])
+        axes.set_title(f"#{hit.rank}  {hit.score:.3f}  {hit.key}\n{caption}", fontsize=7)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    return Path(path)

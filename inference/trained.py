@@ -1,0 +1,92 @@
+"""Find and load a trained CLIP or VLM from a run or checkpoint directory, for inference.
+
+A run's kind is read from its saved config (a VLM config has a `stage`, a CLIP config a `loss`), so
+a VLM run given to a CLIP command is refused with the command that takes it, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import CHECKSUMS, latest_checkpoint, load_checkpoint, load_config_dict
+from training.config import ClipRunConfig, VlmRunConfig
+from training.config_io import from_dict
+
+CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
+COMMANDS_FOR = {"clip": "mmtrain embed, search, classify, data filter or eval clip",
+                "vlm": "mmtrain ask, caption or eval vlm"}
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    kind: str                # "clip" or "vlm"
+    checkpoint: Path         # the checkpoint directory (a run directory's newest intact one)
+    cfg: ClipRunConfig | VlmRunConfig
+    fingerprint: str         # sha256 of model.pt: which weights made an output
+
+
+def run_kind(config: dict) -> str | None:
+    if "stage" in config or "lrs" in config:
+        return "vlm"
+    if "loss" in config:
+        return "clip"
+    return None
+
+
+def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
+    """The checkpoint at `path` (a run directory or a checkpoint), refused unless it is a `kind` run."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"--checkpoint {path} does not exist: give a run directory (e.g. runs/clip-synth) "
+                         "or one of its checkpoint_* directories")
+    checkpoint = latest_checkpoint(path).resolve()
+    found = run_kind(load_config_dict(checkpoint))
+    if found != kind:
+        what = f"a {found.upper()} run" if found else "not a run mmtrain wrote"
+        use = f"; for a {found.upper()} run use {COMMANDS_FOR[found]}" if found else ""
+        raise ValueError(f"{checkpoint} is {what}, and `mmtrain {command}` needs a {kind.upper()} run{use}")
+    cfg = from_dict(CONFIGS[kind], load_config_dict(checkpoint))
+    # The weights come from the checkpoint: do not load what the run started from.
+    cfg = dataclasses.replace(cfg, init_from="")
+    return TrainedRun(kind, checkpoint, cfg, model_fingerprint(checkpoint))
+
+
+def model_fingerprint(checkpoint: Path) -> str:
+    """sha256 of model.pt, from the checksums the checkpoint was written with when it has them."""
+    checksums = checkpoint / CHECKSUMS
+    if checksums.is_file():
+        digest = json.loads(checksums.read_text()).get("model.pt")
+        if digest:
+            return digest
+    digest = hashlib.sha256()
+    with open(checkpoint / "model.pt", "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_trained_model(run: TrainedRun, device: torch.device):
+    """(task, model) with the checkpoint's weights, in eval mode on `device`."""
+    from training.worker import TASKS
+
+    task = TASKS[run.kind](run.cfg)
+    model = task.build_model()
+    load_checkpoint(run.checkpoint, model)
+    model.eval().requires_grad_(False)
+    return task, model.to(device)
+
+
+def inference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 on a GPU, as training computes; fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+

@@ -1,0 +1,94 @@
+"""`mmtrain embed | search | classify | ask | caption`: put a trained model to use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+POOL_HELP = "model replicas in the Ray Data actor pool (default 2)"
+
+
+def add_parsers(subparsers) -> None:
+    embed = subparsers.add_parser("embed", help="CLIP image and caption embeddings of shards -> Parquet + index")
+    _pool_arguments(embed, "CLIP_RUN")
+    embed.set_defaults(handler=run_embed)
+
+    search = subparsers.add_parser("search", help="text-to-image or image-to-image search over `mmtrain embed` output")
+    search.add_argument("--index", type=Path, required=True, help="a directory `mmtrain embed` wrote")
+    search.add_argument("query", nargs="?", default="", help='text, e.g. "a red circle on the left"')
+    search.add_argument("--image", type=Path, help="search with an image file instead of text")
+    search.add_argument("-k", type=int, default=10, help="results (default 10)")
+    search.add_argument("--sheet", type=Path, default=Path("search.png"), help="contact sheet PNG (default search.png)")
+    search.add_argument("--checkpoint", help="the CLIP run that built the index (default: the one its manifest names)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=run_search)
+
+    classify = subparsers.add_parser("classify", help="zero-shot classification of shards -> Parquet")
+    _pool_arguments(classify, "CLIP_RUN")
+    classify.add_argument("--classes", required=True, help='a file with one class per line, or "cat,dog,bird"')
+    classify.add_argument("--template", action="append", dest="templates", default=[],
+                          help='prompt with {} for the class name; repeatable (default: the templates in the '
+                               'shards\' manifest.json, else "a photo of a {}.")')
+    classify.set_defaults(handler=run_classify)
+
+
+def _pool_arguments(parser, run_kind: str) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar=run_kind, help="a run directory or checkpoint")
+    parser.add_argument("--data", nargs="+", required=True, help="shards: dirs, globs, brace patterns or s3:// URIs")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (Parquet files + manifest.json)")
+    parser.add_argument("--actors", type=int, default=2, help=POOL_HELP)
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per model replica (default 0: CPU)")
+    parser.add_argument("--batch-size", type=int, default=128, help="rows per model call (default 128)")
+    parser.add_argument("--ray-address", default="", help='a Ray cluster ("auto" for the local `ray start` one); '
+                                                          "default: $RAY_ADDRESS, else a local instance")
+
+
+def pool_options(args):
+    from inference.pool import PoolOptions
+
+    if args.actors < 1 or args.batch_size < 1 or args.gpus_per_actor < 0:
+        raise ValueError("--actors and --batch-size must be at least 1 and --gpus-per-actor at least 0")
+    return PoolOptions(actors=args.actors, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
+                       ray_address=args.ray_address)
+
+
+def print_counts(manifest: dict, out: Path) -> None:
+    bad = ", ".join(f"{reason}={count}" for reason, count in sorted(manifest["bad_samples"].items()))
+    print(f"wrote {manifest['rows_written']:,} rows to {out} in {manifest['seconds']} s "
+          f"({manifest['samples_in_shards']:,} samples in {manifest['shards']} shards; "
+          f"bad: {bad or 'none'}); manifest: {out / 'manifest.json'}")
+
+
+def run_embed(args) -> int:
+    from inference.embed import embed
+
+    manifest = embed(args.checkpoint, args.data, args.out, pool_options(args))
+    print_counts(manifest, args.out)
+    print(f"index: {args.out / manifest['index']['file']} ({manifest['index']['type']}); "
+          f"search it with: mmtrain search --index {args.out} \"a red circle\"")
+    return 0
+
+
+def run_search(args) -> int:
+    from inference.search import contact_sheet, format_hits, read_images, read_manifest, search_index
+
+    hits = search_index(args.index, args.query, args.image, args.k, args.checkpoint)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], indent=2))
+    else:
+        print(format_hits(hits))
+    title = f"image: {args.image}" if args.image else f'"{args.query}"'
+    images = read_images(hits, read_manifest(args.index)["data"])
+    print(f"contact sheet: {contact_sheet(hits, images, title, args.sheet)}")
+    return 0
+
+
+def run_classify(args) -> int:
+    from inference.classify import classify
+
+    manifest = classify(args.checkpoint, args.data, args.classes, args.templates, args.out, pool_options(args))
+    print_counts(manifest, args.out)
+    if "accuracy" in manifest:
+        print(f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
+              f"confusion matrix: {args.out / 'confusion_matrix.png'}")
+    return 0
