@@ -61,6 +61,7 @@ def add_parsers(subparsers) -> None:
     tok.add_argument("--vocab-size", type=int, default=4096)
     tok.add_argument("--s3-endpoint", default="")
     tok.set_defaults(handler=run_tokenizer)
+    add_filter_parser(commands)
 
 
 def run_synth(args) -> int:
@@ -110,3 +111,31 @@ def write_tokenizer(shards: list[str], out: Path, vocab_size: int = 4096, s3_end
     tokenizer.save(str(out))
     return tokenizer.get_vocab_size()
 
+
+
+def add_filter_parser(commands) -> None:
+    filt = commands.add_parser("filter", help="keep only samples whose image-caption CLIP score passes")
+    filt.add_argument("--checkpoint", required=True, metavar="CLIP_RUN", help="a CLIP run directory or checkpoint")
+    filt.add_argument("--data", nargs="+", required=True, help="shards: dirs, globs, brace patterns or s3:// URIs")
+    filt.add_argument("--out", type=Path, required=True, help="directory for the filtered shards and manifest.json")
+    threshold = filt.add_mutually_exclusive_group(required=True)
+    threshold.add_argument("--min-score", type=float, help="keep samples whose CLIP score (cosine) is at least S")
+    threshold.add_argument("--keep-fraction", type=float, help="keep the best-scoring fraction F of the samples")
+    filt.add_argument("--actors", type=int, default=2, help="model replicas in the Ray Data actor pool (default 2)")
+    filt.add_argument("--gpus-per-actor", type=float, default=0.0)
+    filt.add_argument("--batch-size", type=int, default=128)
+    filt.add_argument("--ray-address", default="")
+    filt.set_defaults(handler=run_filter)
+
+
+def run_filter(args) -> int:
+    from inference.filter import filter_shards
+    from jobs.use import pool_options
+
+    manifest = filter_shards(args.checkpoint, args.data, args.out, pool_options(args), args.min_score,
+                             args.keep_fraction)
+    record = manifest["filter"]
+    bad = ", ".join(f"{k}={v}" for k, v in sorted(record["bad_samples"].items())) or "none"
+    print(f"kept {record['kept']:,} of {record['scored']:,} scored samples (threshold {record['threshold']:.4f}; "
+          f"{record['below_threshold']:,} below it; bad: {bad}) in {len(manifest['shards'])} shards at {args.out}")
+    return 0
