@@ -14,6 +14,7 @@ from inference.trained import find_trained
 from training.figures import heatmap
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+CONFUSION_FIGURE = "_confusion_matrix.png"
 
 
 def parse_classes(spec: str) -> list[str]:
@@ -37,7 +38,7 @@ def check_templates(templates: list[str]) -> list[str]:
 def classify(checkpoint: str | Path, specs: list[str], class_spec: str, templates: list[str], out_dir: Path,
              options: PoolOptions) -> dict:
     """Writes OUT/*.parquet (key, shard, caption, label, predicted, predicted_class, score, class_scores),
-    OUT/manifest.json and, with labels, OUT/confusion_matrix.png; returns the manifest."""
+    OUT/_manifest.json and, with labels, OUT/_confusion_matrix.png; returns the manifest."""
     classes = parse_classes(class_spec)
     templates = check_templates(templates or data_templates(specs) or [DEFAULT_TEMPLATE])
     run = find_trained(checkpoint, "clip", "classify")
@@ -57,7 +58,7 @@ def classify(checkpoint: str | Path, specs: list[str], class_spec: str, template
             figure = heatmap(confusion, classes, classes, f"zero-shot confusion ({labelled.sum()} samples, "
                              f"accuracy {manifest['accuracy']:.1%})", "predicted class", "true class",
                              annotate=len(classes) <= 20)
-            figure.savefig(Path(out_dir) / "confusion_matrix.png", dpi=100)
+            figure.savefig(Path(out_dir) / CONFUSION_FIGURE, dpi=100)
             manifest["confusion_matrix"] = confusion.tolist()
     write_manifest(out_dir, manifest)
     return manifest

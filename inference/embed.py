@@ -15,7 +15,7 @@ MANIFEST_KIND = "mmtrain-embeddings"
 
 def embed(checkpoint: str | Path, specs: list[str], out_dir: Path, options: PoolOptions) -> dict:
     """Writes OUT/*.parquet (key, shard, caption, label, image_embedding, text_embedding, clip_score),
-    OUT/image.faiss and OUT/manifest.json; returns the manifest."""
+    OUT/_image.faiss and OUT/_manifest.json; returns the manifest."""
     run = find_trained(checkpoint, "clip", "embed")
     inference = start_inference(run, specs, ClipEmbedder, {}, options)
     rows = write_parquet(inference, out_dir, "embed")

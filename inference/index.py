@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from inference.pool import parquet_files
 
-INDEX_FILE = "image.faiss"
+INDEX_FILE = "_image.faiss"  # "_": Parquet readers of the directory skip it
 IVF_THRESHOLD = 200_000
 IVF_NPROBE = 32
 

@@ -53,7 +53,8 @@ class InferenceRun:
 
 
 def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_kwargs: dict,
-                    options: PoolOptions, text_stage: tuple[type, dict] | None = None) -> InferenceRun:
+                    options: PoolOptions, text_stage: tuple[type, dict] | None = None,
+                    columns: tuple[str, ...] = INFERENCE_COLUMNS) -> InferenceRun:
     """Lists the shards (a mistyped path fails before Ray starts), starts Ray, composes the pipeline."""
     from training.run import ensure_ray
 
@@ -67,7 +68,7 @@ def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_
     data_cfg = dataclasses.replace(data_cfg, workers=data_cfg.workers or max(1, int(spare // data_cfg.cpus_per_worker)))
     if text_stage is not None:
         text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger})
-    dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=INFERENCE_COLUMNS,
+    dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=columns,
                             text_stage=text_stage)
     dataset = dataset.map_batches(
         model_stage,
@@ -114,8 +115,13 @@ def run_summary(inference: InferenceRun, run: TrainedRun, specs: list[str], rows
     }
 
 
+# Beside the Parquet files, names that Parquet readers skip (a leading "_"), so that
+# `pandas.read_parquet(OUT)` reads the rows and nothing else.
+MANIFEST = "_manifest.json"
+
+
 def write_manifest(out_dir: Path, manifest: dict) -> Path:
-    path = Path(out_dir) / "manifest.json"
+    path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from inference.embed import MANIFEST_KIND
 from inference.index import load_index, load_rows, search
+from inference.pool import MANIFEST
 from inference.trained import TrainedRun, find_trained, load_trained_model
 from pipelines.images import BadSample, decode_eval
 from pipelines.sources import resolve_shards
@@ -33,9 +34,9 @@ class Hit:
 
 
 def read_manifest(index_dir: Path) -> dict:
-    path = Path(index_dir) / "manifest.json"
+    path = Path(index_dir) / MANIFEST
     if not path.is_file():
-        raise ValueError(f"--index {index_dir} has no manifest.json: make the index with "
+        raise ValueError(f"--index {index_dir} has no {MANIFEST}: make the index with "
                          "`mmtrain embed --checkpoint RUN --data SHARDS --out DIR`")
     manifest = json.loads(path.read_text())
     if manifest.get("kind") != MANIFEST_KIND:

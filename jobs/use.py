@@ -31,6 +31,20 @@ def add_parsers(subparsers) -> None:
                                'shards\' manifest.json, else "a photo of a {}.")')
     classify.set_defaults(handler=run_classify)
 
+    ask = subparsers.add_parser("ask", help="ask a trained VLM about one image")
+    ask.add_argument("--checkpoint", required=True, metavar="VLM_RUN", help="a VLM run directory or checkpoint")
+    ask.add_argument("--image", type=Path, required=True, help="an image file")
+    ask.add_argument("question", help='e.g. "How many shapes are there?"')
+    ask.add_argument("--max-new-tokens", type=int, default=0, help="default: the run's eval.max_new_tokens")
+    ask.set_defaults(handler=run_ask)
+
+    caption = subparsers.add_parser("caption", help="a trained VLM's answer to one prompt for every image of shards")
+    _pool_arguments(caption, "VLM_RUN")
+    caption.add_argument("--prompt", default="", help="the instruction (default: the image alone, as stage 1 "
+                                                      "trained captions)")
+    caption.add_argument("--max-new-tokens", type=int, default=0, help="default: the run's eval.max_new_tokens")
+    caption.set_defaults(handler=run_caption)
+
 
 def _pool_arguments(parser, run_kind: str) -> None:
     parser.add_argument("--checkpoint", required=True, metavar=run_kind, help="a run directory or checkpoint")
@@ -53,10 +67,12 @@ def pool_options(args):
 
 
 def print_counts(manifest: dict, out: Path) -> None:
+    from inference.pool import MANIFEST
+
     bad = ", ".join(f"{reason}={count}" for reason, count in sorted(manifest["bad_samples"].items()))
     print(f"wrote {manifest['rows_written']:,} rows to {out} in {manifest['seconds']} s "
           f"({manifest['samples_in_shards']:,} samples in {manifest['shards']} shards; "
-          f"bad: {bad or 'none'}); manifest: {out / 'manifest.json'}")
+          f"bad: {bad or 'none'}); manifest: {out / MANIFEST}")
 
 
 def run_embed(args) -> int:
@@ -84,11 +100,29 @@ def run_search(args) -> int:
 
 
 def run_classify(args) -> int:
-    from inference.classify import classify
+    from inference.classify import CONFUSION_FIGURE, classify
 
     manifest = classify(args.checkpoint, args.data, args.classes, args.templates, args.out, pool_options(args))
     print_counts(manifest, args.out)
     if "accuracy" in manifest:
         print(f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
-              f"confusion matrix: {args.out / 'confusion_matrix.png'}")
+              f"confusion matrix: {args.out / CONFUSION_FIGURE}")
+    return 0
+
+
+def run_ask(args) -> int:
+    from inference.vlm_stages import Answerer
+
+    answer = Answerer(args.checkpoint, args.question, args.max_new_tokens).answer_file(args.image)
+    print(answer or "(the model answered with an end of turn at once: an empty answer)")
+    return 0
+
+
+def run_caption(args) -> int:
+    from inference.vlm_stages import caption
+    from pipelines.conversations import CAPTION_PROMPT
+
+    manifest = caption(args.checkpoint, args.data, args.out, pool_options(args), args.prompt or CAPTION_PROMPT,
+                       args.max_new_tokens)
+    print_counts(manifest, args.out)
     return 0

@@ -36,6 +36,11 @@ class VlmTask:
         self.eval_pictures: dict = {}  # the VLM shows a table of generations instead
         self._tokenizer = None
 
+    @property
+    def tokenizer(self):
+        """The LM's tokenizer (loaded with the model by build_model)."""
+        return self._tokenizer
+
     @staticmethod
     def text_stage(cfg: VlmRunConfig, ledger=None):
         return (TokenizeConversations, dict(
@@ -123,36 +128,46 @@ class VlmTask:
         `batches` are this rank's eval batches as numpy (the conversation text included)."""
         model = unwrap(model)
         encoder = ConversationEncoder(self._tokenizer, self.tower.num_patches, self.cfg.max_length)
-        # loss sum, loss batches, exact matches, questions; on the device, as NCCL all-reduces only those
-        totals = torch.zeros(4, device=device)
-        table = []
-        budget = self.cfg.eval.max_generate_samples
+        loss_sum, loss_batches = torch.zeros((), device=device), 0  # the loss stays on the device
+        matches, asked, table = 0, 0, []
         for batch in batches:
             prepared = self.prepare_batch(batch, device)
-            totals[0] += self.loss(model, prepared)[0].detach()
-            totals[1] += 1
-            for row in range(len(batch[contract.KEY])):
-                if totals[3] >= budget:
-                    break
-                conversation = parse_conversation(str(batch[contract.CONVERSATION][row]))
-                if len(conversation) < 2:
-                    continue
-                prompt = torch.tensor(encoder.encode_prompt(conversation), device=device)
-                generated = model.generate(prepared[contract.IMAGE][row], prompt, self.cfg.eval.max_new_tokens,
-                                           encoder.stop_ids)
-                answer = self._tokenizer.decode(generated, skip_special_tokens=True)
+            loss_sum += self.loss(model, prepared)[0].detach()
+            loss_batches += 1
+            rows = self._first_questions(batch, self.cfg.eval.max_generate_samples - asked)
+            if not rows:
+                continue
+            prompts = [encoder.encode_prompt(conversation) for _, conversation in rows]
+            images = prepared[contract.IMAGE][[row for row, _ in rows]]
+            answers = model.generate(images, prompts, self.cfg.eval.max_new_tokens, encoder.stop_ids,
+                                     encoder.pad_id)
+            for (row, conversation), answer_ids in zip(rows, answers):
+                answer = self._tokenizer.decode(answer_ids, skip_special_tokens=True)
                 expected = conversation[1]["value"]
                 correct = normalise(answer) == normalise(expected)
-                totals[2] += correct
-                totals[3] += 1
+                matches, asked = matches + correct, asked + 1
                 if len(table) < self.cfg.eval.table_rows:
                     table.append({"key": str(batch[contract.KEY][row]), "question": conversation[0]["value"],
                                   "expected": expected, "generated": answer, "correct": bool(correct)})
+        totals = torch.stack([loss_sum, torch.tensor(float(loss_batches), device=device),
+                              torch.tensor(float(matches), device=device), torch.tensor(float(asked), device=device)])
         all_reduce_sum(totals)
         self.eval_table = table
         loss = float(totals[0] / max(totals[1], 1))
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                 "exact_match": float(totals[2] / max(totals[3], 1)), "questions": int(totals[3])}
+
+    @staticmethod
+    def _first_questions(batch: dict, budget: int) -> list[tuple[int, list[dict]]]:
+        """(row, conversation) of up to `budget` rows that have a question and an answer."""
+        rows = []
+        for row, text in enumerate(batch[contract.CONVERSATION]):
+            if len(rows) >= budget:
+                break
+            conversation = parse_conversation(str(text))
+            if len(conversation) >= 2:
+                rows.append((row, conversation))
+        return rows
 
 
 def normalise(text: str) -> str:

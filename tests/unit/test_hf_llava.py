@@ -61,7 +61,7 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
         our_logits = model.lm(inputs_embeds=model.embed(pixels, prompt[None])).logits
         their_logits = llava(input_ids=prompt[None], pixel_values=pixels).logits
     assert torch.allclose(our_logits, their_logits, atol=1e-4)
-    ours = model.generate(pixels[0], prompt, 8, encoder.stop_ids)
+    ours = model.generate(pixels, [prompt.tolist()], 8, encoder.stop_ids, encoder.pad_id)[0]
     with torch.no_grad():
         generated = llava.generate(input_ids=prompt[None], pixel_values=pixels, max_new_tokens=8, do_sample=False,
                                    eos_token_id=sorted(encoder.stop_ids), pad_token_id=encoder.pad_id)

@@ -102,10 +102,32 @@ def test_generation_uses_the_image(parts):
     task = VlmTask(_cfg(root, lm))
     model = task.build_model().eval()
     encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
-    prompt = torch.tensor(encoder.encode_prompt([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                                                 {"from": "gpt", "value": "red"}]))
-    out = model.generate(torch.randn(3, 16, 16), prompt, max_new_tokens=4, stop_ids=set())
-    assert len(out) == 4
+    prompt = encoder.encode_prompt([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+                                    {"from": "gpt", "value": "red"}])
+    out = model.generate(torch.randn(1, 3, 16, 16), [prompt], max_new_tokens=4, stop_ids=set(), pad_id=encoder.pad_id)
+    assert len(out) == 1 and len(out[0]) == 4
+
+
+def test_batched_generation_equals_one_at_a_time(parts):
+    """Prompts of different lengths, left-padded in one batch, give each row the tokens it gets alone."""
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm))
+    model = task.build_model().eval()
+    with torch.no_grad():  # an untrained LM answers everything alike: larger random weights tell rows apart
+        for param in list(model.projector.parameters()) + list(model.lm.parameters()):
+            param.normal_(0, 0.5, generator=torch.Generator().manual_seed(param.numel()))
+    encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=64)
+    questions = ["what colour?", "how many shapes are there in the picture, counting all?", "size?",
+                 "are the shapes on the left or the right side of the image?"]
+    prompts = [encoder.encode_prompt([{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": "x"}])
+               for q in questions]
+    assert len({len(p) for p in prompts}) == len(prompts)
+    images = torch.randn(len(prompts), 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    stop = set(encoder.stop_ids)
+    batched = model.generate(images, prompts, 6, stop, encoder.pad_id)
+    alone = [model.generate(images[i:i + 1], [p], 6, stop, encoder.pad_id)[0] for i, p in enumerate(prompts)]
+    assert batched == alone
+    assert len({tuple(answer) for answer in alone}) > 1, alone  # the rows differ, so the check means something
 
 
 def test_projector_shapes():

@@ -10,6 +10,7 @@ import re
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import GenerationConfig
 
 from pipelines.conversations import IGNORE_INDEX, supervised_positions
 
@@ -71,17 +72,29 @@ class VisionLanguageModel(nn.Module):
         return F.cross_entropy(logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
-    def generate(self, image_CHW: torch.Tensor, prompt_ids_L: torch.Tensor, max_new_tokens: int,
-                 stop_ids: set[int]) -> list[int]:
-        """Greedy decoding of one sample, reusing the LM's KV cache between steps."""
-        embeds = self.embed(image_CHW.unsqueeze(0), prompt_ids_L.unsqueeze(0))
-        out = self.lm(inputs_embeds=embeds, use_cache=True)
-        generated: list[int] = []
-        for _ in range(max_new_tokens):
-            next_id = int(out.logits[0, -1].argmax())
-            if next_id in stop_ids:
-                break
-            generated.append(next_id)
-            out = self.lm(input_ids=torch.tensor([[next_id]], device=prompt_ids_L.device),
-                          cache=out.cache, use_cache=True)
-        return generated
+    def generate(self, images_BCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int,
+                 stop_ids: set[int], pad_id: int) -> list[list[int]]:
+        """Greedy answers for a batch: prompts of any lengths are left-padded (every row's last prompt
+        token is then at the same place, where generation continues) and the LM's own `generate`
+        decodes with its KV cache, taking positions from the attention mask. Each answer ends before
+        its first stop token. The same tokens as generating each row alone, in one batched pass."""
+        device = images_BCHW.device
+        length = max(len(prompt) for prompt in prompts)
+        ids_BL = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+        mask_BL = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids_BL[row, length - len(prompt):] = torch.tensor(prompt)
+            mask_BL[row, length - len(prompt):] = 1
+        ids_BL, mask_BL = ids_BL.to(device), mask_BL.to(device)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids),
+                                  pad_token_id=pad_id)
+        new_BN = self.lm.generate(inputs_embeds=self.embed(images_BCHW, ids_BL), attention_mask=mask_BL,
+                                  generation_config=config)
+        return [_until_stop(row, stop_ids) for row in new_BN.tolist()]
+
+
+def _until_stop(token_ids: list[int], stop_ids: set[int]) -> list[int]:
+    for end, token_id in enumerate(token_ids):
+        if token_id in stop_ids:
+            return token_ids[:end]
+    return token_ids

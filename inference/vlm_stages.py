@@ -1,0 +1,86 @@
+"""Asking a trained VLM: one image in the driver (`mmtrain ask`), or shards in the Ray Data actor
+pool (`mmtrain caption`), both by batched greedy generation with the LM's KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.pool import (PoolOptions, parquet_files, run_summary, source_columns, start_inference,
+                            write_manifest, write_parquet)
+from inference.trained import autocast, find_trained, inference_device, load_trained_model
+from pipelines import contract
+from pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
+from pipelines.images import BadSample, decode_eval
+from pipelines.stages import SelectColumns
+
+CAPTION_COLUMNS = (contract.IMAGE, contract.LABEL, contract.KEY, contract.POSITION, "caption")
+
+
+class Answerer:
+    """A trained VLM that answers one question about images, a batch at a time."""
+
+    def __init__(self, checkpoint: str | Path, question: str, max_new_tokens: int = 0, command: str = "ask"):
+        if not question.strip():
+            raise ValueError("the question is empty: ask something about the image")
+        self.run = find_trained(checkpoint, "vlm", command)
+        self._device = inference_device()
+        self._task, self._model = load_trained_model(self.run, self._device)
+        self._encoder = ConversationEncoder(self._task.tokenizer, self._task.tower.num_patches, self.run.cfg.max_length)
+        # As trained: the image placeholder first (stage 1's caption prompt is the placeholder alone).
+        turn = question if IMAGE_PLACEHOLDER in question else f"{IMAGE_PLACEHOLDER}\n{question}"
+        # The reply is not part of the prompt; encode_prompt needs a conversation that has one.
+        self._prompt = self._encoder.encode_prompt([{"from": "human", "value": turn}, {"from": "gpt", "value": ""}])
+        self._max_new_tokens = max_new_tokens or self.run.cfg.eval.max_new_tokens
+        self.question = question
+
+    def answer(self, images_BHWC: np.ndarray) -> list[str]:
+        """uint8 images as the pipeline delivers them -> one answer each."""
+        images = self._task.normalize(images_BHWC, self._device)
+        with torch.inference_mode(), autocast(self._device):
+            answers = self._model.generate(images, [self._prompt] * len(images), self._max_new_tokens,
+                                           self._encoder.stop_ids, self._encoder.pad_id)
+        return [self._task.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+    def answer_file(self, image: Path) -> str:
+        data = self.run.cfg.data
+        try:
+            pixels = decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)
+        except OSError as err:
+            raise ValueError(f"--image {image}: {err.strerror or err}") from None
+        except BadSample as err:
+            raise ValueError(f"--image {image} could not be used as an image ({err.reason})") from None
+        return self.answer(pixels[None])[0]
+
+
+class CaptionStage:
+    """The actor-pool stage of `mmtrain caption`: one VLM replica per actor."""
+
+    def __init__(self, checkpoint: str, shard_paths: list[str], prompt: str, max_new_tokens: int, counter=None):
+        self._answerer = Answerer(checkpoint, prompt, max_new_tokens, command="caption")
+        self._shard_paths, self._counter = shard_paths, counter
+
+    def __call__(self, batch: dict) -> dict:
+        out = source_columns(batch, self._shard_paths)
+        out["prompt"] = np.full(len(out["key"]), self._answerer.question, dtype=object)
+        out["generation"] = np.asarray(self._answerer.answer(batch[contract.IMAGE]), dtype=object)
+        if self._counter is not None:
+            self._counter.add.remote(len(out["key"]))
+        return out
+
+
+def caption(checkpoint: str | Path, specs: list[str], out_dir: Path, options: PoolOptions,
+            prompt: str = CAPTION_PROMPT, max_new_tokens: int = 0) -> dict:
+    """Writes OUT/*.parquet (key, shard, caption, label, prompt, generation) and OUT/_manifest.json."""
+    if not prompt.strip():
+        raise ValueError("--prompt is empty: give the instruction the model answers for each image")
+    run = find_trained(checkpoint, "vlm", "caption")
+    inference = start_inference(run, specs, CaptionStage, {"prompt": prompt, "max_new_tokens": max_new_tokens},
+                                options, text_stage=(SelectColumns, {}), columns=CAPTION_COLUMNS)
+    rows = write_parquet(inference, out_dir, "caption")
+    manifest = {"kind": "mmtrain-generations", **run_summary(inference, run, specs, rows), "prompt": prompt,
+                "files": [path.name for path in parquet_files(out_dir)]}
+    write_manifest(out_dir, manifest)
+    return manifest
