@@ -40,7 +40,10 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config
     (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
     if data_position is not None:
         (directory / DATA_POSITION).write_text(json.dumps(data_position))
-    checksums = {path.name: _sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
+    # Over the files just written (and any already there), never over an older checksums.json: a
+    # checkpoint saved again into its directory would otherwise list a stale digest of that file.
+    checksums = {path.name: _sha256(path) for path in sorted(directory.iterdir())
+                 if path.is_file() and path.name != CHECKSUMS}
     (directory / CHECKSUMS).write_text(json.dumps(checksums, indent=1))
     return directory
 

@@ -217,3 +217,13 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, 
     assert f"skipping checkpoint {newer}: model.pt does not match" in capsys.readouterr().out
     with pytest.raises(ValueError, match="is damaged: model.pt"):
         latest_checkpoint(newer)
+
+
+def test_a_checkpoint_saved_again_into_its_directory_is_intact(tmp_path):
+    from training.checkpoint import checkpoint_problem
+
+    cfg = _cfg()
+    _, model, optimizer, _ = _setup(cfg)
+    save_checkpoint(tmp_path / "checkpoint_000000", model, optimizer, TrainState(step=1), {})
+    save_checkpoint(tmp_path / "checkpoint_000000", model, optimizer, TrainState(step=2), {})
+    assert checkpoint_problem(tmp_path / "checkpoint_000000") is None
