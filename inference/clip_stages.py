@@ -9,17 +9,19 @@ import numpy as np
 import torch
 
 from inference.pool import source_columns
-from inference.trained import autocast, find_trained, inference_device, load_trained_model
+from inference.trained import TrainedRun, autocast, inference_device, load_trained_model
 from pipelines import contract
 from training.model_inputs import to_tensor
 
 
 class ClipEmbedder:
-    """Rows -> L2-normalised image and caption embeddings and their cosine (the CLIP score)."""
+    """Rows -> L2-normalised image and caption embeddings and their cosine (the CLIP score).
 
-    def __init__(self, checkpoint: str, shard_paths: list[str], counter=None, command: str = "embed"):
+    Takes the run the driver found and checked (kind, intact checksums): a replica only loads it."""
+
+    def __init__(self, run: TrainedRun, shard_paths: list[str], counter=None):
         self._device = inference_device()
-        self._task, self._model = load_trained_model(find_trained(checkpoint, "clip", command), self._device)
+        self._task, self._model = load_trained_model(run, self._device)
         self._shard_paths, self._counter = shard_paths, counter
 
     @torch.inference_mode()
@@ -51,11 +53,11 @@ class ZeroShotClassifier(ClipEmbedder):
     """Rows -> the class whose prompt embeddings (averaged over templates) are nearest the image,
     with its probability (softmax over classes at the model's own temperature)."""
 
-    def __init__(self, checkpoint: str, shard_paths: list[str], classes: list[str], templates: list[str],
+    def __init__(self, run: TrainedRun, shard_paths: list[str], classes: list[str], templates: list[str],
                  counter=None):
         from training.evaluate import zero_shot_classifier
 
-        super().__init__(checkpoint, shard_paths, counter, command="classify")
+        super().__init__(run, shard_paths, counter)
         cfg = self._task.cfg
         with torch.inference_mode():
             self._classifier_CE = zero_shot_classifier(self._model, cfg.data.tokenizer, cfg.data.context_length,

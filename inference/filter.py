@@ -37,7 +37,7 @@ def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, optio
     if any(out_dir.glob("*.tar")):
         raise ValueError(f"--out {out_dir} already holds shards: choose a new directory or remove it")
     run = find_trained(checkpoint, "clip", "data filter")
-    inference = start_inference(run, specs, ClipEmbedder, {"command": "data filter"}, options)
+    inference = start_inference(run, specs, ClipEmbedder, {}, options)
     with ProgressPrinter(inference.counter, inference.total_samples, "score"):
         scored = ray.get(inference.dataset.select_columns(["shard", "key", "clip_score"]).to_arrow_refs())
     table = pa.concat_tables(scored) if scored else None

@@ -31,12 +31,16 @@ INFERENCE_COLUMNS = (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK
                      contract.KEY, contract.POSITION, "caption")
 
 
+WRITER_CPUS = 0.5  # per Parquet write task
+
+
 @dataclass(frozen=True)
 class PoolOptions:
     actors: int = 2              # model replicas
     gpus_per_actor: float = 0.0  # 0: CPU replicas
     cpus_per_actor: float = 1.0
     batch_size: int = 128        # rows per model call
+    data_workers: int = 0        # read/decode actors; 0 = data.workers, else the CPUs the replicas leave
     ray_address: str = ""        # "" = $RAY_ADDRESS, else a local Ray instance
 
 
@@ -63,23 +67,35 @@ def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_
     ensure_ray(options.ray_address, run.cfg.run.local_num_cpus)
     started = time.perf_counter()
     ledger, counter = SampleLedger.remote(), ProgressCounter.remote()
-    # The model replicas take their CPUs first; the read/decode pool gets what is left (at least one).
-    spare = ray.cluster_resources().get("CPU", 1.0) - options.actors * options.cpus_per_actor
-    data_cfg = dataclasses.replace(data_cfg, workers=data_cfg.workers or max(1, int(spare // data_cfg.cpus_per_worker)))
+    data_cfg = dataclasses.replace(data_cfg, workers=options.data_workers or data_cfg.workers or
+                                   data_pool_size(options, data_cfg.cpus_per_worker))
     if text_stage is not None:
         text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger})
     dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=columns,
                             text_stage=text_stage)
     dataset = dataset.map_batches(
         model_stage,
-        fn_constructor_kwargs={**stage_kwargs, "checkpoint": str(run.checkpoint), "shard_paths": shards.paths,
+        fn_constructor_kwargs={**stage_kwargs, "run": run, "shard_paths": shards.paths,
                                "counter": counter},
         batch_size=options.batch_size,
-        compute=ActorPoolStrategy(size=options.actors),
+        # One task per replica at a time: a queue behind a busy replica would leave another idle
+        # (blocks are a shard's rows, so a few blocks are minutes of work on a CPU).
+        compute=ActorPoolStrategy(size=options.actors, max_tasks_in_flight_per_actor=1),
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor or None,
     )
     return InferenceRun(dataset, ledger, counter, shards, count_dataset_samples(shards), started)
+
+
+def data_pool_size(options: PoolOptions, cpus_per_worker: float) -> int:
+    """Read/decode actors beside the model pool. GPU replicas wait on decoding: it gets every CPU the
+    replicas and the writer leave. CPU replicas are the bottleneck themselves (a tiny CLIP embeds
+    ~4,000 images/s per actor where one decode actor delivers ~1,500; real models are far slower),
+    so one decode actor per two replicas, and the rest of the CPUs stay with the model."""
+    if options.gpus_per_actor > 0:
+        spare = ray.cluster_resources().get("CPU", 1.0) - options.actors * options.cpus_per_actor - WRITER_CPUS
+        return max(1, int(spare // cpus_per_worker))
+    return max(1, options.actors // 2)
 
 
 def write_parquet(inference: InferenceRun, out_dir: Path, label: str) -> int:
@@ -90,7 +106,8 @@ def write_parquet(inference: InferenceRun, out_dir: Path, label: str) -> int:
     if parquet_files(out_dir):
         raise ValueError(f"--out {out_dir} already holds Parquet files: choose a new directory or remove it")
     with ProgressPrinter(inference.counter, inference.total_samples, label):
-        inference.dataset.write_parquet(str(out_dir))
+        # Writers are short tasks: without CPUs set aside they queue behind the actor pools' CPUs.
+        inference.dataset.write_parquet(str(out_dir), ray_remote_args={"num_cpus": WRITER_CPUS})
     return sum(pq.ParquetFile(path).metadata.num_rows for path in parquet_files(out_dir))
 
 

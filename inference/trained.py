@@ -73,9 +73,9 @@ def model_fingerprint(checkpoint: Path) -> str:
 
 def load_trained_model(run: TrainedRun, device: torch.device):
     """(task, model) with the checkpoint's weights, in eval mode on `device`."""
-    from training.worker import TASKS
+    from training.tasks import task_class
 
-    task = TASKS[run.kind](run.cfg)
+    task = task_class(run.kind)(run.cfg)
     model = task.build_model()
     load_checkpoint(run.checkpoint, model)
     model.eval().requires_grad_(False)

@@ -10,7 +10,7 @@ import torch
 
 from inference.pool import (PoolOptions, parquet_files, run_summary, source_columns, start_inference,
                             write_manifest, write_parquet)
-from inference.trained import autocast, find_trained, inference_device, load_trained_model
+from inference.trained import TrainedRun, autocast, find_trained, inference_device, load_trained_model
 from pipelines import contract
 from pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
 from pipelines.images import BadSample, decode_eval
@@ -22,10 +22,10 @@ CAPTION_COLUMNS = (contract.IMAGE, contract.LABEL, contract.KEY, contract.POSITI
 class Answerer:
     """A trained VLM that answers one question about images, a batch at a time."""
 
-    def __init__(self, checkpoint: str | Path, question: str, max_new_tokens: int = 0, command: str = "ask"):
+    def __init__(self, run: TrainedRun, question: str, max_new_tokens: int = 0):
         if not question.strip():
             raise ValueError("the question is empty: ask something about the image")
-        self.run = find_trained(checkpoint, "vlm", command)
+        self.run = run
         self._device = inference_device()
         self._task, self._model = load_trained_model(self.run, self._device)
         self._encoder = ConversationEncoder(self._task.tokenizer, self._task.tower.num_patches, self.run.cfg.max_length)
@@ -58,8 +58,8 @@ class Answerer:
 class CaptionStage:
     """The actor-pool stage of `mmtrain caption`: one VLM replica per actor."""
 
-    def __init__(self, checkpoint: str, shard_paths: list[str], prompt: str, max_new_tokens: int, counter=None):
-        self._answerer = Answerer(checkpoint, prompt, max_new_tokens, command="caption")
+    def __init__(self, run: TrainedRun, shard_paths: list[str], prompt: str, max_new_tokens: int, counter=None):
+        self._answerer = Answerer(run, prompt, max_new_tokens)
         self._shard_paths, self._counter = shard_paths, counter
 
     def __call__(self, batch: dict) -> dict:

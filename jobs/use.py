@@ -111,9 +111,11 @@ def run_classify(args) -> int:
 
 
 def run_ask(args) -> int:
+    from inference.trained import find_trained
     from inference.vlm_stages import Answerer
 
-    answer = Answerer(args.checkpoint, args.question, args.max_new_tokens).answer_file(args.image)
+    run = find_trained(args.checkpoint, "vlm", "ask")
+    answer = Answerer(run, args.question, args.max_new_tokens).answer_file(args.image)
     print(answer or "(the model answered with an end of turn at once: an empty answer)")
     return 0
 

@@ -19,7 +19,7 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     """(metrics, sample table) for a CLIP or VLM checkpoint (or a run directory's latest one)."""
     from pipelines.dataset import build_dataset
     from training.run import classes_and_templates, ensure_ray
-    from training.worker import TASKS
+    from training.tasks import task_class
 
     checkpoint = latest_checkpoint(checkpoint)
     data = load_config_dict(checkpoint)
@@ -32,14 +32,14 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=[], templates=[]))
         classes, templates = classes_and_templates(cfg)
         assets = EvalAssets(cfg.data.tokenizer, classes, templates)
-    task_class = TASKS[kind]
-    task = task_class(cfg)
+    task_type = task_class(kind)
+    task = task_type(cfg)
     model = task.build_model()
     load_checkpoint(checkpoint, model)
     model.eval()
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    dataset = build_dataset(cfg.data, list(shards), train=False, columns=task_class.eval_columns,
-                            text_stage=task_class.text_stage(cfg))
+    dataset = build_dataset(cfg.data, list(shards), train=False, columns=task_type.eval_columns,
+                            text_stage=task_type.text_stage(cfg))
     with torch.no_grad():
         batches = dataset.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy")
         metrics = task.evaluate(model, batches, torch.device("cpu"), assets)

@@ -27,7 +27,6 @@ from pipelines.collate import VlmCollate
 from pipelines.ledger import check_bad_fraction
 from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
                                  load_tracking_run_id, save_checkpoint)
-from training.clip_task import ClipTask
 from training.config import ClipRunConfig, VlmRunConfig
 from training.consumption import Consumption
 from training.distributed import global_mean
@@ -36,9 +35,8 @@ from training.optim import build_optimizer, warmup_cosine
 from training.payload import EvalAssets, WorkerPayload
 from training.resume import config_changes, plan_schedule, seed_for
 from training.tracking import TRACKING_OFF, Tracker
-from training.vlm_task import VlmTask
+from training.tasks import task_class
 
-TASKS = {"clip": ClipTask, "vlm": VlmTask}
 # How Ray turns each trainer's numpy batches into tensors (None: Ray's default, every column a tensor).
 # The VLM's adds contract.PREDICTING, found on the host (pipelines/collate.py).
 TRAIN_COLLATE = {"clip": None, "vlm": VlmCollate}
@@ -64,7 +62,7 @@ def train_worker(loop_config: dict) -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     payload: WorkerPayload = loop_config["payload"]
     cfg: RunConfig = payload.config
-    task = TASKS[payload.task](cfg)
+    task = task_class(payload.task)(cfg)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
 
@@ -423,14 +421,14 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
     shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
-    task_class = TASKS[task]
+    task_type = task_class(task)
     datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
-                                       columns=task_class.train_columns + (contract.POSITION,),
-                                       text_stage=task_class.text_stage(cfg, ledger),
+                                       columns=task_type.train_columns + (contract.POSITION,),
+                                       text_stage=task_type.text_stage(cfg, ledger),
                                        epochs=_stream_epochs(cfg, shards))}
     if eval_assets is not None:
         datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
-                                         columns=task_class.eval_columns, text_stage=task_class.text_stage(cfg))
+                                         columns=task_type.eval_columns, text_stage=task_type.text_stage(cfg))
     output_dir = cfg.run.output_dir
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(

@@ -186,6 +186,7 @@ def test_filter_keeps_exactly_the_samples_at_or_above_the_threshold(ray_local, c
 
 
 def test_caption_in_the_actor_pool_equals_asking_one_image_at_a_time(ray_local, clip_run, shapes, tmp_path, capsys):
+    from inference.trained import find_trained
     from inference.vlm_stages import Answerer
     from tests.trained_models import save_tiny_vlm
 
@@ -196,7 +197,7 @@ def test_caption_in_the_actor_pool_equals_asking_one_image_at_a_time(ray_local, 
     rows = pd.read_parquet(out).set_index("key")
     assert len(rows) == 128 and set(rows["prompt"]) == {question}
 
-    answerer = Answerer(vlm, question, max_new_tokens=5)
+    answerer = Answerer(find_trained(vlm, "vlm", "ask"), question, max_new_tokens=5)
     images = decoded([str(shapes / "val-00000.tar")], tiny_clip_config(shapes))
     alone = {key: answerer.answer(images[contract.IMAGE][i:i + 1])[0]
              for i, key in enumerate(images[contract.KEY][:12])}
