@@ -3,6 +3,7 @@ inner product (faiss IndexFlatIP) and the inverted-file index used past IVF_THRE
 the IVF's recall@10 against exact search. Single queries (as `mmtrain search` asks) and a batch.
 
     python -m benchmarks.search_latency --out benchmarks/results/search_latency_1m_2core.json
+    python -m benchmarks.search_latency --clusters 10000 --out benchmarks/results/search_latency_1m_clustered_2core.json
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from benchmarks.common import write_report
 from inference import index as vector_index
 
 
-def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((count, dim), dtype=np.float32)
+def unit_vectors(count: int, dim: int, seed: int, clusters: int = 0) -> np.ndarray:
+    """Uniform on the sphere, or (clusters > 0) scattered around that many random centres, as
+    embeddings of a real corpus are: uniform vectors have no near neighbours for an IVF to find."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, dim), dtype=np.float32)
+    if clusters:
+        centres = np.random.default_rng(1234).standard_normal((clusters, dim), dtype=np.float32)
+        vectors = centres[rng.integers(0, clusters, count)] + 0.5 * vectors
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors
 
@@ -46,13 +53,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--clusters", type=int, default=0, help="0: uniform random vectors; K: around K centres")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_latency.json"))
     args = parser.parse_args()
 
-    vectors = unit_vectors(args.vectors, args.dim, seed=0)
-    queries = unit_vectors(args.queries, args.dim, seed=1)
+    vectors = unit_vectors(args.vectors, args.dim, seed=0, clusters=args.clusters)
+    queries = unit_vectors(args.queries, args.dim, seed=1, clusters=args.clusters)
     report = {"benchmark": "search_latency", "vectors": args.vectors, "dim": args.dim, "queries": args.queries,
-              "k": args.k, "cpus": os.cpu_count(), "ivf_threshold": vector_index.IVF_THRESHOLD}
+              "k": args.k, "clusters": args.clusters, "cpus": os.cpu_count(), "ivf_threshold": vector_index.IVF_THRESHOLD}
     results = {}
     for name, threshold in (("flat", args.vectors + 1), ("ivf", 0)):
         vector_index.IVF_THRESHOLD = threshold

@@ -43,7 +43,7 @@ def classify(checkpoint: str | Path, specs: list[str], class_spec: str, template
     templates = check_templates(templates or data_templates(specs) or [DEFAULT_TEMPLATE])
     run = find_trained(checkpoint, "clip", "classify")
     inference = start_inference(run, specs, ZeroShotClassifier, {"classes": classes, "templates": templates},
-                                options)
+                                options, classes=classes)
     rows = write_parquet(inference, out_dir, "classify")
     manifest = {"kind": "mmtrain-zero-shot-predictions", **run_summary(inference, run, specs, rows),
                 "classes": classes, "templates": templates}

@@ -22,6 +22,7 @@ from inference.clip_stages import ClipEmbedder
 from inference.pool import PoolOptions, run_summary, start_inference
 from inference.progress import ProgressPrinter
 from inference.trained import find_trained
+from pipelines.image_folder import image_files
 from pipelines.shard_writer import ShardInfo, _add_member, write_manifest
 from pipelines.sources import SHARD_SUFFIXES, ShardList
 from pipelines.tar_samples import iter_raw_samples
@@ -37,6 +38,9 @@ def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, optio
     if any(out_dir.glob("*.tar")):
         raise ValueError(f"--out {out_dir} already holds shards: choose a new directory or remove it")
     run = find_trained(checkpoint, "clip", "data filter")
+    if len(specs) == 1 and image_files(specs[0]):
+        raise ValueError(f"--data {specs[0]} is a folder of images: `data filter` writes shards from shards; "
+                         "make shards first with `mmtrain data convert FOLDER SHARDS --format folder`")
     inference = start_inference(run, specs, ClipEmbedder, {}, options)
     with ProgressPrinter(inference.counter, inference.total_samples, "score"):
         scored = ray.get(inference.dataset.select_columns(["shard", "key", "clip_score"]).to_arrow_refs())

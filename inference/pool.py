@@ -1,7 +1,8 @@
 """The batch-inference pipeline: the training pipeline's robust reader and eval decode (bad samples
 skipped and counted in a SampleLedger), then a pool of model replicas, one per Ray Data actor.
 
-    shards -> read/decode/tokenize pool (pipelines/dataset.py, one pass in file order)
+    shards, or a folder of images (pipelines/image_folder.py)
+           -> read/decode/tokenize pool (pipelines/dataset.py, one pass in file order)
            -> model pool (`model_stage`: loads the model once per actor, a GPU each when asked)
            -> Ray Data's Parquet writer, or rows handed to the caller
 """
@@ -22,9 +23,11 @@ from ray.data import ActorPoolStrategy
 from inference.progress import ProgressCounter, ProgressPrinter
 from inference.trained import TrainedRun
 from pipelines import contract, position
-from pipelines.dataset import build_dataset, count_dataset_samples
+from pipelines.dataset import build_dataset, count_dataset_samples, map_stages
+from pipelines.image_folder import ImageFolderDatasource, folder_labels, image_files
 from pipelines.ledger import SampleLedger
 from pipelines.sources import ShardList, resolve_shards
+from pipelines.stages import Tokenize
 
 # What the model stage receives: the image and tokenized caption, and what the output rows keep.
 INFERENCE_COLUMNS = (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABEL,
@@ -40,7 +43,7 @@ class PoolOptions:
     gpus_per_actor: float = 0.0  # 0: CPU replicas
     cpus_per_actor: float = 1.0
     batch_size: int = 128        # rows per model call
-    data_workers: int = 0        # read/decode actors; 0 = data.workers, else the CPUs the replicas leave
+    data_workers: int = 0        # read/decode actors; 0 = the run's data.workers, else data_pool_size
     ray_address: str = ""        # "" = $RAY_ADDRESS, else a local Ray instance
 
 
@@ -51,32 +54,38 @@ class InferenceRun:
     dataset: ray.data.Dataset
     ledger: object     # SampleLedger handle: good count and bad samples by reason
     counter: object    # ProgressCounter handle: rows the model pool has finished
-    shards: ShardList
-    total_samples: int  # from the tar headers, good and bad
+    sources: list[str]  # what each row's shard number names: a shard, or the image folder
+    shards: ShardList | None  # None for an image folder
+    total_samples: int  # from the tar headers (good and bad), or the image files
     started: float
 
 
 def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_kwargs: dict,
                     options: PoolOptions, text_stage: tuple[type, dict] | None = None,
-                    columns: tuple[str, ...] = INFERENCE_COLUMNS) -> InferenceRun:
-    """Lists the shards (a mistyped path fails before Ray starts), starts Ray, composes the pipeline."""
+                    columns: tuple[str, ...] = INFERENCE_COLUMNS, classes: list[str] = ()) -> InferenceRun:
+    """Lists the shards or image files (a mistyped path fails before Ray starts), starts Ray, composes
+    the pipeline. `classes` label an image folder's files by their subfolder's name."""
     from training.run import ensure_ray
 
-    data_cfg = run.cfg.data
-    shards = resolve_shards(specs, data_cfg.s3_endpoint)
+    files = image_files(specs[0]) if len(specs) == 1 else []
+    shards = None if files else resolve_shards(specs, run.cfg.data.s3_endpoint)
     ensure_ray(options.ray_address, run.cfg.run.local_num_cpus)
     started = time.perf_counter()
     ledger, counter = SampleLedger.remote(), ProgressCounter.remote()
+    data_cfg = run.cfg.data
     data_cfg = dataclasses.replace(data_cfg, workers=options.data_workers or data_cfg.workers or
                                    data_pool_size(options, data_cfg.cpus_per_worker))
-    if text_stage is not None:
-        text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger})
-    dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=columns,
-                            text_stage=text_stage)
+    text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger}) if text_stage else (
+        Tokenize, dict(tokenizer_path=data_cfg.tokenizer, context_length=data_cfg.context_length, ledger=ledger))
+    if files:
+        dataset, sources = _image_folder_rows(specs[0], files, classes, data_cfg, ledger, columns, text_stage)
+        total = len(files)
+    else:
+        dataset = build_dataset(data_cfg, specs, train=False, ledger=ledger, columns=columns, text_stage=text_stage)
+        sources, total = shards.paths, count_dataset_samples(shards)
     dataset = dataset.map_batches(
         model_stage,
-        fn_constructor_kwargs={**stage_kwargs, "run": run, "shard_paths": shards.paths,
-                               "counter": counter},
+        fn_constructor_kwargs={**stage_kwargs, "run": run, "shard_paths": sources, "counter": counter},
         batch_size=options.batch_size,
         # One task per replica at a time: a queue behind a busy replica would leave another idle
         # (blocks are a shard's rows, so a few blocks are minutes of work on a CPU).
@@ -84,7 +93,16 @@ def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor or None,
     )
-    return InferenceRun(dataset, ledger, counter, shards, count_dataset_samples(shards), started)
+    return InferenceRun(dataset, ledger, counter, sources, shards, total, started)
+
+
+def _image_folder_rows(folder: str, files: list[str], classes, data_cfg, ledger, columns, text_stage):
+    """(decoded rows of a folder's image files, what each row's shard number names)."""
+    source = ImageFolderDatasource(folder, files, folder_labels(files, list(classes)), data_cfg.decode_batch_size)
+    sources = [str(Path(folder).resolve())] * len(source.chunks())
+    dataset = ray.data.read_datasource(source, override_num_blocks=len(sources), num_cpus=data_cfg.cpus_per_worker)
+    return map_stages(dataset, data_cfg, train=False, ledger=ledger, columns=columns, text_stage=text_stage,
+                      workers=min(data_cfg.workers, len(sources))), sources
 
 
 def data_pool_size(options: PoolOptions, cpus_per_worker: float) -> int:
@@ -122,7 +140,7 @@ def run_summary(inference: InferenceRun, run: TrainedRun, specs: list[str], rows
     return {
         "model": {"kind": run.kind, "checkpoint": str(run.checkpoint), "model_sha256": run.fingerprint},
         "data": list(specs),
-        "shards": len(inference.shards),
+        "shards": len(set(inference.sources)) if inference.shards is None else len(inference.shards),
         "samples_in_shards": inference.total_samples,
         "good_samples": counts["good"],
         "rows_written": rows,

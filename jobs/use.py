@@ -104,6 +104,8 @@ def run_classify(args) -> int:
 
     manifest = classify(args.checkpoint, args.data, args.classes, args.templates, args.out, pool_options(args))
     print_counts(manifest, args.out)
+    print(f"{len(manifest['classes'])} classes in {len(manifest['templates'])} prompt templates "
+          f"({manifest['templates'][0]!r}{', ...' if len(manifest['templates']) > 1 else ''})")
     if "accuracy" in manifest:
         print(f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
               f"confusion matrix: {args.out / CONFUSION_FIGURE}")

@@ -20,12 +20,13 @@ OVERSIZED_IMAGE = "oversized_image"    # width x height over the max-pixels guar
 OVERSIZED_MEMBER = "oversized_member"  # a tar member too large to load into memory safely
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # VLM: truncation left no assistant token to learn
 IMAGE_TRUNCATED = "image_truncated"    # VLM: max_length cuts into the image's tokens
+UNREADABLE_FILE = "unreadable_file"    # an image file of a folder source that could not be read
 
 ALL = (
     TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, PICKLE_MEMBER, MISSING_IMAGE, MISSING_CAPTION,
     EMPTY_CAPTION, BAD_METADATA, NOT_AN_IMAGE, OVERSIZED_IMAGE, OVERSIZED_MEMBER, NO_SUPERVISED_TOKENS,
     IMAGE_TRUNCATED, BAD_CONVERSATION, IMAGE_PLACEHOLDERS, DUPLICATE_MEMBER, MEMBERS_NOT_ADJACENT, BAD_HEADER,
-    EMPTY_SHARD, PARSE_ERROR,
+    EMPTY_SHARD, PARSE_ERROR, UNREADABLE_FILE,
 )
 
 # Events about a shard rather than about one sample; they do not count as samples.

@@ -50,8 +50,19 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
     source = EpochShardDatasource(shards.paths, shards.filesystem, epochs=epochs if train else 1, seed=seed,
                                   shuffle_buffer=cfg.read_shuffle_buffer if train else 0,
                                   rows_per_block=cfg.decode_batch_size, ledger=ledger)
+    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cfg.cpus_per_worker)
+    if text_stage is None:
+        text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
+                                     context_length=cfg.context_length, ledger=ledger))
+    return map_stages(dataset, cfg, train=train, ledger=ledger, columns=columns, text_stage=text_stage,
+                      workers=pool_size(cfg, len(shards.paths)))
+
+
+def map_stages(dataset: ray.data.Dataset, cfg: DataConfig, *, train: bool, ledger, columns: tuple[str, ...] | None,
+               text_stage: tuple[type, dict], workers: int) -> ray.data.Dataset:
+    """Raw rows (datasource.RAW_SCHEMA) -> decode + augment -> the text stage, fused with the read
+    into one pool of `workers` actors."""
     cpus = cfg.cpus_per_worker  # the same for every stage, or Ray will not fuse them
-    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cpus)
     dataset = dataset.map_batches(
         decode_and_augment,
         fn_kwargs=dict(augment=cfg.augment, train=train, max_pixels=cfg.max_image_pixels,
@@ -59,11 +70,7 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
         batch_size=None,
         num_cpus=cpus,
     )
-    if text_stage is None:
-        text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
-                                     context_length=cfg.context_length, ledger=ledger))
     stage_class, stage_kwargs = text_stage
-    workers = pool_size(cfg, len(shards.paths))
     return dataset.map_batches(
         stage_class,
         fn_constructor_kwargs={**stage_kwargs, "columns": tuple(columns) if columns else None},

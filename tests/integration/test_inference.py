@@ -230,3 +230,34 @@ def test_a_run_of_the_wrong_kind_is_refused_with_the_command_to_use(clip_run, sh
     assert main(["embed", "--checkpoint", str(clip_run), "--data", str(tmp_path / "no-such-dir"),
                  "--out", str(tmp_path / "e2")]) == 2
     assert "matched no shards" in capsys.readouterr().err
+
+
+def test_classify_reads_a_folder_of_images_labelled_by_subfolder(ray_local, clip_run, shapes, tmp_path):
+    """Loose image files, in class-named subfolders, classified as the same images in shards are."""
+    folder = tmp_path / "photos"
+    records = list(iter_records(open(shapes / "val-00000.tar", "rb")))[:40]
+    classes = ["circle", "square", "triangle"]
+    for record in records:
+        (folder / classes[record.label]).mkdir(parents=True, exist_ok=True)
+        (folder / classes[record.label] / f"{record.key}.jpg").write_bytes(record.image_bytes)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "preds"
+    # A folder has no manifest.json to take prompt templates from: give both runs the shards' templates.
+    templates = [arg for t in json.loads((shapes / "manifest.json").read_text())["templates"] for arg in ("--template", t)]
+    assert main(["classify", "--checkpoint", str(clip_run), "--data", str(folder), "--classes", ",".join(classes),
+                 "--out", str(out)] + templates) == 0
+    predictions = pd.read_parquet(out).set_index("key")
+    assert len(predictions) == 40 and (predictions["label"] >= 0).all()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["bad_samples"] == {"not_an_image": 1} and manifest["labelled_samples"] == 40
+
+    shard_out = tmp_path / "shard-preds"
+    assert main(["classify", "--checkpoint", str(clip_run), "--data", str(shapes / "val-00000.tar"),
+                 "--classes", ",".join(classes), "--out", str(shard_out)] + templates) == 0
+    from_shards = pd.read_parquet(shard_out).set_index("key")
+    for record in records:
+        row = predictions.loc[f"{classes[record.label]}/{record.key}.jpg"]
+        assert np.allclose(row["class_scores"], from_shards.loc[record.key, "class_scores"], atol=1e-5), (
+            row["class_scores"], from_shards.loc[record.key, "class_scores"])
+        assert row["label"] == record.label
