@@ -104,7 +104,8 @@ def run_classify(args) -> int:
 
     manifest = classify(args.checkpoint, args.data, args.classes, args.templates, args.out, pool_options(args))
     print_counts(manifest, args.out)
-    print(f"{len(manifest['classes'])} classes in {len(manifest['templates'])} prompt templates "
+    templates = len(manifest["templates"])
+    print(f"{len(manifest['classes'])} classes in {templates} prompt template{'s' if templates > 1 else ''} "
           f"({manifest['templates'][0]!r}{', ...' if len(manifest['templates']) > 1 else ''})")
     if "accuracy" in manifest:
         print(f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
