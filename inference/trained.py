@@ -17,10 +17,7 @@ import torch
 from training.checkpoint import CHECKSUMS, latest_checkpoint, load_checkpoint, load_config_dict
 from training.config import ClipRunConfig, VlmRunConfig
 from training.config_io import from_dict
-
-CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
-COMMANDS_FOR = {"clip": "mmtrain embed, search, classify, data filter or eval clip",
-                "vlm": "mmtrain ask, caption or eval vlm"}
+from training.run_kinds import RUN_CONFIGS, check_kind
 
 
 @dataclass(frozen=True)
@@ -31,14 +28,6 @@ class TrainedRun:
     fingerprint: str         # sha256 of model.pt: which weights made an output
 
 
-def run_kind(config: dict) -> str | None:
-    if "stage" in config or "lrs" in config:
-        return "vlm"
-    if "loss" in config:
-        return "clip"
-    return None
-
-
 def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
     """The checkpoint at `path` (a run directory or a checkpoint), refused unless it is a `kind` run."""
     path = Path(path)
@@ -46,12 +35,9 @@ def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
         raise ValueError(f"--checkpoint {path} does not exist: give a run directory (e.g. runs/clip-synth) "
                          "or one of its checkpoint_* directories")
     checkpoint = latest_checkpoint(path).resolve()
-    found = run_kind(load_config_dict(checkpoint))
-    if found != kind:
-        what = f"a {found.upper()} run" if found else "not a run mmtrain wrote"
-        use = f"; for a {found.upper()} run use {COMMANDS_FOR[found]}" if found else ""
-        raise ValueError(f"{checkpoint} is {what}, and `mmtrain {command}` needs a {kind.upper()} run{use}")
-    cfg = from_dict(CONFIGS[kind], load_config_dict(checkpoint))
+    config = load_config_dict(checkpoint)
+    check_kind(config, kind, f"checkpoint {checkpoint}", f"mmtrain {command}")
+    cfg = from_dict(RUN_CONFIGS[kind], config)
     # The weights come from the checkpoint: do not load what the run started from.
     cfg = dataclasses.replace(cfg, init_from="")
     return TrainedRun(kind, checkpoint, cfg, model_fingerprint(checkpoint))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.config_io import load_config
-from training.config import ClipRunConfig, VlmRunConfig
+from training.run_kinds import load_run_config
 
 
 def add_parsers(subparsers) -> None:
@@ -37,8 +36,7 @@ def add_parsers(subparsers) -> None:
 def run_train_clip(args) -> int:
     from training.run import run_clip
 
-    cfg = load_config(ClipRunConfig, args.config, args.set)
-    metrics = run_clip(cfg)
+    metrics = run_clip(load_run_config("clip", args.config, args.set))
     print_summary(metrics)
     return 0
 
@@ -46,7 +44,7 @@ def run_train_clip(args) -> int:
 def run_train_vlm(args) -> int:
     from training.run import run_vlm
 
-    metrics = run_vlm(load_config(VlmRunConfig, args.config, args.set))
+    metrics = run_vlm(load_run_config("vlm", args.config, args.set))
     print_summary(metrics)
     return 0
 

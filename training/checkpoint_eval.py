@@ -8,11 +8,10 @@ from pathlib import Path
 import torch
 
 from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict
-from training.config import ClipRunConfig, VlmRunConfig
 from training.config_io import apply_override, from_dict
+from training.run_kinds import RUN_CONFIGS, check_kind
 from training.payload import EvalAssets
 
-CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
 
 
 def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> tuple[dict, list]:
@@ -23,9 +22,11 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
 
     checkpoint = latest_checkpoint(checkpoint)
     data = load_config_dict(checkpoint)
+    check_kind(data, kind, f"checkpoint {checkpoint}", f"mmtrain eval {kind}",
+               f"mmtrain eval {{kind}} --checkpoint {checkpoint} --data ...")
     for override in overrides:
         apply_override(data, override)
-    cfg = from_dict(CONFIGS[kind], data)
+    cfg = from_dict(RUN_CONFIGS[kind], data)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_shards=list(shards)))
     assets = EvalAssets()
     if kind == "clip":

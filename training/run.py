@@ -91,7 +91,9 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         return
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
            "TOKENIZERS_PARALLELISM": "false",
-           "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # sweep trials keep the working dir that relative paths mean
+           "RAY_CHDIR_TO_TRIAL_DIR": "0",  # sweep trials keep the working dir that relative paths mean
+           # Train's workers replace print with a logger that also tees to stdout: every line twice.
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if address or os.environ.get("RAY_ADDRESS"):
         # Inside a Ray job these are already in the job's runtime env, and Ray refuses a driver
         # runtime env that sets the same keys again.

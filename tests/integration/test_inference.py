@@ -218,9 +218,10 @@ def test_a_run_of_the_wrong_kind_is_refused_with_the_command_to_use(clip_run, sh
     vlm = save_tiny_vlm(clip_run, shapes / "val-00000.tar", tmp_path / "vlm-run")
     val = str(shapes / "val-00000.tar")
     assert main(["embed", "--checkpoint", str(vlm.parent), "--data", val, "--out", str(tmp_path / "e")]) == 2
-    assert "is a VLM run, and `mmtrain embed` needs a CLIP run; for a VLM run use mmtrain ask" in capsys.readouterr().err
+    assert "belongs to the VLM trainer (it has `stage`), and `mmtrain embed` takes a CLIP one: use mmtrain train vlm, " \
+           "eval vlm, ask or caption" in capsys.readouterr().err
     assert main(["caption", "--checkpoint", str(clip_run), "--data", val, "--out", str(tmp_path / "c")]) == 2
-    assert "is a CLIP run, and `mmtrain caption` needs a VLM run" in capsys.readouterr().err
+    assert "belongs to the CLIP trainer (it has `loss`), and `mmtrain caption` takes a VLM one" in capsys.readouterr().err
     assert main(["classify", "--checkpoint", str(tmp_path / "missing"), "--data", val, "--classes", "a,b",
                  "--out", str(tmp_path / "p")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,24 @@ def test_module_learning_rates_may_not_be_negative():
 
     with pytest.raises(ConfigError, match=r"lrs\.lm=-1\.0: must be at least 0"):
         from_dict(VlmRunConfig, {"lrs": {"lm": -1.0}})
+
+
+def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_takes_it(tmp_path, capsys):
+    import torch
+
+    from jobs.cli import main
+    from training.checkpoint import save_checkpoint
+    from training.config import VlmRunConfig
+    from training.config_io import to_dict
+    from training.loop import TrainState
+
+    repo = Path(__file__).resolve().parents[2]
+    assert main(["train", "clip", "--config", str(repo / "conf/vlm/stage1.yaml")]) == 2
+    assert (f"belongs to the VLM trainer (it has `stage`), and `mmtrain train clip` takes a CLIP one: use "
+            f"`mmtrain train vlm --config {repo / 'conf/vlm/stage1.yaml'}`") in capsys.readouterr().err
+    assert main(["train", "vlm", "--config", str(repo / "conf/clip/tiny.yaml")]) == 2  # no `loss` key in it
+    assert "belongs to the CLIP trainer (it has `model.embed_dim`)" in capsys.readouterr().err
+    checkpoint = save_checkpoint(tmp_path / "checkpoint_000001", torch.nn.Linear(2, 2), None, TrainState(),
+                                 to_dict(VlmRunConfig()))
+    assert main(["eval", "clip", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert f"use `mmtrain eval vlm --checkpoint {checkpoint} --data ...`" in capsys.readouterr().err
