@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from jobs import data, dry_run, models, submit, sweep, train, use
+from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parsers(subparsers)
     submit.add_parsers(subparsers)
     dry_run.add_parsers(subparsers)
+    config_cmd.add_parsers(subparsers)
     return parser
 
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # user errors say what to change; no traceback needed
         print(f"mmtrain: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mmtrain config show clip/tiny | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -90,6 +90,10 @@ def run_dry_run(args) -> int:
           f"zero-shot top-1 {best.get('metric') or 0:.3f}; table in {summary['root']}/results.json")
     print(f"checkpoints:    {runs}/<run name>/checkpoint_*")
     print(f"MLflow UI:      mlflow ui --backend-store-uri sqlite:///{runs}/mlflow.db --port 5000")
+    print(f"next:           mmtrain embed --checkpoint {runs}/{CLIP_RUN} --data '{data_dir}/val-*.tar' "
+          f"--out {out}/embeddings && mmtrain search --index {out}/embeddings \"a red circle\"")
+    print("                mmtrain data synth data/synth && mmtrain train clip --config conf/clip/tiny.yaml"
+          "   # the presets read data/synth")
     return 0
 
 

@@ -12,7 +12,8 @@ def add_parsers(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a model on Ray Train")
     trainers = train.add_subparsers(dest="trainer", required=True)
     clip = trainers.add_parser("clip", help="CLIP-style contrastive dual encoder")
-    clip.add_argument("--config", type=Path, required=True, help="e.g. conf/clip/tiny.yaml")
+    clip.add_argument("--config", type=Path, required=True, help="a YAML file, or a preset: clip/tiny, clip/synth, ... "
+                      "(`mmtrain config show clip/tiny` lists every key)")
     clip.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
     clip.set_defaults(handler=run_train_clip)

@@ -59,8 +59,11 @@ def check_kind(config: dict, kind: str, what: str, command: str, instead: str = 
 
 
 def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):
-    """A preset for `mmtrain train KIND`, refused with the right command when it is the other trainer's."""
-    path = Path(path)
+    """A preset for `mmtrain train KIND` (a path, or a preset under the project's conf/), refused with
+    the right command when it is the other trainer's."""
+    from training.config_help import resolve_preset
+
+    path = resolve_preset(path)
     if path.is_file():
         data = yaml.safe_load(path.read_text())
         if isinstance(data, dict):

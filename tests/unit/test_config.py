@@ -101,3 +101,17 @@ def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_take
                                  to_dict(VlmRunConfig()))
     assert main(["eval", "clip", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert f"use `mmtrain eval vlm --checkpoint {checkpoint} --data ...`" in capsys.readouterr().err
+
+
+def test_config_show_prints_every_key_with_default_and_help_from_any_directory(tmp_path, monkeypatch, capsys):
+    from jobs.cli import main
+
+    monkeypatch.chdir(tmp_path)  # presets resolve under the project's conf/, not the working directory
+    assert main(["config", "show", "clip/tiny", "--set", "loop.max_steps=7"]) == 0
+    shown = capsys.readouterr().out
+    assert "  name: clip-tiny  # the same name re-run resumes from its last checkpoint [default: clip]" in shown
+    assert "  max_steps: 7  # [default: 200]" in shown
+    assert "  read_shuffle_buffer: 512  # samples each read task holds" in shown
+    assert main(["config", "show", "vlm/stage1"]) == 0 and "stage: captions" in capsys.readouterr().out
+    assert main(["train", "clip", "--config", "clip/nope"]) == 2
+    assert "does not exist here or under" in capsys.readouterr().err
