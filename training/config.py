@@ -118,7 +118,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db; "none" = off
-    experiment: str = "mmtrain"
+    experiment: str = ""  # MLflow experiment; "" = one per trainer: mmtrain-clip, mmtrain-vlm
     parent_run_id: str = ""  # set by a sweep: this run is nested under the sweep's run
     log_figures: bool = True  # sample grid, similarity and confusion matrices as PNG artifacts
     # A name: at the end of a successful run, export the model (CLIP: transformers CLIPModel, VLM: LLaVA)
@@ -244,7 +244,7 @@ class SweepConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     output_dir: str = "runs"  # the sweep lives in <output_dir>/sweeps/<name>/
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db; "none" = off
-    experiment: str = "mmtrain"
+    experiment: str = ""  # MLflow experiment of the sweep and its trials; "" = mmtrain-<trainer>-sweeps
     seed: int = 0
     ray_address: str = ""  # "" = a local Ray instance
     local_num_cpus: int = 0  # logical CPUs for a local instance; 0 = max(6, 3 x cores)

@@ -16,7 +16,7 @@ from training.config_io import to_dict
 from training.config import ClipRunConfig, VlmRunConfig
 from training.payload import EvalAssets
 from training.resume import check_resume_config, format_changes
-from training.tracking import default_tracking_uri
+from training.tracking import default_experiment, default_tracking_uri
 
 
 def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
@@ -49,7 +49,8 @@ def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
         eval_assets = EvalAssets(data.tokenizer, classes, templates)
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
+        cfg.tracking, tracking_uri=tracking_uri, experiment=default_experiment(cfg.tracking.experiment, "clip")))
     return cfg, eval_assets, tracking_uri
 
 
@@ -163,8 +164,9 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str
                                 lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
     init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
-    cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from,
-                              tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    tracking = dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri,
+                                   experiment=default_experiment(cfg.tracking.experiment, "vlm"))
+    cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from, tracking=tracking)
     eval_assets = EvalAssets() if data.eval_shards else None
     return cfg, eval_assets, tracking_uri
 

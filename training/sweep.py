@@ -29,7 +29,8 @@ from training.checkpoint import latest_checkpoint
 from training.config import SweepConfig
 from training.config_io import ConfigError, flatten, load_config, to_dict
 from training.run import CONFIGS, RUNNERS, ensure_ray
-from training.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_tracking_uri
+from training.tracking import (PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_experiment,
+                               default_tracking_uri)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
@@ -162,7 +163,7 @@ def trial_config(context: TrialContext, params: dict, trial_id: str):
         "run.output_dir": context.trials_dir,
         "tracking.tracking_uri": context.tracking_uri,
         "tracking.parent_run_id": context.parent_run_id,
-        "tracking.experiment": sweep.experiment,
+        "tracking.experiment": default_experiment(sweep.experiment, sweep.trainer, sweep=True),
         "data.data_cpu_limit": context.data_cpu_limit,
     }
     return load_config(CONFIGS[sweep.trainer], context.base_config, sweep.overrides, {**params, **fixed})
@@ -222,7 +223,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
     # The sweep's MLflow run id lives beside its Tune state, so --resume continues the same parent run.
     parent_id_file = paths.root / "mlflow_run_id"
-    parent = Tracker(tracking_uri, sweep.experiment, f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"},
+    parent = Tracker(tracking_uri, default_experiment(sweep.experiment, sweep.trainer, sweep=True),
+                     f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"},
                      resume_run_id=parent_id_file.read_text().strip() if resume and parent_id_file.is_file() else "")
     parent_id_file.write_text(parent.run_id)
     parent.log_params(flatten(to_dict(sweep)))

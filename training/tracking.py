@@ -10,6 +10,14 @@ RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 # tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
 TRACKING_OFF = "none"
+# MLflow 3's UI opens an experiment on its GenAI traces view unless the experiment says it trains models.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def default_experiment(configured: str, trainer: str, sweep: bool = False) -> str:
+    """The configured experiment, else one per trainer (mmtrain-clip, mmtrain-vlm), sweeps apart
+    (mmtrain-clip-sweeps): one experiment mixing them all made every comparison a filtering job."""
+    return configured or f"mmtrain-{trainer}" + ("-sweeps" if sweep else "")
 
 
 def default_tracking_uri(configured: str, output_dir: str) -> str:
@@ -37,6 +45,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self._create_experiment(experiment, tracking_uri)
+        if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.resumed = bool(resume_run_id) and self._exists(resume_run_id)
         if self.resumed:
             self.run_id = resume_run_id

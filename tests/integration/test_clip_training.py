@@ -27,7 +27,9 @@ def _overrides(synth_dir, out, name, steps):
 
 def _mlflow_run(out, name):
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
-    experiment = client.get_experiment_by_name("mmtrain")
+    experiment = client.get_experiment_by_name("mmtrain-clip")
+    # MLflow 3's UI opens it on its runs, not on the GenAI traces view (the experiment says it trains models)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
     assert len(runs) == 1
     return client, runs[0]
@@ -77,7 +79,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
                         + ["optim.lr=0.002"])
     assert run_clip(again)["step"] == 5
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("mmtrain").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id],
                               filter_string=f"tags.`{RUN_NAME_TAG}` = 'learn'", order_by=["attributes.start_time"])
     assert len(runs) == 2 and runs[0].info.run_id != runs[1].info.run_id
     assert {r.data.params["optim.lr"] for r in runs} == {"0.001", "0.002"}

@@ -31,7 +31,7 @@ def _train_args(synth_dir, out, name, steps=10):
 
 def _finished_run(tracking_uri, name):
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("mmtrain")
+    experiment = client.get_experiment_by_name("mmtrain-clip")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", runs
     return client, runs[0]

@@ -49,7 +49,7 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     assert (tmp_path / "sweeps/asha/best_config.yaml").is_file()
 
     client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("mmtrain")
+    experiment = client.get_experiment_by_name("mmtrain-clip-sweeps")
     parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'sweep-asha'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     children = client.search_runs([experiment.experiment_id],
@@ -111,7 +111,7 @@ def test_killed_sweep_driver_resumes(synth_dir, tmp_path):
     assert sorted(p.name for p in finished[0].glob("checkpoint_*")) == first_checkpoints
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name("mmtrain")
+    experiment = client.get_experiment_by_name("mmtrain-clip-sweeps")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3  # the parent and one run per trial, continued rather than duplicated
     assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]

@@ -41,7 +41,7 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     assert stage2["step"] == 24
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
-    experiment = client.get_experiment_by_name("mmtrain")
+    experiment = client.get_experiment_by_name("mmtrain-vlm")
     run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'vlm-stage2'")[0]
     assert run.info.status == "FINISHED"
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
