@@ -10,6 +10,9 @@ RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 # tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
 TRACKING_OFF = "none"
+# Printed with each step line, but not curves: the step is every curve's x axis already, the epoch
+# and the node count are facts about the run (kept as run tags).
+NOT_CURVES = frozenset({"step", "epoch", "num_nodes"})
 # MLflow 3's UI opens an experiment on its GenAI traces view unless the experiment says it trains models.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -87,14 +90,17 @@ class Tracker:
         self.log_params({f"resumed_at_step_{step}/{key}": new for key, (_, new) in changes.items()})
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
+        """Numbers as curves over the step, except NOT_CURVES: those are run tags (`mmtrain.epoch`
+        holds the latest value), so the UI's charts start with loss, lr and throughput."""
+        from mlflow.entities import Metric, RunTag
         import time
 
         now = int(time.time() * 1000)
-        entries = [Metric(_safe_key(k), float(v), now, step) for k, v in metrics.items()
-                   if isinstance(v, (int, float))]
-        if entries:
-            self.client.log_batch(self.run_id, metrics=entries)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        entries = [Metric(_safe_key(k), float(v), now, step) for k, v in numbers.items() if k not in NOT_CURVES]
+        tags = [RunTag(f"mmtrain.{k}", str(v)) for k, v in numbers.items() if k in NOT_CURVES]
+        if entries or tags:
+            self.client.log_batch(self.run_id, metrics=entries, tags=tags)
 
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))

@@ -52,6 +52,8 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     assert len(losses) >= 5
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
     assert client.get_metric_history(run.info.run_id, "samples_per_s")
+    assert "epoch" not in run.data.metrics and "step" not in run.data.metrics  # facts, kept as tags
+    assert int(run.data.tags["mmtrain.step"]) == 30 and "mmtrain.epoch" in run.data.tags
     assert client.get_metric_history(run.info.run_id, "temperature")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
     assert "checkpoint/model.pt" in artifacts and "checkpoint/config.yaml" in artifacts

@@ -134,5 +134,5 @@ def test_two_workers_on_two_nodes(synth_dir, tmp_path):
     finally:
         cluster.shutdown()
     client, run = _finished_run(f"sqlite:///{out}/mlflow.db", "two-nodes")
-    assert run.data.metrics["num_nodes"] == 2  # the two Train workers ran on different nodes
-    assert run.data.metrics["step"] == 10
+    assert run.data.tags["mmtrain.num_nodes"] == "2"  # the two Train workers ran on different nodes
+    assert run.data.tags["mmtrain.step"] == "10" and "step" not in run.data.metrics  # a fact, not a curve
