@@ -84,8 +84,9 @@ class Tokenize:
         self._columns = columns
 
     def __call__(self, batch: dict) -> dict:
-        # The caption stays in the batch: training selects it away, batch inference writes it out.
-        captions = [str(c) for c in batch["caption"]]
+        # The caption text goes on only where asked for (batch inference writes it out).
+        keep_caption = self._columns is not None and "caption" in self._columns
+        captions = [str(c) for c in (batch["caption"] if keep_caption else batch.pop("caption"))]
         encodings = self._tokenizer.encode_batch(captions) if captions else []
         length = self._context_length
         batch[contract.INPUT_IDS] = np.array([e.ids for e in encodings], dtype=np.int32).reshape(-1, length)
