@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from training.config_io import load_config
+from training.tracking import default_experiment, experiment_link
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 CLIP_RUN, STAGE1_RUN, STAGE2_RUN, SWEEP = "dry-run-clip", "dry-run-vlm-stage1", "dry-run-vlm-stage2", "dry-run-sweep"
@@ -89,7 +90,10 @@ def run_dry_run(args) -> int:
     print(f"sweep:          {len(summary['trials'])} trials, best {best.get('run_name')} "
           f"zero-shot top-1 {best.get('metric') or 0:.3f}; table in {summary['root']}/results.json")
     print(f"checkpoints:    {runs}/<run name>/checkpoint_*")
-    print(f"MLflow UI:      mlflow ui --backend-store-uri sqlite:///{runs}/mlflow.db --port 5000")
+    print(f"MLflow UI:      mlflow ui --backend-store-uri sqlite:///{runs}/mlflow.db --port 5000, then open")
+    for trainer, sweep in (("clip", False), ("vlm", False), ("clip", True)):
+        name = default_experiment("", trainer, sweep)
+        print(f"                {experiment_link(f'sqlite:///{runs}/mlflow.db', name)}   ({name})")
     print(f"next:           mmtrain embed --checkpoint {runs}/{CLIP_RUN} --data '{data_dir}/val-*.tar' "
           f"--out {out}/embeddings && mmtrain search --index {out}/embeddings \"a red circle\"")
     print("                mmtrain data synth data/synth && mmtrain train clip --config conf/clip/tiny.yaml"

@@ -37,16 +37,20 @@ def add_parsers(subparsers) -> None:
 def run_train_clip(args) -> int:
     from training.run import run_clip
 
-    metrics = run_clip(load_run_config("clip", args.config, args.set))
+    cfg = load_run_config("clip", args.config, args.set)
+    metrics = run_clip(cfg)
     print_summary(metrics)
+    print_mlflow_link(cfg, "clip")
     return 0
 
 
 def run_train_vlm(args) -> int:
     from training.run import run_vlm
 
-    metrics = run_vlm(load_run_config("vlm", args.config, args.set))
+    cfg = load_run_config("vlm", args.config, args.set)
+    metrics = run_vlm(cfg)
     print_summary(metrics)
+    print_mlflow_link(cfg, "vlm")
     return 0
 
 
@@ -62,6 +66,18 @@ def run_eval(args) -> int:
         print(f"{mark} {row['question']!r:50} expected {row['expected']!r:12} got {row['generated']!r}")
     print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
     return 0
+
+
+def print_mlflow_link(cfg, trainer: str) -> None:
+    """Where the run is in the MLflow UI (a local store needs `mlflow ui` started first)."""
+    from training.tracking import default_experiment, default_tracking_uri, experiment_link
+
+    uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
+    link = experiment_link(uri, default_experiment(cfg.tracking.experiment, trainer))
+    if link and uri.startswith("sqlite:///"):
+        print(f"MLflow: mlflow ui --backend-store-uri {uri} --port 5000, then open {link}")
+    elif link:
+        print(f"MLflow: {link}")
 
 
 def print_summary(metrics: dict) -> None:
