@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four benchmarks at full size on a single-GPU host (../shared/GPU.md), most important first,
+# The four benchmarks at full size on a single-GPU host (an H100 or H200 with 16 cores), most important first,
 # each under its own time limit so that one slow step cannot take the rest down. JSON and a log per
 # step go to RESULTS_DIR, packed after every step into $TARBALL (default RESULTS_DIR.tgz; handy when
 # the host hands back only a few files).

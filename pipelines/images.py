@@ -8,8 +8,8 @@ is 1.8-2.3x PIL's speed per image, PIL's resize being the slower half (benchmark
 Images OpenCV cannot read are tried with PIL before being called bad. EXIF orientation is
 ignored, as PIL and torchvision ignore it.
 
-Where OpenCV is not installed (its 60 MB wheel does not fit the offline GPU host's bundle,
-../shared/GPU.md) the same crops are rendered by PIL; DECODER says which is in use.
+Where OpenCV is not installed (its 60 MB wheel did not fit the offline wheel bundle of the GPU host
+we benchmark on) the same crops are rendered by PIL; DECODER says which is in use.
 """
 
 from __future__ import annotations

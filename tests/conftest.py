@@ -22,7 +22,8 @@ def synth_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for all integration tests. More logical CPUs than cores so that
-    Ray Data and Train workers can share a 2-core machine (see RAY_NOTES.md)."""
+    Ray Data and Train workers can share a 2-core machine (with one logical CPU per core, Train's
+    workers and Ray Data's actors wait for each other's CPUs)."""
     import ray
 
     # address="local": a new instance even if a test's `ray start` head is up.

@@ -1,7 +1,8 @@
 """Ray Tune sweeps over any config key. The only module that imports ray.tune.
 
-Each trial is a real Ray Train run of the CLIP or VLM trainer (the Train V2 pattern in
-RAY_NOTES.md): a small driver function builds and fits the TorchTrainer under a stable run name,
+Each trial is a real Ray Train run of the CLIP or VLM trainer (Ray Train V2 runs a Trainer inside a
+Tune function trainable; a Trainer is no longer a Tune trainable itself): a small driver function
+builds and fits the TorchTrainer under a stable run name,
 so a restored trial resumes its Train run from that run's last checkpoint. ASHA compares trials
 on the metric each evaluation reports and stops weak ones early. MLflow holds one parent run per
 sweep with one nested run per trial; no run is left RUNNING when the sweep returns.
