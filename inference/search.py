@@ -16,8 +16,7 @@ from PIL import Image
 from inference.embed import MANIFEST_KIND
 from inference.index import load_index, load_rows, search
 from inference.pool import MANIFEST
-from inference.trained import TrainedRun, find_trained, load_trained_model
-from pipelines.images import BadSample, decode_eval
+from inference.trained import TrainedRun, decode_image_file, find_trained, load_trained_model
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import Record, iter_records
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
@@ -61,20 +60,15 @@ def index_model(manifest: dict, index_dir: Path, checkpoint: str | Path | None) 
 @torch.inference_mode()
 def embed_query(run: TrainedRun, text: str = "", image: Path | None = None) -> np.ndarray:
     """One unit query vector [1, E] from a caption or an image file."""
+    if image is None and not text.strip():
+        raise ValueError("the query is empty: give text to search for, or --image PATH")
+    data = run.cfg.data
+    pixels = decode_image_file(image, data) if image is not None else None
     device = torch.device("cpu")
     task, model = load_trained_model(run, device)
-    data = run.cfg.data
-    if image is not None:
-        try:
-            pixels = decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)
-        except OSError as err:
-            raise ValueError(f"--image {image}: {err.strerror or err}") from None
-        except BadSample as err:
-            raise ValueError(f"--image {image} could not be used as an image ({err.reason})") from None
+    if pixels is not None:
         vector = model.encode_image(task.normalize(torch.from_numpy(pixels[None]), device))
     else:
-        if not text.strip():
-            raise ValueError("the query is empty: give text to search for, or --image PATH")
         tokenizer = configure_fixed_length(load_tokenizer(data.tokenizer), data.context_length)
         encoding = tokenizer.encode(text)
         vector = model.encode_text(torch.tensor([encoding.ids]), torch.tensor([encoding.attention_mask]))

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from training.checkpoint import CHECKSUMS, latest_checkpoint, load_checkpoint, load_config_dict
@@ -66,6 +67,18 @@ def load_trained_model(run: TrainedRun, device: torch.device):
     load_checkpoint(run.checkpoint, model)
     model.eval().requires_grad_(False)
     return task, model.to(device)
+
+
+def decode_image_file(image: str | Path, data) -> np.ndarray:
+    """An image file as the eval pipeline decodes it (uint8 HWC); a clear error when it cannot be."""
+    from pipelines.images import BadSample, decode_eval
+
+    try:
+        return decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)
+    except OSError as err:
+        raise ValueError(f"--image {image}: {err.strerror or err}") from None
+    except BadSample as err:
+        raise ValueError(f"--image {image} could not be used as an image ({err.reason})") from None
 
 
 def inference_device() -> torch.device:

@@ -10,10 +10,10 @@ import torch
 
 from inference.pool import (PoolOptions, parquet_files, run_summary, source_columns, start_inference,
                             write_manifest, write_parquet)
-from inference.trained import TrainedRun, autocast, find_trained, inference_device, load_trained_model
+from inference.trained import (TrainedRun, autocast, decode_image_file, find_trained, inference_device,
+                               load_trained_model)
 from pipelines import contract
 from pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
-from pipelines.images import BadSample, decode_eval
 from pipelines.stages import SelectColumns
 
 CAPTION_COLUMNS = (contract.IMAGE, contract.LABEL, contract.KEY, contract.POSITION, "caption")
@@ -45,14 +45,7 @@ class Answerer:
         return [self._task.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
 
     def answer_file(self, image: Path) -> str:
-        data = self.run.cfg.data
-        try:
-            pixels = decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)
-        except OSError as err:
-            raise ValueError(f"--image {image}: {err.strerror or err}") from None
-        except BadSample as err:
-            raise ValueError(f"--image {image} could not be used as an image ({err.reason})") from None
-        return self.answer(pixels[None])[0]
+        return self.answer(decode_image_file(image, self.run.cfg.data)[None])[0]
 
 
 class CaptionStage:
