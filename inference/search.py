@@ -51,7 +51,7 @@ def index_model(manifest: dict, index_dir: Path, checkpoint: str | Path | None) 
     built_by = manifest["model"]["model_sha256"]
     if run.fingerprint != built_by:
         raise ValueError(f"--index {index_dir} was built by another model ({manifest['model']['checkpoint']}, "
-                         f"model.pt sha256 {built_by[:12]}), not by {run.checkpoint} (sha256 "
+                         f"weights {built_by[:12]}), not by {run.checkpoint} (weights "
                          f"{run.fingerprint[:12]}): search with the model that built it, or re-run `mmtrain embed` "
                          "with this one")
     return run

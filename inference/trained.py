@@ -7,15 +7,13 @@ a VLM run given to a CLIP command is refused with the command that takes it, bef
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.checkpoint import CHECKSUMS, latest_checkpoint, load_checkpoint, load_config_dict
+from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
 from training.config import ClipRunConfig, VlmRunConfig
 from training.config_io import from_dict
 from training.run_kinds import RUN_CONFIGS, check_kind
@@ -26,7 +24,7 @@ class TrainedRun:
     kind: str                # "clip" or "vlm"
     checkpoint: Path         # the checkpoint directory (a run directory's newest intact one)
     cfg: ClipRunConfig | VlmRunConfig
-    fingerprint: str         # sha256 of model.pt: which weights made an output
+    fingerprint: str         # which weights made an output (training.checkpoint.weights_fingerprint)
 
 
 def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
@@ -45,17 +43,8 @@ def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
 
 
 def model_fingerprint(checkpoint: Path) -> str:
-    """sha256 of model.pt, from the checksums the checkpoint was written with when it has them."""
-    checksums = checkpoint / CHECKSUMS
-    if checksums.is_file():
-        digest = json.loads(checksums.read_text()).get("model.pt")
-        if digest:
-            return digest
-    digest = hashlib.sha256()
-    with open(checkpoint / "model.pt", "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Which weights a checkpoint holds (a digest over its weight files' checksums)."""
+    return weights_fingerprint(checkpoint)
 
 
 def load_trained_model(run: TrainedRun, device: torch.device):

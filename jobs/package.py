@@ -23,7 +23,7 @@ SECRET_PATTERNS = (".env", ".env.*", "*.env", ".netrc", ".pgpass", "*.pem", "*.k
                    "id_dsa*", "id_ecdsa*", "id_ed25519*", "*credentials*", "*service-account*.json",
                    "*service_account*.json", "*secret*", "*.token", "auth_token", "*.db", "*.sqlite")
 SECRET_DIRECTORIES = (".aws", ".ssh", ".gnupg", ".ray", ".git", ".venv", "mlruns", "mlartifacts", "__pycache__")
-DATA_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".safetensors", ".pt", ".ckpt", ".gguf")
+DATA_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".safetensors", ".pt", ".ckpt", ".gguf", ".distcp")
 MAX_PACKAGE_MB = 50
 
 

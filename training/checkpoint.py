@@ -1,14 +1,24 @@
-"""Checkpoints as plain tensors and JSON: loadable with torch.load(weights_only=True), never
-unpickling arbitrary objects. Layout of a checkpoint directory:
+"""Checkpoints as tensors and JSON, never unpickling arbitrary objects (DCP's .metadata is a pickle:
+it is read with an unpickler that admits DCP's own metadata classes only, CheckpointReader). Layout of a checkpoint directory:
 
-    model.pt  optimizer.pt   state dicts
+    weights/                 torch.distributed.checkpoint (DCP) of {"model", "optimizer"}: each rank
+                             writes its own shards (__<rank>_0.distcp), rank 0 the .metadata; no rank
+                             gathers the whole model. DCP reshards on load, so a run saved by N
+                             workers under one strategy resumes on M workers under any strategy, and
+                             a single process reads the full model (read_model_state).
+    frozen.json              frozen modules that came from elsewhere (the VLM's LM, its vision tower):
+                             their source path and digest instead of a copy of their weights
     state.json               step, epoch, samples seen, the learning-rate schedule in force
     config.yaml              the resolved run config
     tracking.json            the MLflow run this checkpoint's lineage logs to
     data_position.json       what the run has trained on in each epoch, and the bad samples it met
                              (pipelines/position.py): a resume continues the epoch from there
-    checksums.json           sha256 of every file above, written last: a checkpoint without it, or
-                             with a file that does not match, is incomplete or damaged
+    ranks.json               how many ranks wrote shards
+    checksums.json           sha256 of every file rank 0 wrote, written last; each other rank lists
+    checksums.rank<R>.json   its own shards. A checkpoint missing one, or with a file that does not
+                             match, is incomplete or damaged.
+
+Checkpoints written before this layout (model.pt / optimizer.pt state dicts) still load.
 
 No RNG state is saved: a run draws its randomness from (seed, step, rank) (training.resume.seed_for),
 so every rank of a resumed run gets reproducible randomness of its own. The learning-rate schedule
@@ -17,69 +27,149 @@ is a function of the step and the schedule in state.json, so no scheduler state 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import pathlib
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
+from torch.distributed.checkpoint import FileSystemReader
 
+from training.distributed import world
 from training.loop import TrainState
+
+WEIGHTS = "weights"
+LEGACY_MODEL = "model.pt"
+CHECKSUMS = "checksums.json"
+DATA_POSITION = "data_position.json"
+FROZEN = "frozen.json"
+RANKS = "ranks.json"
+_WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
 def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config: dict,
-                    tracking_run_id: str = "", data_position: dict | None = None) -> Path:
+                    tracking_run_id: str = "", data_position: dict | None = None,
+                    frozen_sources: dict[str, str] | None = None) -> Path:
+    """Write a checkpoint into `directory` (this rank's local directory; Ray Train merges the
+    ranks' directories). Under torch.distributed every rank calls it: saving is a collective.
+    `frozen_sources` maps a module prefix ("lm") to the path its frozen weights were loaded from:
+    those weights are referenced by digest, not written (trainable parameters inside, such as
+    LoRA adapters, are)."""
+    import torch.distributed.checkpoint as dcp
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / "model.pt")
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    (directory / "state.json").write_text(json.dumps(state.to_dict()))
-    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
-    if data_position is not None:
-        (directory / DATA_POSITION).write_text(json.dumps(data_position))
-    # Over the files just written (and any already there), never over an older checksums.json: a
+    rank, ranks = world()
+    frozen_sources = frozen_sources or {}
+    with _quiet_single_process():
+        dcp.save(_state_to_save(model, optimizer, frozen_sources), no_dist=not dist.is_initialized(),
+                 storage_writer=dcp.FileSystemWriter(str(directory / WEIGHTS), overwrite=True))
+    if rank == 0:
+        (directory / "state.json").write_text(json.dumps(state.to_dict()))
+        (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
+        (directory / RANKS).write_text(json.dumps({"ranks": ranks}))
+        (directory / FROZEN).write_text(json.dumps(
+            {prefix: {"source": str(Path(source).resolve()), "sha256": source_digest(source)}
+             for prefix, source in frozen_sources.items()}, indent=1))
+        if data_position is not None:
+            (directory / DATA_POSITION).write_text(json.dumps(data_position))
+    # Over the files this rank wrote (and any already there), never over an older checksums file: a
     # checkpoint saved again into its directory would otherwise list a stale digest of that file.
-    checksums = {path.name: _sha256(path) for path in sorted(directory.iterdir())
-                 if path.is_file() and path.name != CHECKSUMS}
-    (directory / CHECKSUMS).write_text(json.dumps(checksums, indent=1))
+    checksums = {name: _sha256(directory / name) for name in _files(directory) if not _is_checksums(name)}
+    (directory / _checksums_name(rank)).write_text(json.dumps(checksums, indent=1))
     return directory
 
 
-CHECKSUMS = "checksums.json"
-DATA_POSITION = "data_position.json"
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns that it assumes one process even when told so (no_dist=True)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
+
+
+def _state_to_save(model, optimizer, frozen_sources: dict[str, str]) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer or [])
+    from_source = _from_source(model, model_state, frozen_sources)
+    saved = {"model": {key: value for key, value in model_state.items() if key not in from_source}}
+    if optimizer is not None:
+        saved["optimizer"] = optimizer_state
+    return saved
+
+
+def _from_source(model, model_state: dict, frozen_sources: dict[str, str]) -> set[str]:
+    """State-dict keys under a module with a frozen source, except trainable parameters (adapters)."""
+    trainable = {_clean(name) for name, param in model.named_parameters() if param.requires_grad}
+    prefixes = tuple(prefix + "." for prefix in frozen_sources)
+    return {key for key in model_state if key.startswith(prefixes) and key not in trainable} if prefixes else set()
+
+
+def _clean(name: str) -> str:
+    """A parameter's name as state dicts give it: without DDP's, AC's and compile's wrapper levels."""
+    name = name.removeprefix("module.")
+    for wrapper in _WRAPPER_NAMES:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def _checksums_name(rank: int) -> str:
+    return CHECKSUMS if rank == 0 else f"checksums.rank{rank}.json"
+
+
+def _is_checksums(name: str) -> bool:
+    return name == CHECKSUMS or (name.startswith("checksums.rank") and name.endswith(".json"))
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())
 
 
 def checkpoint_problem(directory: Path) -> str | None:
     """Why a checkpoint directory cannot be trusted (a missing, truncated or altered file), or None.
     Checkpoints written before checksums existed are trusted if their model.pt is there."""
     directory = Path(directory)
-    for required in ("model.pt", "state.json", "config.yaml"):
+    for required in ("state.json", "config.yaml"):
         if not (directory / required).is_file():
             return f"no {required}"
+    legacy = (directory / LEGACY_MODEL).is_file()
+    if not legacy and not (directory / WEIGHTS / ".metadata").is_file():
+        return f"no {WEIGHTS}/.metadata"
     if not (directory / CHECKSUMS).is_file():
-        return None if not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
+        return None if legacy and not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
     # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): hash a
     # directory once per process, again only when a file's size or modification time has changed.
-    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file())
+    files = tuple((name, (directory / name).stat().st_size, (directory / name).stat().st_mtime_ns)
+                  for name in _files(directory))
     return _verify(str(directory.resolve()), files)
 
 
 @functools.lru_cache(maxsize=64)
 def _verify(directory: str, files: tuple) -> str | None:
     directory = Path(directory)
-    try:
-        expected = json.loads((directory / CHECKSUMS).read_text())
-    except ValueError:
-        return f"{CHECKSUMS} is not JSON"
-    for name, digest in expected.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if _sha256(path) != digest:
-            return f"{name} does not match its checksum (truncated or altered)"
+    ranks = json.loads((directory / RANKS).read_text())["ranks"] if (directory / RANKS).is_file() else 1
+    for rank in range(ranks):
+        name = _checksums_name(rank)
+        if not (directory / name).is_file():
+            return f"no {name}: rank {rank}'s shards did not arrive"
+        try:
+            expected = json.loads((directory / name).read_text())
+        except ValueError:
+            return f"{name} is not JSON"
+        for file, digest in expected.items():
+            path = directory / file
+            if not path.is_file():
+                return f"{file} is missing"
+            if _sha256(path) != digest:
+                return f"{file} does not match its checksum (truncated or altered)"
     return None
 
 
@@ -91,14 +181,147 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_digest(source: str | Path) -> str:
+    """A digest of a frozen module's source: an mmtrain checkpoint's checksums.json, or every file of
+    another directory (an HF model), or a file. Hashed once per process while nothing changes."""
+    path = Path(source).resolve()
+    if (path / CHECKSUMS).is_file():
+        path = path / CHECKSUMS
+    names = [""] if path.is_file() else _files(path)
+    stats = tuple((name, (path / name).stat().st_size, (path / name).stat().st_mtime_ns) for name in names)
+    return _digest_files(str(path), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_files(path: str, stats: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stats:
+        digest.update(f"{name}\0{_sha256(Path(path) / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def check_frozen_sources(directory: Path) -> dict[str, str]:
+    """{module prefix: source} of the checkpoint's frozen modules, after checking each source is
+    there and unchanged (its weights are not in the checkpoint)."""
+    path = Path(directory) / FROZEN
+    frozen = json.loads(path.read_text()) if path.is_file() else {}
+    for prefix, entry in frozen.items():
+        source = Path(entry["source"])
+        if not source.exists():
+            raise ValueError(f"checkpoint {directory} takes its frozen `{prefix}` weights from {source}, which "
+                             "no longer exists: restore it there (the checkpoint holds no copy)")
+        if source_digest(source) != entry["sha256"]:
+            raise ValueError(f"checkpoint {directory} was trained with frozen `{prefix}` weights from {source}, "
+                             "which have changed since (sha256 differs): restore the original files")
+    return {prefix: entry["source"] for prefix, entry in frozen.items()}
+
+
 def load_checkpoint(directory: Path, model, optimizer=None) -> TrainState:
+    """Load a checkpoint into `model` (and `optimizer`): a plain module, or one already sharded or
+    wrapped for this run's workers; every rank calls it. Frozen modules keep the weights the model
+    was built with, once their sources are checked to be the ones the checkpoint was trained on."""
     directory = Path(directory)
-    model.load_state_dict(_load(directory / "model.pt"))
-    if optimizer is not None and (directory / "optimizer.pt").is_file():
-        optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+    if (directory / LEGACY_MODEL).is_file():
+        _load_legacy(directory, model, optimizer)
+    else:
+        _load_weights(directory, model, optimizer, check_frozen_sources(directory))
     saved = json.loads((directory / "state.json").read_text())
     known = TrainState.__dataclass_fields__
     return TrainState(**{key: value for key, value in saved.items() if key in known})
+
+
+def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, str]) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = _state_to_save(model, optimizer, frozen_sources)
+    if optimizer is not None and "optimizer" not in _saved_top_keys(directory):
+        del state["optimizer"]  # saved without one (an export-only checkpoint): the optimizer starts fresh
+    with _quiet_single_process():
+        dcp.load(state, storage_reader=CheckpointReader(str(directory / WEIGHTS)), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer if "optimizer" in state else [], model_state_dict=state["model"],
+                   optim_state_dict=state.get("optimizer", {}), options=StateDictOptions(strict=False))
+
+
+def _saved_top_keys(directory: Path) -> set[str]:
+    metadata = CheckpointReader(str(directory / WEIGHTS)).read_metadata().state_dict_metadata
+    return {key.split(".", 1)[0] for key in metadata}
+
+
+def _load_legacy(directory: Path, model, optimizer) -> None:
+    model.load_state_dict(_load(directory / LEGACY_MODEL))
+    if optimizer is not None and (directory / "optimizer.pt").is_file():
+        optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+
+
+def read_model_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's saved model weights as full tensors in this process, whatever number of ranks
+    wrote them (the frozen modules' weights are at their sources, see frozen.json)."""
+    directory = Path(directory)
+    if (directory / LEGACY_MODEL).is_file():
+        return _load(directory / LEGACY_MODEL)
+    return read_saved_tensors(directory, "model")
+
+
+def read_saved_tensors(directory: Path, part: str) -> dict[str, torch.Tensor]:
+    """Every tensor under `part` ("model", or "optimizer": its moments by parameter name) of a
+    checkpoint, whole, in this process; keys without the part's prefix."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = CheckpointReader(str(Path(directory) / WEIGHTS))
+    metadata = reader.read_metadata().state_dict_metadata
+    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype) for key, entry in metadata.items()
+             if key.startswith(part + ".") and isinstance(entry, TensorStorageMetadata)}
+    with _quiet_single_process():
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key.removeprefix(part + "."): value for key, value in state.items()}
+
+
+def weights_fingerprint(directory: Path) -> str:
+    """Which weights a checkpoint holds: a digest over its weight files' checksums (model.pt's own
+    sha256 for a checkpoint in the old layout)."""
+    directory = Path(directory)
+    digests = {}
+    for path in sorted(directory.glob("checksums*.json")):
+        digests.update(json.loads(path.read_text()))
+    if (directory / LEGACY_MODEL).is_file():
+        return digests.get(LEGACY_MODEL) or _sha256(directory / LEGACY_MODEL)
+    weights = sorted((name, digest) for name, digest in digests.items()
+                     if name.startswith(WEIGHTS + "/") or name == FROZEN)
+    if not weights:
+        weights = [(name, _sha256(directory / name)) for name in _files(directory) if name.startswith(WEIGHTS + "/")]
+    return hashlib.sha256(json.dumps(weights).encode()).hexdigest()
+
+
+class CheckpointReader(FileSystemReader):
+    """DCP's file reader, but its .metadata pickle may name only DCP's metadata classes, tensor sizes,
+    dtypes and layouts, and paths: a checkpoint from elsewhere cannot run code when it is opened."""
+
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as metadata_file:
+            metadata = _MetadataUnpickler(metadata_file).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    _MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+
+    def find_class(self, module: str, name: str):
+        allowed = (module in self._MODULES and not name.startswith("__")
+                   or (module, name) in {("torch", "Size"), ("torch.serialization", "_get_layout"),
+                                         ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}
+                   or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+        if not allowed:
+            raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a DCP checkpoint "
+                                         "does not hold: refusing to load it")
+        return pathlib.PosixPath if module == "pathlib" else super().find_class(module, name)
 
 
 def load_config_dict(directory: Path) -> dict:
@@ -121,11 +344,15 @@ def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def is_checkpoint(path: Path) -> bool:
+    return (path / LEGACY_MODEL).is_file() or (path / WEIGHTS).is_dir()
+
+
 def latest_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory itself, or the newest intact `checkpoint_*` inside a run directory
     (a damaged newer one is skipped, saying which and why)."""
     path = Path(path)
-    if (path / "model.pt").is_file():
+    if is_checkpoint(path):
         problem = checkpoint_problem(path)
         if problem:
             raise ValueError(f"checkpoint {path} is damaged: {problem}; give the run directory to use "
@@ -136,5 +363,5 @@ def latest_checkpoint(path: str | Path) -> Path:
         if problem is None:
             return candidate
         print(f"[mmtrain] skipping checkpoint {candidate}: {problem}", flush=True)
-    raise ValueError(f"no intact checkpoint in {path}: give a checkpoint directory (with model.pt) or a run "
+    raise ValueError(f"no intact checkpoint in {path}: give a checkpoint directory (with {WEIGHTS}/) or a run "
                      "directory that holds checkpoint_* folders")

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipelines import contract
 from training.config import ClipRunConfig
+from training.distributed import full_tensor
 from training.figures import HeatmapSpec
 from training.loop import Autocast, NoSync, accumulate_independently
 from training.losses import infonce_loss, siglip_loss
@@ -41,6 +42,9 @@ class ClipTask:
 
             load_pretrained(model, self.cfg.init_from)
         return model
+
+    def frozen_sources(self) -> dict[str, str]:
+        return {}  # every CLIP weight is saved
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return param_groups(model, self.cfg.optim.weight_decay, self.cfg.optim.lr, exempt_from_weight_decay(model))
@@ -101,7 +105,7 @@ class ClipTask:
         model.train()
 
     def step_metrics(self, model: nn.Module) -> dict:
-        return {"temperature": float(1.0 / unwrap(model).logit_scale.detach().exp())}
+        return {"temperature": float(1.0 / full_tensor(unwrap(model).logit_scale.detach()).exp())}
 
     def captions(self, batch: dict) -> list[str]:
         """The caption text of each row of a training batch (for the sample grid)."""

@@ -84,6 +84,10 @@ class LoopConfig:
     checkpoint_every: int = 50
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: bool = False
+    # blocks: keep only each transformer block's input and recompute its activations in the backward
+    # (our towers through torch's checkpoint wrapper, a Hugging Face LM through its own gradient
+    # checkpointing): one more forward per step, for a fraction of the activation memory.
+    activation_checkpointing: Literal["none", "blocks"] = "none"
     seed: int = 0
 
     def __post_init__(self):
@@ -97,6 +101,10 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: one worker per node where possible
+    # ddp: every worker holds the whole model, its gradients and optimizer state. fsdp: FSDP2 shards
+    # parameters, gradients and optimizer state over the workers, per transformer block (on GPU with
+    # bf16 compute and fp32 reduction and master weights); each worker then holds about 1/num_workers.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self):
         at_least(self, 1, "num_workers")  # Ray Train workers; 1 trains without DDP
@@ -169,8 +177,23 @@ class ProjectorConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the LM (the peft library): the LM's own weights stay frozen, and only the
+    adapters train, sit in the optimizer and are saved. Their learning rate is lrs.lm."""
+
+    rank: int = 0  # 0 = no LoRA
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self):
+        at_least(self, 0, "rank", "alpha", "dropout")
+
+
+@dataclass(frozen=True)
 class LanguageModelConfig:
     path: str = ""  # a local HF causal-LM directory (`mmtrain models tiny-lm` / `import-gguf`)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)

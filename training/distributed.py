@@ -39,6 +39,12 @@ def all_gather_uneven(x_ND: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)], dim=0)
 
 
+def full_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor (an FSDP2-sharded parameter, a norm over sharded gradients) whole on this rank (a
+    collective where it is sharded: every rank calls it); any other tensor as it is."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)

@@ -125,6 +125,9 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
+    def download_artifacts(self, artifact_path: str, directory: str | Path) -> Path:
+        return Path(self.client.download_artifacts(self.run_id, artifact_path, str(directory)))
+
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
         """Rows as an MLflow table artifact (the UI's artifact view shows it as a table)."""
         if rows:
@@ -149,6 +152,13 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def log_artifacts_to_run(tracking_uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
+    """Files into another process's run (a rank other than 0 adds its checkpoint shards)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(directory), artifact_path)
 
 
 def _safe_key(key: str) -> str:

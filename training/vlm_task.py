@@ -13,10 +13,10 @@ from torch import nn
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder, parse_conversation, supervised_positions
 from pipelines.stages import TokenizeConversations
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, read_model_state
 from training.config import VlmRunConfig
 from training.distributed import all_reduce_sum
-from training.models.language_model import load_lm
+from training.models.language_model import add_lora, load_lm
 from training.loop import Autocast, NoSync, accumulate_independently
 from training.model_inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.vision_encoder import load_vision_encoder, tower_info
@@ -29,6 +29,9 @@ class VlmTask:
     eval_columns = None  # keep the conversation text for generation
 
     def __init__(self, cfg: VlmRunConfig):
+        if cfg.model.lm.lora.rank > 0 and cfg.lrs.lm == 0:
+            raise ValueError("model.lm.lora.rank > 0 trains LoRA adapters at lrs.lm, which is 0: set lrs.lm "
+                             "(e.g. 2e-4) or model.lm.lora.rank=0")
         self.cfg = cfg
         self.tower = tower_info(cfg.model.vision.checkpoint)
         self.normalize = ImageNormalizer(self.tower.image_mean, self.tower.image_std)
@@ -50,6 +53,8 @@ class VlmTask:
     def build_model(self) -> VisionLanguageModel:
         vision = load_vision_encoder(self.tower, self.cfg.model.vision.feature_layer)
         lm, self._tokenizer = load_lm(self.cfg.model.lm.path)
+        if self.lora:
+            lm = add_lora(lm, self.cfg.model.lm.lora)
         projector_cfg = self.cfg.model.projector
         projector = build_projector(projector_cfg.type, self.tower.width, lm.config.hidden_size,
                                     projector_cfg.hidden_width)
@@ -58,9 +63,21 @@ class VlmTask:
         if self.cfg.init_from:
             self._load_projector(model, latest_checkpoint(self.cfg.init_from))
         for name, module in self.modules(model).items():
-            module.requires_grad_(getattr(self.cfg.lrs, name) > 0)
+            if not (name == "lm" and self.lora):  # peft has frozen the LM and left its adapters trainable
+                module.requires_grad_(getattr(self.cfg.lrs, name) > 0)
         self.train_mode(model)
         return model
+
+    @property
+    def lora(self) -> bool:
+        return self.cfg.model.lm.lora.rank > 0
+
+    def frozen_sources(self) -> dict[str, str]:
+        """Frozen modules and the paths their weights come from: checkpoints reference them there
+        instead of copying them (LoRA's base LM included; its adapters are saved)."""
+        sources = {"vision": self.tower.path, "lm": self.cfg.model.lm.path}
+        return {name: path for name, path in sources.items()
+                if getattr(self.cfg.lrs, name) == 0 or (name == "lm" and self.lora)}
 
     def train_mode(self, model: nn.Module) -> None:
         """Train mode for learning modules only: frozen ones stay in eval mode (no dropout)."""
@@ -76,7 +93,7 @@ class VlmTask:
 
     @staticmethod
     def _load_projector(model: VisionLanguageModel, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
+        state = read_model_state(checkpoint)
         projector_state = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
         if not projector_state:
             raise ValueError(f"{checkpoint} holds no projector weights; init_from must be a VLM checkpoint")

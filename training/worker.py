@@ -1,7 +1,8 @@
 """The Ray Train side: one worker function shared by every trainer, and the driver that runs it.
 
-This is the only module that imports ray.train. The task (CLIP today) supplies the model and
-the loss; this module supplies datasets, DDP, checkpoints, evaluation cadence and tracking.
+This is the only module that imports ray.train. The task (CLIP or VLM) supplies the model and
+the loss; this module supplies datasets, the strategy (training/parallelize.py: DDP or FSDP2),
+checkpoints, evaluation cadence and tracking.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from training.checkpoint import (checkpoint_problem, load_checkpoint, load_confi
                                  load_tracking_run_id, save_checkpoint)
 from training.config import ClipRunConfig, VlmRunConfig
 from training.consumption import Consumption
-from training.distributed import global_mean
+from training.distributed import full_tensor, global_mean
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
+from training.parallelize import full_parameters, parallelize
 from training.payload import EvalAssets, WorkerPayload
 from training.resume import config_changes, plan_schedule, seed_for
-from training.tracking import TRACKING_OFF, Tracker
+from training.tracking import TRACKING_OFF, Tracker, log_artifacts_to_run
 from training.tasks import task_class
 
 # How Ray turns each trainer's numpy batches into tensors (None: Ray's default, every column a tensor).
@@ -68,6 +70,9 @@ def train_worker(loop_config: dict) -> None:
 
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
     model = task.build_model().to(device)
+    parallel = parallelize(model, cfg.scaling.strategy, cfg.loop.activation_checkpointing, device,
+                           _use_bf16(cfg.loop.precision, device))
+    # After sharding: FSDP2 replaced the parameters with sharded ones, which the optimizer must hold.
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
     restored = _restore(model, optimizer, rank)
     state, schedule_note = plan_schedule(restored.state if restored else TrainState(), cfg.loop.max_steps,
@@ -75,8 +80,7 @@ def train_worker(loop_config: dict) -> None:
     scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
     # Randomness from (seed, step, rank): a resumed run draws what a run reaching this step would.
     torch.manual_seed(seed_for(cfg.loop.seed, state.step, rank))
-    # prepare_model wraps in DDP when there is more than one worker.
-    wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
+    wrapped = parallel.model
     if cfg.loop.compile:
         wrapped = torch.compile(wrapped)
 
@@ -86,7 +90,8 @@ def train_worker(loop_config: dict) -> None:
               + (f"; {schedule_note}" if schedule_note else ""), flush=True)
 
     consumption = Consumption()
-    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step)
+    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step,
+                   parallel.strategy)
     _begin_data(payload.ledger, restored, rank)
     batches = consumption.watch(_train_batches(payload, state.step, rank, device))
     if tracker and cfg.tracking.log_figures and state.step == 0:
@@ -96,7 +101,7 @@ def train_worker(loop_config: dict) -> None:
     try:
         state = train(task, wrapped, optimizer, scheduler, state, batches, cfg.loop.max_steps, device,
                       hooks.on_step, cfg.optim.grad_accum_steps, cfg.optim.grad_clip_norm, autocast,
-                      getattr(wrapped, "no_sync", None))
+                      parallel.no_sync)
         hooks.finish(state)
     except BaseException:
         if tracker:
@@ -216,8 +221,9 @@ class _Hooks:
     """Logging, evaluation and checkpoint cadence around the loop: small predicates on the step."""
 
     def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload,
-                 consumption: Consumption, start_step: int):
-        self.cfg, self.task, self.model = cfg, task, model
+                 consumption: Consumption, start_step: int, strategy: str):
+        self.cfg, self.task, self.model, self.strategy = cfg, task, model, strategy
+        self.tracking_uri = payload.tracking_uri
         self.consumption, self.positions_taken_at = consumption, start_step
         self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
         self.tracker, self.ledger = tracker, payload.ledger
@@ -289,18 +295,32 @@ class _Hooks:
             shutil.rmtree(local_copy, ignore_errors=True)
 
     def _finish_tracking(self, checkpoint_dir: Path) -> None:
+        """The final checkpoint into the MLflow run (each rank adds the shards it wrote), registered
+        in its standard format, and the run ended. Every rank calls it."""
+        run_id = [self.tracker.run_id if self.tracker else ""]
+        if dist.is_initialized():
+            dist.broadcast_object_list(run_id, src=0)
         if self.tracker:
             self.tracker.log_artifacts(checkpoint_dir, "checkpoint")
+        elif run_id[0]:
+            log_artifacts_to_run(self.tracking_uri, run_id[0], checkpoint_dir, "checkpoint")
+        if dist.is_initialized():
+            dist.barrier()  # every rank's shards are in the run
+        if self.tracker:
             if self.cfg.tracking.register_model:
                 self._register(checkpoint_dir)
             self.tracker.finish("FINISHED")
 
     def _register(self, checkpoint_dir: Path) -> None:
-        """The final checkpoint in its standard format, as a new version of the registered model."""
+        """The final checkpoint in its standard format, as a new version of the registered model
+        (read back from the run's artifacts when other ranks wrote shards of it)."""
         from training.export import export_checkpoint
 
-        with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as export_dir:
-            export_checkpoint(checkpoint_dir, Path(export_dir))
+        with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as scratch:
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                checkpoint_dir = self.tracker.download_artifacts("checkpoint", Path(scratch) / "checkpoint")
+            export_dir = Path(scratch) / "export"
+            export_checkpoint(checkpoint_dir, export_dir)
             version = self.tracker.register_model(self.cfg.tracking.register_model, export_dir)
         print(f"[mmtrain] registered {self.cfg.tracking.register_model} version {version}", flush=True)
 
@@ -315,7 +335,7 @@ class _Hooks:
             "epoch": state.epoch,
             "samples_seen": state.samples_seen * world,
             **self.task.step_metrics(self.model),
-            **{name: float(value) for name, value in result.extra.items()},
+            **{name: float(full_tensor(value)) for name, value in result.extra.items()},
         }
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         return metrics
@@ -343,7 +363,8 @@ class _Hooks:
         self.model.eval()
         batches = ray.train.get_dataset_shard("eval").iter_batches(batch_size=self.cfg.eval.batch_size,
                                                                    batch_format="numpy")
-        metrics = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
+        with full_parameters(self.model, self.strategy):  # ranks may run different numbers of forwards
+            metrics = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
         self.task.train_mode(self.model)
         if self.tracker:
             self._log_eval_artifacts(step)
@@ -379,9 +400,9 @@ class _Hooks:
         return position
 
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
-        """ray.train.report on every rank (it is a barrier); rank 0 attaches the checkpoint and
-        returns the local directory it was written to (None elsewhere). `before_report` gets that
-        directory on rank 0 once it is written."""
+        """ray.train.report on every rank (it is a barrier). With a checkpoint, every rank writes its
+        part into a local directory, attaches it and returns it (to delete once persisted);
+        `before_report` gets it on every rank once written."""
         position = self._data_position(state) if checkpoint else None  # also brings state.epoch up to date
         metrics = {**metrics, "step": state.step, **({"epoch": state.epoch} if "epoch" in metrics else {})}
         if self.data_error:
@@ -393,12 +414,13 @@ class _Hooks:
             print(f"[mmtrain] step {state.step}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())),
                 flush=True)
-        if not checkpoint or self.rank != 0:
+        if not checkpoint:
             ray.train.report(metrics, checkpoint=None)
             return None
+        # Every rank writes its shards into a directory of its own; Ray Train merges them in storage.
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
         save_checkpoint(directory, self.model, self.optimizer, state, to_dict(self.cfg),
-                        self.tracker.run_id if self.tracker else "", position)
+                        self.tracker.run_id if self.tracker else "", position, self.task.frozen_sources())
         if before_report:
             before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))

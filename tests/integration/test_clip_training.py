@@ -43,7 +43,9 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     metrics = run_clip(cfg)
     assert metrics["step"] == 30
     assert 0.0 <= metrics["eval/zero_shot_top1"] <= 1.0 and "eval/image_to_text_R@1" in metrics
-    assert Path(metrics["checkpoint"], "model.pt").is_file()
+    assert Path(metrics["checkpoint"], "weights", ".metadata").is_file()
+    # Each of the 2 ranks wrote its own shard file; Ray Train merged them into one checkpoint.
+    assert len(list(Path(metrics["checkpoint"], "weights").glob("__*_0.distcp"))) == 2
 
     client, run = _mlflow_run(out, "learn")
     assert run.info.status == "FINISHED"
@@ -56,7 +58,10 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     assert int(run.data.tags["mmtrain.step"]) == 30 and "mmtrain.epoch" in run.data.tags
     assert client.get_metric_history(run.info.run_id, "temperature")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert "checkpoint/model.pt" in artifacts and "checkpoint/config.yaml" in artifacts
+    assert "checkpoint/weights" in artifacts and "checkpoint/config.yaml" in artifacts
+    shards = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint/weights")}
+    assert {"checkpoint/weights/__0_0.distcp", "checkpoint/weights/__1_0.distcp"} <= shards  # both ranks'
+
 
     # Re-running the same command with the same run name resumes instead of starting over.
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 40))
@@ -101,7 +106,7 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, synth_dir, tmp_path, capsys):
-    """Before: a truncated model.pt in the latest checkpoint failed every restart without naming it."""
+    """Before: a truncated weights file in the latest checkpoint failed every restart without naming it."""
     from training.run import run_clip
 
     out = tmp_path / "runs"
@@ -109,11 +114,13 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
                                                       "scaling.num_workers=1", "data.eval_shards=[]"]
     run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     newest = sorted(p for p in (out / "trunc").glob("checkpoint_*") if p.is_dir())[-1]
-    data = (newest / "model.pt").read_bytes()
-    (newest / "model.pt").write_bytes(data[: len(data) // 3])
+    shard = newest / "weights" / "__0_0.distcp"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3])
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12"])
     assert run_clip(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
-    assert f"skipping checkpoint {newest}: model.pt does not match its checksum" in capsys.readouterr().out
+    assert (f"skipping checkpoint {newest}: weights/__0_0.distcp does not match its checksum"
+            in capsys.readouterr().out)
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):

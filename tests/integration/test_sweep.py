@@ -43,7 +43,7 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     assert statuses == ["COMPLETED", "STOPPED EARLY", "STOPPED EARLY"], summary["trials"]
     best = summary["best"]
     assert best["params"]["optim.lr"] == pytest.approx(1e-3) and best["step"] == 20
-    assert Path(best["checkpoint"], "model.pt").is_file()
+    assert Path(best["checkpoint"], "weights", ".metadata").is_file()
     saved = json.loads((tmp_path / "sweeps/asha/results.json").read_text())
     assert saved["best"]["run_name"] == best["run_name"] and len(saved["trials"]) == 3
     assert (tmp_path / "sweeps/asha/best_config.yaml").is_file()

@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import os
+import pickle
 import time
 from contextlib import nullcontext
 
@@ -106,8 +108,14 @@ def test_checkpoint_files_load_without_unpickling(tmp_path):
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
     save_checkpoint(tmp_path, model, optimizer, TrainState(step=3), {"a": 1})
-    for name in ("model.pt", "optimizer.pt"):
-        torch.load(tmp_path / name, weights_only=True)  # raises on any non-tensor object
+    from training.checkpoint import CheckpointReader, read_model_state
+
+    assert read_model_state(tmp_path).keys() == model.state_dict().keys()
+    # DCP's .metadata is a pickle: one naming anything but DCP's metadata classes is refused.
+    metadata = tmp_path / "weights" / ".metadata"
+    metadata.write_bytes(pickle.dumps(os.system))
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        CheckpointReader(str(tmp_path / "weights")).read_metadata()
 
 
 def test_data_wait_counts_every_fetch_across_epoch_boundaries():
@@ -210,12 +218,13 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, 
     save_checkpoint(older, model, optimizer, TrainState(step=5), {})
     save_checkpoint(newer, model, optimizer, TrainState(step=10), {})
     assert checkpoint_problem(newer) is None and latest_checkpoint(tmp_path) == newer
-    data = (newer / "model.pt").read_bytes()
-    (newer / "model.pt").write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
-    assert "model.pt does not match its checksum" in checkpoint_problem(newer)
+    shard = newer / "weights" / "__0_0.distcp"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    assert "weights/__0_0.distcp does not match its checksum" in checkpoint_problem(newer)
     assert latest_checkpoint(tmp_path) == older
-    assert f"skipping checkpoint {newer}: model.pt does not match" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="is damaged: model.pt"):
+    assert f"skipping checkpoint {newer}: weights/__0_0.distcp does not match" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="is damaged: weights/__0_0.distcp"):
         latest_checkpoint(newer)
 
 

@@ -45,7 +45,8 @@ def test_secrets_data_and_ignored_files_stay_home(tmp_path):
     (project / ".gitignore").write_text("/data/\n/runs/\nmlflow.db\n")
     secrets = [".env", ".aws/credentials", "id_rsa", "gcp-service-account.json", "conf/.env.local"]
     for name in secrets + ["mlflow.db", "mlruns/0/meta.yaml", "mlartifacts/a.png", "data/train-00000.tar",
-                           "data/tokenizer.json", "runs/clip/checkpoint_1/model.pt", "shards/train-00001.tar"]:
+                           "data/tokenizer.json", "runs/clip/checkpoint_1/model.pt", "shards/train-00001.tar",
+                           "ckpt/weights/__0_0.distcp"]:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("x")
     subprocess.run(["git", "add", "-A", "-f", "."], cwd=project, check=True)  # even tracked, secrets stay home
@@ -54,7 +55,7 @@ def test_secrets_data_and_ignored_files_stay_home(tmp_path):
     try:
         assert "training/models/vlm.py" in package.files
         leaked = [name for name in package.files if name in secrets or name.startswith(
-            ("data/", "runs/", "mlruns/", "mlartifacts/", "shards/")) or name == "mlflow.db"]
+            ("data/", "runs/", "mlruns/", "mlartifacts/", "shards/", "ckpt/weights/__")) or name == "mlflow.db"]
         assert leaked == []
         assert sorted(p.relative_to(package.directory).as_posix() for p in package.directory.rglob("*")
                       if p.is_file()) == sorted(package.files)

@@ -73,11 +73,14 @@ class ClipModel(nn.Module):
         super().__init__()
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, context_length, cfg.embed_dim)
+        # One-element vectors, not scalars: FSDP2 shards parameters along their first dimension and
+        # refuses 0-d ones. Checkpoints and CLIPModels with 0-d values still load (_scalars_as_vectors).
         self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / loss.init_temperature)), requires_grad=loss.learnable_temperature)
+            torch.full((1,), math.log(1.0 / loss.init_temperature)), requires_grad=loss.learnable_temperature)
         # SigLIP's learnable bias; unused (and untouched) by InfoNCE.
         self.logit_bias = nn.Parameter(
-            torch.tensor(loss.siglip_init_bias), requires_grad=loss.kind == "siglip")
+            torch.full((1,), loss.siglip_init_bias), requires_grad=loss.kind == "siglip")
+        self._register_load_state_dict_pre_hook(_scalars_as_vectors)
 
     def no_weight_decay(self) -> set[str]:
         return {"logit_scale", "logit_bias"}  # the towers declare their embeddings
@@ -94,3 +97,11 @@ class ClipModel(nn.Module):
     @torch.no_grad()
     def clamp_logit_scale(self, max_logit_scale: float) -> None:
         self.logit_scale.clamp_(0, math.log(max_logit_scale))
+
+
+def _scalars_as_vectors(state: dict, prefix: str, *args) -> None:
+    """Checkpoints from before the temperature and bias were one-element vectors held them as 0-d."""
+    for name in ("logit_scale", "logit_bias"):
+        value = state.get(prefix + name)
+        if value is not None and value.dim() == 0:
+            state[prefix + name] = value.reshape(1)

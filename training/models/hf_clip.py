@@ -138,6 +138,7 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], layers: dict[str, int]) -> 
     if missing:
         raise ValueError(f"not a CLIPModel checkpoint: it lacks {', '.join(missing[:5])}")
     state = {ours: hf_state[theirs] for ours, theirs in _TOWER.items()}
+    state["logit_scale"] = state["logit_scale"].reshape(1)  # CLIPModel's is 0-d, ours a vector (FSDP2)
     for ours_tower, their_tower in _TOWERS:
         for i in range(layers[ours_tower]):
             ours, theirs = f"{ours_tower}.transformer.blocks.{i}", f"{their_tower}.encoder.layers.{i}"
@@ -152,6 +153,7 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], layers: dict[str, int]) -> 
 def state_to_hf(state: dict[str, torch.Tensor], layers: dict[str, int]) -> dict[str, torch.Tensor]:
     """A CLIPModel's state dict from ours (the SigLIP bias, which CLIP lacks, is left out)."""
     hf_state = {theirs: state[ours] for ours, theirs in _TOWER.items()}
+    hf_state["logit_scale"] = hf_state["logit_scale"].reshape(())  # CLIPModel's is 0-d
     for ours_tower, their_tower in _TOWERS:
         hf_state.update(_blocks_to_hf(state, ours_tower, their_tower, layers[ours_tower]))
     return hf_state
@@ -204,7 +206,7 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
     from pipelines.tokenizer import load_tokenizer, pad_token_id
-    from training.checkpoint import load_config_dict
+    from training.checkpoint import load_config_dict, read_model_state
     from training.config_io import from_dict
 
     cfg = from_dict(ClipRunConfig, load_config_dict(checkpoint))
@@ -213,7 +215,7 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     pad_id = pad_token_id(tokenizer)
     hf_config = hf_config_from_model(cfg.model, cfg.data.context_length, eos_id, pad_id)
     model = CLIPModel(hf_config)
-    state = torch.load(Path(checkpoint) / "model.pt", map_location="cpu", weights_only=True)
+    state = read_model_state(checkpoint)
     layers = {"visual": cfg.model.vision.layers, "text": cfg.model.text.layers}
     missing, unexpected = model.load_state_dict(state_to_hf(state, layers), strict=False)
     missing = [name for name in missing if not name.endswith("position_ids")]  # buffers, rebuilt

@@ -38,6 +38,8 @@ def export_llava(checkpoint: Path, out_dir: Path) -> Path:
         vision_config = AutoConfig.from_pretrained(tower.path)
         vision_config = getattr(vision_config, "vision_config", vision_config)
     lm = model.lm
+    if hasattr(lm, "merge_and_unload"):  # LoRA (peft): the adapters folded into the LM's own weights
+        lm = lm.merge_and_unload()
     llava = LlavaForConditionalGeneration(LlavaConfig(
         vision_config=vision_config, text_config=lm.config, image_token_index=model.image_token_id,
         vision_feature_layer=cfg.model.vision.feature_layer,

@@ -87,6 +87,20 @@ def smollm2_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def add_lora(lm, cfg):
+    """The LM with peft's LoRA adapters (a `LoraConfig` section) on `cfg.target_modules`: its own
+    weights frozen, the adapters trainable. `merge_and_unload()` folds them back in for export."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
+    missing = [name for name in cfg.target_modules if name not in present]
+    if missing:
+        raise ValueError(f"model.lm.lora.target_modules {missing} are not modules of this LM; it has e.g. "
+                         f"{sorted(n for n in present if 'proj' in n)[:8]}")
+    return get_peft_model(lm, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                             target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+
+
 def load_lm(path: str):
     """(model, tokenizer) from a local HF directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

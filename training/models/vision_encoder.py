@@ -92,14 +92,14 @@ def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
 
 
 def _own_tower(checkpoint: str) -> nn.Module:
-    from training.checkpoint import load_config_dict
+    from training.checkpoint import load_checkpoint, load_config_dict
     from training.config import ClipRunConfig
     from training.config_io import from_dict
     from training.models.clip import ClipModel
 
     clip_cfg = from_dict(ClipRunConfig, load_config_dict(Path(checkpoint)))
     clip = ClipModel(clip_cfg.model, clip_cfg.data.context_length, clip_cfg.loss)
-    clip.load_state_dict(torch.load(Path(checkpoint) / "model.pt", map_location="cpu", weights_only=True))
+    load_checkpoint(Path(checkpoint), clip)
     return clip.visual
 
 

@@ -1,0 +1,132 @@
+"""How a model spreads over the Ray Train workers, applied from outside the model files (as
+torchtitan's parallelize_*): activation checkpointing per transformer block, then DDP or FSDP2.
+
+FSDP2 (`fully_shard`) shards each transformer block of the towers and the LM as a unit, then the
+rest of the model as the root: a block's parameters are gathered just before its forward and
+backward and freed after, its gradients reduce-scattered, so each rank keeps 1/N of the
+parameters, gradients and AdamW state. Frozen modules are sharded too (they have no gradients or
+optimizer state anyway). On GPU with bf16, blocks compute in bf16 while gradients are reduced and
+master weights kept in fp32 (MixedPrecisionPolicy); on CPU everything stays fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.distributed import world
+from training.loop import NoSync
+from training.models.transformer import Block
+
+
+@dataclass
+class Parallelized:
+    model: nn.Module  # what the loop calls: the DDP wrapper, or the model itself sharded in place
+    no_sync: NoSync   # a context without gradient synchronisation (accumulation), None with one rank
+    strategy: str     # what was applied: "single", "ddp" or "fsdp"
+
+
+def parallelize(model: nn.Module, strategy: str, activation_checkpointing: str, device: torch.device,
+                bf16: bool) -> Parallelized:
+    """`model` (already on `device`) checkpointed and wrapped or sharded for this run's ranks."""
+    blocks = transformer_blocks(model)
+    if activation_checkpointing == "blocks":
+        blocks = checkpoint_blocks(model, blocks)
+    if world()[1] == 1:
+        return Parallelized(model, None, "single")
+    if strategy == "fsdp":
+        shard(model, blocks, bf16 and device.type == "cuda")
+        return Parallelized(model, _fsdp_no_sync(model), "fsdp")
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Parallelized(wrapped, wrapped.no_sync, "ddp")
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks, in order: our towers' `Block`s, and a Hugging Face model's decoder or
+    encoder layers (the classes its `_no_split_modules` names, as accelerate's FSDP wrapping uses)."""
+    hf_block_names = set()
+    for module in model.modules():
+        hf_block_names.update(getattr(module, "_no_split_modules", None) or ())
+    return [module for module in model.modules()
+            if isinstance(module, Block) or type(module).__name__ in hf_block_names]
+
+
+def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
+    """Recompute block activations in the backward. A Hugging Face model uses its own gradient
+    checkpointing (it knows its layers' calling convention, caches included); our blocks are wrapped
+    with torch's checkpoint wrapper (state-dict names unchanged). Returns the blocks as now called."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    hf_models = [module for module in model.modules() if getattr(module, "supports_gradient_checkpointing", False)]
+    for hf_model in hf_models:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    wrapped = []
+    for block in blocks:
+        if not isinstance(block, Block):
+            wrapped.append(block)
+            continue
+        parent, name = _parent_of(model, block)
+        replacement = checkpoint_wrapper(block)
+        parent.register_module(name, replacement)
+        wrapped.append(replacement)
+    return wrapped
+
+
+def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
+    for module in model.modules():
+        for name, child in module.named_children():
+            if child is target:
+                return module, name
+    raise AssertionError("block not found in the model")
+
+
+def shard(model: nn.Module, blocks: list[nn.Module], bf16: bool) -> None:
+    """FSDP2 over every block, then the root (embeddings, norms, heads, the projector)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kwargs = {"mp_policy": policy} if policy else {}
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def _fsdp_no_sync(model: nn.Module) -> NoSync:
+    @contextmanager
+    def no_sync():
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    return no_sync
+
+
+@contextmanager
+def full_parameters(model: nn.Module, strategy: str):
+    """Within: every parameter whole on every rank, so code other than forward (evaluation,
+    generation, embedding methods) can run, with any number of forwards per rank and no collectives.
+    Costs the whole model's parameters per rank for the duration (no gradients or optimizer state)."""
+    if strategy != "fsdp":
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    inner = [module for module in sharded if module is not model]
+    for module in inner:
+        module.set_reshard_after_forward(False, recurse=False)
+    for module in sharded:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in inner:
+            module.set_reshard_after_forward(True, recurse=False)
+        for module in sharded:
+            module.reshard()
