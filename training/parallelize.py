@@ -31,15 +31,17 @@ class Parallelized:
 
 def parallelize(model: nn.Module, strategy: str, activation_checkpointing: str, device: torch.device,
                 bf16: bool) -> Parallelized:
-    """`model` (already on `device`) checkpointed and wrapped or sharded for this run's ranks."""
+    """`model` checkpointed, on `device`, and wrapped or sharded for this run's ranks. Give it the
+    model still on the host: FSDP moves it one block at a time, so no device ever holds it whole."""
     blocks = transformer_blocks(model)
     if activation_checkpointing == "blocks":
         blocks = checkpoint_blocks(model, blocks)
+    if strategy == "fsdp" and world()[1] > 1:
+        shard(model, blocks, bf16 and device.type == "cuda")  # fully_shard moves each unit to the device
+        return Parallelized(model, _fsdp_no_sync(model), "fsdp")
+    model.to(device)
     if world()[1] == 1:
         return Parallelized(model, None, "single")
-    if strategy == "fsdp":
-        shard(model, blocks, bf16 and device.type == "cuda")
-        return Parallelized(model, _fsdp_no_sync(model), "fsdp")
     from torch.nn.parallel import DistributedDataParallel
 
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -69,7 +69,7 @@ def train_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
-    model = task.build_model().to(device)
+    model = task.build_model()
     parallel = parallelize(model, cfg.scaling.strategy, cfg.loop.activation_checkpointing, device,
                            _use_bf16(cfg.loop.precision, device))
     # After sharding: FSDP2 replaced the parameters with sharded ones, which the optimizer must hold.

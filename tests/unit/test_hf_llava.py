@@ -8,7 +8,7 @@ import torch
 from jobs.cli import main
 from pipelines.conversations import ConversationEncoder
 from training.checkpoint import save_checkpoint
-from training.config import (LanguageModelConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
+from training.config import (LanguageModelConfig, LoraConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
                              VlmModelConfig, VlmRunConfig)
 from training.config_io import to_dict
 from training.loop import TrainState
@@ -24,28 +24,30 @@ def parts(tmp_path_factory):
 QUESTION = [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"}]
 
 
-def _saved_vlm(directory, tower, lm, projector="mlp2x_gelu"):
+def _saved_vlm(directory, tower, lm, projector="mlp2x_gelu", lora_rank=0):
     cfg = VlmRunConfig(stage="conversations", max_length=64, lrs=ModuleLearningRates(projector=1e-3, lm=1e-3),
                        model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower)),
                                             projector=ProjectorConfig(type=projector),
-                                            lm=LanguageModelConfig(path=str(lm))))
+                                            lm=LanguageModelConfig(path=str(lm), lora=LoraConfig(rank=lora_rank))))
     task = VlmTask(cfg)
     model = task.build_model()
     torch.manual_seed(1)
-    with torch.no_grad():  # "trained": the projector and LM are no longer what they were built as
-        for param in list(model.projector.parameters()) + list(model.lm.parameters()):
-            param.add_(0.05 * torch.randn_like(param))
-    save_checkpoint(directory, model, None, TrainState(step=1), to_dict(cfg))
+    with torch.no_grad():  # "trained": the projector and LM (or its LoRA adapters) are not what they were built as
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    save_checkpoint(directory, model, None, TrainState(step=1), to_dict(cfg), frozen_sources=task.frozen_sources())
     return task, model
 
 
-@pytest.mark.parametrize("tower_kind", ["mmtrain", "hf_siglip"])
-def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_kind):
+@pytest.mark.parametrize("tower_kind,lora_rank", [("mmtrain", 0), ("hf_siglip", 0), ("mmtrain", 4)])
+def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_kind, lora_rank):
+    """With LoRA the checkpoint holds only the adapters; the export merges them into the LM."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     root, lm = parts
     tower = root / "clip" if tower_kind == "mmtrain" else save_hf_tower(tmp_path / "siglip", "siglip")
-    task, model = _saved_vlm(tmp_path / "vlm", tower, lm)
+    task, model = _saved_vlm(tmp_path / "vlm", tower, lm, lora_rank=lora_rank)
     out = tmp_path / "llava"
     assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
