@@ -11,6 +11,8 @@ from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own INFO logs and deprecation notices (otherwise in its session logs)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     data.add_parsers(subparsers)
     train.add_parsers(subparsers)
@@ -25,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Ray Data's per-operator progress bars flood logs; mmtrain prints its own step progress.
+    if args.verbose:
+        os.environ["MMTRAIN_VERBOSE"] = "1"  # training.run.VERBOSE
+    # Ray Data's per-operator progress bars flood logs; mmtrain prints its own step progress. (Set
+    # before ray.data is first imported: its defaults are read from the environment then.)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:  # transformers' "Loading weights" / "Writing model shards" bars
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.handler(args)
     except ValueError as err:  # user errors say what to change; no traceback needed

@@ -8,6 +8,8 @@ host copy of the labels, and the result travels to the device with the rest of t
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
@@ -20,6 +22,8 @@ class VlmCollate(NumpyBatchCollateFn):
     """The contract's columns as tensors, plus contract.PREDICTING from the labels."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
+        with warnings.catch_warnings():  # Ray's arrays are read-only; these tensors are never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
         tensors[contract.PREDICTING] = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
         return tensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -83,6 +84,14 @@ def manifest_near(spec: str) -> dict:
     return json.loads(manifest.read_text()) if manifest.is_file() else {}
 
 
+VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
+RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parent.parent / "pipelines" / "ray_data_logging.yaml"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE) == "1"
+
+
 def ensure_ray(address: str, local_num_cpus: int) -> None:
     """Connect to `address`, or start a local instance with more logical CPUs than cores so that
     Ray Data and Train workers can share a small machine (they starve each other otherwise)."""
@@ -90,21 +99,34 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
 
     if ray.is_initialized():
         return
+    loud = verbose()
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
            "TOKENIZERS_PARALLELISM": "false",
            "RAY_CHDIR_TO_TRIAL_DIR": "0",  # sweep trials keep the working dir that relative paths mean
            # Train's workers replace print with a logger that also tees to stdout: every line twice.
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           # Deprecation notices about Ray's own internals are no news to a user of mmtrain.
+           **({} if loud else {"PYTHONWARNINGS": "ignore::DeprecationWarning",
+                               "HF_HUB_DISABLE_PROGRESS_BARS": "1"})}  # transformers' "Loading weights" bars
+    # Ray's INFO logs (the instance started, Ray Data's execution plans; Ray Train's are quietened by
+    # fit()) go to its session logs only, unless --verbose; warnings and errors still reach the console.
+    quiet = {} if loud else {"logging_level": logging.WARNING}
     if address or os.environ.get("RAY_ADDRESS"):
         # Inside a Ray job these are already in the job's runtime env, and Ray refuses a driver
         # runtime env that sets the same keys again.
         missing = {key: value for key, value in env.items() if key not in os.environ}
-        ray.init(address=address or None, runtime_env={"env_vars": missing} if missing else None)
+        context = ray.init(address=address or None, runtime_env={"env_vars": missing} if missing else None, **quiet)
     else:
         # The dashboard stays on: Train's placement-group cleaner and the Jobs SDK need it.
         # address="local": a new instance even where `ray start` left one (use ray_address=auto for that).
         cpus = local_num_cpus or max(6, 3 * (os.cpu_count() or 2))
-        ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env})
+        if not loud:  # a path on this machine: for a local instance only
+            env["RAY_DATA_LOGGING_CONFIG"] = str(RAY_DATA_QUIET_LOGGING)
+        context = ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env}, **quiet)
+    if not loud:
+        dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
+        print(f"[mmtrain] Ray {'at ' + address if address else 'started locally'}: {dashboard}Ray's own logs "
+              "in /tmp/ray/session_latest/logs on the head node (--verbose prints them here)", flush=True)
 
 
 def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:

@@ -160,7 +160,7 @@ def trial_config(context: TrialContext, params: dict, trial_id: str):
     """The full run config of one trial: base preset + sweep overrides + sampled values + its run name."""
     sweep = context.sweep
     fixed = {
-        "run.name": f"{sweep.name}-{trial_id}",
+        "run.name": trial_run_name(sweep.name, trial_id),
         "run.output_dir": context.trials_dir,
         "tracking.tracking_uri": context.tracking_uri,
         "tracking.parent_run_id": context.parent_run_id,
@@ -168,6 +168,13 @@ def trial_config(context: TrialContext, params: dict, trial_id: str):
         "data.data_cpu_limit": context.data_cpu_limit,
     }
     return load_config(CONFIGS[sweep.trainer], context.base_config, sweep.overrides, {**params, **fixed})
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    """A trial's run name, the part that tells trials apart first ("t03-clip-temperature-6a1f2_00003"):
+    the MLflow UI cuts long names at the end, where Tune's trial numbers are."""
+    number = trial_id.rsplit("_", 1)[-1]
+    return f"t{int(number):02d}-{sweep_name}-{trial_id}" if number.isdigit() else f"{sweep_name}-{trial_id}"
 
 
 def run_trial(params: dict, context: TrialContext) -> None:
@@ -251,7 +258,9 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
                                         # TuneConfig.max_concurrent_trials is ignored with this generator
                                         search_alg=BasicVariantGenerator(random_state=sweep.seed,
                                                                          max_concurrent=parallel)),
-            run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.root), verbose=1),
+            # Tune's status tables (every 30 s) give way to one line per trial event (SweepProgress).
+            run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.root), verbose=0,
+                                      callbacks=[sweep_progress(sweep, trials)]),
         )
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` closes runs like Ctrl-C
@@ -273,6 +282,49 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     return summary
 
 
+def sweep_progress(sweep: SweepConfig, total: int):
+    """A Tune callback (in the driver) printing a line per trial event: started (with its sampled
+    values), each evaluation's metric, and done/stopped/failed with the counts so far and the best."""
+    from ray import tune
+
+    class SweepProgress(tune.Callback):
+        def __init__(self):
+            self.finished: dict[str, str] = {}
+            self.best: tuple[float, str] | None = None
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            values = ", ".join(f"{key}={_short(trial.config.get(key))}" for key in sweep.search_space)
+            print(f"[mmtrain] sweep {sweep.name}: {self._name(trial)} started ({values})", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(sweep.metric)
+            if value is None:
+                return
+            if self.best is None or (value > self.best[0] if sweep.mode == "max" else value < self.best[0]):
+                self.best = (value, self._name(trial))
+            print(f"[mmtrain] sweep {sweep.name}: {self._name(trial)} step {result.get('step')}: "
+                  f"{sweep.metric}={value:.4g}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finished(trial, "done", trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._finished(trial, "failed", trials)
+
+        def _finished(self, trial, outcome: str, trials) -> None:
+            self.finished[trial.trial_id] = outcome
+            running = sum(t.status == "RUNNING" for t in trials if t.trial_id not in self.finished)
+            best = f"; best {sweep.metric}={self.best[0]:.4g} ({self.best[1]})" if self.best else ""
+            print(f"[mmtrain] sweep {sweep.name}: {self._name(trial)} {outcome}; {len(self.finished)}/{total} "
+                  f"finished, {running} running{best}", flush=True)
+
+        @staticmethod
+        def _name(trial) -> str:
+            return trial_run_name(sweep.name, trial.trial_id)
+
+    return SweepProgress()
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -286,7 +338,7 @@ def summarise(sweep: SweepConfig, context: TrialContext, paths: SweepPaths) -> d
     for trial in analysis.trials:
         params = {key: trial.config.get(key) for key in sweep.search_space}
         last = trial.last_result or {}
-        run_name = f"{sweep.name}-{trial.trial_id}"
+        run_name = trial_run_name(sweep.name, trial.trial_id)
         max_steps = trial_config(context, params, trial.trial_id).loop.max_steps
         step = int(last.get("step", 0))
         if trial.status == "ERROR":

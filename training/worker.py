@@ -34,6 +34,7 @@ from training.distributed import full_tensor, global_mean
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
 from training.parallelize import full_parameters, parallelize
+from training.progress import Progress
 from training.payload import EvalAssets, WorkerPayload
 from training.resume import config_changes, plan_schedule, seed_for
 from training.tracking import TRACKING_OFF, Tracker, log_artifacts_to_run
@@ -62,6 +63,7 @@ def train_worker(loop_config: dict) -> None:
     from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow tables"
     payload: WorkerPayload = loop_config["payload"]
     cfg: RunConfig = payload.config
     task = task_class(payload.task)(cfg)
@@ -233,6 +235,7 @@ class _Hooks:
         self.last_result: StepResult | None = None
         self.data_error: str | None = None
         self.created = time.perf_counter()
+        self.progress = Progress()
         self.num_nodes = _count_nodes()
 
     def show_first_batch(self, batches):
@@ -410,10 +413,8 @@ class _Hooks:
         self.last_metrics.update({k: v for k, v in metrics.items() if not k.startswith("eval/")})
         if self.tracker:
             self.tracker.log_metrics(metrics, state.step)
-        if self.rank == 0 and any(k in metrics for k in ("loss", "eval/zero_shot_top1")):
-            print(f"[mmtrain] step {state.step}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())),
-                flush=True)
+        if self.rank == 0 and any(k == "loss" or k.startswith("eval/") for k in metrics):
+            print(self.progress.line(state.step, self.cfg.loop.max_steps, metrics), flush=True)
         if not checkpoint:
             ray.train.report(metrics, checkpoint=None)
             return None
@@ -438,6 +439,7 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
     from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines.ledger import SampleLedger
     from pipelines.sources import resolve_shards
+    from training.run import verbose
 
     scaling = cfg.scaling
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
@@ -463,6 +465,8 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
             name=cfg.run.name, storage_path=storage, callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
+            logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         dataset_config=TrainDataConfig(datasets_to_split="all"),

@@ -5,6 +5,7 @@ count. Real Ray Train workers, real shards; the checkpoints' data positions are 
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -152,4 +153,9 @@ def test_a_killed_driver_resumes_exactly_and_on_fewer_workers(synth_dir, tmp_pat
     last_run = lines[lines.index(resumes[-1]):]
     steps = Counter(line for line in last_run if "[mmtrain] step " in line)
     assert steps and max(steps.values()) == 1, steps.most_common(2)  # Ray's print patch doubled every line
+    assert any(re.search(r"\[mmtrain\] step \d+/\d+ \(\d+%\) loss ", line) for line in steps)  # step/total
+    # Ray's INFO chatter stays in its session logs (mmtrain --verbose shows it)
+    for chatter in ("Execution plan of Dataset", "Requesting resources", "Started a local Ray instance",
+                    "Checkpoint successfully created", "Progress bars disabled", "RayDeprecationWarning"):
+        assert chatter not in log.read_text(), chatter
     _assert_each_sample_once_per_epoch(run_dir)

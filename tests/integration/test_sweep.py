@@ -26,7 +26,7 @@ def _trial_overrides(synth_dir, steps):
             "scaling.num_workers=1"]
 
 
-def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, tmp_path, mlflow_server):
+def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, tmp_path, mlflow_server, capsys):
     from training.sweep import run_sweep
 
     # The sweep metric is the reported learning rate: deterministic, so ASHA's decisions are too.
@@ -38,6 +38,11 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
         "search_space={optim.lr: {grid: [1.0e-3, 1.0e-6, 2.0e-6]}, loss.kind: {choice: [infonce, siglip]}}",
         f"overrides={_trial_overrides(synth_dir, 20) + ['optim.min_lr_ratio=1.0']!r}"])  # lr stays up after warmup
     summary = run_sweep(sweep)
+    printed = capsys.readouterr().out
+    # One line per trial event instead of Tune's periodic tables; names lead with the trial number.
+    assert printed.count("[mmtrain] sweep asha: t0") >= 9 and "3/3 finished, 0 running" in printed
+    assert "Trial status" not in printed and "Current time" not in printed
+    assert sorted(row["run_name"][:4] for row in summary["trials"]) == ["t00-", "t01-", "t02-"]
 
     statuses = sorted(row["status"] for row in summary["trials"])
     assert statuses == ["COMPLETED", "STOPPED EARLY", "STOPPED EARLY"], summary["trials"]

@@ -115,3 +115,19 @@ def test_config_show_prints_every_key_with_default_and_help_from_any_directory(t
     assert main(["config", "show", "vlm/stage1"]) == 0 and "stage: captions" in capsys.readouterr().out
     assert main(["train", "clip", "--config", "clip/nope"]) == 2
     assert "does not exist here or under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["{tmp}/no-such-dir", "{tmp}/trian-*.tar"])
+def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, spec):
+    """A shard directory that does not exist (it once reported a missing tokenizer) or a mistyped
+    glob (it once started Ray first): the shards are named, and Ray is never started."""
+    import ray
+
+    from jobs.cli import main
+
+    shards = spec.format(tmp=tmp_path)
+    assert main(["train", "clip", "--config", "clip/tiny", "--set", f"data.train_shards=[{shards}]",
+                 "--set", "tracking.tracking_uri=none"]) == 2
+    err = capsys.readouterr().err
+    assert f"shard spec '{shards}' matched no shards" in err and "tokenizer" not in err
+    assert not ray.is_initialized()
