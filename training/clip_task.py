@@ -116,6 +116,10 @@ class ClipTask:
         ids, mask = batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK]
         return [self._caption_tokenizer.decode(row[row_mask.bool()].tolist()) for row, row_mask in zip(ids, mask)]
 
+    def _short_captions(self, batch: dict, count: int, width: int = 32) -> list[str]:
+        rows = {key: to_tensor(batch[key])[:count] for key in (contract.INPUT_IDS, contract.ATTENTION_MASK)}
+        return [caption if len(caption) <= width else caption[:width - 1] + "…" for caption in self.captions(rows)]
+
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part).
         `batches` are this rank's eval batches; `assets` an EvalAssets (classes, templates, tokenizer)."""
@@ -124,16 +128,18 @@ class ClipTask:
 
         model = unwrap(model)
         eval_cfg = self.cfg.eval
-        image_NE, text_NE, labels_N = embed_eval_set(model, batches, device, self.normalize)
+        first: list[dict] = []  # this rank's first batch: rank 0's rows lead the gathered eval set
+        image_NE, text_NE, labels_N = embed_eval_set(model, _keep_first(batches, first), device, self.normalize)
         metrics = {"eval_samples": image_NE.shape[0]}
         self.eval_pictures = {}
         if eval_cfg.retrieval:
             limit = eval_cfg.max_retrieval_samples
             metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
             shown = min(16, image_NE.shape[0])
-            labels = [str(i) for i in range(shown)]
+            captions = self._short_captions(first[0], shown) if first else []
+            labels = captions if len(captions) == shown else [str(i) for i in range(shown)]
             self.eval_pictures["retrieval_similarity"] = HeatmapSpec(
-                (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(), labels, labels,
+                (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(), [f"image of: {c}" for c in labels], labels,
                 "cosine similarity, first eval pairs (matches on the diagonal)", "caption", "image")
         if eval_cfg.zero_shot and assets.classes:
             classifier = zero_shot_classifier(model, assets.tokenizer, self.cfg.data.context_length,
@@ -143,6 +149,13 @@ class ClipTask:
                 zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(), assets.classes, assets.classes,
                 "zero-shot confusion (counts)", "predicted class", "true class")
         return metrics
+
+
+def _keep_first(batches: Iterable[dict], first: list[dict]):
+    for batch in batches:
+        if not first:
+            first.append(batch)
+        yield batch
 
 
 def _model_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

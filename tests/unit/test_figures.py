@@ -30,3 +30,33 @@ def test_zero_shot_confusion_counts_rows_as_true_classes():
     labels_N = torch.tensor([0, 1, 2, 2, -1])  # the last sample has no label and is skipped
     confusion = zero_shot_confusion(image_NE, labels_N, classifier_CE)
     assert confusion.tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
+    """Rows and columns read as captions (they were numbered 0..15)."""
+    import dataclasses
+
+    from pipelines import contract
+    from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+    from training.clip_task import ClipTask
+    from training.payload import EvalAssets
+    from tests.unit.test_loop_and_checkpoint import _cfg
+
+    tokenizer_path = str(synth_dir / "tokenizer.json")
+    cfg = _cfg()
+    vocab = load_tokenizer(tokenizer_path).get_vocab_size()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer_path, context_length=16),
+                              model=dataclasses.replace(cfg.model, text=dataclasses.replace(
+                                  cfg.model.text, vocab_size=vocab)))
+    captions = ["a red circle", "two blue squares on the left of the picture, large ones", "a green triangle"]
+    encodings = configure_fixed_length(load_tokenizer(tokenizer_path), 16).encode_batch(captions)
+    batch = {contract.IMAGE: np.zeros((3, 16, 16, 3), dtype=np.uint8), contract.LABEL: np.array([0, 1, 2]),
+             contract.INPUT_IDS: np.array([e.ids for e in encodings]),
+             contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings])}
+    task = ClipTask(cfg)
+    task.evaluate(task.build_model(), [batch], torch.device("cpu"), EvalAssets(tokenizer_path))
+    spec = task.eval_pictures["retrieval_similarity"]
+    assert spec.column_labels[0] == "a red circle" and spec.row_labels[2] == "image of: a green triangle"
+    assert spec.column_labels[1].startswith("two blue squares") and spec.column_labels[1].endswith("…")
+    assert _png(heatmap(spec.matrix, spec.row_labels, spec.column_labels, spec.title, spec.xlabel,
+                        spec.ylabel)).size[0] > 100
