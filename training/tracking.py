@@ -137,6 +137,17 @@ class Tracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def log_figure_at_step(self, figure, key: str, step: int) -> None:
+        """A figure as MLflow's step-aware image `key`: the run's Images view shows one per step
+        with a step slider (the PNG stays an artifact too, for downloading)."""
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        self.client.log_image(self.run_id, Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), key=key, step=step)
+
     def register_model(self, name: str, directory: str | Path) -> int:
         """Log `directory` as the run's `model` artifacts and register them as a new version of the
         registered model `name` (created on first use); returns the version number."""

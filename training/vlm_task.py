@@ -135,9 +135,20 @@ class VlmTask:
         return {}
 
     def captions(self, batch: dict) -> list[str]:
-        """What each row of a training batch is supervised to say (its unmasked label tokens)."""
-        labels = to_tensor(batch[contract.LABELS])
-        return [self._tokenizer.decode(row[row != -100].tolist(), skip_special_tokens=True) for row in labels]
+        """For the sample grid: each row's question (the first line of the text between its image and
+        its first supervised token) and what it is supervised to say (its unmasked label tokens)."""
+        ids, labels = to_tensor(batch[contract.INPUT_IDS]), to_tensor(batch[contract.LABELS])
+        shown = []
+        for row_ids, row_labels in zip(ids, labels):
+            answer = self._tokenizer.decode(row_labels[row_labels != -100].tolist(), skip_special_tokens=True)
+            supervised = (row_labels != -100).nonzero().flatten()
+            images = (row_ids == self._tokenizer.convert_tokens_to_ids("<image>")).nonzero().flatten()
+            start = int(images[-1]) + 1 if len(images) else 0
+            end = int(supervised[0]) if len(supervised) else start
+            prompt = self._tokenizer.decode(row_ids[start:end].tolist(), skip_special_tokens=True).strip()
+            question = prompt.splitlines()[0] if prompt else ""
+            shown.append(f"Q: {question} A: {answer.strip()}" if question else answer.strip())
+        return shown
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets=None) -> dict:

@@ -68,6 +68,10 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     assert "figures/train_samples.png" in figures
     assert any("zero_shot_confusion" in path for path in figures)
     assert any("retrieval_similarity" in path for path in figures)
+    # Step-aware images too: the run's Images view shows each evaluation's figure at its step.
+    images = {a.path for a in client.list_artifacts(winner.info.run_id, "images")}
+    for step in (10, 20):
+        assert any(path.startswith(f"images/retrieval_similarity+step+{step}+") for path in images), images
     assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} >= {"results.json"}
 
 

@@ -215,3 +215,12 @@ def test_weight_decay_spares_the_lms_token_embeddings(parts):
     assert "lm.model.layers.0.self_attn.q_proj.weight" in decayed and "projector.0.weight" in decayed
     assert "vision.tower.positional_embedding" not in decayed and "vision.tower.transformer.blocks.0.attn.qkv.weight" in decayed
     assert not any(name.endswith(("bias", "norm.weight")) for name in decayed)
+
+
+def test_the_sample_grid_shows_the_question_with_the_answer(parts):
+    root, lm = parts
+    task = VlmTask(_cfg(root, lm, stage="conversations"))
+    task.build_model()
+    encoder = ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=32)
+    batch = next(_batches(task, encoder))
+    assert task.captions(batch)[0] == "Q: what colour are the shapes? A: red"
