@@ -73,6 +73,23 @@ def run_synth(args) -> int:
     return 0
 
 
+class FirstUpdateBar:
+    """A tqdm bar that appears with the first sample: a source refused before any is read prints
+    its error alone, not after an empty bar."""
+
+    def __init__(self, **tqdm_args):
+        self._args, self._bar = tqdm_args, None
+
+    def update(self, count: int = 1) -> None:
+        if self._bar is None:
+            self._bar = tqdm(**self._args)
+        self._bar.update(count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def run_convert(args) -> int:
     options = ConvertOptions(
         format=args.format, split=args.split, classes_file=args.classes,
@@ -82,8 +99,11 @@ def run_convert(args) -> int:
         shard_bytes=int(args.shard_mb * 1024 * 1024), seed=args.seed,
         resize=args.resize, quality=args.quality, workers=args.workers,
     )
-    with tqdm(desc="convert", unit="sample") as bar:
+    bar = FirstUpdateBar(desc="convert", unit="sample")
+    try:
         manifest = convert(args.src, args.out_dir, options, progress=bar.update)
+    finally:
+        bar.close()
     write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
     skipped = manifest.get("skipped") or {}
     resized = manifest.get("resize", {}).get("resized")

@@ -161,3 +161,11 @@ def test_convert_resize_shrinks_big_images_keeps_small_ones_and_skips_bad(tmp_pa
 def test_convert_resize_refuses_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="--quality"):
         convert(tmp_path, tmp_path / "o", ConvertOptions(format="folder", resize=256, quality=0))
+
+
+def test_convert_refuses_a_missing_source_without_an_empty_progress_bar(tmp_path, capsys):
+    from jobs.cli import main
+
+    assert main(["data", "convert", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--format", "folder"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"mmtrain: error: source {tmp_path / 'nowhere'} does not exist"  # no "convert: 0 sample" bar
