@@ -92,7 +92,7 @@ def test_killed_sweep_driver_resumes(synth_dir, tmp_path):
         deadline = time.time() + 400
         while time.time() < deadline:
             assert proc.poll() is None, log_path.read_text()[-3000:]
-            runs = sorted(trials.glob("resumable-*")) if trials.is_dir() else []
+            runs = sorted(trials.glob("t*-resumable-*")) if trials.is_dir() else []  # t00-..., t01-...
             finished = [r for r in runs if _final_step(r) == 30]
             # two checkpoints: the second trial has been running a while, so Tune has long since
             # recorded the first one as finished
