@@ -129,13 +129,15 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
 
     out = tmp_path / "runs"
     common = [f"run.output_dir={out}", "run.name=reshard", f"data.train_shards=[{synth_dir}/train-*.tar]",
-              "data.eval_shards=[]", "tracking.tracking_uri=none", "loop.max_steps=6", "loop.log_every=3"]
+              "tracking.tracking_uri=none", "loop.max_steps=6", "loop.log_every=3"]
+    # Evaluated under FSDP too: the whole model is gathered on each rank for the evaluation, and
+    # each rank embeds its own share of the eval set with it (training/parallelize.full_parameters).
     sharded = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.strategy=fsdp", "scaling.num_workers=2", "loop.batch_size_per_worker=16",
-        "loop.activation_checkpointing=blocks"]))
-    assert sharded["step"] == 6
+        "loop.activation_checkpointing=blocks", f"data.eval_shards=[{synth_dir}/val-*.tar]", "eval.batch_size=24"]))
+    assert sharded["step"] == 6 and sharded["eval/eval_samples"] == 64 and 0 <= sharded["eval/zero_shot_top1"] <= 1
     resumed = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
-        "scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32"]))
+        "scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"]))
     assert resumed["step"] == 6 and resumed["checkpoint"] != sharded["checkpoint"]
     for part in ("model", "optimizer"):
         before, after = read_saved_tensors(sharded["checkpoint"], part), read_saved_tensors(resumed["checkpoint"], part)
