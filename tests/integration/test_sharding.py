@@ -47,6 +47,10 @@ def _vlm_batches(task, rank: int):
 
 
 BATCHES = {"clip": _clip_batches, "vlm": _vlm_batches}
+# The model's own forward (the CLIP task's loss gathers features across ranks, a collective).
+FORWARD_INPUTS = {"clip": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK),
+                  "vlm": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS,
+                          contract.PREDICTING)}
 
 
 def _same_batches_under_each_strategy(config: dict) -> None:
@@ -58,7 +62,7 @@ def _same_batches_under_each_strategy(config: dict) -> None:
     from training.distributed import global_mean
     from training.loop import TrainState, train
     from training.optim import build_optimizer, warmup_cosine
-    from training.parallelize import parallelize
+    from training.parallelize import full_parameters, parallelize
     from training.tasks import task_class
 
     rank, cfg, out = ray.train.get_context().get_world_rank(), config["cfg"], Path(config["out"])
@@ -76,6 +80,13 @@ def _same_batches_under_each_strategy(config: dict) -> None:
               torch.device("cpu"), lambda state, result: seen.append(float(global_mean(result.loss))) or True,
               grad_clip_norm=cfg.optim.grad_clip_norm, no_sync=parallel.no_sync)
         losses[strategy] = seen
+        # Evaluation-style work with a different number of forwards per rank (generation stops at
+        # different lengths): with the whole model gathered, no rank waits on another.
+        with torch.no_grad(), full_parameters(model, parallel.strategy):
+            model.eval()
+            batch = task.prepare_batch(next(BATCHES[config["task"]](task, rank)), torch.device("cpu"))
+            for _ in range(1 + 2 * rank):
+                model(*[batch[key] for key in FORWARD_INPUTS[config["task"]]])
         save_checkpoint(out / strategy, model, optimizer, TrainState(step=STEPS), {},
                         frozen_sources=task.frozen_sources())
     if rank == 0:
