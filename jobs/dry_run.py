@@ -15,6 +15,7 @@ from training.config_io import load_config
 from training.tracking import default_experiment, experiment_link
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
+_STARTED = time.monotonic()  # this module is imported as the command starts
 CLIP_RUN, STAGE1_RUN, STAGE2_RUN, SWEEP = "dry-run-clip", "dry-run-vlm-stage1", "dry-run-vlm-stage2", "dry-run-sweep"
 RUN_NAMES = (CLIP_RUN, STAGE1_RUN, STAGE2_RUN, f"sweeps/{SWEEP}")  # what a second dry run clears
 
@@ -37,7 +38,6 @@ def run_dry_run(args) -> int:
     from training.sweep import format_table
 
     out = args.out.resolve()
-    started = time.time()
     data_dir, runs = out / "data", out / "runs"
     # Two data actors per pipeline are plenty for 4 small shards on a laptop (each one starts a process).
     shards = [f"data.train_shards=[{data_dir}/train-*.tar]", f"data.eval_shards=[{data_dir}/val-*.tar]",
@@ -75,11 +75,11 @@ def run_dry_run(args) -> int:
     stage2 = run_vlm(load_config(VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [
         f"run.name={STAGE2_RUN}", f"init_from={runs / STAGE1_RUN}"]))
 
-    print("[dry-run] waiting for the sweep to finish", flush=True)
+    print(f"[dry-run] at {time.monotonic() - _STARTED:.0f} s: waiting for the sweep to finish", flush=True)
     summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
     print(format_table(summary))
 
-    print(f"\n== dry run finished in {time.time() - started:.0f} s ==")
+    print(f"\n== dry run finished in {time.monotonic() - _STARTED:.0f} s (since the command started) ==")
     print(f"data:           {data_dir}")
     print(f"CLIP:           loss {clip['loss']:.3f}, zero-shot top-1 {clip.get('eval/zero_shot_top1', 0):.3f}, "
           f"image->text R@5 {clip.get('eval/image_to_text_R@5', 0):.3f}")
@@ -133,4 +133,4 @@ def _finish_sweep(sweep: subprocess.Popen, results: Path, log_path: Path) -> dic
 
 
 def _step(number: int, text: str) -> None:
-    print(f"[dry-run] {number}/5 {text}", flush=True)
+    print(f"[dry-run] {number}/5 at {time.monotonic() - _STARTED:.0f} s: {text}", flush=True)

@@ -58,6 +58,16 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
             if isinstance(module, Block) or type(module).__name__ in hf_block_names]
 
 
+def _hf_checkpointing_enable(hf_model: nn.Module) -> None:
+    # transformers 5.x renamed gradient_checkpointing_enable (deprecated, warns) to
+    # activation_checkpointing_enable; older releases have only the first.
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf_model, "activation_checkpointing_enable"):
+        hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
     """Recompute block activations in the backward. A Hugging Face model uses its own gradient
     checkpointing (it knows its layers' calling convention, caches included); our blocks are wrapped
@@ -66,7 +76,7 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
 
     hf_models = [module for module in model.modules() if getattr(module, "supports_gradient_checkpointing", False)]
     for hf_model in hf_models:
-        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _hf_checkpointing_enable(hf_model)
     wrapped = []
     for block in blocks:
         if not isinstance(block, Block):
