@@ -9,6 +9,18 @@ import sys
 from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
 
 
+# Notices from Ray's own processes that the driver would print (Ray's RAY_DEDUP_LOGS_SKIP_REGEX
+# drops them there; they stay in the session logs): an error-level line from Ray's own actors
+# (Train's PreemptionWatcher, Ray Data's map workers) about restarts mmtrain does not rely on, and
+# the raylet's count of worker processes starting at once, which a small machine given more logical
+# CPUs than cores (as mmtrain does) always exceeds.
+RAY_NOTICES = "|".join((
+    r"core_worker\.cc:\d+: Actor with class name: '(PreemptionWatcher|MapWorker\(.*\))' .*has constructor "
+    r"arguments in the object store",
+    r"PYTHON worker processes have been started on node",
+))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
     parser.add_argument("--verbose", action="store_true",
@@ -35,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.verbose:  # transformers' "Loading weights" / "Writing model shards" bars
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOTICES)  # read as ray is imported
     try:
         return args.handler(args)
     except ValueError as err:  # user errors say what to change; no traceback needed

@@ -1,4 +1,5 @@
-"""The training progress line: step/total, percentage, loss, samples/s and an ETA from the pace so far."""
+"""The console: the training progress line (step/total, percentage, loss, samples/s and an ETA from
+the pace so far), and the Ray notices the driver does not print."""
 
 from training.progress import Progress, duration
 
@@ -17,3 +18,32 @@ def test_the_line_shows_step_of_total_and_an_eta_from_the_pace_since_the_first_l
 
 def test_durations_read_as_a_person_writes_them():
     assert [duration(s) for s in (4.4, 75, 3725)] == ["4s", "1m15s", "1h02m"]
+
+
+def test_ray_notices_are_dropped_by_rays_own_log_filter_and_errors_are_not():
+    """The pattern mmtrain gives RAY_DEDUP_LOGS_SKIP_REGEX, run through Ray's LogDeduplicator (the
+    driver's filter of worker and raylet lines), on lines Ray 2.60 printed in a dry run."""
+    from ray._private.ray_logging import LogDeduplicator
+
+    from jobs.cli import RAY_NOTICES
+
+    notices = [
+        "[2026-12-02 01:50:18,968 E 6397 6466] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
+        "and ID: '87c7' has constructor arguments in the object store and max_restarts > 0. If the arguments in "
+        "the object store go out of scope or are lost, the actor restart will fail.",
+        "[2026-12-02 01:50:29,333 E 6756 6784] core_worker.cc:2465: Actor with class name: 'MapWorker(ReadReadShards"
+        "->MapBatches(decode_and_augment)->MapBatches(Tokenize))' and ID: '49a2' has constructor arguments in the "
+        "object store and max_restarts > 0.",
+        "WARNING: 8 PYTHON worker processes have been started on node: 26a9 with address: 192.0.2.2, which is 4x "
+        "the maximum expected startup concurrency (2).",
+    ]
+    kept = [
+        "[mmtrain] step 5/24 (21%) loss 4.145, 37 samples/s",
+        "[2026-12-02 01:50:18,968 E 6397 6466] core_worker.cc:2465: Actor with class name: 'SampleLedger' and "
+        "ID: '1' has constructor arguments in the object store and max_restarts > 0.",  # not one of Ray's own
+        "[2026-12-02 01:50:18,968 E 6397 6466] core_worker.cc:1201: Unhandled error (suppress with "
+        "'RAY_IGNORE_UNHANDLED_ERRORS=1'): ray::RayTrainWorker.run() (pid=6538)",
+    ]
+    deduplicator = LogDeduplicator(agg_window_s=0, allow_re=None, skip_re=RAY_NOTICES)
+    out = deduplicator.deduplicate({"ip": "1", "pid": 2, "lines": notices + kept})
+    assert [line for batch in out for line in batch["lines"]] == kept
