@@ -122,6 +122,9 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         cpus = local_num_cpus or max(6, 3 * (os.cpu_count() or 2))
         if not loud:  # a path on this machine: for a local instance only
             env["RAY_DATA_LOGGING_CONFIG"] = str(RAY_DATA_QUIET_LOGGING)
+        # Train's preemption watcher polls for nodes being drained (spot reclaims): a local instance
+        # has none, and the watcher is one more actor process per run.
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         context = ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env}, **quiet)
     if not loud:
         dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
