@@ -111,7 +111,8 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
     # Ray's INFO logs (the instance started, Ray Data's execution plans; Ray Train's are quietened by
     # fit()) go to its session logs only, unless --verbose; warnings and errors still reach the console.
     quiet = {} if loud else {"logging_level": logging.WARNING}
-    if address or os.environ.get("RAY_ADDRESS"):
+    connect_to = address or os.environ.get("RAY_ADDRESS", "")
+    if connect_to:
         # Inside a Ray job these are already in the job's runtime env, and Ray refuses a driver
         # runtime env that sets the same keys again.
         missing = {key: value for key, value in env.items() if key not in os.environ}
@@ -128,7 +129,7 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         context = ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env}, **quiet)
     if not loud:
         dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
-        print(f"[mmtrain] Ray {'at ' + address if address else 'started locally'}: {dashboard}Ray's own logs "
+        print(f"[mmtrain] Ray {'at ' + connect_to if connect_to else 'started locally'}: {dashboard}Ray's own logs "
               "in /tmp/ray/session_latest/logs on the head node (--verbose prints them here)", flush=True)
 
 

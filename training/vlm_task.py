@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipelines import contract
-from pipelines.conversations import ConversationEncoder, parse_conversation, supervised_positions
+from pipelines.conversations import IMAGE_PLACEHOLDER, ConversationEncoder, parse_conversation, supervised_positions
 from pipelines.stages import TokenizeConversations
 from training.checkpoint import latest_checkpoint, read_model_state
 from training.config import VlmRunConfig
@@ -58,7 +58,7 @@ class VlmTask:
         projector_cfg = self.cfg.model.projector
         projector = build_projector(projector_cfg.type, self.tower.width, lm.config.hidden_size,
                                     projector_cfg.hidden_width)
-        image_token_id = self._tokenizer.convert_tokens_to_ids("<image>")
+        image_token_id = self._tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         model = VisionLanguageModel(vision, projector, lm, image_token_id)
         if self.cfg.init_from:
             self._load_projector(model, latest_checkpoint(self.cfg.init_from))
@@ -138,11 +138,11 @@ class VlmTask:
         """For the sample grid: each row's question (the first line of the text between its image and
         its first supervised token) and what it is supervised to say (its unmasked label tokens)."""
         ids, labels = to_tensor(batch[contract.INPUT_IDS]), to_tensor(batch[contract.LABELS])
-        shown = []
+        image_token_id, shown = self._tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER), []
         for row_ids, row_labels in zip(ids, labels):
             answer = self._tokenizer.decode(row_labels[row_labels != -100].tolist(), skip_special_tokens=True)
             supervised = (row_labels != -100).nonzero().flatten()
-            images = (row_ids == self._tokenizer.convert_tokens_to_ids("<image>")).nonzero().flatten()
+            images = (row_ids == image_token_id).nonzero().flatten()
             start = int(images[-1]) + 1 if len(images) else 0
             end = int(supervised[0]) if len(supervised) else start
             prompt = self._tokenizer.decode(row_ids[start:end].tolist(), skip_special_tokens=True).strip()
