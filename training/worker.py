@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from training.checkpoint import (checkpoint_problem, load_checkpoint, load_confi
 from training.config import ClipRunConfig, VlmRunConfig
 from training.consumption import Consumption
 from training.distributed import full_tensor, global_mean
+from training.fetch_ahead import first_item_fetched_ahead
 from training.loop import StepResult, TrainState, every, train
 from training.optim import build_optimizer, warmup_cosine
 from training.parallelize import full_parameters, parallelize
@@ -70,6 +72,14 @@ def train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
 
+    # A fresh run has nothing to restore: its data stream starts now, so that the data actors start
+    # (seconds each on a small machine) while the model builds. A resumed run's stream starts from
+    # the checkpoint's step and data position, once restored.
+    early_batches = None
+    if ray.train.get_checkpoint() is None:
+        _begin_data(payload.ledger, None, rank)
+        early_batches = first_item_fetched_ahead(_train_batches(payload, 0, rank, device))
+    shards_requested = _request_dataset_shards(payload, train=early_batches is None)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
     model = task.build_model()
     parallel = parallelize(model, cfg.scaling.strategy, cfg.loop.activation_checkpointing, device,
@@ -94,8 +104,11 @@ def train_worker(loop_config: dict) -> None:
     consumption = Consumption()
     hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step,
                    parallel.strategy)
-    _begin_data(payload.ledger, restored, rank)
-    batches = consumption.watch(_train_batches(payload, state.step, rank, device))
+    shards_requested.join()
+    if early_batches is None:
+        _begin_data(payload.ledger, restored, rank)
+        early_batches = _train_batches(payload, state.step, rank, device)
+    batches = consumption.watch(early_batches)
     if tracker and cfg.tracking.log_figures and state.step == 0:
         batches = hooks.show_first_batch(batches)
 
@@ -109,6 +122,17 @@ def train_worker(loop_config: dict) -> None:
         if tracker:
             tracker.finish("FAILED")
         raise
+
+
+def _request_dataset_shards(payload: WorkerPayload, train: bool) -> threading.Thread:
+    """Ask for this rank's dataset shards from a thread, while the model builds: each dataset's
+    coordinator is a Ray actor, a process that takes seconds to start on a small machine. Ray
+    Train keeps the shards, so the later calls get these without waiting."""
+    names = (["train"] if train else []) + (["eval"] if payload.eval is not None else [])
+    thread = threading.Thread(target=lambda: [ray.train.get_dataset_shard(name) for name in names],
+                              name="mmtrain-request-shards", daemon=True)
+    thread.start()
+    return thread
 
 
 def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.device):
@@ -271,10 +295,12 @@ class _Hooks:
         if every(loop.eval_every, state.step):
             metrics.update(self.evaluate(state.step))
         checkpoint = every(loop.checkpoint_every, state.step)
-        if metrics or checkpoint:
+        if checkpoint or any(key.startswith("eval/") for key in metrics):  # what Ray Train or a sweep acts on
             local_copy = self._report(state, metrics, checkpoint)
             if local_copy:  # report() has persisted it to run storage
                 shutil.rmtree(local_copy, ignore_errors=True)
+        elif metrics:
+            self._log(state, metrics)
         return True
 
     def finish(self, state: TrainState) -> None:
@@ -403,11 +429,11 @@ class _Hooks:
         position, state.epoch = ray.get([self.ledger.position.remote(), self.ledger.epoch_in_progress.remote()])
         return position
 
-    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
-        """ray.train.report on every rank (it is a barrier). With a checkpoint, every rank writes its
-        part into a local directory, attaches it and returns it (to delete once persisted);
-        `before_report` gets it on every rank once written."""
-        position = self._data_position(state) if checkpoint else None  # also brings state.epoch up to date
+    def _log(self, state: TrainState, metrics: dict) -> dict:
+        """Metrics to MLflow and the progress line to the console, from the worker itself: a Ray
+        Train report is for checkpoints and what a sweep decides on. Each report waits until Train's
+        controller has taken the previous one, which it polls for every 2 s by default, so a
+        report per log step held a fast loop to that pace."""
         metrics = {**metrics, "step": state.step, **({"epoch": state.epoch} if "epoch" in metrics else {})}
         if self.data_error:
             metrics["data_error"] = self.data_error
@@ -416,6 +442,14 @@ class _Hooks:
             self.tracker.log_metrics(metrics, state.step)
         if self.rank == 0 and any(k == "loss" or k.startswith("eval/") for k in metrics):
             print(self.progress.line(state.step, self.cfg.loop.max_steps, metrics), flush=True)
+        return metrics
+
+    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None):
+        """ray.train.report on every rank (it is a barrier). With a checkpoint, every rank writes its
+        part into a local directory, attaches it and returns it (to delete once persisted);
+        `before_report` gets it on every rank once written."""
+        position = self._data_position(state) if checkpoint else None  # also brings state.epoch up to date
+        metrics = self._log(state, metrics)
         if not checkpoint:
             ray.train.report(metrics, checkpoint=None)
             return None
