@@ -24,11 +24,16 @@ def ray_local():
     """One local Ray instance for all integration tests. More logical CPUs than cores so that
     Ray Data and Train workers can share a 2-core machine (with one logical CPU per core, Train's
     workers and Ray Data's actors wait for each other's CPUs)."""
+    import os
+
     import ray
 
+    # Settings by inheritance, as mmtrain's own local instance gets them (training/run.py's
+    # ensure_ray): a runtime env would start every worker through a second Python start-up.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local": a new instance even if a test's `ray start` head is up.
-    ray.init(address="local", num_cpus=6, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    ray.init(address="local", num_cpus=6, log_to_driver=False)
     yield ray
     ray.shutdown()
 

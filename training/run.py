@@ -126,7 +126,16 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         # Train's preemption watcher polls for nodes being drained (spot reclaims): a local instance
         # has none, and the watcher is one more actor process per run.
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        context = ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": env}, **quiet)
+        # Train's controller looks at its workers every 2 s by default: a run's end, a checkpoint
+        # report and a failed worker are each noticed up to 2 s late. Polling a local instance's
+        # few workers 4x as often costs next to nothing.
+        env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        # In this process's environment, not a runtime env: the local instance's processes inherit
+        # it, and a job with a runtime env starts every worker through Ray's setup_worker.py, a
+        # second Python start-up per process (~0.5 s of CPU each, dozens of processes per run).
+        for key, value in env.items():
+            os.environ.setdefault(key, value)
+        context = ray.init(address="local", num_cpus=cpus, **quiet)
     if not loud:
         dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
         print(f"[mmtrain] Ray {'at ' + connect_to if connect_to else 'started locally'}: {dashboard}Ray's own logs "
