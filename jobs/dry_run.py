@@ -66,7 +66,7 @@ def run_dry_run(args) -> int:
     clip = run_clip(load_config(ClipRunConfig, CONF / "clip/tiny.yaml",
                                 shards + [f"run.name={CLIP_RUN}", "loop.max_steps=24", "run.local_num_cpus=8"]))
 
-    # The summary's MLflow links need the MLflow client (2-3 s to import here): it loads while the
+    # The summary's MLflow links need the MLflow client (about 2 s to import here): it loads while the
     # VLM trains, when this process only waits for Ray.
     threading.Thread(target=importlib.import_module, args=("mlflow.tracking",), daemon=True).start()
     sweep = None
