@@ -136,10 +136,12 @@ def _request_dataset_shards(payload: WorkerPayload, train: bool) -> threading.Th
 
 
 def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.device):
-    """This rank's share of the run's one training stream, as tensors on the device."""
+    """This rank's share of the run's one training stream, as tensors on the device. A generator:
+    the shard is asked for at the first batch, so for a fresh run the thread that fetches that batch
+    ahead also waits for Ray Train's dataset manager, not the thread that builds the model."""
     cfg = payload.config
     collate = TRAIN_COLLATE[payload.task]
-    return ray.train.get_dataset_shard("train").iter_torch_batches(
+    yield from ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
         collate_fn=collate() if collate else None,
         # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
