@@ -72,12 +72,12 @@ def main() -> None:
     report = {
         "benchmark": "end_to_end", "device": device_name(device), "preset": args.preset,
         "batch_size": args.batch_size, "steps": args.steps,
-        "pipeline_samples_per_s": metrics["samples_per_s"],  # the last logging window: steady state
+        "pipeline_samples_per_s": metrics["train/samples_per_s"],  # the last logging window: steady state
         "synthetic_samples_per_s": synthetic["samples_per_s"],
         "synthetic_from": synthetic_from,
-        "pipeline_efficiency": metrics["samples_per_s"] / synthetic["samples_per_s"],
-        "data_wait_fraction": metrics["data_wait_fraction"],
-        "time_to_first_step_s": metrics.get("time_to_first_step_s"),
+        "pipeline_efficiency": metrics["train/samples_per_s"] / synthetic["samples_per_s"],
+        "data_wait_fraction": metrics["train/data_wait_fraction"],
+        "time_to_first_step_s": metrics.get("train/time_to_first_step_s"),
     }
     print(f"pipeline {report['pipeline_samples_per_s']:.0f} samples/s vs synthetic "
           f"{report['synthetic_samples_per_s']:.0f}: efficiency {report['pipeline_efficiency']:.2f}, "

@@ -116,8 +116,9 @@ def run_mmtrain(run_dir: Path, overrides: list[str] = ()) -> dict:
         raise RuntimeError(out.stdout[-3000:] + out.stderr[-3000:])
     summary = out.stdout[out.stdout.rindex("== final metrics =="):]
     value = lambda name: float(re.search(rf"^\s*{re.escape(name)}: (\S+)", summary, re.M).group(1))
-    return {"steps": int(value("step")), "zero_shot_top1": value("eval/zero_shot_top1"), "wall_s": wall,
-            "samples_per_s_last_window": value("samples_per_s"), "time_to_first_step_s": value("time_to_first_step_s"),
+    return {"steps": int(value("step")), "zero_shot_top1": value("val/zero_shot_top1"), "wall_s": wall,
+            "samples_per_s_last_window": value("train/samples_per_s"),
+            "time_to_first_step_s": value("train/time_to_first_step_s"),
             "log": str(run_dir / "command.log")}
 
 

@@ -97,10 +97,10 @@ def run_dry_run(args) -> int:
 
     print(f"\n== dry run finished in {time.monotonic() - _STARTED:.0f} s (since the command started) ==")
     print(f"data:           {data_dir}")
-    print(f"CLIP:           loss {clip['loss']:.3f}, zero-shot top-1 {clip.get('eval/zero_shot_top1', 0):.3f}, "
-          f"image->text R@5 {clip.get('eval/image_to_text_R@5', 0):.3f}")
-    print(f"VLM stage 1:    caption loss {stage1['loss']:.3f} (projector only)")
-    print(f"VLM stage 2:    loss {stage2['loss']:.3f}, exact match {stage2.get('eval/exact_match', 0):.3f} "
+    print(f"CLIP:           loss {clip['train/loss']:.3f}, zero-shot top-1 {clip['val/zero_shot_top1']:.3f}, "
+          f"image->text R@5 {clip['val/image_to_text_R@5']:.3f}")
+    print(f"VLM stage 1:    caption loss {stage1['train/loss']:.3f} (projector only)")
+    print(f"VLM stage 2:    loss {stage2['train/loss']:.3f}, exact match {stage2['val/exact_match']:.3f} "
           "(a few steps only; see the README's recipe for a trained one)")
     if summary:
         best = summary["best"] or {}

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipelines.config import DataConfig, InvalidValue, at_least
 from pipelines.contract import IMAGE_MEAN, IMAGE_STD
+from training.metric_names import check_sweep_metric
 
 Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), OpenAI CLIP's
 
@@ -259,7 +260,7 @@ class SweepConfig:
     overrides: list[str] = field(default_factory=list)  # key=value applied to every trial
     # key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}
     search_space: dict = field(default_factory=dict)
-    metric: str = "eval/zero_shot_top1"  # reported at every evaluation (set loop.eval_every)
+    metric: str = "val/zero_shot_top1"  # val/<name> is reported at every evaluation (set loop.eval_every)
     mode: Literal["max", "min"] = "max"
     num_samples: int = 4  # trials (each grid point counts num_samples times)
     max_concurrent_trials: int = 0  # 0 = as many as the cluster's free resources hold
@@ -271,3 +272,6 @@ class SweepConfig:
     seed: int = 0
     ray_address: str = ""  # "" = a local Ray instance
     local_num_cpus: int = 0  # logical CPUs for a local instance; 0 = max(6, 3 x cores)
+
+    def __post_init__(self):
+        check_sweep_metric(self.metric)

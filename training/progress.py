@@ -1,11 +1,14 @@
 """The training progress line: `[mmtrain] step 700/1500 (47%) loss 2.314, 1,234 samples/s, ETA 3m12s; ...`
-One line per log interval (a log file reads the same as a terminal). Knows nothing of Ray."""
+One line per log interval (a log file reads the same as a terminal). Knows nothing of Ray.
+Training metrics (train/<name>) show without their prefix: it is the training progress line."""
 
 from __future__ import annotations
 
 import time
 
-HEADLINE = ("loss", "samples_per_s")
+from training.metric_names import LOSS, SAMPLES_PER_S, TRAIN
+
+HEADLINE = (LOSS, SAMPLES_PER_S)
 NOT_SHOWN = ("step",)  # in the headline already
 
 
@@ -22,15 +25,15 @@ class Progress:
             self._first = (step, now)
         head = f"[mmtrain] step {step}/{max_steps} ({step / max(max_steps, 1):.0%})"
         parts = []
-        if "loss" in metrics:
-            parts.append(f"loss {metrics['loss']:.4g}")
-        if "samples_per_s" in metrics:
-            parts.append(f"{metrics['samples_per_s']:,.0f} samples/s")
+        if LOSS in metrics:
+            parts.append(f"loss {metrics[LOSS]:.4g}")
+        if SAMPLES_PER_S in metrics:
+            parts.append(f"{metrics[SAMPLES_PER_S]:,.0f} samples/s")
         eta = self._eta(step, max_steps, now)
         if eta:
             parts.append(f"ETA {eta}")
-        rest = ", ".join(_format(key, value) for key, value in sorted(metrics.items())
-                         if key not in HEADLINE + NOT_SHOWN)
+        shown = {key.removeprefix(TRAIN): value for key, value in metrics.items() if key not in HEADLINE + NOT_SHOWN}
+        rest = ", ".join(_format(key, value) for key, value in sorted(shown.items()))
         return head + (" " + ", ".join(parts) if parts else "") + (f"; {rest}" if rest else "")
 
     def _eta(self, step: int, max_steps: int, now: float) -> str:

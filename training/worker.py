@@ -34,6 +34,7 @@ from training.consumption import Consumption
 from training.distributed import full_tensor, global_mean
 from training.fetch_ahead import first_item_fetched_ahead
 from training.loop import StepResult, TrainState, every, train
+from training.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
 from training.optim import build_optimizer, warmup_cosine
 from training.parallelize import full_parameters, parallelize
 from training.progress import Progress
@@ -283,8 +284,8 @@ class _Hooks:
         self.window_steps += 1
         final = state.step >= loop.max_steps
         metrics = {}
-        if self.window_steps == 1 and "time_to_first_step_s" not in self.last_metrics:
-            metrics["time_to_first_step_s"] = time.perf_counter() - self.created  # data start-up included
+        if self.window_steps == 1 and TRAIN + "time_to_first_step_s" not in self.last_metrics:
+            metrics[TRAIN + "time_to_first_step_s"] = time.perf_counter() - self.created  # data start-up included
             metrics["num_nodes"] = self.num_nodes
         if every(loop.log_every, state.step) or final:
             metrics.update(self._train_metrics(state, result))
@@ -297,7 +298,7 @@ class _Hooks:
         if every(loop.eval_every, state.step):
             metrics.update(self.evaluate(state.step))
         checkpoint = every(loop.checkpoint_every, state.step)
-        if checkpoint or any(key.startswith("eval/") for key in metrics):  # what Ray Train or a sweep acts on
+        if checkpoint or any(is_val(key) for key in metrics):  # what Ray Train or a sweep acts on
             local_copy = self._report(state, metrics, checkpoint)
             if local_copy:  # report() has persisted it to run storage
                 shutil.rmtree(local_copy, ignore_errors=True)
@@ -316,9 +317,9 @@ class _Hooks:
         metrics.update(self.evaluate(state.step))
         if self.rank == 0 and self.ledger is not None:  # bad-sample counts reach the run, by reason
             summary = ray.get(self.ledger.summary.remote())
-            metrics["data/good_samples"] = summary["good"]
-            metrics["data/pool_actors_started"] = summary["actors_started"]
-            metrics.update({f"data/bad/{reason}": count for reason, count in summary["bad"].items()})
+            metrics[TRAIN_DATA + "good_samples"] = summary["good"]
+            metrics[TRAIN_DATA + "pool_actors_started"] = summary["actors_started"]
+            metrics.update({f"{TRAIN_DATA}bad/{reason}": count for reason, count in summary["bad"].items()})
         # The MLflow run is complete before the last report: a sweep's scheduler may stop the
         # trial as soon as it sees that report, and a killed trial cannot end its run.
         local_copy = self._report(state, metrics, checkpoint=True, before_report=self._finish_tracking)
@@ -358,16 +359,16 @@ class _Hooks:
     def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
         elapsed = time.perf_counter() - self.window_start
         world = dist.get_world_size() if dist.is_initialized() else 1
-        metrics = {
+        metrics = as_train({
             "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
             "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
-            "epoch": state.epoch,
             "samples_seen": state.samples_seen * world,
             **self.task.step_metrics(self.model),
             **{name: float(full_tensor(value)) for name, value in result.extra.items()},
-        }
+        })
+        metrics["epoch"] = state.epoch  # a fact about the run (an MLflow tag), not a training curve
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         return metrics
 
@@ -399,7 +400,7 @@ class _Hooks:
         self.task.train_mode(self.model)
         if self.tracker:
             self._log_eval_artifacts(step)
-        return {f"eval/{k}": v for k, v in metrics.items()}
+        return as_val(metrics)
 
     def _log_eval_artifacts(self, step: int) -> None:
         from training.figures import heatmap
@@ -412,7 +413,7 @@ class _Hooks:
             figure = heatmap(spec.matrix, spec.row_labels, spec.column_labels, f"{spec.title}, step {step}",
                              spec.xlabel, spec.ylabel, annotate=spec.matrix.shape[0] <= 16)
             self.tracker.log_figure(figure, f"figures/{name}_step{step:06d}.png")
-            self.tracker.log_figure_at_step(figure, name, step)
+            self.tracker.log_figure_at_step(figure, VAL + name, step)  # in the UI's val section
 
     def _data_position(self, state: TrainState) -> dict | None:
         """Every rank's trained-on positions since the last checkpoint, gathered into the ledger;
@@ -439,10 +440,10 @@ class _Hooks:
         metrics = {**metrics, "step": state.step, **({"epoch": state.epoch} if "epoch" in metrics else {})}
         if self.data_error:
             metrics["data_error"] = self.data_error
-        self.last_metrics.update({k: v for k, v in metrics.items() if not k.startswith("eval/")})
+        self.last_metrics.update({k: v for k, v in metrics.items() if not is_val(k)})
         if self.tracker:
             self.tracker.log_metrics(metrics, state.step)
-        if self.rank == 0 and any(k == "loss" or k.startswith("eval/") for k in metrics):
+        if self.rank == 0 and any(k == LOSS or is_val(k) for k in metrics):
             print(self.progress.line(state.step, self.cfg.loop.max_steps, metrics), flush=True)
         return metrics
 

@@ -107,7 +107,7 @@ def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
     assert "job mmtrain-test-job: SUCCEEDED" in output
     assert "[mmtrain] step 10" in output  # --follow streamed the training logs
     client, run = _finished_run(tracking_uri, "submitted")  # MLFLOW_TRACKING_URI reached the job
-    assert client.get_metric_history(run.info.run_id, "loss")
+    assert client.get_metric_history(run.info.run_id, "train/loss")
 
     status = subprocess.run([sys.executable, "-m", "jobs.cli", "job", "status", "mmtrain-test-job",
                              "--address", ray_head], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -108,7 +108,7 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     metrics = run_clip(run)
     assert metrics["step"] == 3
     for reason, count in expected["bad"].items():  # the run's ledger saw at least one epoch's worth
-        assert metrics[f"data/bad/{reason}"] >= count, reason
+        assert metrics[f"train_data/bad/{reason}"] >= count, reason
 
 
 def test_bad_shard_in_the_same_read_task_keeps_good_shards(ray_local, tmp_path):

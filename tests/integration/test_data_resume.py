@@ -53,8 +53,8 @@ def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
                       _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"])
     metrics = run_clip(cfg)
-    assert metrics["data/pool_actors_started"] == 2  # one pool for the run, not one per epoch
-    assert metrics["epoch"] == EPOCHS and metrics["data/good_samples"] == EPOCHS * SHARDS * PER_SHARD
+    assert metrics["train_data/pool_actors_started"] == 2  # one pool for the run, not one per epoch
+    assert metrics["epoch"] == EPOCHS and metrics["train_data/good_samples"] == EPOCHS * SHARDS * PER_SHARD
     _assert_each_sample_once_per_epoch(tmp_path / "epochs")
 
 

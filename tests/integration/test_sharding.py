@@ -146,7 +146,7 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     sharded = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.strategy=fsdp", "scaling.num_workers=2", "loop.batch_size_per_worker=16",
         "loop.activation_checkpointing=blocks", f"data.eval_shards=[{synth_dir}/val-*.tar]", "eval.batch_size=24"]))
-    assert sharded["step"] == 6 and sharded["eval/eval_samples"] == 64 and 0 <= sharded["eval/zero_shot_top1"] <= 1
+    assert sharded["step"] == 6 and sharded["val/eval_samples"] == 64 and 0 <= sharded["val/zero_shot_top1"] <= 1
     resumed = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"]))
     assert resumed["step"] == 6 and resumed["checkpoint"] != sharded["checkpoint"]

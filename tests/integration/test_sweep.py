@@ -33,7 +33,7 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     # Trials run one at a time in grid order: the first (lr 1e-3) sets the rung, the two with a
     # far smaller lr fall below it at step 10 and must be stopped there, not run to step 20.
     sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml", [
-        "name=asha", f"output_dir={tmp_path}", f"tracking_uri={mlflow_server}", "metric=lr", "mode=max",
+        "name=asha", f"output_dir={tmp_path}", f"tracking_uri={mlflow_server}", "metric=train/lr", "mode=max",
         "num_samples=1", "max_concurrent_trials=1", "scheduler.grace_period=10", "scheduler.reduction_factor=2",
         "search_space={optim.lr: {grid: [1.0e-3, 1.0e-6, 2.0e-6]}, loss.kind: {choice: [infonce, siglip]}}",
         f"overrides={_trial_overrides(synth_dir, 20) + ['optim.min_lr_ratio=1.0']!r}"])  # lr stays up after warmup
@@ -71,7 +71,8 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     # Step-aware images too: the run's Images view shows each evaluation's figure at its step.
     images = {a.path for a in client.list_artifacts(winner.info.run_id, "images")}
     for step in (10, 20):
-        assert any(path.startswith(f"images/retrieval_similarity+step+{step}+") for path in images), images
+        # the key val/retrieval_similarity, its "/" stored as "~": the UI shows it in the val section
+        assert any(path.startswith(f"images/val~retrieval_similarity+step+{step}+") for path in images), images
     assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} >= {"results.json"}
 
 

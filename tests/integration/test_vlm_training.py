@@ -34,7 +34,7 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
               f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]",
               "loop.log_every=4", "loop.batch_size_per_worker=16", "eval.max_generate_samples=8", "max_length=64"]
     stage1 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", common + ["loop.max_steps=8"]))
-    assert stage1["step"] == 8 and "eval/exact_match" in stage1
+    assert stage1["step"] == 8 and "val/exact_match" in stage1
 
     stage2 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage2.yaml", common + [
         "loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"]))
@@ -44,7 +44,7 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     experiment = client.get_experiment_by_name("mmtrain-vlm")
     run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'vlm-stage2'")[0]
     assert run.info.status == "FINISHED"
-    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert losses[-1] < losses[0], losses
     assert "eval_generations.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert run.data.params["stage"] == "conversations"
@@ -66,7 +66,7 @@ def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, k
         f"run.output_dir={out}", f"model.vision.checkpoint={tower}", f"model.lm.path={lm}",
         f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "loop.max_steps=4",
         "loop.batch_size_per_worker=8", "scaling.num_workers=1", "max_length=48", "tracking.tracking_uri=none"]))
-    assert metrics["step"] == 4 and metrics["loss"] > 0
+    assert metrics["step"] == 4 and metrics["train/loss"] > 0
     saved = load_config(VlmRunConfig, Path(metrics["checkpoint"]) / "config.yaml")
     assert saved.model.vision.checkpoint == str(tower.resolve())
     assert saved.data.augment.image_size == 32 and saved.data.augment.eval_center_crop == (kind == "clip")

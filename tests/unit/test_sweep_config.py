@@ -43,6 +43,15 @@ def test_wrong_value_type_and_bad_sampler_are_errors():
         resolve_base_config("conf/clip/nope.yaml")
 
 
+def test_a_metric_by_its_old_name_or_no_prefix_says_what_it_is_called():
+    preset = REPO / "conf/sweep/clip_temperature.yaml"
+    with pytest.raises(ConfigError, match=r"metric='eval/zero_shot_top1' is now named 'val/zero_shot_top1'"):
+        load_config(SweepConfig, preset, ["metric=eval/zero_shot_top1"])
+    with pytest.raises(ConfigError, match=r"metric='loss' is not a reported metric: use train/<name> \(e.g. train/loss\)"):
+        load_config(SweepConfig, preset, ["metric=loss"])
+    assert load_config(SweepConfig, preset, ["metric=val/loss", "mode=min"]).metric == "val/loss"
+
+
 def test_yaml_exponent_strings_become_numbers():
     domain = search_space({"optim.lr": {"loguniform": ["1e-4", "1e-2"]}})["optim.lr"]
     assert 1e-4 <= domain.sample() <= 1e-2
