@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     # before ray.data is first imported: its defaults are read from the environment then.)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stdout.isatty():  # Ray colours each worker line's prefix even when writing to a file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read by the driver as it prints each line
     if not args.verbose:  # transformers' "Loading weights" / "Writing model shards" bars
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOTICES)  # read as ray is imported

@@ -1,6 +1,8 @@
 """The console: the training progress line (step/total, percentage, loss, samples/s and an ETA from
 the pace so far), and the Ray notices the driver does not print."""
 
+import io
+
 from training.progress import Progress, duration
 
 
@@ -49,3 +51,19 @@ def test_ray_notices_are_dropped_by_rays_own_log_filter_and_errors_are_not():
     deduplicator = LogDeduplicator(agg_window_s=0, allow_re=None, skip_re=RAY_NOTICES)
     out = deduplicator.deduplicate({"ip": "1", "pid": 2, "lines": notices + kept})
     assert [line for batch in out for line in batch["lines"]] == kept
+
+
+def test_a_log_file_gets_workers_lines_without_colour_codes(monkeypatch, capsys):
+    """Ray wraps each forwarded worker line's prefix in colour codes, terminal or not; the command
+    turns them off when its output is not a terminal (pytest's captured stdout is not one)."""
+    from ray._private.worker import print_worker_logs
+
+    from jobs.cli import main
+
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "unset by the test")
+    monkeypatch.delenv("RAY_COLOR_PREFIX")  # restored (to unset) after the test
+    assert main(["config", "show", "clip/tiny"]) == 0
+    printed = io.StringIO()
+    print_worker_logs({"pid": 7, "ip": "1", "localhost": "1", "actor_name": "RayTrainWorker",
+                       "lines": ["[mmtrain] step 5/24 (21%) loss 4.149"]}, printed)
+    assert printed.getvalue() == "(RayTrainWorker pid=7) [mmtrain] step 5/24 (21%) loss 4.149\n"
