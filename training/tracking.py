@@ -137,16 +137,21 @@ class Tracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
-    def log_figure_at_step(self, figure, key: str, step: int) -> None:
-        """A figure as MLflow's step-aware image `key`: the run's Images view shows one per step
-        with a step slider (the PNG stays an artifact too, for downloading)."""
+    def log_figure_at_step(self, figure, artifact_file: str, key: str, step: int) -> None:
+        """A figure rendered once and logged twice: the PNG `artifact_file` (for downloading) and
+        MLflow's step-aware image `key` (an image chart with a step slider in the run's charts)."""
         import io
+        import tempfile
 
         from PIL import Image
 
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        self.client.log_image(self.run_id, Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), key=key, step=step)
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
+        with tempfile.TemporaryDirectory(prefix="mmtrain-figure-") as scratch:
+            path = Path(scratch) / Path(artifact_file).name
+            path.write_bytes(png.getvalue())
+            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+        self.client.log_image(self.run_id, Image.open(png).convert("RGB"), key=key, step=step)
 
     def register_model(self, name: str, directory: str | Path) -> int:
         """Log `directory` as the run's `model` artifacts and register them as a new version of the

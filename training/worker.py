@@ -412,8 +412,8 @@ class _Hooks:
         for name, spec in self.task.eval_pictures.items():
             figure = heatmap(spec.matrix, spec.row_labels, spec.column_labels, f"{spec.title}, step {step}",
                              spec.xlabel, spec.ylabel, annotate=spec.matrix.shape[0] <= 16)
-            self.tracker.log_figure(figure, f"figures/{name}_step{step:06d}.png")
-            self.tracker.log_figure_at_step(figure, VAL + name, step)  # in the UI's val section
+            self.tracker.log_figure_at_step(figure, f"figures/{name}_step{step:06d}.png",
+                                            VAL + name, step)  # the key puts it in the UI's val section
 
     def _data_position(self, state: TrainState) -> dict | None:
         """Every rank's trained-on positions since the last checkpoint, gathered into the ledger;
