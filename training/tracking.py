@@ -150,7 +150,8 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="mmtrain-figure-") as scratch:
             path = Path(scratch) / Path(artifact_file).name
             path.write_bytes(png.getvalue())
-            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+            directory = Path(artifact_file).parent.as_posix()
+            self.client.log_artifact(self.run_id, str(path), None if directory == "." else directory)
         self.client.log_image(self.run_id, Image.open(png).convert("RGB"), key=key, step=step)
 
     def register_model(self, name: str, directory: str | Path) -> int:
