@@ -143,6 +143,17 @@ def _encode(bitmap: np.ndarray) -> str:
 
 
 def _decode(text: str) -> np.ndarray:
-    size, _, data = text.partition(":")
-    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(data)), np.uint8))
-    return bits[:int(size)].astype(bool)
+    """The bitmap `_encode` wrote; ValueError for anything else (it comes from a checkpoint file),
+    its size bounded before any byte is decompressed."""
+    if not isinstance(text, str):
+        raise ValueError(f"a consumed-samples bitmap must be text, got {type(text).__name__}")
+    size_text, _, data = text.partition(":")
+    size = int(size_text) if size_text.isdecimal() and len(size_text) < 12 else -1
+    if not 0 <= size <= MAX_SAMPLES_PER_SHARD:
+        raise ValueError(f"a consumed-samples bitmap gives its size as {size_text[:20]!r}: "
+                         f"expected 0 to {MAX_SAMPLES_PER_SHARD}")
+    packed_bytes = (size + 7) // 8
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(base64.b64decode(data, validate=True), packed_bytes)
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+    return np.pad(bits[:size], (0, max(0, size - len(bits)))).astype(bool)

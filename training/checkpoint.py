@@ -31,9 +31,8 @@ import contextlib
 import functools
 import hashlib
 import json
-import pathlib
-import pickle
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -41,6 +40,8 @@ import torch.distributed as dist
 import yaml
 from torch.distributed.checkpoint import FileSystemReader
 
+from pipelines.position import DataPosition
+from training.checkpoint_metadata import load_metadata
 from training.distributed import world
 from training.loop import TrainState
 
@@ -50,6 +51,9 @@ CHECKSUMS = "checksums.json"
 DATA_POSITION = "data_position.json"
 FROZEN = "frozen.json"
 RANKS = "ranks.json"
+MAX_RANKS = 1 << 16
+MAX_JSON_BYTES = 64 * 1024 * 1024  # state, checksums, config, tracking: a few kB in practice
+MAX_POSITION_BYTES = 1 << 30  # one bit per sample per epoch, compressed
 _WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
@@ -134,9 +138,18 @@ def _files(directory: Path) -> list[str]:
 
 
 def checkpoint_problem(directory: Path) -> str | None:
-    """Why a checkpoint directory cannot be trusted (a missing, truncated or altered file), or None.
-    Checkpoints written before checksums existed are trusted if their model.pt is there."""
+    """Why a checkpoint directory cannot be trusted (a missing, truncated, altered or malformed file),
+    or None. Whatever the files hold, this returns a reason rather than raising, so a damaged
+    checkpoint is skipped for the newest intact one. Checkpoints written before checksums existed are
+    trusted if their model.pt is there."""
     directory = Path(directory)
+    try:
+        return _problem(directory)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, zlib.error) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+
+
+def _problem(directory: Path) -> str | None:
     for required in ("state.json", "config.yaml"):
         if not (directory / required).is_file():
             return f"no {required}"
@@ -145,7 +158,7 @@ def checkpoint_problem(directory: Path) -> str | None:
         return f"no {WEIGHTS}/.metadata"
     if not (directory / CHECKSUMS).is_file():
         return None if legacy and not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
-    # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): hash a
+    # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): check a
     # directory once per process, again only when a file's size or modification time has changed.
     files = tuple((name, (directory / name).stat().st_size, (directory / name).stat().st_mtime_ns)
                   for name in _files(directory))
@@ -155,22 +168,56 @@ def checkpoint_problem(directory: Path) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _verify(directory: str, files: tuple) -> str | None:
     directory = Path(directory)
-    ranks = json.loads((directory / RANKS).read_text())["ranks"] if (directory / RANKS).is_file() else 1
-    for rank in range(ranks):
+    covered: set[str] = set()
+    for rank in range(read_ranks(directory)):
         name = _checksums_name(rank)
         if not (directory / name).is_file():
             return f"no {name}: rank {rank}'s shards did not arrive"
-        try:
-            expected = json.loads((directory / name).read_text())
-        except ValueError:
-            return f"{name} is not JSON"
+        expected = _read_json(directory / name)
+        if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+            return f"{name} is not a mapping of file names to sha256 digests"
         for file, digest in expected.items():
             path = directory / file
+            if Path(file).is_absolute() or ".." in Path(file).parts:
+                return f"{name} names {file!r}, outside the checkpoint"
             if not path.is_file():
                 return f"{file} is missing"
             if _sha256(path) != digest:
                 return f"{file} does not match its checksum (truncated or altered)"
+        covered.update(expected)
+    uncovered = [name for name, _, _ in files if name.startswith(WEIGHTS + "/") and name not in covered]
+    if uncovered:
+        return f"{uncovered[0]} is not covered by any checksums file (written by no rank of this checkpoint)"
+    read_train_state(directory)
+    read_frozen(directory)
+    load_config_dict(directory)
+    load_tracking_run_id(directory)
+    if (directory / WEIGHTS / ".metadata").is_file():
+        CheckpointReader(str(directory / WEIGHTS)).read_metadata()  # refuses what could run code
+    if (directory / DATA_POSITION).is_file():
+        DataPosition.from_json(load_data_position(directory))
     return None
+
+
+def read_ranks(directory: Path) -> int:
+    """How many ranks wrote the checkpoint (ranks.json; 1 when absent)."""
+    if not (directory / RANKS).is_file():
+        return 1
+    ranks = _read_json(directory / RANKS)
+    ranks = ranks.get("ranks") if isinstance(ranks, dict) else None
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or not 1 <= ranks <= MAX_RANKS:
+        raise ValueError(f"{RANKS} must say how many ranks wrote shards (1 to {MAX_RANKS}), got {ranks!r}")
+    return ranks
+
+
+def _read_json(path: Path, max_bytes: int = MAX_JSON_BYTES):
+    """A JSON file of bounded size (ValueError past it, or when it does not parse)."""
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes, over {max_bytes}")
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as err:  # UnicodeDecodeError included
+        raise ValueError(f"{path.name} is not JSON ({err})") from None
 
 
 def _sha256(path: Path) -> str:
@@ -203,8 +250,7 @@ def _digest_files(path: str, stats: tuple) -> str:
 def check_frozen_sources(directory: Path) -> dict[str, str]:
     """{module prefix: source} of the checkpoint's frozen modules, after checking each source is
     there and unchanged (its weights are not in the checkpoint)."""
-    path = Path(directory) / FROZEN
-    frozen = json.loads(path.read_text()) if path.is_file() else {}
+    frozen = read_frozen(directory)
     for prefix, entry in frozen.items():
         source = Path(entry["source"])
         if not source.exists():
@@ -216,6 +262,18 @@ def check_frozen_sources(directory: Path) -> dict[str, str]:
     return {prefix: entry["source"] for prefix, entry in frozen.items()}
 
 
+def read_frozen(directory: Path) -> dict[str, dict[str, str]]:
+    """frozen.json: {module prefix: {"source": path, "sha256": digest}} (ValueError for another shape)."""
+    path = Path(directory) / FROZEN
+    frozen = _read_json(path) if path.is_file() else {}
+    valid = isinstance(frozen, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("source"), str) and isinstance(entry.get("sha256"), str)
+        for entry in frozen.values())
+    if not valid:
+        raise ValueError(f"{FROZEN} must map module names to {{source, sha256}}")
+    return frozen
+
+
 def load_checkpoint(directory: Path, model, optimizer=None) -> TrainState:
     """Load a checkpoint into `model` (and `optimizer`): a plain module, or one already sharded or
     wrapped for this run's workers; every rank calls it. Frozen modules keep the weights the model
@@ -225,9 +283,20 @@ def load_checkpoint(directory: Path, model, optimizer=None) -> TrainState:
         _load_legacy(directory, model, optimizer)
     else:
         _load_weights(directory, model, optimizer, check_frozen_sources(directory))
-    saved = json.loads((directory / "state.json").read_text())
+    return read_train_state(directory)
+
+
+def read_train_state(directory: Path) -> TrainState:
+    """state.json, each value a whole number of at least 0 (ValueError otherwise)."""
+    saved = _read_json(Path(directory) / "state.json")
+    if not isinstance(saved, dict):
+        raise ValueError("state.json must be a mapping")
     known = TrainState.__dataclass_fields__
-    return TrainState(**{key: value for key, value in saved.items() if key in known})
+    values = {key: value for key, value in saved.items() if key in known}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"state.json: {key}={value!r} must be a whole number of at least 0")
+    return TrainState(**values)
 
 
 def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, str]) -> None:
@@ -295,49 +364,49 @@ def weights_fingerprint(directory: Path) -> str:
 
 
 class CheckpointReader(FileSystemReader):
-    """DCP's file reader, but its .metadata pickle may name only DCP's metadata classes, tensor sizes,
-    dtypes and layouts, and paths: a checkpoint from elsewhere cannot run code when it is opened."""
+    """DCP's file reader, but its .metadata pickle goes through mmtrain's allow-list
+    (training/checkpoint_metadata.py): a checkpoint from elsewhere cannot run code when it is opened."""
 
     def read_metadata(self, *args, **kwargs):
         from torch.distributed.checkpoint.metadata import StorageMeta
 
         path = self._get_metadata_path(kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as metadata_file:
-            metadata = _MetadataUnpickler(metadata_file).load()
+            metadata = load_metadata(metadata_file, Path(path).stat().st_size)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    _MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
-
-    def find_class(self, module: str, name: str):
-        allowed = (module in self._MODULES and not name.startswith("__")
-                   or (module, name) in {("torch", "Size"), ("torch.serialization", "_get_layout"),
-                                         ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}
-                   or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
-        if not allowed:
-            raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a DCP checkpoint "
-                                         "does not hold: refusing to load it")
-        return pathlib.PosixPath if module == "pathlib" else super().find_class(module, name)
-
-
 def load_config_dict(directory: Path) -> dict:
-    return yaml.safe_load((Path(directory) / "config.yaml").read_text())
+    path = Path(directory) / "config.yaml"
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is over {MAX_JSON_BYTES} bytes: not a config mmtrain wrote")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not readable YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a mapping")
+    return config
 
 
 def load_tracking_run_id(directory: Path) -> str:
     """The MLflow run id saved with the checkpoint ("" when none was)."""
     path = Path(directory) / "tracking.json"
-    return json.loads(path.read_text()).get("mlflow_run_id", "") if path.is_file() else ""
+    saved = _read_json(path) if path.is_file() else {}
+    run_id = saved.get("mlflow_run_id", "") if isinstance(saved, dict) else ""
+    return run_id if isinstance(run_id, str) else ""
 
 
 def load_data_position(directory: Path) -> dict | None:
     """The data position saved with the checkpoint (None for one saved without: its epoch restarts)."""
     path = Path(directory) / DATA_POSITION
-    return json.loads(path.read_text()) if path.is_file() else None
+    position = _read_json(path, MAX_POSITION_BYTES) if path.is_file() else None
+    if position is not None and not isinstance(position, dict):
+        raise ValueError(f"{DATA_POSITION} must be a mapping")
+    return position
 
 
 def _load(path: Path):
