@@ -21,12 +21,18 @@ OVERSIZED_MEMBER = "oversized_member"  # a tar member too large to load into mem
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # VLM: truncation left no assistant token to learn
 IMAGE_TRUNCATED = "image_truncated"    # VLM: max_length cuts into the image's tokens
 UNREADABLE_FILE = "unreadable_file"    # an image file of a folder source that could not be read
+CAPTION_TOO_LONG = "caption_too_long"  # a caption over data.max_caption_bytes (tokenizers read it whole)
+METADATA_TOO_LARGE = "metadata_too_large"  # a .json member over data.max_metadata_bytes
+TOO_MANY_TURNS = "too_many_turns"      # a conversation over data.max_conversation_turns
+OUTSIDE_SOURCE = "outside_source"      # convert: a path or link that leads out of the source (or --image-root)
+UNREADABLE_CAPTION = "unreadable_caption"  # convert: a caption file that is not UTF-8 text
 
 ALL = (
     TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD, PICKLE_MEMBER, MISSING_IMAGE, MISSING_CAPTION,
     EMPTY_CAPTION, BAD_METADATA, NOT_AN_IMAGE, OVERSIZED_IMAGE, OVERSIZED_MEMBER, NO_SUPERVISED_TOKENS,
     IMAGE_TRUNCATED, BAD_CONVERSATION, IMAGE_PLACEHOLDERS, DUPLICATE_MEMBER, MEMBERS_NOT_ADJACENT, BAD_HEADER,
-    EMPTY_SHARD, PARSE_ERROR, UNREADABLE_FILE,
+    EMPTY_SHARD, PARSE_ERROR, UNREADABLE_FILE, CAPTION_TOO_LONG, METADATA_TOO_LARGE, TOO_MANY_TURNS,
+    OUTSIDE_SOURCE, UNREADABLE_CAPTION,
 )
 
 # Events about a shard rather than about one sample; they do not count as samples.

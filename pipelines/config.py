@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pipelines.tar_samples import TextLimits
+
 
 class InvalidValue(ValueError):
     """A config value of the right type that cannot work; the message starts with the key's name,
@@ -45,6 +47,10 @@ class DataConfig:
     with_conversations: bool = False  # carry the LLaVA conversation column (VLM data)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_image_pixels: int = 64_000_000  # read from the image header before decoding
+    # Bounds on a sample's text, checked before parsing or tokenizing; a sample over one is skipped and counted.
+    max_caption_bytes: int = TextLimits.max_caption_bytes
+    max_metadata_bytes: int = TextLimits.max_metadata_bytes  # the .json member (label, conversation)
+    max_conversation_turns: int = TextLimits.max_turns
     max_bad_fraction: float = 0.05  # fail the run when more samples than this are bad
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
     shuffle_seed: Optional[int] = 0  # shard order, in-shard order, local buffer and augmentation; None = not reproducible
@@ -66,3 +72,7 @@ class DataConfig:
         at_least(self, 0, "workers", "shuffle_buffer_size", "read_shuffle_buffer", "max_bad_fraction", "data_cpu_limit")
         if self.cpus_per_worker <= 0:
             raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")
+
+    @property
+    def text_limits(self) -> TextLimits:
+        return TextLimits(self.max_caption_bytes, self.max_metadata_bytes, self.max_conversation_turns)

@@ -88,15 +88,14 @@ class ConversationEncoder:
                 f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn")
         text, spans = self._render_with_reply_spans(messages)
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids, labels = [], []
-        for token_id, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
-            if token_id == self.image_token_id:
-                input_ids += [self.image_token_id] * self.num_image_tokens
-                labels += [IGNORE_INDEX] * self.num_image_tokens
-                continue
-            supervised = any(start < span_end and end > span_start for span_start, span_end in spans)
-            input_ids.append(token_id)
-            labels.append(token_id if supervised else IGNORE_INDEX)
+        token_ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        supervised = _overlaps(offsets, np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+        is_image = token_ids == self.image_token_id
+        labels_T = np.where(supervised & ~is_image, token_ids, IGNORE_INDEX)
+        repeats = np.where(is_image, self.num_image_tokens, 1)  # the placeholder becomes the image's tokens
+        input_ids = np.repeat(token_ids, repeats).tolist()
+        labels = np.repeat(labels_T, repeats).tolist()
         input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if input_ids.count(self.image_token_id) != self.num_image_tokens:
             return bad_samples.IMAGE_TRUNCATED  # the model needs every image position or none
@@ -150,6 +149,18 @@ class ConversationEncoder:
         return (encoded.input_ids + [self.pad_id] * missing,
                 [1] * len(encoded.input_ids) + [0] * missing,
                 encoded.labels + [IGNORE_INDEX] * missing)
+
+
+def _overlaps(offsets_T2: np.ndarray, spans_S2: np.ndarray) -> np.ndarray:
+    """[T] bool: whether each token's character span [start, end) overlaps any of the sorted,
+    disjoint spans; O(T log S), where a scan of every span per token grew with tokens x turns."""
+    if len(spans_S2) == 0 or len(offsets_T2) == 0:
+        return np.zeros(len(offsets_T2), bool)
+    # The first span ending after the token starts is the only one it can overlap.
+    first = np.searchsorted(spans_S2[:, 1], offsets_T2[:, 0], side="right")
+    inside = first < len(spans_S2)
+    starts = spans_S2[np.minimum(first, len(spans_S2) - 1), 0]
+    return inside & (starts < offsets_T2[:, 1])
 
 
 def _sentinel(index: int) -> str:

@@ -49,7 +49,7 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
     # sees what the read hands on: a shard's rows, coalesced up to Ray's 128 MiB target block size.
     source = EpochShardDatasource(shards.paths, shards.filesystem, epochs=epochs if train else 1, seed=seed,
                                   shuffle_buffer=cfg.read_shuffle_buffer if train else 0,
-                                  rows_per_block=cfg.decode_batch_size, ledger=ledger)
+                                  rows_per_block=cfg.decode_batch_size, ledger=ledger, limits=cfg.text_limits)
     dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cfg.cpus_per_worker)
     if text_stage is None:
         text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),

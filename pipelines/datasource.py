@@ -31,7 +31,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipelines import bad_samples
 from pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
-from pipelines.tar_samples import Bad, Record, iter_records
+from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
 logger = logging.getLogger("mmtrain.data")
 LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted
@@ -64,7 +64,8 @@ class ShardRead:
 
 class EpochShardDatasource(Datasource):
     def __init__(self, paths: list[str], filesystem: pafs.FileSystem, *, epochs: int = 1,
-                 seed: Optional[int] = None, shuffle_buffer: int = 0, rows_per_block: int = 256, ledger=None):
+                 seed: Optional[int] = None, shuffle_buffer: int = 0, rows_per_block: int = 256, ledger=None,
+                 limits: TextLimits = TextLimits()):
         if len(paths) >= MAX_SHARDS or epochs > MAX_EPOCHS:
             raise ValueError(f"{len(paths)} shards x {epochs} epochs: positions hold at most {MAX_SHARDS - 1} "
                              f"shards and {MAX_EPOCHS} epochs")
@@ -72,6 +73,7 @@ class EpochShardDatasource(Datasource):
         self._epochs = epochs
         self._seed, self._shuffle_buffer = seed, shuffle_buffer
         self._rows_per_block, self._ledger = rows_per_block, ledger
+        self._limits = limits
 
     def get_name(self) -> str:
         return "ReadShards"
@@ -90,23 +92,24 @@ class EpochShardDatasource(Datasource):
         return reads
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        filesystem, rows_per_block, ledger = self._filesystem, self._rows_per_block, self._ledger
+        filesystem, rows_per_block, ledger, limits = self._filesystem, self._rows_per_block, self._ledger, self._limits
 
         def task(read: ShardRead) -> ReadTask:
             metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(read.path,))
-            return ReadTask(lambda: read_shard(read, filesystem, rows_per_block, ledger), metadata,
+            return ReadTask(lambda: read_shard(read, filesystem, rows_per_block, ledger, limits), metadata,
                             schema=RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
 
         return [task(read) for read in self.reads()]
 
 
-def read_shard(read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None) -> Iterator[pa.Table]:
+def read_shard(read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None,
+               limits: TextLimits = TextLimits()) -> Iterator[pa.Table]:
     """One (epoch, shard)'s rows, passing over what the ledger says this epoch already used."""
     skip, done = ray.get(ledger.plan.remote(read.epoch, read.shard)) if ledger is not None else (None, False)
     if done:  # every sample of this shard was trained on (or bad) this epoch: nothing to open
         return
     with filesystem.open_input_file(read.path) as stream:  # random access: skipped samples are sought past
-        records = iter_records(stream, skip=_Mask(skip) if skip is not None and skip.any() else None)
+        records = iter_records(stream, skip=_Mask(skip) if skip is not None and skip.any() else None, limits=limits)
         if read.seed is not None and read.shuffle_buffer:
             records = shuffled(records, read.shuffle_buffer, np.random.default_rng([read.seed, read.epoch, read.shard]))
         yield from shard_tables(records, read, rows_per_block, on_count=ledger)

@@ -9,10 +9,10 @@ from typing import Iterator
 from pipelines import bad_samples
 from pipelines.images import BadSample, open_image
 from pipelines.sources import ShardList, resolve_shards
-from pipelines.tar_samples import Bad, Record, iter_records
+from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
 
-def iter_shard_records(shards: ShardList, path: str) -> Iterator[Record | str]:
+def iter_shard_records(shards: ShardList, path: str, limits: TextLimits = TextLimits()) -> Iterator[Record | str]:
     """Records of one shard, or reason strings for what could not be used (the pipeline's reader)."""
     try:
         stream = shards.filesystem.open_input_stream(path)
@@ -20,19 +20,19 @@ def iter_shard_records(shards: ShardList, path: str) -> Iterator[Record | str]:
         yield bad_samples.UNREADABLE_SHARD
         return
     with stream:
-        for record in iter_records(stream):
+        for record in iter_records(stream, limits=limits):
             yield record.reason if isinstance(record, Bad) else record
 
 
 def inspect_shards(specs: list[str], max_pixels: int = 64_000_000, s3_endpoint: str = "",
-                   progress=None) -> dict:
+                   progress=None, limits: TextLimits = TextLimits()) -> dict:
     """Per shard: samples, decodable images, bad samples by reason, labels seen."""
     shards = resolve_shards(specs, s3_endpoint)
     report = {"shards": [], "total": {"samples": 0, "good": 0, "bad": {}}}
     total_bad: Counter[str] = Counter()
     for path in shards.paths:
         good, bad, labels = 0, Counter(), Counter()
-        for record in iter_shard_records(shards, path):
+        for record in iter_shard_records(shards, path, limits):
             if isinstance(record, str):
                 bad[record] += 1
                 continue

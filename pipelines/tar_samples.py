@@ -10,6 +10,7 @@ Pickle-like members are refused by name and never deserialised.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import IO, Container, Iterator, NamedTuple, Optional
 
@@ -21,6 +22,16 @@ PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"}
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_TAR_SIZE = 1 << 50  # 1 PiB: a member size beyond it is a corrupt header, not a member
 BLOCK = 512  # a tar header, and the unit member data is padded to
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """Bounds on a sample's text, checked before any parse or tokenizer sees it: tokenizers read a
+    caption whole before truncating, and conversation encoding grows with its turns."""
+
+    max_caption_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 1024 * 1024  # the .json member (label, conversation)
+    max_turns: int = 256
 
 
 @dataclass
@@ -69,15 +80,27 @@ class SampleNumbering:
         self.repeated = False  # the current key was seen earlier in the shard (members not adjacent)
         self._key: Optional[str] = None
         self._seen: set[str] = set()
+        self._undo: Optional[tuple] = None
 
     def wants(self, member_name: str) -> bool:
         """Called for each regular member in order; False: seek past its data."""
         key, _ = split_key(member_name)
+        self._undo = None
         if key != self._key:
+            self._undo = (self._key, self.index, self.repeated, self._key is not None and self._key not in self._seen)
             if self._key is not None:
                 self._seen.add(self._key)
             self._key, self.index, self.repeated = key, self.index + 1, key in self._seen
         return self.index not in self.skip
+
+    def member_lost(self) -> None:
+        """The last member's data is cut off by the end of the shard: if it opened a sample, that
+        sample never existed (every reader, seeking or not, then counts the same samples)."""
+        if self._undo is not None:
+            self._key, self.index, self.repeated, added = self._undo
+            if added:
+                self._seen.discard(self._key)
+            self._undo = None
 
     @property
     def count(self) -> int:
@@ -92,7 +115,7 @@ def split_key(member_name: str) -> tuple[str, str]:
 
 
 def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
-                 skip: Optional[Container[int]] = None) -> Iterator[Record | Bad]:
+                 skip: Optional[Container[int]] = None, limits: TextLimits = TextLimits()) -> Iterator[Record | Bad]:
     """Every sample of a shard as a Record or a Bad: the one containment boundary around all that
     parses a sample (headers, members, metadata, conversations). The pipeline, `data inspect`,
     `data tokenizer` and `data convert` all read through it, so they agree on every input, and an
@@ -106,7 +129,7 @@ def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
                 yield Bad(raw.key, raw.bad_reason, raw.offset, raw.index)
                 continue
             try:
-                record = to_record(raw)
+                record = to_record(raw, limits)
             except Exception:  # a metadata shape no check below foresaw
                 record = bad_samples.BAD_METADATA
             yield Bad(raw.key, record, raw.offset, raw.index) if isinstance(record, str) else record
@@ -155,7 +178,10 @@ def count_samples(stream: IO[bytes]) -> int:
     """How many samples a shard holds (good or bad), from its headers: on a seekable stream no
     member's data is read."""
     numbering = SampleNumbering(skip=_EVERYTHING)
-    for _ in _iter_members(stream, MAX_MEMBER_BYTES, numbering):
+    try:
+        for _ in _iter_members(stream, MAX_MEMBER_BYTES, numbering):
+            pass
+    except Exception:  # as iter_records: input no rule foresaw ends the shard, keeping what came before
         pass
     return numbering.count
 
@@ -247,8 +273,9 @@ def _read_members(reader: _Reader, max_member_bytes: int, numbering: SampleNumbe
         resyncing = False
         members += 1
         name, size, kind = parsed
-        if size > MAX_TAR_SIZE:  # a base-256 size no storage holds: the header cannot be trusted
+        if size == BAD_SIZE:  # the member's extent is unknown: look for the next header
             yield ShardProblem(bad_samples.BAD_HEADER, offset)
+            resyncing = True
             continue
         if kind in (b"L", b"x", b"g"):  # metadata for the next member (global pax: ignored)
             if size > max_member_bytes:  # no real name or pax record is this large
@@ -262,7 +289,7 @@ def _read_members(reader: _Reader, max_member_bytes: int, numbering: SampleNumbe
                 yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
                 return
             if kind == b"L":
-                long_name = payload[:size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                long_name = _text(payload[:size].rstrip(b"\0"))
             elif kind == b"x":
                 records = _pax_records(payload[:size])
                 long_name = records.get("path", long_name)
@@ -278,14 +305,17 @@ def _read_members(reader: _Reader, max_member_bytes: int, numbering: SampleNumbe
         wanted = kind in _REGULAR_FILE and numbering.wants(name)
         files += kind in _REGULAR_FILE
         if not wanted or size > max_member_bytes:
-            if wanted:
-                yield name, None, offset
             if not reader.skip(_padded(size)):  # skip the data, without reading it into memory
+                if kind in _REGULAR_FILE:
+                    numbering.member_lost()
                 yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
                 return
+            if wanted:
+                yield name, None, offset  # oversized: the sample is counted bad, its data never read
             continue
         data = reader.read_exact(_padded(size))
         if data is None:
+            numbering.member_lost()
             yield ShardProblem(bad_samples.TRUNCATED_TAR, offset)
             return
         yield name, data[:size], offset
@@ -306,27 +336,49 @@ _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR_FILE = (b"0", b"\0", b"7")  # '7': contiguous file, read like a regular one
 
 
+_OCTAL = re.compile(rb" *[0-7]*[ \0]*")
+BAD_SIZE = -1  # a header whose checksum holds but whose size field is no size
+
+
+def _octal(field: bytes) -> Optional[int]:
+    """An octal header field (digits, padded with spaces or NULs); None for anything else: a sign,
+    an underscore or a space inside, which Python's int() would accept."""
+    if not _OCTAL.fullmatch(field):
+        return None
+    digits = field.strip(b" \0")
+    return int(digits, 8) if digits else 0
+
+
 def _parse_header(block: bytes) -> Optional[tuple[str, int, bytes]]:
-    """(name, size, type flag) of a valid header block, None if its checksum does not match."""
-    try:
-        stored = int(block[148:156].strip(b"\0 ") or b"0", 8)
-        size_field = block[124:136]
-        if size_field[0] & 0x80:  # GNU base-256 for members over 8 GiB
-            size = int.from_bytes(size_field[1:], "big")
-        else:
-            size = int(size_field.strip(b"\0 ") or b"0", 8)
-    except ValueError:
+    """(name, size, type flag) of a header block whose checksum matches, None if it does not. The
+    size is BAD_SIZE when the field is neither octal nor GNU base-256, or beyond MAX_TAR_SIZE (a
+    negative base-256 size included): the member's extent is then unknown."""
+    stored = _octal(block[148:156])
+    if stored is None:
         return None
     # The checksum counts its own 8-byte field as spaces; some old writers summed signed bytes.
     unsigned = sum(block) - sum(block[148:156]) + 8 * 32
     if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in block[:148] + block[156:]):
         return None
+    size_field = block[124:136]
+    if size_field[0] == 0x80:  # GNU base-256 for members over 8 GiB (0xff starts a negative number)
+        size = int.from_bytes(size_field[1:], "big")
+    else:
+        size = _octal(size_field)
+    if size is None or size > MAX_TAR_SIZE:
+        size = BAD_SIZE
     name = block[:100].split(b"\0", 1)[0]
     if block[257:263] == b"ustar\0":  # POSIX ustar: long paths are split into prefix / name
         prefix = block[345:500].split(b"\0", 1)[0]
         if prefix:
             name = prefix + b"/" + name
-    return name.decode("utf-8", "surrogateescape"), size, block[156:157]
+    return _text(name), size, block[156:157]
+
+
+def _text(data: bytes) -> str:
+    """Names and pax values as text; bytes that are not UTF-8 become U+FFFD (keys must be valid
+    text everywhere downstream: Arrow columns, logs, MLflow)."""
+    return data.decode("utf-8", "replace")
 
 
 def _pax_records(payload: bytes) -> dict[str, str]:
@@ -340,7 +392,7 @@ def _pax_records(payload: bytes) -> dict[str, str]:
             break
         record = payload[position:position + length]
         key, _, value = record[len(length_text) + 1:].rstrip(b"\n").partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        records[_text(key)] = _text(value)
         position += max(length, 1)
     return records
 
@@ -349,7 +401,7 @@ def _padded(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK * BLOCK
 
 
-def to_record(sample: RawSample) -> Record | str:
+def to_record(sample: RawSample, limits: TextLimits = TextLimits()) -> Record | str:
     """A usable Record, or the reason the sample is bad."""
     if sample.bad_reason:
         return sample.bad_reason
@@ -360,29 +412,33 @@ def to_record(sample: RawSample) -> Record | str:
     caption_bytes = fields.get("txt")
     if caption_bytes is None:
         return bad_samples.MISSING_CAPTION
+    if len(caption_bytes) > limits.max_caption_bytes:
+        return bad_samples.CAPTION_TOO_LONG
     caption = caption_bytes.decode("utf-8", errors="replace").strip()
     if not caption:
         return bad_samples.EMPTY_CAPTION
     label, conversation = -1, []
     if "json" in fields:
-        meta = parse_metadata(fields["json"])
+        meta = parse_metadata(fields["json"], limits)
         if isinstance(meta, str):
             return meta
         label, conversation = meta
     return Record(sample.key, fields[image_ext], caption, label, json.dumps(conversation), sample.index, sample.offset)
 
 
-def parse_metadata(text: bytes | str) -> tuple[int, list] | str:
+def parse_metadata(text: bytes | str, limits: TextLimits = TextLimits()) -> tuple[int, list] | str:
     """(label, conversation) from a sample's JSON metadata, or the reason it cannot be used."""
+    if len(text) > limits.max_metadata_bytes:
+        return bad_samples.METADATA_TOO_LARGE
     try:
         meta = json.loads(text)
     except (ValueError, RecursionError):
         return bad_samples.BAD_METADATA
-    reason = metadata_problem(meta)
+    reason = metadata_problem(meta, limits)
     return reason if reason else (int(meta.get("label", -1)), meta.get("conversations", []))
 
 
-def metadata_problem(meta) -> str | None:
+def metadata_problem(meta, limits: TextLimits = TextLimits()) -> str | None:
     """Why parsed metadata cannot be used, or None. Shared by the reader and `data convert`, so a
     shard that convert writes is one the reader accepts."""
     if not isinstance(meta, dict):
@@ -392,15 +448,17 @@ def metadata_problem(meta) -> str | None:
         return bad_samples.BAD_METADATA  # not a number, or NaN
     if label in (float("inf"), float("-inf")) or int(label) != label or not -2**63 <= int(label) < 2**63:
         return bad_samples.BAD_METADATA  # 1e400, 2**70, 2.5: no int64 class index
-    return conversation_problem(meta.get("conversations", []))
+    return conversation_problem(meta.get("conversations", []), limits.max_turns)
 
 
-def conversation_problem(conversation) -> str | None:
+def conversation_problem(conversation, max_turns: int = TextLimits.max_turns) -> str | None:
     """Why a LLaVA conversation cannot be used (None when it can): it must be a list of turns, each
     a mapping with a known speaker (human, gpt, system, ...) and string text, and hold exactly one
     <image> placeholder (or be empty)."""
     if not isinstance(conversation, list):
         return bad_samples.BAD_CONVERSATION
+    if len(conversation) > max_turns:
+        return bad_samples.TOO_MANY_TURNS
     placeholders = 0
     for turn in conversation:
         if not isinstance(turn, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 from pathlib import Path
@@ -120,10 +121,11 @@ def free_port() -> int:
 # --- hand-made tar bytes for malformed headers that tarfile will not write ----------------------
 
 
-def tar_header(name: str, size: int, kind: bytes = b"0", size_field: bytes | None = None) -> bytes:
+def tar_header(name: str | bytes, size: int, kind: bytes = b"0", size_field: bytes | None = None) -> bytes:
     """A ustar header block with a valid checksum; `size_field` replaces the 12-byte size as given."""
     block = bytearray(512)
-    block[0:len(name.encode())] = name.encode()
+    raw_name = name if isinstance(name, bytes) else name.encode()
+    block[0:len(raw_name)] = raw_name
     block[100:108] = b"0000644\0"
     block[124:136] = size_field if size_field is not None else b"%011o\0" % size
     block[136:148] = b"00000000000\0"
@@ -135,7 +137,7 @@ def tar_header(name: str, size: int, kind: bytes = b"0", size_field: bytes | Non
     return bytes(block)
 
 
-def tar_member(name: str, data: bytes, **header) -> bytes:
+def tar_member(name: str | bytes, data: bytes, **header) -> bytes:
     return tar_header(name, len(data), **header) + data + bytes(-len(data) % 512)
 
 
@@ -173,7 +175,7 @@ def write_malformed_shards(out_dir: Path) -> dict:
 
     # pax size that is not a number: the member keeps its own header's size, and stays good
     shard("pax_size_text", pax_member({"size": "abc"}) + sample("p0"))
-    # pax size of 50 GB in a small file: the member is oversized, and the declared data runs past the end
+    # pax size of 50 GB in a small file: the declared data runs past the end (truncated; no sample)
     (out_dir / "pax_size_huge.tar").write_bytes(
         good_sample_bytes("h_a") + good_sample_bytes("h_b") + pax_member({"size": str(50 * 10**9)})
         + tar_member("h0.jpg", jpeg) + tar_member("h0.txt", b"caption") + bytes(1024))
@@ -188,11 +190,20 @@ def write_malformed_shards(out_dir: Path) -> dict:
     shard("duplicate_key", sample("d0") + tar_member("d0.txt", b"a second caption"))
     shard("not_adjacent", tar_member("n0.jpg", jpeg) + tar_member("n1.jpg", jpeg)
           + tar_member("n0.txt", b"c") + tar_member("n1.txt", b"c"))
+    # a negative size passes Python's int(..., 8): a reader that trusts it seeks back onto the same header
+    shard("negative_size", tar_header("m0.jpg", 0, size_field=b"-0001750\0\0\0\0") + sample("m1"))
+    # a member name that is not UTF-8 (Latin-1): the sample is good, its key holds U+FFFD
+    shard("latin1_name", tar_member(b"caf\xe9.jpg", jpeg) + tar_member(b"caf\xe9.txt", b"a caption"))
+    shard("caption_huge", tar_member("t0.jpg", jpeg) + tar_member("t0.txt", b"word " * 20_000))
+    turns = [{"from": "human", "value": "<image> hi"}] + [{"from": "gpt", "value": "hi"}] * 300
+    shard("many_turns", sample("v0", json.dumps({"conversations": turns}).encode()))
+    shard("metadata_huge", sample("w0", b'{"label": 1, "pad": "' + b"x" * (1 << 20) + b'"}'))
     (out_dir / "empty.tar").write_bytes(bytes(10240))
     (out_dir / "zero_bytes.tar").write_bytes(b"")
     (out_dir / "directories_only.tar").write_bytes(tar_header("a_dir/", 0, kind=b"5") + bytes(1024))
-    return {"good": 8 * 4 + 1 + 2,  # 4 around each middle (p0 is good too); 2 before the huge pax size
-            "bad": {"bad_header": 2, "missing_image": 1,  # g0.txt is left without its image
-                    "oversized_member": 1, "truncated_tar": 1, "bad_metadata": 2, "bad_conversation": 1,
+    return {"good": 13 * 4 + 1 + 2 + 2,  # 4 around each middle (p0, m1, the Latin-1 key too); 2 before the huge pax size
+            "bad": {"bad_header": 3, "missing_image": 1,  # g0.txt is left without its image
+                    "caption_too_long": 1, "too_many_turns": 1, "metadata_too_large": 1,
+                    "truncated_tar": 1, "bad_metadata": 2, "bad_conversation": 1,
                     "image_placeholders": 2, "duplicate_member": 1, "missing_caption": 2, "members_not_adjacent": 2,
                     "empty_shard": 3}}

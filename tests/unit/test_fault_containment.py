@@ -31,10 +31,10 @@ def test_every_malformed_input_is_counted_by_reason_and_good_samples_kept(tmp_pa
 def test_a_parser_failure_nobody_foresaw_costs_only_the_rest_of_its_shard(monkeypatch):
     from pipelines import tar_samples
 
-    def broken(sample):
+    def broken(sample, limits=None):
         if sample.key == "k1":
             raise RuntimeError("a bug in a new parser")
-        return original(sample)
+        return original(sample, limits)
 
     original = tar_samples.to_record
     monkeypatch.setattr(tar_samples, "to_record", broken)
