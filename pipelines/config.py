@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from pipelines.tar_samples import TextLimits
 
@@ -13,17 +14,78 @@ class InvalidValue(ValueError):
     and the config loader puts the section's path in front of it."""
 
 
-def at_least(section, minimum: float, *names: str) -> None:
-    """Refuse a value of `section.name` below `minimum` (at load time, not inside a worker)."""
-    for name in names:
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take (each item of a tuple key, too)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'more than' if self.low_open else 'at least'} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}")
+
+
+def at_least(low: float) -> Range:
+    return Range(low)
+
+
+def above(low: float) -> Range:
+    return Range(low, low_open=True)
+
+
+def within(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open)
+
+
+ANY_FINITE = Range()
+
+
+class Checked:
+    """A config section whose numbers are finite and each within its declared range. Every numeric
+    key names its range in RANGES (a test enforces it), so a value that cannot work is refused when
+    the config loads, not inside a worker: NaN passes every `<` check, so finiteness is its own rule."""
+
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    def __post_init__(self):
+        check_ranges(self)
+
+
+def check_ranges(section) -> None:
+    for name, allowed in section.RANGES.items():
         value = getattr(section, name)
-        if value < minimum:
-            raise InvalidValue(f"{name}={value!r}: must be at least {minimum}")
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if item is None:
+                continue
+            if not math.isfinite(item):
+                raise InvalidValue(f"{name}={value!r}: must be a finite number")
+            if not allowed.contains(item):
+                raise InvalidValue(f"{name}={value!r}: must be {allowed}")
+
+
+def ordered_pair(section, name: str) -> None:
+    """A (low, high) key must not run backwards."""
+    low, high = getattr(section, name)
+    if low > high:
+        raise InvalidValue(f"{name}={list(getattr(section, name))!r}: the first value must not exceed the second")
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Train: random resized crop + horizontal flip. Eval: resize shorter side + centre crop."""
+
+    RANGES = {"image_size": at_least(1), "crop_scale": within(0, 1, low_open=True), "crop_ratio": above(0),
+              "eval_resize_ratio": within(0, 1, low_open=True)}
 
     image_size: int = 64
     crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction range of the random crop
@@ -35,11 +97,22 @@ class AugmentConfig:
     eval_center_crop: bool = True
 
     def __post_init__(self):
-        at_least(self, 1, "image_size")
+        super().__post_init__()
+        ordered_pair(self, "crop_scale")
+        ordered_pair(self, "crop_ratio")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
+    RANGES = {
+        "context_length": at_least(1), "max_image_pixels": at_least(1), "max_caption_bytes": at_least(1),
+        "max_metadata_bytes": at_least(1), "max_conversation_turns": at_least(1),
+        "max_bad_fraction": within(0, 1), "min_samples_for_bad_check": at_least(0), "shuffle_seed": at_least(0),
+        "read_shuffle_buffer": at_least(0), "shuffle_buffer_size": at_least(0), "decode_batch_size": at_least(1),
+        "tokenize_batch_size": at_least(0), "workers": at_least(0), "cpus_per_worker": above(0),
+        "tokenize_actors": at_least(0), "data_cpu_limit": at_least(0),
+    }
+
     train_shards: list[str] = field(default_factory=list)  # dirs, globs, brace patterns, s3:// URIs
     eval_shards: list[str] = field(default_factory=list)
     tokenizer: str = ""  # tokenizer.json or an HF model directory; "" = <first shard dir>/tokenizer.json
@@ -66,12 +139,6 @@ class DataConfig:
     tokenize_actors: int = 0  # unused since the stages were fused; still read from saved configs
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS
-
-    def __post_init__(self):
-        at_least(self, 1, "context_length", "decode_batch_size")
-        at_least(self, 0, "workers", "shuffle_buffer_size", "read_shuffle_buffer", "max_bad_fraction", "data_cpu_limit")
-        if self.cpus_per_worker <= 0:
-            raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")
 
     @property
     def text_limits(self) -> TextLimits:

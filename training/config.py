@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.config import DataConfig, InvalidValue, at_least
+from pipelines.config import ANY_FINITE, Checked, DataConfig, above, at_least, within
 from pipelines.contract import IMAGE_MEAN, IMAGE_STD
 from training.metric_names import check_sweep_metric
 
@@ -13,7 +13,10 @@ Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), 
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(Checked):
+    RANGES = {"image_size": at_least(1), "patch_size": at_least(1), "width": at_least(1), "layers": at_least(1),
+              "heads": at_least(1), "mlp_ratio": above(0), "image_mean": within(0, 1), "image_std": above(0)}
+
     image_size: int = 64
     patch_size: int = 8
     width: int = 192
@@ -27,7 +30,10 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(Checked):
+    RANGES = {"vocab_size": at_least(0), "width": at_least(1), "layers": at_least(1), "heads": at_least(1),
+              "mlp_ratio": above(0)}
+
     vocab_size: int = 0  # 0 = the tokenizer's vocabulary size, filled in when the run starts
     width: int = 192
     layers: int = 3
@@ -37,14 +43,18 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
-class ClipModelConfig:
+class ClipModelConfig(Checked):
+    RANGES = {"embed_dim": at_least(1)}
+
     embed_dim: int = 128
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Checked):
+    RANGES = {"init_temperature": above(0), "max_logit_scale": above(0), "siglip_init_bias": ANY_FINITE}
+
     kind: Literal["infonce", "siglip"] = "infonce"
     init_temperature: float = 0.07  # logit scale starts at 1/temperature
     learnable_temperature: bool = True
@@ -53,7 +63,11 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Checked):
+    RANGES = {"lr": at_least(0), "weight_decay": at_least(0), "betas": within(0, 1, high_open=True),
+              "eps": at_least(0), "warmup_steps": at_least(0), "min_lr_ratio": within(0, 1),
+              "grad_clip_norm": at_least(0), "grad_accum_steps": at_least(1)}
+
     lr: float = 5e-4
     weight_decay: float = 0.1  # not applied to biases, norms, embeddings or the logit scale
     betas: tuple[float, float] = (0.9, 0.98)
@@ -68,13 +82,12 @@ class OptimConfig:
     # was planned to); true starts a new warmup + cosine from the current step to the new max_steps.
     restart_schedule: bool = False
 
-    def __post_init__(self):
-        at_least(self, 0, "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip_norm", "eps")
-        at_least(self, 1, "grad_accum_steps")
-
 
 @dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(Checked):
+    RANGES = {"max_steps": at_least(1), "epochs": at_least(0), "batch_size_per_worker": at_least(1),
+              "log_every": at_least(0), "eval_every": at_least(0), "checkpoint_every": at_least(0), "seed": at_least(0)}
+
     max_steps: int = 200
     # Passes over the training data; 0 = as many as max_steps needs. The run ends at max_steps or
     # at the end of the last epoch, whichever comes first.
@@ -91,13 +104,11 @@ class LoopConfig:
     activation_checkpointing: Literal["none", "blocks"] = "none"
     seed: int = 0
 
-    def __post_init__(self):
-        at_least(self, 1, "max_steps", "batch_size_per_worker")
-        at_least(self, 0, "log_every", "eval_every", "checkpoint_every", "epochs")
-
 
 @dataclass(frozen=True)
-class ScalingConfig:
+class ScalingConfig(Checked):
+    RANGES = {"num_workers": at_least(1), "cpus_per_worker": above(0)}
+
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -107,14 +118,11 @@ class ScalingConfig:
     # bf16 compute and fp32 reduction and master weights); each worker then holds about 1/num_workers.
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
-    def __post_init__(self):
-        at_least(self, 1, "num_workers")  # Ray Train workers; 1 trains without DDP
-        if self.cpus_per_worker <= 0:
-            raise InvalidValue(f"cpus_per_worker={self.cpus_per_worker!r}: must be more than 0")
-
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Checked):
+    RANGES = {"batch_size": at_least(1), "max_retrieval_samples": at_least(1)}
+
     zero_shot: bool = True  # class names + templates from the eval shards' manifest.json
     retrieval: bool = True
     classes: list[str] = field(default_factory=list)  # [] = the eval shards' manifest.json classes
@@ -136,7 +144,9 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(Checked):
+    RANGES = {"max_failures": at_least(-1), "local_num_cpus": at_least(0), "keep_checkpoints": at_least(1)}
+
     name: str = "clip"  # the same name re-run resumes from its last checkpoint
     output_dir: str = "runs"  # checkpoints, Ray Train state and the default MLflow store
     max_failures: int = 2  # worker failures survived (each resumes from the last checkpoint)
@@ -166,29 +176,33 @@ class ClipRunConfig:
 
 
 @dataclass(frozen=True)
-class VisionEncoderConfig:
+class VisionEncoderConfig(Checked):
+    RANGES = {"feature_layer": within(-1024, 1024)}
+
     checkpoint: str = ""  # a CLIP checkpoint directory, or a CLIP run directory (its latest checkpoint)
     feature_layer: int = -2  # -2 = penultimate block (LLaVA); CLS is always dropped
 
 
 @dataclass(frozen=True)
-class ProjectorConfig:
+class ProjectorConfig(Checked):
+    RANGES = {"hidden_width": at_least(0)}
+
     type: str = "mlp2x_gelu"  # "linear" or "mlp{N}x_gelu"
     hidden_width: int = 0  # 0 = the LM's width
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(Checked):
     """LoRA adapters on the LM (the peft library): the LM's own weights stay frozen, and only the
     adapters train, sit in the optimizer and are saved. Their learning rate is lrs.lm."""
+
+    RANGES = {"rank": at_least(0), "alpha": at_least(0), "dropout": within(0, 1, high_open=True)}
+
 
     rank: int = 0  # 0 = no LoRA
     alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    def __post_init__(self):
-        at_least(self, 0, "rank", "alpha", "dropout")
 
 
 @dataclass(frozen=True)
@@ -205,19 +219,22 @@ class VlmModelConfig:
 
 
 @dataclass(frozen=True)
-class ModuleLearningRates:
+class ModuleLearningRates(Checked):
     """One learning rate per module group; 0 freezes the module (no gradient, not in the optimizer)."""
+
+    RANGES = {"vision": at_least(0), "projector": at_least(0), "lm": at_least(0)}
+
 
     vision: float = 0.0
     projector: float = 1e-3
     lm: float = 0.0
 
-    def __post_init__(self):
-        at_least(self, 0, "vision", "projector", "lm")
-
 
 @dataclass(frozen=True)
-class VlmEvalConfig:
+class VlmEvalConfig(Checked):
+    RANGES = {"max_generate_samples": at_least(0), "max_new_tokens": at_least(1), "batch_size": at_least(1),
+              "table_rows": at_least(0)}
+
     max_generate_samples: int = 200  # held-out questions answered by greedy generation
     max_new_tokens: int = 8
     batch_size: int = 32
@@ -225,7 +242,9 @@ class VlmEvalConfig:
 
 
 @dataclass(frozen=True)
-class VlmRunConfig:
+class VlmRunConfig(Checked):
+    RANGES = {"max_length": at_least(1)}
+
     stage: Literal["captions", "conversations"] = "captions"  # 1: alignment, 2: instruction tuning
     init_from: str = ""  # stage 2: a stage-1 checkpoint or run directory to take the projector from
     max_length: int = 128  # tokens per sample, image tokens included
@@ -244,15 +263,21 @@ class VlmRunConfig:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(Checked):
+    RANGES = {"grace_period": at_least(1), "reduction_factor": above(1)}
+
     type: Literal["asha", "fifo"] = "asha"  # asha stops weak trials early; fifo runs all to the end
     grace_period: int = 10  # training steps every trial gets before it can be stopped
     reduction_factor: int = 2  # asha keeps about 1/reduction_factor of the trials at each rung
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Checked):
     """A Ray Tune sweep: which trainer, its base config, and a search space over config keys."""
+
+    RANGES = {"num_samples": at_least(1), "max_concurrent_trials": at_least(0), "data_cpus_per_trial": above(0),
+              "seed": at_least(0), "local_num_cpus": at_least(0)}
+
 
     name: str = "sweep"  # trials are runs named <name>-<trial id>; --resume finds the sweep by name
     trainer: Literal["clip", "vlm"] = "clip"
@@ -274,4 +299,5 @@ class SweepConfig:
     local_num_cpus: int = 0  # logical CPUs for a local instance; 0 = max(6, 3 x cores)
 
     def __post_init__(self):
+        super().__post_init__()
         check_sweep_metric(self.metric)

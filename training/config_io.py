@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -33,7 +34,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}")
     for override in overrides:
@@ -43,12 +44,50 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
+def _load_yaml_file(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {path}{line}: not valid YAML ({problem}); a value holding "
+                          "': ', '{', '[' or '#' needs quotes") from None
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 3, 1e-3, true, [1,2] work)."""
     key, sep, raw_value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
-    set_value(data, key.strip(), yaml.safe_load(raw_value))
+    set_value(data, key.strip(), parse_override_value(key.strip(), raw_value))
+
+
+def parse_override_value(key: str, raw: str) -> Any:
+    """A `--set` value as YAML; a list whose items YAML cannot read (brace patterns such as
+    `[s3://b/train-{00000..00999}.tar]`, where '{' opens a YAML mapping) as a list of its items' text."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            return [item.strip().strip("'\"") for item in _split_top_level(text[1:-1]) if item.strip()]
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"--set {key}={raw}: the value is not valid YAML ({problem}); quote it, e.g. "
+                          f"--set '{key}=\"{raw}\"'") from None
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside braces and brackets: `a-{0,1}.tar, b` -> ['a-{0,1}.tar', ' b']."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char in "{[") - (char in "}]")
+        if char == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    return items + [text[start:]]
 
 
 def set_value(data: dict[str, Any], key: str, value: Any) -> None:
@@ -137,6 +176,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
