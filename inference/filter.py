@@ -53,12 +53,17 @@ def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, optio
         for shard, key in zip(table.column("shard").to_numpy(zero_copy_only=False)[passed],
                               table.column("key").to_numpy(zero_copy_only=False)[passed]):
             keep[shard].add(key)
-    shards = copy_kept(inference.shards, keep, out_dir)
+    copied = copy_kept(inference.shards, keep, out_dir)
+    shards = [info for info, _ in copied]
+    lost = sum(missing for _, missing in copied)
     summary = run_summary(inference, run, specs, int(passed.sum()))
     extra = {"filter": {"score": "cosine of the CLIP run's image and caption embeddings",
                         "min_score": min_score, "keep_fraction": keep_fraction, "threshold": threshold,
-                        "scored": int(len(scores)), "kept": int(passed.sum()),
-                        "below_threshold": int((~passed).sum()), **summary}}
+                        "scored": int(len(scores)), "kept": int(passed.sum()) - lost,
+                        "below_threshold": int((~passed).sum()), "lost_on_second_read": lost, **summary}}
+    if lost:
+        print(f"mmtrain: warning: {lost} samples that passed the filter could not be read again (did a shard "
+              "change, or fail mid-read?); the manifest counts them as lost_on_second_read")
     extra.update(carry_over_data_files(specs, out_dir))
     return write_manifest(out_dir, shards, extra)
 
@@ -71,8 +76,9 @@ def fraction_threshold(scores: np.ndarray, keep_fraction: float) -> float:
     return float(np.sort(scores)[::-1][kept - 1])
 
 
-def copy_kept(shards: ShardList, keep: dict[str, set[str]], out_dir: Path) -> list[ShardInfo]:
-    """One output shard per source shard (same name, as a plain .tar), in parallel threads."""
+def copy_kept(shards: ShardList, keep: dict[str, set[str]], out_dir: Path) -> list[tuple[ShardInfo, int]]:
+    """One output shard per source shard (same name, as a plain .tar), in parallel threads; with
+    each, how many of its passed samples were not found again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [output_name(path) for path in shards.paths]
     if len(set(names)) != len(names):
@@ -83,21 +89,25 @@ def copy_kept(shards: ShardList, keep: dict[str, set[str]], out_dir: Path) -> li
                                                                           [out_dir] * len(names))))
 
 
-def copy_shard(shards: ShardList, source: str, name: str, keys: set[str], out_dir: Path) -> ShardInfo:
+def copy_shard(shards: ShardList, source: str, name: str, keys: set[str], out_dir: Path) -> tuple[ShardInfo, int]:
+    """Copy the samples named in `keys`; a shard that fails mid-read keeps what was copied, and the
+    samples not found again are counted, never a failure of the other shards."""
     written = set()
     path = out_dir / name
-    with shards.filesystem.open_input_file(source) as stream, tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for sample in iter_raw_samples(stream):
-            if sample.bad_reason is None and sample.key in keys and sample.key not in written:
-                for ext in sorted(sample.fields):
-                    _add_member(tar, f"{sample.key}.{ext}", sample.fields[ext])
-                written.add(sample.key)
-    if written != keys:  # the shard changed between the passes: refuse to lose samples quietly
-        raise RuntimeError(f"{source}: {len(keys - written)} samples that passed the filter were not found "
-                           "on the second read (did the shard change?)")
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        try:
+            with shards.filesystem.open_input_file(source) as stream:
+                for sample in iter_raw_samples(stream):
+                    if sample.bad_reason is None and sample.key in keys and sample.key not in written:
+                        for ext in sorted(sample.fields):
+                            _add_member(tar, f"{sample.key}.{ext}", sample.fields[ext])
+                        written.add(sample.key)
+        except Exception as err:  # the containment boundary for one shard
+            print(f"mmtrain: warning: {source}: reading stopped ({type(err).__name__}: {err})")
     data = path.read_bytes()
-    return ShardInfo(name, name.split("-")[0] if "-" in name else "filtered", len(written), len(data),
+    info = ShardInfo(name, name.split("-")[0] if "-" in name else "filtered", len(written), len(data),
                      hashlib.sha256(data).hexdigest())
+    return info, len(keys - written)
 
 
 def output_name(source: str) -> str:

@@ -38,6 +38,9 @@ def add_parsers(subparsers) -> None:
     conv.add_argument("--image-column", default="")
     conv.add_argument("--caption-column", default="")
     conv.add_argument("--label-column", default="")
+    conv.add_argument("--image-root", type=Path, default=None,
+                      help="where a table's image paths may point (default: the table's directory); paths "
+                           "and links leading elsewhere are skipped and counted as outside_source")
     conv.add_argument("--shard-samples", type=int, default=10_000, help="samples per shard at most")
     conv.add_argument("--shard-mb", type=float, default=256, help="MiB per shard at most")
     conv.add_argument("--seed", type=int, default=0)
@@ -97,7 +100,7 @@ def run_convert(args) -> int:
         image_column=args.image_column, caption_column=args.caption_column,
         label_column=args.label_column, shard_samples=args.shard_samples,
         shard_bytes=int(args.shard_mb * 1024 * 1024), seed=args.seed,
-        resize=args.resize, quality=args.quality, workers=args.workers,
+        resize=args.resize, quality=args.quality, workers=args.workers, image_root=args.image_root,
     )
     bar = FirstUpdateBar(desc="convert", unit="sample")
     try:

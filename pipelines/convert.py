@@ -25,11 +25,12 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
+from pipelines.contained_files import read_contained
 from pipelines.images import BadSample
 from pipelines.resize import shrink
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
 from pipelines import bad_samples
-from pipelines.tar_samples import IMAGE_EXTENSIONS, metadata_problem
+from pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
 
 FORMATS = ("folder", "csv", "jsonl", "parquet", "idx")
 DEFAULT_TEMPLATES = (
@@ -71,6 +72,11 @@ class ConvertOptions:
     quality: int = 95  # JPEG quality of resized images
     workers: int = 0  # processes that resize; 0 = one per core
     max_pixels: int = 64_000_000  # images over this (read from the header) are skipped, not decoded
+    # Where a table's relative image paths start and where any image path may point (default: the
+    # table's own directory): a path or link leading elsewhere is skipped, so a table cannot copy a
+    # system file into a shard.
+    image_root: Optional[Path] = None
+    limits: TextLimits = TextLimits()  # captions and metadata the reader would refuse are not written
 
 
 def convert(src: Path, out_dir: Path, options: ConvertOptions,
@@ -100,20 +106,14 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
         resized = extra["resize"] = {"shorter_side": options.resize, "quality": options.quality, "resized": 0}
         items = _shrink_all(items, options, resized)
     for item in items:
-        if isinstance(item, str):  # a skipped input, by reason
-            skipped[item] = skipped.get(item, 0) + 1
-            continue
-        problem = metadata_problem(item.meta) if item.meta is not None else None
-        if problem:  # the reader would refuse it: skip it here, counted, rather than write it
-            skipped[problem] = skipped.get(problem, 0) + 1
+        sample = item if isinstance(item, str) else as_sample(item, options.limits)
+        if isinstance(sample, str):  # a skipped input, by reason
+            skipped[sample] = skipped.get(sample, 0) + 1
             continue
         writer = writers.get(item.split)
         if writer is None:
             writer = writers[item.split] = ShardWriter(
                 out_dir, item.split, max_samples=options.shard_samples, max_bytes=options.shard_bytes)
-        sample = {"__key__": item.key, item.image_ext: item.image, "txt": encode_text(item.caption)}
-        if item.meta is not None:
-            sample["json"] = encode_json(item.meta)
         writer.write(sample)
         if progress:
             progress(1)
@@ -122,6 +122,22 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
         raise ValueError(f"found no convertible samples in {src} as format {options.format!r}")
     extra["skipped"] = skipped
     return write_manifest(out_dir, shards, extra)
+
+
+def as_sample(item: Example, limits: TextLimits) -> dict | str:
+    """The shard sample for an example, or the reason the reader would refuse it: the reader itself
+    judges it (to_record), so convert never writes a sample that training would skip."""
+    sample = {"__key__": item.key, item.image_ext: item.image, "txt": encode_text(item.caption)}
+    if item.meta is not None:
+        try:
+            sample["json"] = encode_json(item.meta)
+        except (TypeError, ValueError, RecursionError):
+            return bad_samples.BAD_METADATA
+    if any(len(value) > MAX_MEMBER_BYTES for name, value in sample.items() if name != "__key__"):
+        return bad_samples.OVERSIZED_MEMBER
+    raw = RawSample(item.key, {name: value for name, value in sample.items() if name != "__key__"})
+    record = to_record(raw, limits)
+    return record if isinstance(record, str) else sample
 
 
 def _shrink_all(items, options: ConvertOptions, counts: dict, chunk: int = 256) -> Iterator[Example | str]:
@@ -154,54 +170,117 @@ def _shrink_example(item: Example | str, options: ConvertOptions) -> tuple[Examp
 
 
 def _read_folder(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
+    root = src.resolve()
     for image_path in sorted(p for p in src.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS):
-        caption_path = image_path.with_suffix(".txt")
-        if not caption_path.is_file():
-            yield "missing_caption"
-            continue
-        meta_path = image_path.with_suffix(".json")
         try:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-        except ValueError:
-            yield bad_samples.BAD_METADATA
-            continue
-        key = image_path.relative_to(src).with_suffix("").as_posix().replace(".", "_")
-        yield Example(options.split, key, image_path.read_bytes(), _ext(image_path.suffix),
-                      caption_path.read_text().strip(), meta)
+            yield _folder_example(image_path, src, root, options)
+        except OSError:  # unreadable, or vanished since it was listed
+            yield bad_samples.UNREADABLE_FILE
+
+
+def _folder_example(image_path: Path, src: Path, root: Path, options: ConvertOptions) -> Example | str:
+    image = read_contained(image_path, root, MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
+    if isinstance(image, str):
+        return image
+    caption_path = image_path.with_suffix(".txt")
+    if not caption_path.is_file():
+        return bad_samples.MISSING_CAPTION
+    caption = read_contained(caption_path, root, options.limits.max_caption_bytes, bad_samples.CAPTION_TOO_LONG)
+    if isinstance(caption, str):
+        return caption
+    meta = None
+    meta_path = image_path.with_suffix(".json")
+    if meta_path.exists():
+        text = read_contained(meta_path, root, options.limits.max_metadata_bytes, bad_samples.METADATA_TOO_LARGE)
+        if isinstance(text, str):
+            return text
+        try:
+            meta = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
+            return bad_samples.BAD_METADATA
+    try:
+        caption_text = caption.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return bad_samples.UNREADABLE_CAPTION
+    key = image_path.relative_to(src).with_suffix("").as_posix().replace(".", "_")
+    return Example(options.split, key, image, _ext(image_path.suffix), caption_text, meta)
 
 
 def _read_table(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
+    rows, columns = _table_rows(src, options)
+    image_col = options.image_column or _pick(columns, IMAGE_COLUMNS, "--image-column")
+    caption_col = options.caption_column or _pick(columns, CAPTION_COLUMNS, "--caption-column")
+    for name in filter(None, (image_col, caption_col, options.label_column)):
+        if name not in columns:
+            raise ValueError(f"{src} has no column {name!r}; columns are {columns}")
+    root = Path(options.image_root or src.parent).resolve()
+    for index, row in enumerate(rows):
+        if isinstance(row, str):  # a line that is not a JSON object
+            yield row
+            continue
+        try:
+            yield _table_example(index, row, image_col, caption_col, root, options)
+        except OSError:
+            yield bad_samples.UNREADABLE_FILE
+
+
+def _table_rows(src: Path, options: ConvertOptions) -> tuple[Iterator[dict | str], list[str]]:
+    """(rows, column names) of a table; JSONL is read line by line, so one bad line is one skip."""
     import pyarrow.csv
-    import pyarrow.json
     import pyarrow.parquet
 
-    load = {"csv": pyarrow.csv.read_csv, "jsonl": pyarrow.json.read_json,
-            "parquet": pyarrow.parquet.read_table}[options.format]
-    table = load(str(src))
-    image_col = options.image_column or _pick(table.column_names, IMAGE_COLUMNS, "--image-column")
-    caption_col = options.caption_column or _pick(table.column_names, CAPTION_COLUMNS, "--caption-column")
-    for name in filter(None, (image_col, caption_col, options.label_column)):
-        if name not in table.column_names:
-            raise ValueError(f"{src} has no column {name!r}; columns are {table.column_names}")
-    base = src.parent
-    for index, row in enumerate(table.to_pylist()):
-        image = row[image_col]
-        if isinstance(image, dict):  # Hugging Face datasets store images as {"bytes", "path"}
-            image = image.get("bytes") or image.get("path")
-        if isinstance(image, str):
-            path = Path(image) if Path(image).is_absolute() else base / image
-            if not path.is_file():
-                yield "missing_image"
-                continue
-            image_bytes, ext = path.read_bytes(), _ext(path.suffix)
-        elif isinstance(image, (bytes, bytearray)):
-            image_bytes, ext = bytes(image), _sniff_ext(image)
-        else:
-            yield "missing_image"
-            continue
-        # metadata_problem() in convert() refuses a label that is no int64 (text, 1e400, 2**70)
-        meta = {"label": row[options.label_column]} if options.label_column else None
-        yield Example(options.split, f"{index:09d}", image_bytes, ext, str(row[caption_col] or "").strip(), meta)
+    if options.format == "jsonl":
+        return _jsonl_rows(src, options.limits.max_metadata_bytes + MAX_MEMBER_BYTES)
+    load = pyarrow.csv.read_csv if options.format == "csv" else pyarrow.parquet.read_table
+    try:
+        table = load(str(src))
+    except (OSError, ValueError, pyarrow.ArrowException) as err:
+        raise ValueError(f"{src} cannot be read as {options.format} ({err})") from None
+    return iter(table.to_pylist()), table.column_names
+
+
+def _jsonl_rows(src: Path, max_line_bytes: int) -> tuple[Iterator[dict | str], list[str]]:
+    def rows():
+        with open(src, "rb") as file:
+            for line in iter(lambda: file.readline(max_line_bytes + 1), b""):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line) if len(line) <= max_line_bytes else None
+                except (ValueError, RecursionError):
+                    row = None
+                yield row if isinstance(row, dict) else bad_samples.BAD_METADATA
+                if len(line) > max_line_bytes and not line.endswith(b"\n"):  # drop the rest of that line
+                    while (rest := file.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass
+
+    first = next((row for row in rows() if isinstance(row, dict)), {})
+    return rows(), list(first)
+
+
+def _table_example(index: int, row: dict, image_col: str, caption_col: str, root: Path,
+                   options: ConvertOptions) -> Example | str:
+    image = row.get(image_col)
+    if isinstance(image, dict):  # Hugging Face datasets store images as {"bytes", "path"}
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, str):
+        path = Path(image) if Path(image).is_absolute() else root / image
+        if not path.is_file():
+            return bad_samples.MISSING_IMAGE
+        image_bytes = read_contained(path, root, MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
+        if isinstance(image_bytes, str):
+            return image_bytes
+        ext = _ext(path.suffix)
+    elif isinstance(image, (bytes, bytearray)):
+        image_bytes, ext = bytes(image), _sniff_ext(image)
+    else:
+        return bad_samples.MISSING_IMAGE
+    caption = row.get(caption_col)
+    if caption is not None and not isinstance(caption, (str, int, float)):
+        return bad_samples.UNREADABLE_CAPTION
+    # as_sample() refuses a label that is no int64 (text, 1e400, 2**70), as the reader would
+    meta = {"label": row.get(options.label_column)} if options.label_column else None
+    return Example(options.split, f"{index:09d}", image_bytes, ext, str(caption or "").strip(), meta)
 
 
 def _read_idx(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example]:

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines import bad_samples
 from pipelines.datasource import RAW_SCHEMA, ShardRead, shard_tables
 from pipelines.sources import SHARD_SUFFIXES
-from pipelines.tar_samples import Bad, Record
+from pipelines.contained_files import read_contained
+from pipelines.tar_samples import MAX_MEMBER_BYTES, Bad, Record
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 FILES_PER_TASK = 256
@@ -72,13 +72,14 @@ class ImageFolderDatasource(Datasource):
 
 def read_chunk(folder: str, names: list[str], labels: list[int], number: int, rows_per_block: int) -> Iterator[pa.Table]:
     def records():
-        filesystem = pafs.LocalFileSystem()
+        root = Path(folder).resolve()
         for index, (name, label) in enumerate(zip(names, labels)):
             try:
-                with filesystem.open_input_stream(str(Path(folder) / name)) as stream:
-                    data = stream.read()
+                data = read_contained(Path(folder) / name, root, MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
             except OSError:
-                yield Bad(name, bad_samples.UNREADABLE_FILE, 0, index)
+                data = bad_samples.UNREADABLE_FILE
+            if isinstance(data, str):
+                yield Bad(name, data, 0, index)
                 continue
             yield Record(name, data, caption="", label=label, index=index)
 
