@@ -9,20 +9,18 @@ belongs on storage every node sees (S3, NFS), named in the config, not in the jo
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
+
 # Outside a git checkout, only these travel.
 ALLOWED = ("pipelines/", "training/", "jobs/", "conf/", "benchmarks/", "tests/", "pyproject.toml", "README.md",
            "cluster.yaml")
-# Never uploaded, tracked or not: credentials, keys, local stores and data.
-SECRET_PATTERNS = (".env", ".env.*", "*.env", ".netrc", ".pgpass", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*",
-                   "id_dsa*", "id_ecdsa*", "id_ed25519*", "*credentials*", "*service-account*.json",
-                   "*service_account*.json", "*secret*", "*.token", "auth_token", "*.db", "*.sqlite")
-SECRET_DIRECTORIES = (".aws", ".ssh", ".gnupg", ".ray", ".git", ".venv", "mlruns", "mlartifacts", "__pycache__")
 DATA_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".safetensors", ".pt", ".ckpt", ".gguf", ".distcp")
 MAX_PACKAGE_MB = 50
 
@@ -35,13 +33,20 @@ class Package:
 
 
 def project_files(root: Path) -> list[str]:
-    """Paths (relative to `root`) of the files that may travel, before the secret filter."""
+    """Paths (relative to `root`) of the files that may travel, before the secret filter. Names are
+    the file system's bytes decoded as Python does (any name works, UTF-8 or not)."""
     try:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
-        return [name for name in listed.decode().split("\0") if name and (root / name).is_file()]
+        names = [os.fsdecode(name) for name in listed.split(b"\0") if name]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (or no git): the allow-list
-        return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
-                      and str(path.relative_to(root)).startswith(ALLOWED))
+        names = sorted(str(path.relative_to(root)) for path in root.rglob("*")
+                       if str(path.relative_to(root)).startswith(ALLOWED))
+    return [name for name in names if (root / name).is_file()]
+
+
+def links_leaving(root: Path, names: list[str]) -> list[str]:
+    """The names that are, or pass through, a symbolic link to somewhere outside `root`."""
+    return [name for name in names if not (root / name).resolve().is_relative_to(root)]
 
 
 def is_excluded(name: str) -> bool:
@@ -50,13 +55,18 @@ def is_excluded(name: str) -> bool:
     if any(part in SECRET_DIRECTORIES for part in parts[:-1]):
         return True
     base = parts[-1].lower()
-    return base.endswith(DATA_SUFFIXES) or any(fnmatch.fnmatch(base, pattern) for pattern in SECRET_PATTERNS)
+    return base.endswith(DATA_SUFFIXES) or any(fnmatch.fnmatch(base, pattern) for pattern in SECRET_FILE_PATTERNS)
 
 
 def build_package(root: Path, max_mb: float = MAX_PACKAGE_MB) -> Package:
     """Copy the files that travel into a temporary directory; ValueError above `max_mb`."""
     root = Path(root).resolve()
     files = [name for name in project_files(root) if not is_excluded(name)]
+    leaving = links_leaving(root, files)
+    if leaving:
+        raise ValueError(f"{len(leaving)} tracked files are links that lead out of the project ({', '.join(leaving[:3])}"
+                         f" -> {(root / leaving[0]).resolve()}): a job package holds the project's own files only. "
+                         "Replace the link with the file, or untrack it (git rm --cached)")
     size = sum((root / name).stat().st_size for name in files)
     if size > max_mb * 1e6:
         largest = sorted(files, key=lambda name: -(root / name).stat().st_size)[:3]
@@ -67,5 +77,5 @@ def build_package(root: Path, max_mb: float = MAX_PACKAGE_MB) -> Package:
     for name in files:
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / name, target)
+        shutil.copy2(root / name, target)  # a link inside the project travels as the file it names
     return Package(directory, files, size)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+    for name in list(env):
+        env[name] = without_credentials(name, env[name])
     for item in extra:
         key, sep, value = item.partition("=")
         if not key or (not sep and key not in os.environ):
@@ -107,6 +110,19 @@ def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # sweeps read presets relative to the working dir
     return env
+
+
+def without_credentials(name: str, value: str) -> str:
+    """A URI with its user:password@ removed (with a warning naming the right way to pass them):
+    anyone who can list the cluster's jobs reads a job's environment."""
+    parts = urllib.parse.urlsplit(value)
+    if "@" not in parts.netloc:
+        return value
+    host = parts.netloc.rsplit("@", 1)[1]
+    print(f"mmtrain: warning: {name} carried credentials (user:password@); they were removed from what the job "
+          "receives. Pass them as their own variables with --env (MLflow: --env MLFLOW_TRACKING_USERNAME "
+          "--env MLFLOW_TRACKING_PASSWORD), or use the cluster's own credentials", file=sys.stderr)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def check_authentication(address: str, insecure: bool) -> None:

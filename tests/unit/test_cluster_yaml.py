@@ -51,3 +51,18 @@ def test_every_node_starts_with_token_authentication(cluster):
         starts = [command for command in commands if "ray start" in command]
         assert starts and all("RAY_AUTH_MODE=token ray start" in command for command in starts), starts
     assert cluster["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+
+
+def test_the_rsync_to_every_node_excludes_what_a_job_package_excludes(cluster):
+    """file_mounts rsync untracked files too (.gitignore filters, but a .env need not be listed there)."""
+    import fnmatch
+
+    from jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
+
+    excluded = set(cluster["rsync_exclude"])
+    mounted = {Path(source).name for source in cluster["file_mounts"].values()}
+    assert {"auth_token"} == mounted - {"", "."}
+    assert set(SECRET_FILE_PATTERNS) - excluded == {"auth_token"}  # sent on purpose by its own mount
+    assert "auth_token" in (REPO / ".gitignore").read_text().split()  # so the project's own copy stays home
+    assert {d + "/" for d in SECRET_DIRECTORIES if d != ".git"} <= excluded
+    assert not [p for p in excluded for name in mounted if fnmatch.fnmatch(name, p)]

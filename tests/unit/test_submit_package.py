@@ -87,3 +87,56 @@ def test_an_unreachable_or_unauthenticated_address_is_refused_without_insecure(c
         check_authentication("http://127.0.0.1:1", insecure=False)
     check_authentication("http://127.0.0.1:1", insecure=True)
     assert "submitting anyway (--insecure)" in capsys.readouterr().err
+
+
+def _git_project(tmp_path):
+    project = tmp_path / "project"
+    (project / "training").mkdir(parents=True)
+    (project / "training" / "a.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    return project
+
+
+def test_a_tracked_link_leaving_the_project_is_refused_with_its_path(tmp_path):
+    project = _git_project(tmp_path)
+    (tmp_path / "private_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    os.symlink(tmp_path / "private_key", project / "notes.txt")
+    os.symlink("training/a.py", project / "inside.py")  # a link within the project travels as its file
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    with pytest.raises(ValueError, match=r"links that lead out of the project \(notes.txt -> .*private_key"):
+        build_package(project)
+    os.remove(project / "notes.txt")
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    package = build_package(project)
+    try:
+        assert (package.directory / "inside.py").read_text() == "x = 1\n"
+    finally:
+        shutil.rmtree(package.directory)
+
+
+def test_any_file_name_works_and_common_credential_files_stay_home(tmp_path):
+    project = _git_project(tmp_path)
+    latin1 = os.fsdecode(b"caf\xe9.py")
+    credentials = [".npmrc", ".pypirc", ".git-credentials", ".kube/config", ".docker/config.json", "terraform.tfstate",
+                   "prod.tfvars", ".password-store/aws.gpg", "vault.kdbx", ".my.cnf", ".s3cfg", ".databrickscfg",
+                   ".vault-token", "gcloud/application_default_credentials.json", ".huggingface/token", "id_ed25519"]
+    for name in [latin1] + credentials:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    subprocess.run(["git", "add", "-A", "-f"], cwd=project, check=True)
+    package = build_package(project)
+    try:
+        assert sorted(package.files) == sorted([latin1, "training/a.py"])
+        assert (package.directory / latin1).is_file()
+    finally:
+        shutil.rmtree(package.directory)
+
+
+def test_credentials_inside_forwarded_uris_are_removed_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://key:secret@minio.local:9000")
+    env = job_environment("https://alice:hunter2@mlflow.example.com/path", [])
+    assert env["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com/path"
+    assert env["AWS_ENDPOINT_URL"] == "https://minio.local:9000"
+    assert "hunter2" not in str(env) and "secret" not in str(env)
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI carried credentials" in err and "--env MLFLOW_TRACKING_PASSWORD" in err
