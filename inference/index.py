@@ -47,8 +47,32 @@ def save_index(index: faiss.Index, out_dir: Path) -> Path:
     return path
 
 
-def load_index(index_dir: Path) -> faiss.Index:
-    index = faiss.read_index(str(Path(index_dir) / INDEX_FILE))
+_KINDS = {b"IxFI": "flat_inner_product", b"IwFl": "ivf_flat_inner_product"}  # faiss's own fourcc codes
+
+
+def load_index(index_dir: Path, dim: int, rows: int) -> faiss.Index:
+    """The index, after checking from its header that it is of a kind `build_index` makes, over
+    `rows` vectors of `dim` (the manifest's), and that the file holds their bytes: a damaged or
+    crafted file is refused before faiss allocates what its header claims."""
+    path = Path(index_dir) / INDEX_FILE
+    if not path.is_file():
+        raise ValueError(f"--index {index_dir} has no {INDEX_FILE}: re-run `mmtrain embed`")
+    with open(path, "rb") as file:
+        header = file.read(16)
+    kind = _KINDS.get(header[:4])
+    header_dim = int.from_bytes(header[4:8], "little", signed=True) if len(header) == 16 else -1
+    header_rows = int.from_bytes(header[8:16], "little", signed=True) if len(header) == 16 else -1
+    problem = (f"is not an index mmtrain builds (starts {header[:4]!r})" if kind is None else
+               f"holds {header_rows} vectors of {header_dim}, the manifest {rows} of {dim}"
+               if (header_dim, header_rows) != (dim, rows) else
+               "is shorter than its vectors" if path.stat().st_size < 4 * dim * rows else None)
+    if problem is None:
+        try:
+            index = faiss.read_index(str(path))
+        except (RuntimeError, MemoryError) as err:
+            problem = f"does not load ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if problem:
+        raise ValueError(f"--index {index_dir}: {INDEX_FILE} {problem}: re-run `mmtrain embed` to rebuild it")
     if isinstance(index, faiss.IndexIVF):
         index.nprobe = IVF_NPROBE
     return index
@@ -59,7 +83,10 @@ def load_rows(directory: Path, columns: list[str]) -> pa.Table:
     files = parquet_files(directory)
     if not files:
         raise ValueError(f"{directory} holds no Parquet files: make it with `mmtrain embed`")
-    return pa.concat_tables(pq.read_table(path, columns=columns) for path in files)
+    try:
+        return pa.concat_tables(pq.read_table(path, columns=columns) for path in files)
+    except (OSError, pa.ArrowException) as err:
+        raise ValueError(f"{directory}: its Parquet rows do not read ({err}); re-run `mmtrain embed`") from None
 
 
 def embedding_matrix(table: pa.Table, column: str) -> np.ndarray:

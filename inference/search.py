@@ -37,7 +37,19 @@ def read_manifest(index_dir: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"--index {index_dir} has no {MANIFEST}: make the index with "
                          "`mmtrain embed --checkpoint RUN --data SHARDS --out DIR`")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes()) if path.stat().st_size < (1 << 26) else None
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"--index {index_dir}: {MANIFEST} is not a JSON object: re-run `mmtrain embed`")
+    index = manifest.get("index")
+    valid = (isinstance(manifest.get("embed_dim"), int) and isinstance(index, dict)
+             and isinstance(index.get("rows"), int) and isinstance(manifest.get("data"), list)
+             and isinstance(manifest.get("model"), dict))
+    if manifest.get("kind") == MANIFEST_KIND and not valid:
+        raise ValueError(f"--index {index_dir}: {MANIFEST} lacks embed_dim, index.rows, data or model: "
+                         "re-run `mmtrain embed`")
     if manifest.get("kind") != MANIFEST_KIND:
         raise ValueError(f"--index {index_dir} is not an embedding directory (its manifest says "
                          f"{manifest.get('kind')!r}): make one with `mmtrain embed`")
@@ -81,9 +93,17 @@ def search_index(index_dir: Path, text: str = "", image: Path | None = None, k: 
         raise ValueError(f"-k {k}: ask for at least 1 result")
     manifest = read_manifest(index_dir)
     query = embed_query(index_model(manifest, index_dir, checkpoint), text, image)
-    scores, ids = search(load_index(index_dir), query, k)
+    dim, count = manifest["embed_dim"], manifest["index"]["rows"]
+    index = load_index(index_dir, dim, count)
+    if query.shape[1] != dim:
+        raise ValueError(f"--index {index_dir} holds {dim}-d embeddings, the query model makes {query.shape[1]}-d")
+    table = load_rows(index_dir, ["key", "shard", "caption", "label"])
+    if table.num_rows != count:
+        raise ValueError(f"--index {index_dir}: {table.num_rows} Parquet rows for {count} indexed vectors: "
+                         "re-run `mmtrain embed`")
+    scores, ids = search(index, query, k)
     found = ids[0] >= 0
-    rows = load_rows(index_dir, ["key", "shard", "caption", "label"]).take(ids[0][found]).to_pylist()
+    rows = table.take(ids[0][found]).to_pylist()
     return [Hit(rank + 1, float(score), row["key"], row["shard"], row["caption"], int(row["label"]))
             for rank, (score, row) in enumerate(zip(scores[0][found], rows))]
 
@@ -95,10 +115,17 @@ def format_hits(hits: list[Hit]) -> str:
 
 
 def read_images(hits: list[Hit], specs: list[str], s3_endpoint: str = "") -> dict[tuple[str, str], bytes]:
-    """The hits' image bytes, read from their shards (each shard once)."""
-    filesystem = resolve_shards(specs, s3_endpoint).filesystem
+    """The hits' image bytes, read from their shards (each shard once). Only shards the index's
+    manifest lists are opened: a row naming any other file (a device, a system file) is not read."""
+    shards = resolve_shards(specs, s3_endpoint)
+    listed = set(shards.paths)
+    filesystem = shards.filesystem
     wanted: dict[str, set[str]] = {}
     for hit in hits:
+        if hit.shard not in listed:
+            print(f"mmtrain: warning: hit {hit.key!r} names {hit.shard!r}, which is not among the shards the "
+                  "index was built from: not read")
+            continue
         wanted.setdefault(hit.shard, set()).add(hit.key)
     found = {}
     for shard, keys in wanted.items():
