@@ -117,7 +117,7 @@ class TokenizeConversations:
         from transformers import AutoTokenizer
 
         _count_actor(ledger)
-        self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path), num_image_tokens, max_length)
+        self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path, trust_remote_code=False), num_image_tokens, max_length)
         self._captions = captions
         self._ledger = ledger
         self._columns = columns

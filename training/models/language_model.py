@@ -108,4 +108,7 @@ def load_lm(path: str):
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"model.lm.path={path!r} is not an HF model directory; make one with "
                          "`mmtrain models tiny-lm` or `mmtrain models import-gguf`")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    # safetensors only and no code from the directory (docs/security.md): a model directory is untrusted
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=False)
+    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)

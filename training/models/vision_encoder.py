@@ -87,7 +87,8 @@ def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     model_class = CLIPVisionModel if info.kind == "hf_clip" else SiglipVisionModel
-    return HFTowerPatches(model_class.from_pretrained(info.path, dtype=torch.float32), blocks,
+    tower = model_class.from_pretrained(info.path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+    return HFTowerPatches(tower, blocks,
                           drop_cls=info.kind == "hf_clip")
 
 
