@@ -15,15 +15,17 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import contract
-from pipelines.conversations import supervised_positions
+from pipelines.conversations import supervised_positions, supervised_token_count
 
 
 class VlmCollate(NumpyBatchCollateFn):
-    """The contract's columns as tensors, plus contract.PREDICTING from the labels."""
+    """The contract's columns as tensors, plus contract.PREDICTING and contract.SUPERVISED_TOKENS
+    from the labels."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # Ray's arrays are read-only; these tensors are never written
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
         tensors[contract.PREDICTING] = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
+        tensors[contract.SUPERVISED_TOKENS] = torch.tensor(supervised_token_count(batch[contract.LABELS]))
         return tensors

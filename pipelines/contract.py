@@ -20,6 +20,9 @@ LABELS = "labels"                  # int32 [B, L], next-token targets, -100 wher
 # int64 [K], made from LABELS at collation (pipelines/collate.py): the positions whose next token is
 # supervised in some row, the only ones the VLM computes logits for.
 PREDICTING = "predicting_positions"
+# int64 [], made from LABELS at collation: how many next-token targets the batch supervises. The VLM's
+# loss divides by the sum of these over the step's micro-batches and ranks (a token-weighted mean).
+SUPERVISED_TOKENS = "supervised_tokens"
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),

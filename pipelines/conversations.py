@@ -182,6 +182,11 @@ def end_of_turn_token(tokenizer) -> int | None:
     return tokenizer.eos_token_id
 
 
+def supervised_token_count(labels_BL) -> int:
+    """How many next-token targets the rows supervise (host arrays only)."""
+    return int((np.asarray(labels_BL)[:, 1:] != IGNORE_INDEX).sum())
+
+
 def supervised_positions(labels_BL) -> np.ndarray:
     """Positions whose next token is supervised in at least one row: [K] int64 (host arrays only)."""
     return np.flatnonzero((np.asarray(labels_BL)[:, 1:] != IGNORE_INDEX).any(axis=0)).astype(np.int64)

@@ -14,6 +14,8 @@ from typing import Callable, ContextManager, Iterable, Protocol
 import torch
 from torch import nn
 
+from training.distributed import all_reduce_sum, world
+
 
 @dataclass
 class TrainState:
@@ -130,6 +132,29 @@ def _optimizer_step(task, model, optimizer, batches: TimedBatches, device, grad_
     optimizer.step()
     samples = sum(len(next(iter(batch.values()))) for batch in raw)
     return StepResult(loss.detach(), samples, 0.0, time.perf_counter() - start, extra)
+
+
+def accumulate_token_weighted(loss_sum_fn, model: nn.Module, micro_batches: list[dict], counts: list[torch.Tensor],
+                              autocast: Autocast, no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+    """Backward through each micro-batch's summed loss over the step's global unit count (every
+    micro-batch, every rank), so the gradient is that of one mean over all units however they fall
+    into micro-batches and ranks: a mean of per-batch means weights a unit by its batch's size.
+    `counts` are device scalars made on the host at collation; their all-reduce runs on the device,
+    so nothing here waits for it. DDP and FSDP average gradients over ranks: each rank's loss is
+    scaled by the rank count to undo that. Returns this rank's scaled loss, whose mean over ranks
+    (global_mean, as the worker logs it) is the global per-unit mean."""
+    total = all_reduce_sum(torch.stack(counts).sum().float())
+    scale = world()[1] / total.clamp_min(1.0)
+    loss, extra, count = None, {}, len(micro_batches)
+    for index, batch in enumerate(micro_batches):
+        last = index == count - 1
+        with nullcontext() if last or no_sync is None else no_sync():
+            with autocast():
+                loss_sum, extra = loss_sum_fn(model, batch)
+            (loss_sum * scale).backward()
+        share = loss_sum.detach() * scale
+        loss = share if loss is None else loss + share
+    return loss, extra
 
 
 def accumulate_independently(loss_fn, model: nn.Module, micro_batches: list[dict], autocast: Autocast,

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from pipelines import contract
-from pipelines.conversations import IMAGE_PLACEHOLDER, ConversationEncoder, parse_conversation, supervised_positions
+from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, parse_conversation, supervised_positions,
+                                     supervised_token_count)
 from pipelines.stages import TokenizeConversations
 from training.checkpoint import latest_checkpoint, read_model_state
 from training.config import VlmRunConfig
 from training.distributed import all_reduce_sum
 from training.models.language_model import add_lora, load_lm
-from training.loop import Autocast, NoSync, accumulate_independently
+from training.loop import Autocast, NoSync, accumulate_token_weighted
 from training.model_inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.vision_encoder import load_vision_encoder, tower_info
 from training.models.vlm import VisionLanguageModel, build_projector
@@ -65,6 +66,8 @@ class VlmTask:
         for name, module in self.modules(model).items():
             if not (name == "lm" and self.lora):  # peft has frozen the LM and left its adapters trainable
                 module.requires_grad_(getattr(self.cfg.lrs, name) > 0)
+        for module in vision.unused_modules():  # a trained tower trains the blocks its features come from
+            module.requires_grad_(False)
         self.train_mode(model)
         return model
 
@@ -117,16 +120,27 @@ class VlmTask:
         if predicting is None:  # numpy batches (evaluation): the labels are still on the host
             predicting = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
         out[contract.PREDICTING] = predicting.to(device, non_blocking=True)
+        count = batch.get(contract.SUPERVISED_TOKENS)
+        if count is None:  # as above: counted from the host's labels
+            count = torch.tensor(supervised_token_count(to_tensor(batch[contract.LABELS]).numpy()))
+        out[contract.SUPERVISED_TOKENS] = to_tensor(count).to(device, non_blocking=True)
         return out
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The batch's mean loss per supervised token."""
+        return self.loss_sum(model, batch)[0] / batch[contract.SUPERVISED_TOKENS].clamp_min(1), {}
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The sum of the batch's supervised token losses."""
         loss = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK],
-                     batch[contract.LABELS], batch[contract.PREDICTING])
+                     batch[contract.LABELS], batch[contract.PREDICTING], reduction="sum")
         return loss, {}
 
     def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
                          no_sync: NoSync) -> tuple[torch.Tensor, dict]:
-        return accumulate_independently(self.loss, model, micro_batches, autocast, no_sync)
+        """One mean over every supervised token of the step (all micro-batches, all ranks)."""
+        counts = [batch[contract.SUPERVISED_TOKENS] for batch in micro_batches]
+        return accumulate_token_weighted(self.loss_sum, model, micro_batches, counts, autocast, no_sync)
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         pass
@@ -152,16 +166,17 @@ class VlmTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets=None) -> dict:
-        """Held-out loss/perplexity, and exact match of greedy answers to the first question.
+        """Held-out loss and perplexity per supervised token, and exact match of greedy answers to
+        the first question.
         `batches` are this rank's eval batches as numpy (the conversation text included)."""
         model = unwrap(model)
         encoder = ConversationEncoder(self._tokenizer, self.tower.num_patches, self.cfg.max_length)
-        loss_sum, loss_batches = torch.zeros((), device=device), 0  # the loss stays on the device
+        loss_sum, tokens = torch.zeros((), device=device), torch.zeros((), device=device)  # on the device
         matches, asked, table = 0, 0, []
         for batch in batches:
             prepared = self.prepare_batch(batch, device)
-            loss_sum += self.loss(model, prepared)[0].detach()
-            loss_batches += 1
+            loss_sum += self.loss_sum(model, prepared)[0].detach()
+            tokens += prepared[contract.SUPERVISED_TOKENS]
             rows = self._first_questions(batch, self.cfg.eval.max_generate_samples - asked)
             if not rows:
                 continue
@@ -177,7 +192,7 @@ class VlmTask:
                 if len(table) < self.cfg.eval.table_rows:
                     table.append({"key": str(batch[contract.KEY][row]), "question": conversation[0]["value"],
                                   "expected": expected, "generated": answer, "correct": bool(correct)})
-        totals = torch.stack([loss_sum, torch.tensor(float(loss_batches), device=device),
+        totals = torch.stack([loss_sum, tokens.float(),
                               torch.tensor(float(matches), device=device), torch.tensor(float(asked), device=device)])
         all_reduce_sum(totals)
         self.eval_table = table

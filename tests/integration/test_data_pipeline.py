@@ -80,7 +80,7 @@ def test_bad_inputs_counted_and_every_good_sample_arrives(ray_local, tmp_path):
 def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_training_run(ray_local, tmp_path):
     """Inputs that each once failed a whole run (Ray retried, then gave up, never naming the shard)
     are skipped and counted by reason, the same in `data inspect` and the Ray Data pipeline, and a
-    training run over them finishes and reports them."""
+    training run on 2 workers over them finishes and reports them."""
     from jobs.data import write_tokenizer
     from pipelines.inspection import inspect_shards
     from training.config import ClipRunConfig
@@ -103,8 +103,8 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
 
     run = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", [
         f"data.train_shards=[{shards}]", "data.eval_shards=[]", f"run.output_dir={tmp_path / 'runs'}",
-        "run.name=malformed", "loop.max_steps=3", "loop.batch_size_per_worker=8", "scaling.num_workers=1",
-        "data.max_bad_fraction=0.9", "tracking.tracking_uri=none"])
+        "run.name=malformed", "loop.max_steps=3", "loop.batch_size_per_worker=8",
+        "data.max_bad_fraction=0.9", "tracking.tracking_uri=none", "scaling.num_workers=2"])
     metrics = run_clip(run)
     assert metrics["step"] == 3
     for reason, count in expected["bad"].items():  # the run's ledger saw at least one epoch's worth

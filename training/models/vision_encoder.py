@@ -114,6 +114,11 @@ class OwnTowerPatches(nn.Module):
     def forward(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         return self.tower.tokens(images_BCHW, stop_after=self.blocks)[:, 1:]
 
+    def unused_modules(self) -> list[nn.Module]:
+        """The blocks after `blocks`, the post-norm and the projection: the patch features never
+        reach them, so they get no gradient (DDP refuses trainable parameters without one)."""
+        return [*self.tower.transformer.blocks[self.blocks:], self.tower.ln_post, self.tower.proj]
+
 
 class HFTowerPatches(nn.Module):
     """A transformers CLIP/SigLIP vision model: the hidden state after `blocks` encoder layers
@@ -129,3 +134,8 @@ class HFTowerPatches(nn.Module):
     def forward(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         hidden_BTV = self.model(pixel_values=images_BCHW, output_hidden_states=True).hidden_states[self.blocks]
         return hidden_BTV[:, 1:] if self.drop_cls else hidden_BTV
+
+    def unused_modules(self) -> list[nn.Module]:
+        """The layers after `blocks`, the post-norm and SigLIP's pooling head (see OwnTowerPatches)."""
+        vision = self.model.vision_model
+        return [*vision.encoder.layers[self.blocks:], vision.post_layernorm, *filter(None, [getattr(vision, "head", None)])]

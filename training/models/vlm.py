@@ -57,8 +57,10 @@ class VisionLanguageModel(nn.Module):
         is_image_BL = input_ids_BL == self.image_token_id
         return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
 
-    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None):
-        """Mean next-token loss over the supervised tokens, as the LM's own loss computes it, but with
+    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None,
+                reduction: str = "mean"):
+        """Next-token loss over the supervised tokens (their mean, or with reduction="sum" their sum,
+        which the trainer divides by the step's global token count), as the LM's own loss, but with
         logits only at `predicting_K`: the positions whose next token has a label in some row
         (contract.PREDICTING, made on the host at collation; computed here from host labels when not
         given). The image and prompt positions carry no label: full-vocabulary fp32 logits there
@@ -69,7 +71,8 @@ class VisionLanguageModel(nn.Module):
         logits_BKV = self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL,
                              logits_to_keep=predicting_K.to(embeds.device)).logits
         targets_BK = labels_BL[:, 1:].index_select(1, predicting_K.to(labels_BL.device))
-        return F.cross_entropy(logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction=reduction)
 
     @torch.no_grad()
     def generate(self, images_BCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int,
