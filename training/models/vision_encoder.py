@@ -137,5 +137,5 @@ class HFTowerPatches(nn.Module):
 
     def unused_modules(self) -> list[nn.Module]:
         """The layers after `blocks`, the post-norm and SigLIP's pooling head (see OwnTowerPatches)."""
-        vision = self.model.vision_model
+        vision = getattr(self.model, "vision_model", self.model)  # transformers 5 flattened it
         return [*vision.encoder.layers[self.blocks:], vision.post_layernorm, *filter(None, [getattr(vision, "head", None)])]
