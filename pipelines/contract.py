@@ -23,6 +23,7 @@ PREDICTING = "predicting_positions"
 # int64 [], made from LABELS at collation: how many next-token targets the batch supervises. The VLM's
 # loss divides by the sum of these over the step's micro-batches and ranks (a token-weighted mean).
 SUPERVISED_TOKENS = "supervised_tokens"
+PER_BATCH = (PREDICTING, SUPERVISED_TOKENS)  # describe the whole batch, not one value per row
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),

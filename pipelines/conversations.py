@@ -1,12 +1,10 @@
 """LLaVA conversations -> token ids and labels, with loss only on assistant tokens.
 
-Labels are derived from character offsets. The chat template renders the conversation once with a
-unique sentinel in place of every message, so each message's place in the rendered text is known
-exactly, whatever the message says: a reply such as "assistant" or "end" can never be mistaken for
-the template's own markup. The real messages then replace the sentinels, and a token is
-supervised exactly when its character span overlaps an assistant reply or the end-of-turn token the
-template puts after it. LLaVA's length arithmetic instead assumed per-turn token counts add up,
-and silently masked whole samples when they did not ("tokenization mismatch").
+Labels are derived from character offsets: the LM's chat template places every message
+(pipelines/chat_rendering.py), and a token is supervised exactly when its character span overlaps
+an assistant reply or the end-of-turn token the template puts after it. LLaVA's length
+arithmetic instead assumed per-turn token counts add up, and silently masked whole samples when
+they did not ("tokenization mismatch").
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines import bad_samples
-
-IMAGE_PLACEHOLDER = "<image>"
+from pipelines.chat_rendering import IMAGE_PLACEHOLDER, ChatRenderer, overlaps, sentinel
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # ChatML, used when an LM's tokenizer brings no chat template of its own.
@@ -61,7 +58,8 @@ def parse_conversation(text: str) -> list[dict]:
 
 class ConversationEncoder:
     """Encode conversations for one HF tokenizer: image placeholder expanded to
-    `num_image_tokens` copies of the image token, labels -100 everywhere but assistant replies."""
+    `num_image_tokens` copies of the image token, labels -100 everywhere but assistant replies
+    and the end-of-turn token after each (the model learns to stop)."""
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
         if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
@@ -76,6 +74,7 @@ class ConversationEncoder:
         self.end_of_turn_id = end_of_turn_token(tokenizer)
         self.end_of_turn = tokenizer.decode([self.end_of_turn_id]) if self.end_of_turn_id is not None else ""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.renderer = ChatRenderer(tokenizer, self.end_of_turn)
 
     def encode(self, conversation: list[dict], key: str = "") -> EncodedConversation | str:
         """The encoding, or the bad-sample reason when truncation cuts the image block
@@ -86,17 +85,16 @@ class ConversationEncoder:
             raise PlaceholderMismatch(
                 f"sample {key!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholders for 1 image; "
                 f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn")
-        text, spans = self._render_with_reply_spans(messages)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        token_ids = np.asarray(encoding["input_ids"], dtype=np.int64)
-        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        supervised = _overlaps(offsets, np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+        rendered = self.renderer.render(messages)
+        token_ids, offsets = self.renderer.tokenize(rendered)
+        replies = np.array([(start, rendered.end_of_turn_ends[start]) for start, _, role in rendered.message_spans
+                            if role == "assistant"], np.int64).reshape(-1, 2)
+        supervised = overlaps(offsets, replies)
         is_image = token_ids == self.image_token_id
         labels_T = np.where(supervised & ~is_image, token_ids, IGNORE_INDEX)
         repeats = np.where(is_image, self.num_image_tokens, 1)  # the placeholder becomes the image's tokens
-        input_ids = np.repeat(token_ids, repeats).tolist()
-        labels = np.repeat(labels_T, repeats).tolist()
-        input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        input_ids = np.repeat(token_ids, repeats).tolist()[: self.max_length]
+        labels = np.repeat(labels_T, repeats).tolist()[: self.max_length]
         if input_ids.count(self.image_token_id) != self.num_image_tokens:
             return bad_samples.IMAGE_TRUNCATED  # the model needs every image position or none
         if all(label == IGNORE_INDEX for label in labels):
@@ -107,41 +105,15 @@ class ConversationEncoder:
         """Token ids of everything up to the first assistant reply, ready for generation."""
         messages = to_messages(conversation)
         first_reply = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        text = self.tokenizer.apply_chat_template(messages[:first_reply], tokenize=False,
-                                                  add_generation_prompt=True)
-        ids = []
-        for token_id in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
-            ids += [token_id] * (self.num_image_tokens if token_id == self.image_token_id else 1)
-        return ids
+        rendered = self.renderer.render(messages[:first_reply], add_generation_prompt=True)
+        token_ids, _ = self.renderer.tokenize(rendered)
+        repeats = np.where(token_ids == self.image_token_id, self.num_image_tokens, 1)
+        return np.repeat(token_ids, repeats).tolist()
 
     @property
     def stop_ids(self) -> set[int]:
         """Tokens that end a generated reply: the template's end-of-turn and the tokenizer's EOS."""
         return {i for i in (self.end_of_turn_id, self.tokenizer.eos_token_id) if i is not None}
-
-    def _render_with_reply_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the character spans of its assistant replies (each with the
-        end-of-turn token after it: the model learns to stop)."""
-        sentinels = [_sentinel(index) for index in range(len(messages))]
-        skeleton = self.tokenizer.apply_chat_template(
-            [{**m, "content": s} for m, s in zip(messages, sentinels)], tokenize=False)
-        text, spans, cursor = "", [], 0
-        for message, sentinel in zip(messages, sentinels):
-            at = skeleton.find(sentinel, cursor)
-            if at < 0:
-                raise ValueError("the chat template drops or rewrites message content; "
-                                 "cannot locate replies for masking")
-            text += skeleton[cursor:at]
-            start = len(text)
-            text += message["content"]
-            cursor = at + len(sentinel)
-            if message["role"] == "assistant":
-                end = len(text)
-                if self.end_of_turn and skeleton.startswith(self.end_of_turn, cursor):
-                    end += len(self.end_of_turn)
-                spans.append((start, end))
-        text += skeleton[cursor:]
-        return text, spans
 
     def pad(self, encoded: EncodedConversation) -> tuple[list[int], list[int], list[int]]:
         """(input_ids, attention_mask, labels), right-padded to max_length."""
@@ -151,30 +123,13 @@ class ConversationEncoder:
                 encoded.labels + [IGNORE_INDEX] * missing)
 
 
-def _overlaps(offsets_T2: np.ndarray, spans_S2: np.ndarray) -> np.ndarray:
-    """[T] bool: whether each token's character span [start, end) overlaps any of the sorted,
-    disjoint spans; O(T log S), where a scan of every span per token grew with tokens x turns."""
-    if len(spans_S2) == 0 or len(offsets_T2) == 0:
-        return np.zeros(len(offsets_T2), bool)
-    # The first span ending after the token starts is the only one it can overlap.
-    first = np.searchsorted(spans_S2[:, 1], offsets_T2[:, 0], side="right")
-    inside = first < len(spans_S2)
-    starts = spans_S2[np.minimum(first, len(spans_S2) - 1), 0]
-    return inside & (starts < offsets_T2[:, 1])
-
-
-def _sentinel(index: int) -> str:
-    # Private-use characters: no real message or chat template contains them.
-    return f"\ue000{index}\ue001"
-
-
 def end_of_turn_token(tokenizer) -> int | None:
     """The token the chat template closes an assistant turn with (ChatML's <|im_end|>, Llama 3's
     <|eot_id|>, Gemma's <end_of_turn>), read from the template's own rendering; None when the
     template closes a turn with nothing, or with plain text rather than a special token."""
-    reply = _sentinel(1)
+    reply = sentinel(1)
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": _sentinel(0)}, {"role": "assistant", "content": reply}], tokenize=False)
+        [{"role": "user", "content": sentinel(0)}, {"role": "assistant", "content": reply}], tokenize=False)
     after_reply = rendered[rendered.index(reply) + len(reply):].lstrip()
     ids = tokenizer(after_reply, add_special_tokens=False)["input_ids"] if after_reply else []
     if ids and ids[0] in tokenizer.all_special_ids:

@@ -271,7 +271,7 @@ class _Hooks:
 
         for index, batch in enumerate(batches):
             if index == 0:
-                shown = {key: value[:16] for key, value in batch.items()}
+                shown = {key: value if key in contract.PER_BATCH else value[:16] for key, value in batch.items()}
                 images = shown[contract.IMAGE].cpu().numpy()
                 self.tracker.log_figure(sample_grid(images, self.task.captions(shown)), "figures/train_samples.png")
             yield batch
