@@ -47,6 +47,31 @@ def to_messages(conversation: list[dict]) -> list[dict]:
     return messages
 
 
+@dataclass(frozen=True)
+class FirstExchange:
+    """A conversation's first question and the answer to it: what evaluation asks and scores."""
+
+    prompt: list[dict]  # the chat messages up to the first assistant reply (system included)
+    question: str  # the first user message
+    answer: str  # the first assistant reply after it
+
+
+def first_exchange(conversation: list[dict]) -> FirstExchange | None:
+    """The first user message and the assistant reply after it, from turns in either key style
+    (from/value or role/content), a system turn anywhere before; None when there is no such pair."""
+    try:
+        messages = to_messages(conversation)
+    except (ValueError, AttributeError):
+        return None
+    question = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if question is None:
+        return None
+    answer = next((i for i in range(question + 1, len(messages)) if messages[i]["role"] == "assistant"), None)
+    if answer is None:
+        return None
+    return FirstExchange(messages[:answer], messages[question]["content"], messages[answer]["content"])
+
+
 def caption_conversation(caption: str) -> list[dict]:
     """Stage 1 (alignment): the image is the prompt, the caption the only supervised reply."""
     return [{"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": caption}]
@@ -102,9 +127,10 @@ class ConversationEncoder:
         return EncodedConversation(input_ids, labels)
 
     def encode_prompt(self, conversation: list[dict]) -> list[int]:
-        """Token ids of everything up to the first assistant reply, ready for generation."""
+        """Token ids of everything up to the first assistant reply (all of it when there is none),
+        ready for generation."""
         messages = to_messages(conversation)
-        first_reply = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        first_reply = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
         rendered = self.renderer.render(messages[:first_reply], add_generation_prompt=True)
         token_ids, _ = self.renderer.tokenize(rendered)
         repeats = np.where(token_ids == self.image_token_id, self.num_image_tokens, 1)

@@ -16,7 +16,7 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
                        keep_conversation: bool, ledger=None) -> dict:
     """Raw rows -> uint8 images; bad rows (from the reader or from decoding) are dropped and counted.
     Each image is resized straight into its row of the batch array: no per-image array to stack."""
-    rng = _augment_rng(batch["augment_seed"]) if train else None
+    seeds = np.asarray(batch["augment_seed"], dtype=np.int64) if train else None
     size = augment.image_size
     images = np.empty((len(batch["key"]), size, size, 3), np.uint8)
     keep, bad = [], []  # bad: (row, reason)
@@ -26,7 +26,7 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
             continue
         try:
             if train:
-                decode_train(data, augment, max_pixels, rng, out=images[len(keep)])
+                decode_train(data, augment, max_pixels, _sample_rng(seeds[index]), out=images[len(keep)])
             else:
                 decode_eval(data, augment, max_pixels, out=images[len(keep)])
             keep.append(index)
@@ -60,12 +60,11 @@ def _bad_sample(packed: int, reason: str) -> position.BadSample:
     return position.BadSample(epoch, shard, index, -1, reason)
 
 
-def _augment_rng(seeds) -> np.random.Generator:
-    """One generator for the batch, from its rows' seeds (reproducible), or fresh when unseeded."""
-    seeds = np.asarray(seeds, dtype=np.int64)
-    if len(seeds) == 0 or (seeds < 0).any():
-        return np.random.default_rng()
-    return np.random.default_rng(seeds.astype(np.uint64))
+def _sample_rng(seed: int) -> np.random.Generator:
+    """A sample's own generator, from its seed (a function of run seed, epoch, shard and sample
+    number): its crop and flip do not depend on which rows share its block, so a resumed run draws
+    what an uninterrupted one drew. Fresh randomness when unseeded (-1)."""
+    return np.random.default_rng(int(seed)) if seed >= 0 else np.random.default_rng()
 
 
 def select(batch: dict, columns: tuple[str, ...] | None) -> dict:

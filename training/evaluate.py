@@ -70,16 +70,21 @@ def zero_shot_confusion(image_NE: torch.Tensor, labels_N: torch.Tensor, classifi
 
 
 def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """Recall@K for image->text and text->image, where pair i is the only match of row i."""
+    """Recall@K for image->text and text->image, where pair i is the only match of row i; ties
+    count as the expected value of a random order among them."""
     if image_NE.shape[0] == 0:
         return {}
     similarity_NN = image_NE @ text_NE.T
     target = torch.arange(similarity_NN.shape[0], device=similarity_NN.device)
     metrics = {}
     for direction, sims in (("image_to_text", similarity_NN), ("text_to_image", similarity_NN.T)):
-        # rank of the true match = how many candidates score strictly higher
+        # Candidates scoring higher than the true match rank above it; those scoring the same are
+        # ordered at random: the true match is at each place of its tied block with equal chance.
+        # Counting ties as hits scored a collapsed model (every score equal) R@1 = 1.0; this scores
+        # it exactly chance, k/N.
         true_score = sims[target, target].unsqueeze(1)
-        rank_N = (sims > true_score).sum(dim=1)
+        above_N = (sims > true_score).sum(dim=1).float()
+        tied_N = (sims == true_score).sum(dim=1).float()  # the true match included
         for k in ks:
-            metrics[f"{direction}_R@{k}"] = float((rank_N < k).float().mean())
+            metrics[f"{direction}_R@{k}"] = float(((k - above_N) / tied_N).clamp(0, 1).mean())
     return metrics

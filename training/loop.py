@@ -21,7 +21,7 @@ from training.distributed import all_reduce_sum, world
 class TrainState:
     step: int = 0
     epoch: int = 0  # the oldest epoch not yet wholly trained on (set from the data position at checkpoints)
-    samples_seen: int = 0  # this rank's
+    samples_seen: int = 0  # by all ranks (a resumed run on another worker count continues the count)
     # The learning-rate schedule in force: warmup + cosine over `schedule_steps` optimizer steps from
     # `schedule_start`. Saved, so a resumed run keeps its schedule when loop.max_steps changes.
     schedule_start: int = 0
@@ -80,7 +80,7 @@ def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
         scheduler.step()
         task.after_optimizer_step(model)
         state.step += 1
-        state.samples_seen += result.samples
+        state.samples_seen += result.samples * world()[1]  # every rank steps on a batch of the same size
         result.data_wait_s = stream.take_wait_s()
         if not on_step(state, result):
             break

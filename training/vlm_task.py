@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from pipelines import contract
-from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, parse_conversation, supervised_positions,
-                                     supervised_token_count)
+from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, FirstExchange, first_exchange,
+                                     parse_conversation, supervised_positions, supervised_token_count)
 from pipelines.stages import TokenizeConversations
 from training.checkpoint import latest_checkpoint, read_model_state
 from training.config import VlmRunConfig
-from training.distributed import all_reduce_sum
+from training.distributed import all_reduce_sum, world
 from training.models.language_model import add_lora, load_lm
 from training.loop import Autocast, NoSync, accumulate_token_weighted
 from training.model_inputs import ImageNormalizer, to_tensor, unwrap
@@ -173,25 +173,25 @@ class VlmTask:
         encoder = ConversationEncoder(self._tokenizer, self.tower.num_patches, self.cfg.max_length)
         loss_sum, tokens = torch.zeros((), device=device), torch.zeros((), device=device)  # on the device
         matches, asked, table = 0, 0, []
+        budget = _share(self.cfg.eval.max_generate_samples)
         for batch in batches:
             prepared = self.prepare_batch(batch, device)
             loss_sum += self.loss_sum(model, prepared)[0].detach()
             tokens += prepared[contract.SUPERVISED_TOKENS]
-            rows = self._first_questions(batch, self.cfg.eval.max_generate_samples - asked)
+            rows = self._first_questions(batch, budget - asked)
             if not rows:
                 continue
-            prompts = [encoder.encode_prompt(conversation) for _, conversation in rows]
+            prompts = [encoder.encode_prompt(exchange.prompt) for _, exchange in rows]
             images = prepared[contract.IMAGE][[row for row, _ in rows]]
             answers = model.generate(images, prompts, self.cfg.eval.max_new_tokens, encoder.stop_ids,
                                      encoder.pad_id)
-            for (row, conversation), answer_ids in zip(rows, answers):
+            for (row, exchange), answer_ids in zip(rows, answers):
                 answer = self._tokenizer.decode(answer_ids, skip_special_tokens=True)
-                expected = conversation[1]["value"]
-                correct = normalise(answer) == normalise(expected)
+                correct = normalise(answer) == normalise(exchange.answer)
                 matches, asked = matches + correct, asked + 1
                 if len(table) < self.cfg.eval.table_rows:
-                    table.append({"key": str(batch[contract.KEY][row]), "question": conversation[0]["value"],
-                                  "expected": expected, "generated": answer, "correct": bool(correct)})
+                    table.append({"key": str(batch[contract.KEY][row]), "question": exchange.question,
+                                  "expected": exchange.answer, "generated": answer, "correct": bool(correct)})
         totals = torch.stack([loss_sum, tokens.float(),
                               torch.tensor(float(matches), device=device), torch.tensor(float(asked), device=device)])
         all_reduce_sum(totals)
@@ -201,16 +201,22 @@ class VlmTask:
                 "exact_match": float(totals[2] / max(totals[3], 1)), "questions": int(totals[3])}
 
     @staticmethod
-    def _first_questions(batch: dict, budget: int) -> list[tuple[int, list[dict]]]:
-        """(row, conversation) of up to `budget` rows that have a question and an answer."""
+    def _first_questions(batch: dict, budget: int) -> list[tuple[int, FirstExchange]]:
+        """(row, first exchange) of up to `budget` rows that have a question and an answer."""
         rows = []
         for row, text in enumerate(batch[contract.CONVERSATION]):
             if len(rows) >= budget:
                 break
-            conversation = parse_conversation(str(text))
-            if len(conversation) >= 2:
-                rows.append((row, conversation))
+            exchange = first_exchange(parse_conversation(str(text)))
+            if exchange is not None:
+                rows.append((row, exchange))
         return rows
+
+
+def _share(total: int) -> int:
+    """This rank's part of `total` (the ranks' parts sum to it)."""
+    rank, ranks = world()
+    return total // ranks + (rank < total % ranks)
 
 
 def normalise(text: str) -> str:

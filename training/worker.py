@@ -30,6 +30,7 @@ from pipelines.ledger import check_bad_fraction
 from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
                                  load_tracking_run_id, save_checkpoint)
 from training.config import ClipRunConfig, VlmRunConfig
+from training.dataset_split import TrainEqualEvalWhole
 from training.consumption import Consumption
 from training.distributed import full_tensor, global_mean
 from training.fetch_ahead import first_item_fetched_ahead
@@ -364,7 +365,7 @@ class _Hooks:
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
             "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
-            "samples_seen": state.samples_seen * world,
+            "samples_seen": state.samples_seen,
             **self.task.step_metrics(self.model),
             **{name: float(full_tensor(value)) for name, value in result.extra.items()},
         })
@@ -471,7 +472,6 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
     the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
     callbacks (a sweep passes one that reports to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train import DataConfig as TrainDataConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.dataset import build_dataset, limit_data_resources
@@ -507,7 +507,7 @@ def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri:
             logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
-        dataset_config=TrainDataConfig(datasets_to_split="all"),
+        dataset_config=TrainEqualEvalWhole(),
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})

@@ -165,4 +165,31 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     hf = CLIPModel.from_pretrained(exported)
     assert torch.equal(hf.visual_projection.weight, weights["visual.proj.weight"])
     assert torch.equal(hf.logit_scale.reshape(1), weights["logit_scale"])
+    # samples_seen counts every rank's samples, and continues across the change of worker count
+    assert sharded["train/samples_seen"] == 6 * 2 * 16
+    further = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
+        "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"]))
+    assert further["step"] == 8 and further["train/samples_seen"] == 6 * 2 * 16 + 2 * 32
+
+
+def test_evaluation_sees_every_sample_once_on_any_worker_count(ray_local):
+    """Ray's equal split drops up to one sample per worker; the evaluation split keeps them all."""
+    import threading
+
+    import ray
+
+    from training.dataset_split import TrainEqualEvalWhole
+
+    splits = TrainEqualEvalWhole().configure({"train": ray.data.range(10), "eval": ray.data.range(7)}, 3, None, None)
+    seen = [[] for _ in splits]
+
+    def consume(rank):  # streaming splits are read at the same time, one reader per rank
+        for name in ("eval", "train"):
+            seen[rank].append(sorted(row["id"] for row in splits[rank][name].iter_rows()))
+
+    threads = [threading.Thread(target=consume, args=(rank,)) for rank in range(3)]
+    [thread.start() for thread in threads]
+    [thread.join(timeout=120) for thread in threads]
+    assert sorted(sum((eval_ids for eval_ids, _ in seen), [])) == list(range(7))
+    assert len({len(train_ids) for _, train_ids in seen}) == 1  # training stays equal (lockstep)
 

@@ -35,18 +35,23 @@ def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
     with pafs.LocalFileSystem().open_input_stream(str(tmp_path / "train-00000.tar")) as stream:
         records = [to_record(raw) for raw in iter_raw_samples(stream)]
 
-    def augmented(first_seed):
-        columns = {"key": [r.key for r in records], "image_bytes": [r.image_bytes for r in records],
-                   "label": [r.label for r in records], "caption": [r.caption for r in records],
-                   "bad_reason": [""] * len(records), "epoch": [0] * len(records), "shard": [0] * len(records),
-                   "index": [r.index for r in records], "offset": [r.offset for r in records],
-                   "augment_seed": [first_seed + i if first_seed >= 0 else -1 for i in range(len(records))]}
+    def augmented(first_seed, rows=slice(None)):
+        chosen = records[rows]
+        columns = {"key": [r.key for r in chosen], "image_bytes": [r.image_bytes for r in chosen],
+                   "label": [r.label for r in chosen], "caption": [r.caption for r in chosen],
+                   "bad_reason": [""] * len(chosen), "epoch": [0] * len(chosen), "shard": [0] * len(chosen),
+                   "index": [r.index for r in chosen], "offset": [r.offset for r in chosen],
+                   "augment_seed": [first_seed + r.index if first_seed >= 0 else -1 for r in chosen]}
         return decode_and_augment(columns, augment=AugmentConfig(image_size=24), train=True, max_pixels=10**6,
                                   keep_conversation=False)[contract.IMAGE]
 
     assert (augmented(100) == augmented(100)).all()  # same seeds, same crops and flips
     assert (augmented(100) != augmented(200)).any()
     assert (augmented(-1) != augmented(-1)).any()  # unseeded: fresh randomness each time
+    # a sample's crop is its own: the same in any block (a resumed run regroups the rows)
+    whole = augmented(100)
+    assert (augmented(100, slice(3, None)) == whole[3:]).all()
+    assert (augmented(100, slice(2, 5)) == whole[2:5]).all()
 
 
 def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_path):

@@ -4,6 +4,7 @@ with a trained vision tower too. A mean of per-batch means (the old loss) weight
 many tokens share its batch, and misses that by far on rows of unequal length."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,9 @@ def _rank_main(rank: int, cfg, strategy: str, out: str) -> None:
             global_mean(loss)
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: after a long pytest session a native thread left in the spawned
+    # process (torch's or the tokenizer's) kept it from exiting, and the test waited forever.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
