@@ -69,17 +69,24 @@ def _hf_checkpointing_enable(hf_model: nn.Module) -> None:
 
 
 def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
-    """Recompute block activations in the backward. A Hugging Face model uses its own gradient
-    checkpointing (it knows its layers' calling convention, caches included); our blocks are wrapped
-    with torch's checkpoint wrapper (state-dict names unchanged). Returns the blocks as now called."""
+    """Recompute block activations in the backward. A Hugging Face model that trains uses its own
+    gradient checkpointing (it knows its layers' calling convention, caches included); our blocks,
+    and the layers of a frozen Hugging Face model, are wrapped with torch's checkpoint wrapper
+    (state-dict names unchanged): a frozen module stays in eval mode (no dropout), where HF's own
+    checkpointing is off, yet gradients still pass through it (stage 1's LM) and its activations
+    would all be kept. Returns the blocks as now called."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     hf_models = [module for module in model.modules() if getattr(module, "supports_gradient_checkpointing", False)]
+    frozen_blocks = set()
     for hf_model in hf_models:
-        _hf_checkpointing_enable(hf_model)
+        if any(param.requires_grad for param in hf_model.parameters()):
+            _hf_checkpointing_enable(hf_model)
+        else:
+            frozen_blocks.update(id(block) for block in blocks if _is_inside(block, hf_model))
     wrapped = []
     for block in blocks:
-        if not isinstance(block, Block):
+        if not isinstance(block, Block) and id(block) not in frozen_blocks:
             wrapped.append(block)
             continue
         parent, name = _parent_of(model, block)
@@ -87,6 +94,10 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
         parent.register_module(name, replacement)
         wrapped.append(replacement)
     return wrapped
+
+
+def _is_inside(block: nn.Module, container: nn.Module) -> bool:
+    return any(module is block for module in container.modules())
 
 
 def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
@@ -98,14 +109,16 @@ def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
 
 
 def shard(model: nn.Module, blocks: list[nn.Module], bf16: bool) -> None:
-    """FSDP2 over every block, then the root (embeddings, norms, heads, the projector)."""
+    """FSDP2 over every block, then the root (embeddings, norms, heads, the projector). With bf16
+    the blocks gather their parameters in bf16; the root keeps fp32 parameters, as DDP does (bf16
+    autocast still runs its matmuls in bf16): CLIP's temperature and SigLIP's bias live there, and
+    exp(logit_scale) from a bf16 copy was 14.24 where fp32 gives 14.29."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kwargs = {"mp_policy": policy} if policy else {}
     for block in blocks:
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(block, **({"mp_policy": policy} if policy else {}))
+    fully_shard(model)
 
 
 def _fsdp_no_sync(model: nn.Module) -> NoSync:

@@ -77,3 +77,36 @@ def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):
     _saved_vlm(tmp_path / "vlm", root / "clip", lm, projector=projector)
     assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "llava"]) == 2
     assert f"model.projector.type='{projector}' has no LLaVA equivalent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tower_kind", ["mmtrain", "hf_siglip"])
+def test_the_exported_processor_alone_gives_mmtrains_tokens_pixels_and_answer(parts, tmp_path, tower_kind):
+    """Only transformers' own classes: AutoProcessor(images=..., text=...) then generate."""
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    root, lm = parts
+    tower = root / "clip" if tower_kind == "mmtrain" else save_hf_tower(tmp_path / "siglip", "siglip")
+    task, model = _saved_vlm(tmp_path / "vlm", tower, lm)
+    out = tmp_path / "llava"
+    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    processor = AutoProcessor.from_pretrained(out)
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+
+    image_array = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    text = processor.apply_chat_template([{"role": "user", "content": QUESTION[0]["value"]}],
+                                         add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=Image.fromarray(image_array), text=text, return_tensors="pt")
+    encoder = ConversationEncoder(task._tokenizer, task.tower.num_patches, 64)
+    prompt = encoder.encode_prompt(QUESTION)
+    assert inputs["input_ids"][0].tolist() == prompt
+    pixels = task.normalize(torch.from_numpy(image_array[None]), torch.device("cpu"))
+    assert torch.allclose(inputs["pixel_values"], pixels, atol=1e-6)
+
+    model.eval()
+    ours = model.generate(pixels, [prompt], 8, encoder.stop_ids, encoder.pad_id)[0]
+    with torch.no_grad():
+        generated = llava.generate(**inputs, max_new_tokens=8, do_sample=False,
+                                   eos_token_id=sorted(encoder.stop_ids), pad_token_id=encoder.pad_id)
+    theirs = [t for t in generated[0, len(prompt):].tolist() if t not in encoder.stop_ids]
+    assert len(ours) >= 3 and theirs == ours

@@ -135,3 +135,43 @@ def test_a_changed_frozen_source_is_refused(parts, tmp_path):
     (lm_copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
     with pytest.raises(ValueError, match=r"frozen `lm` weights from .*have changed"):
         load_checkpoint(tmp_path / "stage1", model)
+
+
+def _saved_elements(task, model, batch) -> int:
+    """Elements autograd keeps for the backward in one forward (activation memory)."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    prepared = task.prepare_batch(batch, torch.device("cpu"))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _ = task.loss(model, prepared)
+    loss.backward()
+    return sum(saved)
+
+
+def test_activation_checkpointing_works_on_a_frozen_lm(parts):
+    """Stage 1: the LM is frozen (eval mode, where HF's own checkpointing is off) but gradients pass
+    through it to the projector: its layers are recomputed all the same, with the same gradients."""
+    root, lm = parts
+    stage1 = ModuleLearningRates(vision=0, projector=1e-3, lm=0)
+    task = VlmTask(vlm_cfg(root, lm, lrs=stage1))
+    model = task.build_model()
+    assert not model.lm.training
+    batch = next(vlm_batches(task, VlmEncoder(task)))
+    plain, plain_saved = _gradients(task, model, batch), _saved_elements(task, model, batch)
+    parallelize(model, "ddp", "blocks", torch.device("cpu"), bf16=False)
+    layers = model.lm.model.layers  # as the LM calls them
+    assert len(layers) == 1 and all(type(b).__name__ == "CheckpointWrapper" for b in layers)
+    checkpointed_saved = _saved_elements(task, model, batch)
+    assert checkpointed_saved < 0.5 * plain_saved, (checkpointed_saved, plain_saved)
+    again = _gradients(task, model, batch)
+    assert again.keys() == plain.keys() == {name for name in plain if name.startswith("projector.")}
+    for name in plain:
+        assert torch.allclose(again[name], plain[name], atol=1e-6), name
+
+
+def VlmEncoder(task):
+    return ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=32)

@@ -203,7 +203,9 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     """A CLIP checkpoint as a directory transformers loads: config.json, model.safetensors,
     tokenizer files and preprocessor_config.json (nothing pickled)."""
     from tokenizers import Tokenizer
-    from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+    from transformers import CLIPModel, PreTrainedTokenizerFast
+
+    from training.models.image_processors import eval_image_processor
 
     from pipelines.tokenizer import load_tokenizer, pad_token_id
     from training.checkpoint import load_config_dict, read_model_state
@@ -229,11 +231,9 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
                                    model_max_length=cfg.data.context_length, padding_side="right",
                                    eos_token=tokenizer.id_to_token(eos_id), pad_token=tokenizer.id_to_token(pad_id))
     fast.save_pretrained(out_dir)
-    size = cfg.data.augment.image_size
-    CLIPImageProcessor(do_resize=True, size={"shortest_edge": size}, do_center_crop=True,
-                       crop_size={"height": size, "width": size}, resample=2,  # bilinear, as mmtrain's eval
-                       image_mean=list(cfg.model.vision.image_mean), image_std=list(cfg.model.vision.image_std),
-                       do_convert_rgb=True).save_pretrained(out_dir)
+    augment = cfg.data.augment
+    eval_image_processor(augment.image_size, cfg.model.vision.image_mean, cfg.model.vision.image_std,
+                         augment.eval_center_crop, augment.eval_resize_ratio).save_pretrained(out_dir)
     return out_dir
 
 

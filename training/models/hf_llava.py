@@ -15,6 +15,9 @@ from pathlib import Path
 
 from torch import nn
 
+from pipelines.conversations import IMAGE_PLACEHOLDER
+from training.models.image_processors import eval_image_processor
+
 
 def export_llava(checkpoint: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -53,9 +56,24 @@ def export_llava(checkpoint: Path, out_dir: Path) -> Path:
     llava.lm_head.load_state_dict(lm.get_output_embeddings().state_dict())
     out_dir = Path(out_dir)
     llava.save_pretrained(out_dir, safe_serialization=True)
-    task._tokenizer.save_pretrained(out_dir)
-    _image_processor(tower).save_pretrained(out_dir)
+    _processor(task, cfg).save_pretrained(out_dir)  # the tokenizer and image processor with it
     return out_dir
+
+
+def _processor(task, cfg):
+    """The LlavaProcessor that turns (images, text) into what mmtrain trained on: one <image> in the
+    text expanded to the tower's patch count (its CLS dropped by the "default" strategy; SigLIP has
+    none), images preprocessed as the eval path does, the LM's chat template."""
+    from transformers import LlavaProcessor
+
+    tower = task.tower
+    image_processor = eval_image_processor(tower.image_size, tower.image_mean, tower.image_std, tower.center_crop,
+                                           cfg.data.augment.eval_resize_ratio)
+    has_cls = tower.kind != "hf_siglip"
+    return LlavaProcessor(image_processor=image_processor, tokenizer=task.tokenizer, patch_size=tower.patch_size,
+                          vision_feature_select_strategy="default" if has_cls else "full",
+                          num_additional_image_tokens=1 if has_cls else 0, image_token=IMAGE_PLACEHOLDER,
+                          chat_template=task.tokenizer.chat_template)
 
 
 def _own_vision_config(checkpoint: str):
@@ -83,14 +101,3 @@ def _copy_vision(encoder: nn.Module, target: nn.Module, kind: str) -> None:
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith("position_ids")]  # buffers, rebuilt
     assert not missing and not unexpected, (missing, unexpected)
-
-
-def _image_processor(tower):
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
-
-    size = tower.image_size
-    if tower.kind == "hf_siglip":
-        return SiglipImageProcessor(size={"height": size, "width": size}, image_mean=list(tower.image_mean),
-                                    image_std=list(tower.image_std))
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              image_mean=list(tower.image_mean), image_std=list(tower.image_std), resample=2)
