@@ -29,12 +29,12 @@ from benchmarks.data_throughput import make_shards
 
 def make_checkpoint(shards: Path, preset: str, out: Path) -> Path:
     """A randomly initialised CLIP of a preset's shape, saved as a run saves a checkpoint."""
-    from training.checkpoint import save_checkpoint
-    from training.clip_task import ClipTask
-    from training.config import ClipRunConfig
-    from training.config_io import load_config, to_dict
-    from training.loop import TrainState
-    from training.run import resolve
+    from training.checkpoint.store import save_checkpoint
+    from training.tasks.clip import ClipTask
+    from training.config.schema import ClipRunConfig
+    from training.config.io import load_config, to_dict
+    from training.engine.loop import TrainState
+    from training.ray_train.driver import resolve
 
     cfg = load_config(ClipRunConfig, Path(f"conf/clip/{preset}.yaml"),
                       [f"data.train_shards=[{shards}]", "data.eval_shards=[]", "tracking.tracking_uri=none"])
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embed_throughput.json"))
     args = parser.parse_args()
 
-    from training.run import ensure_ray
+    from training.ray_train.driver import ensure_ray
 
     shards = make_shards(args.shards / "shards", args.samples, args.source_size)
     checkpoint = make_checkpoint(shards, args.preset, args.shards / "run")

@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import device_name, write_report
 from benchmarks.trainer_throughput import measure
-from training.config import ClipRunConfig
-from training.config_io import load_config
+from training.config.schema import ClipRunConfig
+from training.config.io import load_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     use_gpu = torch.cuda.is_available()
     out_dir = tempfile.mkdtemp(prefix="mmtrain-e2e-")
@@ -64,7 +64,7 @@ def main() -> None:
               "figure here", flush=True)
     metrics = run_clip(cfg)
     if synthetic is None:  # the same model and batch on synthetic in-memory data, for the ratio
-        from training.run import resolve
+        from training.ray_train.driver import resolve
 
         resolved, _, _ = resolve(cfg)
         synthetic = measure(resolved, args.batch_size, steps=max(args.steps // 4, 5), warmup=3,

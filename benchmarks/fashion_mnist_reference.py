@@ -68,12 +68,12 @@ def _raw_columns(records, epoch: int) -> dict:
 
 def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     """Train and evaluate without Ray; the wall time of the whole function."""
-    from training.clip_task import ClipTask
-    from training.config import ClipRunConfig
-    from training.config_io import load_config
-    from training.loop import TrainState, train
-    from training.optim import build_optimizer, warmup_cosine
-    from training.run import resolve
+    from training.tasks.clip import ClipTask
+    from training.config.schema import ClipRunConfig
+    from training.config.io import load_config
+    from training.engine.loop import TrainState, train
+    from training.engine.optim import build_optimizer, warmup_cosine
+    from training.ray_train.driver import resolve
 
     start = time.perf_counter()
     cfg = load_config(ClipRunConfig, PRESET, ["tracking.tracking_uri=none", *overrides])

@@ -4,7 +4,7 @@ the tensors themselves (a sharded parameter counts its local shard), and the pea
 (CUDA: max_memory_allocated; CPU: the process's peak RSS, which includes Python and torch).
 
 Ranks are local processes on gloo (CPU) or NCCL (GPUs), sharded by the trainer's own
-training/parallelize.py and stepped by its own loop. The LM has SmolLM2-135M's architecture
+training/engine/parallelize.py and stepped by its own loop. The LM has SmolLM2-135M's architecture
 (134.5M parameters) with random weights: memory does not depend on the values.
 
     python -m benchmarks.memory --out benchmarks/results/memory_2core.json
@@ -110,13 +110,13 @@ def _rank(rank: int, ranks: int, strategy: str, lm: str, tower: str, args, out: 
 
 
 def _measure(strategy: str, lm: str, tower: str, args, device: torch.device) -> dict:
-    from training.checkpoint import save_checkpoint
-    from training.config import VlmRunConfig
-    from training.config_io import from_dict
-    from training.loop import TrainState, train
-    from training.optim import build_optimizer, warmup_cosine
-    from training.parallelize import parallelize
-    from training.vlm_task import VlmTask
+    from training.checkpoint.store import save_checkpoint
+    from training.config.schema import VlmRunConfig
+    from training.config.io import from_dict
+    from training.engine.loop import TrainState, train
+    from training.engine.optim import build_optimizer, warmup_cosine
+    from training.engine.parallelize import parallelize
+    from training.tasks.vlm import VlmTask
 
     lora_rank = 16 if strategy.startswith("lora") else 0
     cfg = from_dict(VlmRunConfig, {

@@ -21,14 +21,14 @@ import torch
 
 from benchmarks.trainer_throughput import CONF, synthetic_batches
 from benchmarks.vlm_throughput import random_tower_checkpoint, synthetic_vlm_batch
-from training.clip_task import ClipTask
-from training.config import ClipRunConfig, ModuleLearningRates, VlmRunConfig
-from training.config_io import from_dict, load_config
-from training.loop import TrainState, train
+from training.tasks.clip import ClipTask
+from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
+from training.config.io import from_dict, load_config
+from training.engine.loop import TrainState, train
 from training.models.language_model import make_tiny_lm
-from training.optim import build_optimizer, warmup_cosine
+from training.engine.optim import build_optimizer, warmup_cosine
 from training.models.vision_encoder import tower_info
-from training.vlm_task import VlmTask
+from training.tasks.vlm import VlmTask
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from inference.clip_stages import ZeroShotClassifier
 from inference.pool import PoolOptions, run_summary, start_inference, write_manifest, write_parquet
 from inference.index import load_rows
 from inference.trained import find_trained
-from training.figures import heatmap
+from training.tracking.figures import heatmap
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 CONFUSION_FIGURE = "_confusion_matrix.png"
@@ -72,6 +72,6 @@ def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray, num_classes:
 
 def data_templates(specs: list[str]) -> list[str]:
     """The caption templates `data synth`/`data convert` recorded beside the shards, if any."""
-    from training.run import manifest_near
+    from training.ray_train.driver import manifest_near
 
     return list(manifest_near(specs[0]).get("templates") or [])

@@ -11,7 +11,7 @@ import torch
 from inference.pool import source_columns
 from inference.trained import TrainedRun, autocast, inference_device, load_trained_model
 from pipelines import contract
-from training.model_inputs import to_tensor
+from training.engine.inputs import to_tensor
 
 
 class ClipEmbedder:
@@ -55,7 +55,7 @@ class ZeroShotClassifier(ClipEmbedder):
 
     def __init__(self, run: TrainedRun, shard_paths: list[str], classes: list[str], templates: list[str],
                  counter=None):
-        from training.evaluate import zero_shot_classifier
+        from training.tasks.clip_eval import zero_shot_classifier
 
         super().__init__(run, shard_paths, counter)
         cfg = self._task.cfg

@@ -65,7 +65,7 @@ def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_
                     columns: tuple[str, ...] = INFERENCE_COLUMNS, classes: list[str] = ()) -> InferenceRun:
     """Lists the shards or image files (a mistyped path fails before Ray starts), starts Ray, composes
     the pipeline. `classes` label an image folder's files by their subfolder's name."""
-    from training.run import ensure_ray
+    from training.ray_train.driver import ensure_ray
 
     files = image_files(specs[0]) if len(specs) == 1 else []
     shards = None if files else resolve_shards(specs, run.cfg.data.s3_endpoint)

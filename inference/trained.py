@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
-from training.config import ClipRunConfig, VlmRunConfig
-from training.config_io import from_dict
-from training.run_kinds import RUN_CONFIGS, check_kind
+from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.config.io import from_dict
+from training.config.kinds import RUN_CONFIGS, check_kind
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class TrainedRun:
     kind: str                # "clip" or "vlm"
     checkpoint: Path         # the checkpoint directory (a run directory's newest intact one)
     cfg: ClipRunConfig | VlmRunConfig
-    fingerprint: str         # which weights made an output (training.checkpoint.weights_fingerprint)
+    fingerprint: str         # which weights made an output (training.checkpoint.store.weights_fingerprint)
 
 
 def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
@@ -49,7 +49,7 @@ def model_fingerprint(checkpoint: Path) -> str:
 
 def load_trained_model(run: TrainedRun, device: torch.device):
     """(task, model) with the checkpoint's weights, in eval mode on `device`."""
-    from training.tasks import task_class
+    from training.tasks.registry import task_class
 
     task = task_class(run.kind)(run.cfg)
     model = task.build_model()

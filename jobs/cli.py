@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
-        os.environ["MMTRAIN_VERBOSE"] = "1"  # training.run.VERBOSE
+        os.environ["MMTRAIN_VERBOSE"] = "1"  # training.ray_train.driver.VERBOSE
     # Ray Data's per-operator progress bars flood logs; mmtrain prints its own step progress. (Set
     # before ray.data is first imported: its defaults are read from the environment then.)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -17,8 +17,8 @@ def add_parsers(subparsers) -> None:
 def run_show(args) -> int:
     import yaml
 
-    from training.config_help import describe, resolve_preset
-    from training.run_kinds import load_run_config, run_kind
+    from training.config.help import describe, resolve_preset
+    from training.config.kinds import load_run_config, run_kind
 
     path = resolve_preset(args.preset)
     kind = args.trainer or run_kind(yaml.safe_load(path.read_text()) or {})

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from training.config_io import load_config
-from training.tracking import default_experiment, experiment_link
+from training.config.io import load_config
+from training.tracking.tracker import default_experiment, experiment_link
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 _STARTED = time.monotonic()  # this module is imported as the command starts
@@ -40,10 +40,10 @@ def run_dry_run(args) -> int:
     from jobs.data import write_tokenizer
     from pipelines.inspection import iter_captions
     from pipelines.synth import write_synth
-    from training.config import ClipRunConfig, VlmRunConfig
+    from training.config.schema import ClipRunConfig, VlmRunConfig
     from training.models.language_model import make_tiny_lm
-    from training.run import run_clip, run_vlm
-    from training.sweep import format_table
+    from training.ray_train.driver import run_clip, run_vlm
+    from training.ray_train.sweep import format_table
 
     out = args.out.resolve()
     data_dir, runs = out / "data", out / "runs"

@@ -47,8 +47,8 @@ def run_tiny_lm(args) -> int:
 
 
 def run_export(args) -> int:
-    from training.checkpoint import latest_checkpoint
-    from training.export import export_checkpoint
+    from training.checkpoint.store import latest_checkpoint
+    from training.tasks.export import export_checkpoint
 
     out, loader = export_checkpoint(latest_checkpoint(args.checkpoint), args.out_dir, args.format)
     print(f"wrote {out}: load it with transformers.{loader}.from_pretrained({str(out)!r})")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from training.config import SweepConfig
-from training.config_io import load_config
+from training.config.schema import SweepConfig
+from training.config.io import load_config
 
 
 def add_parsers(subparsers) -> None:
@@ -22,7 +22,7 @@ def add_parsers(subparsers) -> None:
 
 
 def run(args) -> int:
-    from training.sweep import format_table, run_sweep
+    from training.ray_train.sweep import format_table, run_sweep
 
     cfg = load_config(SweepConfig, args.config, args.set)
     cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *args.trial_set])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.run_kinds import load_run_config
+from training.config.kinds import load_run_config
 
 
 def add_parsers(subparsers) -> None:
@@ -35,7 +35,7 @@ def add_parsers(subparsers) -> None:
 
 
 def run_train_clip(args) -> int:
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     cfg = load_run_config("clip", args.config, args.set)
     metrics = run_clip(cfg)
@@ -45,7 +45,7 @@ def run_train_clip(args) -> int:
 
 
 def run_train_vlm(args) -> int:
-    from training.run import run_vlm
+    from training.ray_train.driver import run_vlm
 
     cfg = load_run_config("vlm", args.config, args.set)
     metrics = run_vlm(cfg)
@@ -55,7 +55,7 @@ def run_train_vlm(args) -> int:
 
 
 def run_eval(args) -> int:
-    from training.checkpoint_eval import evaluate_checkpoint
+    from training.tasks.checkpoint_eval import evaluate_checkpoint
 
     metrics, table = evaluate_checkpoint(args.kind, args.checkpoint, args.data, args.set)
     if args.json:
@@ -70,7 +70,7 @@ def run_eval(args) -> int:
 
 def print_mlflow_link(cfg, trainer: str) -> None:
     """Where the run is in the MLflow UI (a local store needs `mlflow ui` started first)."""
-    from training.tracking import default_experiment, default_tracking_uri, experiment_link
+    from training.tracking.tracker import default_experiment, default_tracking_uri, experiment_link
 
     uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
     link = experiment_link(uri, default_experiment(cfg.tracking.experiment, trainer))

@@ -28,7 +28,7 @@ def ray_local():
 
     import ray
 
-    # Settings by inheritance, as mmtrain's own local instance gets them (training/run.py's
+    # Settings by inheritance, as mmtrain's own local instance gets them (training/ray_train/driver.py's
     # ensure_ray): a runtime env would start every worker through a second Python start-up.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

@@ -14,11 +14,11 @@ from pipelines.sources import resolve_shards
 from pipelines.tar_samples import Record, iter_records
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 from pipelines import contract
-from training.checkpoint import save_checkpoint
-from training.clip_task import ClipTask
-from training.config import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
-from training.config_io import to_dict
-from training.loop import TrainState
+from training.checkpoint.store import save_checkpoint
+from training.tasks.clip import ClipTask
+from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from training.config.io import to_dict
+from training.engine.loop import TrainState
 
 
 def tiny_clip_config(synth_dir: Path, image_size: int = 32) -> ClipRunConfig:
@@ -77,10 +77,10 @@ def save_tiny_vlm(tower_checkpoint: Path, shards: Path, run_dir: Path) -> Path:
     """An untrained VLM on `tower_checkpoint` with a tiny LM, its weights scaled up so that its
     answers differ from image to image; saved (with its resolved config) as a run saves it."""
     from pipelines.inspection import iter_captions
-    from training.config import LanguageModelConfig, VisionEncoderConfig, VlmModelConfig, VlmRunConfig
+    from training.config.schema import LanguageModelConfig, VisionEncoderConfig, VlmModelConfig, VlmRunConfig
     from training.models.language_model import make_tiny_lm
-    from training.run import resolve_vlm
-    from training.vlm_task import VlmTask
+    from training.ray_train.driver import resolve_vlm
+    from training.tasks.vlm import VlmTask
 
     lm = make_tiny_lm(Path(run_dir) / "lm", iter_captions([str(shards)]), vocab_size=400, hidden_size=64)
     cfg = VlmRunConfig(model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower_checkpoint)),

@@ -11,9 +11,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.config_io import load_config
-from training.config import ClipRunConfig
-from training.tracking import RUN_NAME_TAG
+from training.config.io import load_config
+from training.config.schema import ClipRunConfig
+from training.tracking.tracker import RUN_NAME_TAG
 from tests.integration.test_data_resume import wait_for_new_checkpoints
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def _mlflow_run(out, name):
 
 
 def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     out = tmp_path / "runs"
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 30))
@@ -97,7 +97,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
 
 
 def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     out = tmp_path / "runs"
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
@@ -111,7 +111,7 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
 
 def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, synth_dir, tmp_path, capsys):
     """Before: a truncated weights file in the latest checkpoint failed every restart without naming it."""
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     out = tmp_path / "runs"
     args = _overrides(synth_dir, out, "trunc", 10) + ["tracking.tracking_uri=none", "loop.checkpoint_every=5",
@@ -129,7 +129,7 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     from jobs.cli import main
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     out = tmp_path / "runs"
     # tracking off: the run trains and checkpoints without touching MLflow
@@ -188,7 +188,7 @@ def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, s
     from transformers import CLIPModel
 
     from tests.unit.test_hf_clip import save_hf_clip
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     pretrained = save_hf_clip(tmp_path / "pretrained")
     args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [f"init_from={pretrained}",

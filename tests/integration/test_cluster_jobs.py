@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from jobs.submit import job_client
 from tests.assets import free_port, free_ports
-from training.tracking import RUN_NAME_TAG
+from training.tracking.tracker import RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -83,9 +83,9 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     training run on 2 workers over them finishes and reports them."""
     from jobs.data import write_tokenizer
     from pipelines.inspection import inspect_shards
-    from training.config import ClipRunConfig
-    from training.config_io import load_config
-    from training.run import run_clip
+    from training.config.schema import ClipRunConfig
+    from training.config.io import load_config
+    from training.ray_train.driver import run_clip
 
     shards = tmp_path / "shards"
     expected = write_malformed_shards(shards)

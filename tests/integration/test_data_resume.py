@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from pipelines.position import DataPosition
-from training.checkpoint import latest_checkpoint
-from training.config import ClipRunConfig
-from training.config_io import load_config
+from training.checkpoint.store import latest_checkpoint
+from training.config.schema import ClipRunConfig
+from training.config.io import load_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
 
 
 def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
                       _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"])

@@ -17,7 +17,7 @@ from pipelines.inspection import inspect_shards, iter_shard_records
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import iter_records
 from tests.assets import good_members, write_tar
-from training.clip_task import ClipTask
+from training.tasks.clip import ClipTask
 from tests.trained_models import decoded, save_clip, tiny_clip_config, train_tiny_clip
 
 pytestmark = pytest.mark.integration
@@ -153,7 +153,7 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
 
 
 def test_classify_agrees_with_eval_clip(ray_local, clip_run, shapes, tmp_path):
-    from training.checkpoint_eval import evaluate_checkpoint
+    from training.tasks.checkpoint_eval import evaluate_checkpoint
 
     out = tmp_path / "preds.parquet"
     val = str(shapes / "val-00000.tar")

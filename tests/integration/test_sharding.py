@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pipelines import contract
-from training.checkpoint import read_model_state, read_saved_tensors
-from training.config import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
-from training.config_io import load_config
+from training.checkpoint.store import read_model_state, read_saved_tensors
+from training.config.schema import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
+from training.config.io import load_config
 from tests.unit.test_loop_and_checkpoint import _cfg as tiny_clip_cfg
 from tests.unit.test_vlm import _cfg as tiny_vlm_cfg, make_parts
 
@@ -58,12 +58,12 @@ def _same_batches_under_each_strategy(config: dict) -> None:
     under DDP then under FSDP2 with the real loop; each strategy's checkpoint written by all ranks."""
     import ray.train
 
-    from training.checkpoint import save_checkpoint
-    from training.distributed import global_mean
-    from training.loop import TrainState, train
-    from training.optim import build_optimizer, warmup_cosine
-    from training.parallelize import full_parameters, parallelize
-    from training.tasks import task_class
+    from training.checkpoint.store import save_checkpoint
+    from training.engine.distributed import global_mean
+    from training.engine.loop import TrainState, train
+    from training.engine.optim import build_optimizer, warmup_cosine
+    from training.engine.parallelize import full_parameters, parallelize
+    from training.tasks.registry import task_class
 
     rank, cfg, out = ray.train.get_context().get_world_rank(), config["cfg"], Path(config["out"])
     task = task_class(config["task"])(cfg)
@@ -136,7 +136,7 @@ def test_fsdp_trains_vlm_stage2_as_ddp_does(ray_local, tmp_path):
 def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     """Saved by 2 FSDP workers, resumed by 1 (DDP, the global batch kept): the resumed run starts
     from exactly the saved weights and optimizer state, and its checkpoint holds them."""
-    from training.run import run_clip
+    from training.ray_train.driver import run_clip
 
     out = tmp_path / "runs"
     common = [f"run.output_dir={out}", "run.name=reshard", f"data.train_shards=[{synth_dir}/train-*.tar]",
@@ -158,7 +158,7 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     # One process reads the whole model from the sharded checkpoint: export to transformers' CLIPModel.
     from transformers import CLIPModel
 
-    from training.export import export_checkpoint
+    from training.tasks.export import export_checkpoint
 
     exported, _ = export_checkpoint(Path(sharded["checkpoint"]), tmp_path / "hf")
     weights = read_model_state(sharded["checkpoint"])
@@ -178,7 +178,7 @@ def test_evaluation_sees_every_sample_once_on_any_worker_count(ray_local):
 
     import ray
 
-    from training.dataset_split import TrainEqualEvalWhole
+    from training.ray_train.dataset_split import TrainEqualEvalWhole
 
     splits = TrainEqualEvalWhole().configure({"train": ray.data.range(10), "eval": ray.data.range(7)}, 3, None, None)
     seen = [[] for _ in splits]

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.checkpoint import save_checkpoint
-from training.config import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
-from training.config_io import load_config, to_dict
-from training.loop import TrainState
+from training.checkpoint.store import save_checkpoint
+from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
+from training.config.io import load_config, to_dict
+from training.engine.loop import TrainState
 from training.models.clip import ClipModel
-from training.tracking import RUN_NAME_TAG
+from training.tracking.tracker import RUN_NAME_TAG
 from pipelines.config import AugmentConfig, DataConfig
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     from pipelines.inspection import iter_captions
     from training.models.language_model import make_tiny_lm
-    from training.run import run_vlm
+    from training.ray_train.driver import run_vlm
 
     clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
                              model=ClipModelConfig(embed_dim=32, vision=VisionConfig(
@@ -57,7 +57,7 @@ def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, k
     from pipelines.inspection import iter_captions
     from tests.unit.test_vision_encoders import save_hf_tower
     from training.models.language_model import make_tiny_lm
-    from training.run import run_vlm
+    from training.ray_train.driver import run_vlm
 
     tower = save_hf_tower(tmp_path / "tower", kind, image_size=32, full=kind == "clip")
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)

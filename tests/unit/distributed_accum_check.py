@@ -12,12 +12,12 @@ import torch.distributed as dist
 from torch import nn
 
 from tests.unit.distributed_loss_check import spawn_two
-from training.distributed import global_mean
+from training.engine.distributed import global_mean
 
 
 def task_and_model(kind):
     from tests.unit.test_loop_and_checkpoint import _cfg
-    from training.clip_task import ClipTask
+    from training.tasks.clip import ClipTask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind))

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from tests.unit import distributed_loss_check as check
-from training.config import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
+from training.config.schema import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
 from training.models.clip import ClipModel
-from training.optim import exempt_from_weight_decay, param_groups, warmup_cosine
+from training.engine.optim import exempt_from_weight_decay, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
 

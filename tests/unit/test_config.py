@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config_io import ConfigError, from_dict, load_config
+from training.config.io import ConfigError, from_dict, load_config
 from pipelines.config import DataConfig
 
 
@@ -68,7 +68,7 @@ def test_frozen():
 def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, message):
     from pathlib import Path
 
-    from training.config import ClipRunConfig
+    from training.config.schema import ClipRunConfig
 
     preset = Path(__file__).resolve().parents[2] / "conf/clip/tiny.yaml"
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -76,7 +76,7 @@ def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, mess
 
 
 def test_module_learning_rates_may_not_be_negative():
-    from training.config import VlmRunConfig
+    from training.config.schema import VlmRunConfig
 
     with pytest.raises(ConfigError, match=r"lrs\.lm=-1\.0: must be at least 0"):
         from_dict(VlmRunConfig, {"lrs": {"lm": -1.0}})
@@ -86,10 +86,10 @@ def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_take
     import torch
 
     from jobs.cli import main
-    from training.checkpoint import save_checkpoint
-    from training.config import VlmRunConfig
-    from training.config_io import to_dict
-    from training.loop import TrainState
+    from training.checkpoint.store import save_checkpoint
+    from training.config.schema import VlmRunConfig
+    from training.config.io import to_dict
+    from training.engine.loop import TrainState
 
     repo = Path(__file__).resolve().parents[2]
     assert main(["train", "clip", "--config", str(repo / "conf/vlm/stage1.yaml")]) == 2
@@ -121,11 +121,11 @@ def test_config_show_prints_every_key_with_default_and_help_from_any_directory(t
 def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, spec):
     """A shard directory that does not exist (it once reported a missing tokenizer) or a mistyped
     glob (it once started Ray first): the shards are named, and Ray is never started."""
-    import training.run
+    import training.ray_train.driver
     from jobs.cli import main
 
     ray_starts = []
-    monkeypatch.setattr(training.run, "ensure_ray", lambda *args: ray_starts.append(args))
+    monkeypatch.setattr(training.ray_train.driver, "ensure_ray", lambda *args: ray_starts.append(args))
     shards = spec.format(tmp=tmp_path)
     assert main(["train", "clip", "--config", "clip/tiny", "--set", f"data.train_shards=[{shards}]",
                  "--set", "tracking.tracking_uri=none"]) == 2

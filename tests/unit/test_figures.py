@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.evaluate import zero_shot_confusion
-from training.figures import heatmap, sample_grid
+from training.tasks.clip_eval import zero_shot_confusion
+from training.tracking.figures import heatmap, sample_grid
 
 
 def _png(figure) -> Image.Image:
@@ -38,8 +38,8 @@ def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
 
     from pipelines import contract
     from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-    from training.clip_task import ClipTask
-    from training.payload import EvalAssets
+    from training.tasks.clip import ClipTask
+    from training.ray_train.payload import EvalAssets
     from tests.unit.test_loop_and_checkpoint import _cfg
 
     tokenizer_path = str(synth_dir / "tokenizer.json")

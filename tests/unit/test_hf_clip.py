@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from pipelines import contract
 from pipelines.stages import Tokenize
 from pipelines.tokenizer import train_bpe_tokenizer
-from training.checkpoint import save_checkpoint
-from training.clip_task import ClipTask
-from training.config import ClipRunConfig
-from training.config_io import from_dict, to_dict
-from training.loop import TrainState
+from training.checkpoint.store import save_checkpoint
+from training.tasks.clip import ClipTask
+from training.config.schema import ClipRunConfig
+from training.config.io import from_dict, to_dict
+from training.engine.loop import TrainState
 from training.models import hf_clip
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a small green triangle", "three red circles"]

@@ -7,12 +7,12 @@ import torch
 
 from jobs.cli import main
 from pipelines.conversations import ConversationEncoder
-from training.checkpoint import save_checkpoint
-from training.config import (LanguageModelConfig, LoraConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
+from training.checkpoint.store import save_checkpoint
+from training.config.schema import (LanguageModelConfig, LoraConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
                              VlmModelConfig, VlmRunConfig)
-from training.config_io import to_dict
-from training.loop import TrainState
-from training.vlm_task import VlmTask
+from training.config.io import to_dict
+from training.engine.loop import TrainState
+from training.tasks.vlm import VlmTask
 from tests.unit.test_vision_encoders import save_hf_tower
 from tests.unit.test_vlm import make_parts
 

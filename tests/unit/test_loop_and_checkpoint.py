@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipelines import contract
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.clip_task import ClipTask
-from training.config import ClipModelConfig, ClipRunConfig, LoopConfig, OptimConfig, TextConfig, VisionConfig
-from training.loop import TrainState, train
-from training.optim import build_optimizer, warmup_cosine
-from training.resume import check_resume_config, plan_schedule, seed_for
+from training.checkpoint.store import load_checkpoint, save_checkpoint
+from training.tasks.clip import ClipTask
+from training.config.schema import ClipModelConfig, ClipRunConfig, LoopConfig, OptimConfig, TextConfig, VisionConfig
+from training.engine.loop import TrainState, train
+from training.engine.optim import build_optimizer, warmup_cosine
+from training.engine.resume import check_resume_config, plan_schedule, seed_for
 from pipelines.config import AugmentConfig, DataConfig
 
 
@@ -108,7 +108,7 @@ def test_checkpoint_files_load_without_unpickling(tmp_path):
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
     save_checkpoint(tmp_path, model, optimizer, TrainState(step=3), {"a": 1})
-    from training.checkpoint import CheckpointReader, read_model_state
+    from training.checkpoint.store import CheckpointReader, read_model_state
 
     assert read_model_state(tmp_path).keys() == model.state_dict().keys()
     # DCP's .metadata is a pickle: one naming anything but DCP's metadata classes is refused.
@@ -210,7 +210,7 @@ def test_feature_cached_accumulation_equals_one_big_batch(kind):
 
 
 def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, capsys):
-    from training.checkpoint import checkpoint_problem, latest_checkpoint
+    from training.checkpoint.store import checkpoint_problem, latest_checkpoint
 
     cfg = _cfg()
     task, model, optimizer, _ = _setup(cfg)
@@ -229,7 +229,7 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, 
 
 
 def test_a_checkpoint_saved_again_into_its_directory_is_intact(tmp_path):
-    from training.checkpoint import checkpoint_problem
+    from training.checkpoint.store import checkpoint_problem
 
     cfg = _cfg()
     _, model, optimizer, _ = _setup(cfg)

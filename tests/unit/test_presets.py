@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config_io import load_config
-from training.config import ClipRunConfig
+from training.config.io import load_config
+from training.config.schema import ClipRunConfig
 from training.models.clip import ClipModel
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -28,7 +28,7 @@ def test_vit_b_parameter_counts_match_open_clip(name):
 
 @pytest.mark.parametrize("path", sorted((CONF / "vlm").glob("*.yaml")), ids=lambda p: p.stem)
 def test_vlm_presets_load(path):
-    from training.config import VlmRunConfig
+    from training.config.schema import VlmRunConfig
 
     cfg = load_config(VlmRunConfig, path)
     assert cfg.stage in ("captions", "conversations")

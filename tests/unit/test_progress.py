@@ -3,7 +3,7 @@ the pace so far), and the Ray notices the driver does not print."""
 
 import io
 
-from training.progress import Progress, duration
+from training.tracking.progress import Progress, duration
 
 
 def test_the_line_shows_step_of_total_and_an_eta_from_the_pace_since_the_first_line():

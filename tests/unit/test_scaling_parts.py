@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pipelines.conversations import ConversationEncoder
-from training.checkpoint import load_checkpoint, read_model_state, save_checkpoint
-from training.config import LoraConfig, ModuleLearningRates
-from training.loop import TrainState
-from training.parallelize import checkpoint_blocks, parallelize, transformer_blocks
-from training.vlm_task import VlmTask
+from training.checkpoint.store import load_checkpoint, read_model_state, save_checkpoint
+from training.config.schema import LoraConfig, ModuleLearningRates
+from training.engine.loop import TrainState
+from training.engine.parallelize import checkpoint_blocks, parallelize, transformer_blocks
+from training.tasks.vlm import VlmTask
 from tests.unit.test_loop_and_checkpoint import _batches as clip_batches, _cfg as clip_cfg, _setup as clip_setup
 from tests.unit.test_vlm import _batches as vlm_batches, _cfg as vlm_cfg, _train as vlm_train, make_parts
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config import SweepConfig
-from training.config_io import ConfigError, load_config
-from training.sweep import check_search_space, concurrency, format_table, num_trials, resolve_base_config, search_space
+from training.config.schema import SweepConfig
+from training.config.io import ConfigError, load_config
+from training.ray_train.sweep import check_search_space, concurrency, format_table, num_trials, resolve_base_config, search_space
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_grid_multiplies_trials_and_table_orders_best_first():
 def test_sweep_without_tracking_is_refused_before_ray_starts(tmp_path):
     import ray
 
-    from training.sweep import run_sweep
+    from training.ray_train.sweep import run_sweep
 
     sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml",
                         ["tracking_uri=none", f"output_dir={tmp_path}"])

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder
-from training.config import ModuleLearningRates
-from training.vlm_task import VlmTask
+from training.config.schema import ModuleLearningRates
+from training.tasks.vlm import VlmTask
 from tests.unit.test_vlm import _cfg, make_parts
 
 ANSWERS = ["red", "blue", "a red circle beside a blue square on a white ground, and a small green triangle",
@@ -59,8 +59,8 @@ def _step(task, model, micro_batches, no_sync=None) -> tuple[float, dict]:
 
 
 def _rank_main(rank: int, cfg, strategy: str, out: str) -> None:
-    from training.distributed import global_mean
-    from training.parallelize import parallelize
+    from training.engine.distributed import global_mean
+    from training.engine.parallelize import parallelize
 
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     try:

@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.checkpoint import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.checkpoint_metadata import ALLOWED, UnsafeCheckpoint, load_metadata
-from training.loop import TrainState
+from training.checkpoint.store import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint.metadata import ALLOWED, UnsafeCheckpoint, load_metadata
+from training.engine.loop import TrainState
 
 
 def _stack_global_payload(module: str, name: str, argument: str) -> bytes:

@@ -68,10 +68,10 @@ def test_a_feature_layer_outside_the_tower_is_refused(tmp_path):
 
 
 def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_path):
-    from training.config import VlmRunConfig
-    from training.config_io import from_dict
+    from training.config.schema import VlmRunConfig
+    from training.config.io import from_dict
     from training.models.language_model import make_tiny_lm
-    from training.run import resolve_vlm
+    from training.ray_train.driver import resolve_vlm
 
     tower = save_hf_tower(tmp_path / "tower", "siglip")
     lm = make_tiny_lm(tmp_path / "lm", ["a red square"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)

@@ -6,17 +6,17 @@ import torch
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder
-from training.checkpoint import save_checkpoint
-from training.config import (ClipModelConfig, ClipRunConfig, ModuleLearningRates, OptimConfig,
+from training.checkpoint.store import save_checkpoint
+from training.config.schema import (ClipModelConfig, ClipRunConfig, ModuleLearningRates, OptimConfig,
                              TextConfig, VisionConfig, VlmModelConfig, VlmRunConfig, VisionEncoderConfig,
                              LanguageModelConfig)
-from training.config_io import to_dict
-from training.loop import TrainState, train
+from training.config.io import to_dict
+from training.engine.loop import TrainState, train
 from training.models.clip import ClipModel
 from training.models.language_model import make_tiny_lm
 from training.models.vlm import build_projector
-from training.optim import build_optimizer, warmup_cosine
-from training.vlm_task import VlmTask
+from training.engine.optim import build_optimizer, warmup_cosine
+from training.tasks.vlm import VlmTask
 from pipelines.config import AugmentConfig, DataConfig
 
 TEXTS = ["what colour are the shapes?", "red", "blue", "a photo of a red circle."] * 20

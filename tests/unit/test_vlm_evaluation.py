@@ -10,8 +10,8 @@ import torch
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder, first_exchange
-from training.config import ModuleLearningRates
-from training.vlm_task import VlmTask
+from training.config.schema import ModuleLearningRates
+from training.tasks.vlm import VlmTask
 from tests.unit.test_vlm import _cfg, make_parts
 
 STYLES = {

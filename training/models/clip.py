@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import ClipModelConfig, LossConfig, TextConfig, VisionConfig
+from training.config.schema import ClipModelConfig, LossConfig, TextConfig, VisionConfig
 from training.models.transformer import Transformer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
 _BLOCK = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out", "self_attn.out_proj"),
@@ -208,8 +208,8 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     from training.models.image_processors import eval_image_processor
 
     from pipelines.tokenizer import load_tokenizer, pad_token_id
-    from training.checkpoint import load_config_dict, read_model_state
-    from training.config_io import from_dict
+    from training.checkpoint.store import load_config_dict, read_model_state
+    from training.config.io import from_dict
 
     cfg = from_dict(ClipRunConfig, load_config_dict(checkpoint))
     tokenizer = load_tokenizer(cfg.data.tokenizer)

@@ -22,10 +22,10 @@ from training.models.image_processors import eval_image_processor
 def export_llava(checkpoint: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from training.checkpoint import load_checkpoint, load_config_dict
-    from training.config import VlmRunConfig
-    from training.config_io import from_dict
-    from training.vlm_task import VlmTask
+    from training.checkpoint.store import load_checkpoint, load_config_dict
+    from training.config.schema import VlmRunConfig
+    from training.config.io import from_dict
+    from training.tasks.vlm import VlmTask
 
     cfg = from_dict(VlmRunConfig, load_config_dict(checkpoint))
     if cfg.model.projector.type != "mlp2x_gelu":
@@ -77,9 +77,9 @@ def _processor(task, cfg):
 
 
 def _own_vision_config(checkpoint: str):
-    from training.checkpoint import load_config_dict
-    from training.config import ClipRunConfig
-    from training.config_io import from_dict
+    from training.checkpoint.store import load_config_dict
+    from training.config.schema import ClipRunConfig
+    from training.config.io import from_dict
     from training.models.hf_clip import hf_config_from_model
 
     clip = from_dict(ClipRunConfig, load_config_dict(Path(checkpoint)))

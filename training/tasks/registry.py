@@ -8,11 +8,11 @@ KINDS = ("clip", "vlm")
 
 def task_class(kind: str) -> type:
     if kind == "clip":
-        from training.clip_task import ClipTask
+        from training.tasks.clip import ClipTask
 
         return ClipTask
     if kind == "vlm":
-        from training.vlm_task import VlmTask
+        from training.tasks.vlm import VlmTask
 
         return VlmTask
     raise ValueError(f"unknown model kind {kind!r}: one of {', '.join(KINDS)}")

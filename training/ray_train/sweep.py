@@ -26,14 +26,14 @@ from typing import Any
 
 import yaml
 
-from training.checkpoint import latest_checkpoint
-from training.config import SweepConfig
-from training.config_io import ConfigError, flatten, load_config, to_dict
-from training.run import CONFIGS, RUNNERS, ensure_ray
-from training.tracking import (PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_experiment,
+from training.checkpoint.store import latest_checkpoint
+from training.config.schema import SweepConfig
+from training.config.io import ConfigError, flatten, load_config, to_dict
+from training.ray_train.driver import CONFIGS, RUNNERS, ensure_ray
+from training.tracking.tracker import (PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_experiment,
                                default_tracking_uri)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 

@@ -1,8 +1,8 @@
-"""The Ray Train side: one worker function shared by every trainer, and the driver that runs it.
+"""The Ray Train worker: one function shared by every trainer, run in each worker process.
 
-This is the only module that imports ray.train. The task (CLIP or VLM) supplies the model and
-the loss; this module supplies datasets, the strategy (training/parallelize.py: DDP or FSDP2),
-checkpoints, evaluation cadence and tracking.
+The task (CLIP or VLM) supplies the model and the loss; this module supplies the dataset shards,
+the strategy (training/engine/parallelize.py: DDP or FSDP2), checkpoints, evaluation cadence and
+tracking. The driver that starts it is training/ray_train/driver.py.
 """
 
 from __future__ import annotations
@@ -22,27 +22,26 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from training.config_io import flatten, to_dict
+from training.config.io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.collate import VlmCollate
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
+from training.checkpoint.store import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
                                  load_tracking_run_id, save_checkpoint)
-from training.config import ClipRunConfig, VlmRunConfig
-from training.dataset_split import TrainEqualEvalWhole
-from training.consumption import Consumption
-from training.distributed import full_tensor, global_mean
-from training.fetch_ahead import first_item_fetched_ahead
-from training.loop import StepResult, TrainState, every, train
-from training.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
-from training.optim import build_optimizer, warmup_cosine
-from training.parallelize import full_parameters, parallelize
-from training.progress import Progress
-from training.payload import EvalAssets, WorkerPayload
-from training.resume import config_changes, plan_schedule, seed_for
-from training.tracking import TRACKING_OFF, Tracker, log_artifacts_to_run
-from training.tasks import task_class
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.engine.consumption import Consumption
+from training.engine.distributed import full_tensor, global_mean
+from training.engine.fetch_ahead import first_item_fetched_ahead
+from training.engine.loop import StepResult, TrainState, every, train
+from training.tracking.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
+from training.engine.optim import build_optimizer, warmup_cosine
+from training.engine.parallelize import full_parameters, parallelize
+from training.tracking.progress import Progress
+from training.ray_train.payload import EvalAssets, WorkerPayload
+from training.engine.resume import config_changes, plan_schedule, seed_for
+from training.tracking.tracker import TRACKING_OFF, Tracker, log_artifacts_to_run
+from training.tasks.registry import task_class
 
 # How Ray turns each trainer's numpy batches into tensors (None: Ray's default, every column a tensor).
 # The VLM's adds contract.PREDICTING, found on the host (pipelines/collate.py).
@@ -217,22 +216,6 @@ def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) 
     return tracker
 
 
-def _stream_epochs(cfg: RunConfig, shards) -> int:
-    """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
-    shards' sample count comes from their tar headers)."""
-    from pipelines.dataset import count_dataset_samples, epochs_for
-
-    if cfg.loop.epochs:
-        return cfg.loop.epochs
-    start = time.perf_counter()
-    samples = count_dataset_samples(shards)
-    global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
-    epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
-    print(f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
-          f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps", flush=True)
-    return epochs
-
-
 def _count_nodes() -> int:
     """How many distinct Ray nodes the training workers run on (a collective: every rank calls it)."""
     node = ray.get_runtime_context().get_node_id()
@@ -268,7 +251,7 @@ class _Hooks:
 
     def show_first_batch(self, batches):
         """Pass batches through; the first one is also logged as a picture of augmented samples."""
-        from training.figures import sample_grid
+        from training.tracking.figures import sample_grid
 
         for index, batch in enumerate(batches):
             if index == 0:
@@ -347,7 +330,7 @@ class _Hooks:
     def _register(self, checkpoint_dir: Path) -> None:
         """The final checkpoint in its standard format, as a new version of the registered model
         (read back from the run's artifacts when other ranks wrote shards of it)."""
-        from training.export import export_checkpoint
+        from training.tasks.export import export_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as scratch:
             if dist.is_initialized() and dist.get_world_size() > 1:
@@ -404,7 +387,7 @@ class _Hooks:
         return as_val(metrics)
 
     def _log_eval_artifacts(self, step: int) -> None:
-        from training.figures import heatmap
+        from training.tracking.figures import heatmap
 
         if self.task.eval_table:  # appended at each evaluation; the step column tells them apart
             self.tracker.log_table([{"step": step, **row} for row in self.task.eval_table], "eval_generations.json")
@@ -465,55 +448,3 @@ class _Hooks:
             before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return directory
-
-
-def fit(cfg: RunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri: str, callbacks: list = ()) -> dict:
-    """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
-    the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
-    callbacks (a sweep passes one that reports to Tune)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipelines.dataset import build_dataset, limit_data_resources
-    from pipelines.ledger import SampleLedger
-    from pipelines.sources import resolve_shards
-    from training.run import verbose
-
-    scaling = cfg.scaling
-    limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
-    shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
-    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
-    task_type = task_class(task)
-    datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
-                                       columns=task_type.train_columns + (contract.POSITION,),
-                                       text_stage=task_type.text_stage(cfg, ledger),
-                                       epochs=_stream_epochs(cfg, shards))}
-    if eval_assets is not None:
-        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
-                                         columns=task_type.eval_columns, text_stage=task_type.text_stage(cfg))
-    output_dir = cfg.run.output_dir
-    storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"payload": WorkerPayload(cfg, task, tracking_uri, eval_assets, ledger)},
-        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker={"CPU": scaling.cpus_per_worker},
-                                     placement_strategy=scaling.placement_strategy),
-        run_config=RunConfig(
-            name=cfg.run.name, storage_path=storage, callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
-            logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
-        ),
-        datasets=datasets,
-        dataset_config=TrainEqualEvalWhole(),
-    )
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    if metrics.get("data_error"):
-        raise TooManyBadSamples(metrics["data_error"])
-    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
-    return metrics
-
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from training.config_io import flatten
-from training.loop import TrainState
+from training.config.io import flatten
+from training.engine.loop import TrainState
 
 # Keys whose change mid-run would load weights into a different model or feed it different inputs.
 FROZEN_PREFIXES = ("model.", "data.context_length", "data.tokenizer", "data.augment.image_size", "max_length",

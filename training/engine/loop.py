@@ -14,7 +14,7 @@ from typing import Callable, ContextManager, Iterable, Protocol
 import torch
 from torch import nn
 
-from training.distributed import all_reduce_sum, world
+from training.engine.distributed import all_reduce_sum, world
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from training.config import OptimConfig
+from training.config.schema import OptimConfig
 
 def exempt_from_weight_decay(model: nn.Module) -> set[int]:
     """The parameters (by id) that modules declare exempt in a `no_weight_decay()` method returning

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import latest_checkpoint, load_checkpoint, load_config_dict
-from training.config_io import apply_override, from_dict
-from training.run_kinds import RUN_CONFIGS, check_kind
-from training.payload import EvalAssets
+from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
+from training.config.io import apply_override, from_dict
+from training.config.kinds import RUN_CONFIGS, check_kind
+from training.ray_train.payload import EvalAssets
 
 
 
 def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> tuple[dict, list]:
     """(metrics, sample table) for a CLIP or VLM checkpoint (or a run directory's latest one)."""
     from pipelines.dataset import build_dataset
-    from training.run import classes_and_templates, ensure_ray
-    from training.tasks import task_class
+    from training.ray_train.driver import classes_and_templates, ensure_ray
+    from training.tasks.registry import task_class
 
     checkpoint = latest_checkpoint(checkpoint)
     data = load_config_dict(checkpoint)

@@ -14,15 +14,15 @@ from pipelines import contract
 from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, FirstExchange, first_exchange,
                                      parse_conversation, supervised_positions, supervised_token_count)
 from pipelines.stages import TokenizeConversations
-from training.checkpoint import latest_checkpoint, read_model_state
-from training.config import VlmRunConfig
-from training.distributed import all_reduce_sum, world
+from training.checkpoint.store import latest_checkpoint, read_model_state
+from training.config.schema import VlmRunConfig
+from training.engine.distributed import all_reduce_sum, world
 from training.models.language_model import add_lora, load_lm
-from training.loop import Autocast, NoSync, accumulate_token_weighted
-from training.model_inputs import ImageNormalizer, to_tensor, unwrap
+from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
+from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.vision_encoder import load_vision_encoder, tower_info
 from training.models.vlm import VisionLanguageModel, build_projector
-from training.optim import exempt_from_weight_decay, param_groups
+from training.engine.optim import exempt_from_weight_decay, param_groups
 
 
 class VlmTask:

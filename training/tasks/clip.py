@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from pipelines import contract
-from training.config import ClipRunConfig
-from training.distributed import full_tensor
-from training.figures import HeatmapSpec
-from training.loop import Autocast, NoSync, accumulate_independently
-from training.losses import infonce_loss, siglip_loss
-from training.model_inputs import ImageNormalizer, to_tensor, unwrap
+from training.config.schema import ClipRunConfig
+from training.engine.distributed import full_tensor
+from training.tracking.figures import HeatmapSpec
+from training.engine.loop import Autocast, NoSync, accumulate_independently
+from training.engine.losses import infonce_loss, siglip_loss
+from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.clip import ClipModel
-from training.optim import exempt_from_weight_decay, param_groups
+from training.engine.optim import exempt_from_weight_decay, param_groups
 
 
 class ClipTask:
@@ -123,7 +123,7 @@ class ClipTask:
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part).
         `batches` are this rank's eval batches; `assets` an EvalAssets (classes, templates, tokenizer)."""
-        from training.evaluate import (embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier,
+        from training.tasks.clip_eval import (embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier,
                                        zero_shot_confusion)
 
         model = unwrap(model)

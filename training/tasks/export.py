@@ -10,7 +10,7 @@ LOADERS = {"hf": "CLIPModel", "llava": "LlavaForConditionalGeneration"}
 
 
 def trainer_of(checkpoint: Path) -> str:
-    from training.checkpoint import load_config_dict
+    from training.checkpoint.store import load_config_dict
 
     return "vlm" if "stage" in load_config_dict(checkpoint) else "clip"
 

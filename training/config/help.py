@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from training.config_io import ConfigError
+from training.config.io import ConfigError
 
-PROJECT = Path(__file__).resolve().parents[1]  # the clone, for an editable install
+PROJECT = Path(__file__).resolve().parents[2]  # the clone, for an editable install
 FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
 
 

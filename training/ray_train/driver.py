@@ -1,4 +1,5 @@
-"""Resolve a run config (tokenizer, vocabulary, classes, tracking URI), start Ray if needed, fit."""
+"""The driver: resolve a run config (tokenizer, vocabulary, classes, tracking URI), start Ray if
+needed, build the datasets and the TorchTrainer that runs training/ray_train/worker.py, fit."""
 
 from __future__ import annotations
 
@@ -6,18 +7,22 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
+from pipelines import contract
+from pipelines.bad_samples import TooManyBadSamples
 from pipelines.config import AugmentConfig
 from pipelines.dataset import resolve_tokenizer
 from pipelines.sources import resolve_shards
 from pipelines.tokenizer import load_tokenizer
-from training.checkpoint import latest_checkpoint, load_config_dict
-from training.config_io import to_dict
-from training.config import ClipRunConfig, VlmRunConfig
-from training.payload import EvalAssets
-from training.resume import check_resume_config, format_changes
-from training.tracking import default_experiment, default_tracking_uri
+from training.checkpoint.store import latest_checkpoint, load_config_dict
+from training.config.io import to_dict
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.ray_train.payload import EvalAssets, WorkerPayload
+from training.tasks.registry import task_class
+from training.engine.resume import check_resume_config, format_changes
+from training.tracking.tracker import default_experiment, default_tracking_uri
 
 
 def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
@@ -85,7 +90,7 @@ def manifest_near(spec: str) -> dict:
 
 
 VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
-RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parent.parent / "pipelines" / "ray_data_logging.yaml"
+RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parents[2] / "pipelines" / "ray_data_logging.yaml"
 
 
 def verbose() -> bool:
@@ -158,8 +163,6 @@ def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
 
 
 def run_clip(cfg: ClipRunConfig, callbacks: list = ()) -> dict:
-    from training.worker import fit
-
     cfg, eval_assets, tracking_uri = resolve(cfg)
     check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
@@ -207,8 +210,6 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str
 
 
 def run_vlm(cfg: VlmRunConfig, callbacks: list = ()) -> dict:
-    from training.worker import fit
-
     cfg, eval_assets, tracking_uri = resolve_vlm(cfg)
     check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
@@ -223,3 +224,72 @@ def make_output_dir(output_dir: str) -> None:
 
 RUNNERS = {"clip": run_clip, "vlm": run_vlm}
 CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
+
+
+def fit(cfg: ClipRunConfig | VlmRunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri: str,
+        callbacks: list = ()) -> dict:
+    """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
+    the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
+    callbacks (a sweep passes one that reports to Tune)."""
+    # ray.train and the worker's imports load in seconds: paid for only by commands that train
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.dataset import build_dataset, limit_data_resources
+    from pipelines.ledger import SampleLedger
+    from training.ray_train.dataset_split import TrainEqualEvalWhole
+    from training.ray_train.worker import train_worker
+
+    scaling = cfg.scaling
+    limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
+    shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
+    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
+    task_type = task_class(task)
+    datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
+                                       columns=task_type.train_columns + (contract.POSITION,),
+                                       text_stage=task_type.text_stage(cfg, ledger),
+                                       epochs=_stream_epochs(cfg, shards))}
+    if eval_assets is not None:
+        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
+                                         columns=task_type.eval_columns, text_stage=task_type.text_stage(cfg))
+    output_dir = cfg.run.output_dir
+    storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"payload": WorkerPayload(cfg, task, tracking_uri, eval_assets, ledger)},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker},
+                                     placement_strategy=scaling.placement_strategy),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=storage, callbacks=list(callbacks),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
+            logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+        dataset_config=TrainEqualEvalWhole(),
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if metrics.get("data_error"):
+        raise TooManyBadSamples(metrics["data_error"])
+    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    return metrics
+
+
+def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
+    """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
+    shards' sample count comes from their tar headers)."""
+    from pipelines.dataset import count_dataset_samples, epochs_for
+
+    if cfg.loop.epochs:
+        return cfg.loop.epochs
+    start = time.perf_counter()
+    samples = count_dataset_samples(shards)
+    global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
+    epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
+    print(f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
+          f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps", flush=True)
+    return epochs

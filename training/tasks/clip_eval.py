@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from pipelines import contract
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from training.distributed import all_gather_uneven
-from training.model_inputs import ImageNormalizer, to_tensor
+from training.engine.distributed import all_gather_uneven
+from training.engine.inputs import ImageNormalizer, to_tensor
 
 
 @torch.no_grad()

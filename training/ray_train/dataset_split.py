@@ -11,7 +11,7 @@ class TrainEqualEvalWhole(DataConfig):
     """The training stream in equal shares (ranks step in lockstep, so none may run out first);
     evaluation in unequal ones, every held-out sample exactly once (Ray's equal split drops up to
     one sample per worker, so metrics would move with the worker count). Evaluation code gathers
-    uneven shares (training/evaluate.py) and sums counts over ranks."""
+    uneven shares (training/tasks/clip_eval.py) and sums counts over ranks."""
 
     def __init__(self):
         super().__init__(datasets_to_split="all")

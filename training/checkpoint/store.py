@@ -20,7 +20,7 @@ it is read with an unpickler that admits DCP's own metadata classes only, Checkp
 
 Checkpoints written before this layout (model.pt / optimizer.pt state dicts) still load.
 
-No RNG state is saved: a run draws its randomness from (seed, step, rank) (training.resume.seed_for),
+No RNG state is saved: a run draws its randomness from (seed, step, rank) (training.engine.resume.seed_for),
 so every rank of a resumed run gets reproducible randomness of its own. The learning-rate schedule
 is a function of the step and the schedule in state.json, so no scheduler state is saved either.
 """
@@ -41,9 +41,9 @@ import yaml
 from torch.distributed.checkpoint import FileSystemReader
 
 from pipelines.position import DataPosition
-from training.checkpoint_metadata import load_metadata
-from training.distributed import world
-from training.loop import TrainState
+from training.checkpoint.metadata import load_metadata
+from training.engine.distributed import world
+from training.engine.loop import TrainState
 
 WEIGHTS = "weights"
 LEGACY_MODEL = "model.pt"
@@ -365,7 +365,7 @@ def weights_fingerprint(directory: Path) -> str:
 
 class CheckpointReader(FileSystemReader):
     """DCP's file reader, but its .metadata pickle goes through mmtrain's allow-list
-    (training/checkpoint_metadata.py): a checkpoint from elsewhere cannot run code when it is opened."""
+    (training/checkpoint/metadata.py): a checkpoint from elsewhere cannot run code when it is opened."""
 
     def read_metadata(self, *args, **kwargs):
         from torch.distributed.checkpoint.metadata import StorageMeta

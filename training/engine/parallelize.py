@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.distributed import world
-from training.loop import NoSync
+from training.engine.distributed import world
+from training.engine.loop import NoSync
 from training.models.transformer import Block
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from training.config import ClipRunConfig, VlmRunConfig
-from training.config_io import ConfigError, load_config
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.config.io import ConfigError, load_config
 
 RUN_CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
 COMMANDS_FOR = {"clip": "mmtrain train clip, eval clip, embed, search, classify or data filter",
@@ -61,7 +61,7 @@ def check_kind(config: dict, kind: str, what: str, command: str, instead: str = 
 def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):
     """A preset for `mmtrain train KIND` (a path, or a preset under the project's conf/), refused with
     the right command when it is the other trainer's."""
-    from training.config_help import resolve_preset
+    from training.config.help import resolve_preset
 
     path = resolve_preset(path)
     if path.is_file():

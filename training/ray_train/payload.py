@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.config import ClipRunConfig, VlmRunConfig
+from training.config.schema import ClipRunConfig, VlmRunConfig
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,6 @@ class EvalAssets:
 class WorkerPayload:
     config: ClipRunConfig | VlmRunConfig
     task: str  # "clip" or "vlm"
-    tracking_uri: str  # training.tracking.TRACKING_OFF for none
+    tracking_uri: str  # training.tracking.tracker.TRACKING_OFF for none
     eval: EvalAssets | None = None  # None: no eval data, no evaluation
     ledger: Any = None  # the SampleLedger actor that counts bad samples

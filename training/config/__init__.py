@@ -1,0 +1,1 @@
+"""Run configs: the typed schema, loading from YAML and --set, which trainer a config is for, help."""

@@ -1,0 +1,1 @@
+"""What differs per trainer: the Task protocol, one module per trainer, the registry of trainer specs."""

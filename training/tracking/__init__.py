@@ -1,0 +1,1 @@
+"""What a run reports: metric names, the console progress line, MLflow, figures."""
