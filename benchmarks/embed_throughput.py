@@ -34,11 +34,11 @@ def make_checkpoint(shards: Path, preset: str, out: Path) -> Path:
     from training.config.schema import ClipRunConfig
     from training.config.io import load_config, to_dict
     from training.engine.loop import TrainState
-    from training.ray_train.driver import resolve
+    from training.tasks.resolve import resolve_clip
 
     cfg = load_config(ClipRunConfig, Path(f"conf/clip/{preset}.yaml"),
                       [f"data.train_shards=[{shards}]", "data.eval_shards=[]", "tracking.tracking_uri=none"])
-    cfg, _, _ = resolve(cfg)
+    cfg, _ = resolve_clip(cfg)
     torch.manual_seed(0)
     return save_checkpoint(out / "checkpoint_000000", ClipTask(cfg).build_model(), None, TrainState(), to_dict(cfg))
 

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     use_gpu = torch.cuda.is_available()
     out_dir = tempfile.mkdtemp(prefix="mmtrain-e2e-")
@@ -62,11 +62,11 @@ def main() -> None:
     elif args.baseline:
         print(f"{args.baseline} does not exist (did trainer_throughput fail?): measuring the synthetic "
               "figure here", flush=True)
-    metrics = run_clip(cfg)
+    metrics = run_training(cfg)
     if synthetic is None:  # the same model and batch on synthetic in-memory data, for the ratio
-        from training.ray_train.driver import resolve
+        from training.tasks.resolve import resolve_clip
 
-        resolved, _, _ = resolve(cfg)
+        resolved, _ = resolve_clip(cfg)
         synthetic = measure(resolved, args.batch_size, steps=max(args.steps // 4, 5), warmup=3,
                             compile_model=resolved.loop.compile, device=device)
     report = {

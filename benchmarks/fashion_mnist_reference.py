@@ -73,11 +73,11 @@ def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     from training.config.io import load_config
     from training.engine.loop import TrainState, train
     from training.engine.optim import build_optimizer, warmup_cosine
-    from training.ray_train.driver import resolve
+    from training.tasks.resolve import resolve_clip
 
     start = time.perf_counter()
     cfg = load_config(ClipRunConfig, PRESET, ["tracking.tracking_uri=none", *overrides])
-    cfg, assets, _ = resolve(cfg)
+    cfg, assets = resolve_clip(cfg)
     global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers
     task = ClipTask(cfg)
     torch.manual_seed(cfg.loop.seed)

@@ -72,6 +72,6 @@ def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray, num_classes:
 
 def data_templates(specs: list[str]) -> list[str]:
     """The caption templates `data synth`/`data convert` recorded beside the shards, if any."""
-    from training.ray_train.driver import manifest_near
+    from training.tasks.resolve import manifest_near
 
     return list(manifest_near(specs[0]).get("templates") or [])

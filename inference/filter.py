@@ -121,7 +121,7 @@ def output_name(source: str) -> str:
 def carry_over_data_files(specs: list[str], out_dir: Path) -> dict:
     """The source's class names and caption templates (for zero-shot eval) and its tokenizer.json
     (so the filtered shards train as they are)."""
-    from training.ray_train.driver import manifest_near
+    from training.tasks.resolve import manifest_near
 
     source = manifest_near(specs[0])
     first = Path(specs[0])

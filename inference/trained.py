@@ -16,12 +16,13 @@ import torch
 from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.config.io import from_dict
-from training.config.kinds import RUN_CONFIGS, check_kind
+from training.tasks.kinds import check_kind
+from training.tasks.registry import trainer
 
 
 @dataclass(frozen=True)
 class TrainedRun:
-    kind: str                # "clip" or "vlm"
+    kind: str                # its trainer (training/tasks/registry.py)
     checkpoint: Path         # the checkpoint directory (a run directory's newest intact one)
     cfg: ClipRunConfig | VlmRunConfig
     fingerprint: str         # which weights made an output (training.checkpoint.store.weights_fingerprint)
@@ -36,7 +37,7 @@ def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
     checkpoint = latest_checkpoint(path).resolve()
     config = load_config_dict(checkpoint)
     check_kind(config, kind, f"checkpoint {checkpoint}", f"mmtrain {command}")
-    cfg = from_dict(RUN_CONFIGS[kind], config)
+    cfg = from_dict(trainer(kind).config_class, config)
     # The weights come from the checkpoint: do not load what the run started from.
     cfg = dataclasses.replace(cfg, init_from="")
     return TrainedRun(kind, checkpoint, cfg, model_fingerprint(checkpoint))
@@ -49,9 +50,7 @@ def model_fingerprint(checkpoint: Path) -> str:
 
 def load_trained_model(run: TrainedRun, device: torch.device):
     """(task, model) with the checkpoint's weights, in eval mode on `device`."""
-    from training.tasks.registry import task_class
-
-    task = task_class(run.kind)(run.cfg)
+    task = trainer(run.kind).task(run.cfg)
     model = task.build_model()
     load_checkpoint(run.checkpoint, model)
     model.eval().requires_grad_(False)

@@ -18,7 +18,7 @@ def run_show(args) -> int:
     import yaml
 
     from training.config.help import describe, resolve_preset
-    from training.config.kinds import load_run_config, run_kind
+    from training.tasks.kinds import load_run_config, run_kind
 
     path = resolve_preset(args.preset)
     kind = args.trainer or run_kind(yaml.safe_load(path.read_text()) or {})

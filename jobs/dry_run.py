@@ -42,7 +42,7 @@ def run_dry_run(args) -> int:
     from pipelines.synth import write_synth
     from training.config.schema import ClipRunConfig, VlmRunConfig
     from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_clip, run_vlm
+    from training.ray_train.driver import run_training
     from training.ray_train.sweep import format_table
 
     out = args.out.resolve()
@@ -63,7 +63,7 @@ def run_dry_run(args) -> int:
 
     _step(2, steps, "training CLIP (tiny) with 2 Ray Train workers, then zero-shot + retrieval evaluation")
     # 8 logical CPUs: the sweep's trials and the VLM stages share the local instance below.
-    clip = run_clip(load_config(ClipRunConfig, CONF / "clip/tiny.yaml",
+    clip = run_training(load_config(ClipRunConfig, CONF / "clip/tiny.yaml",
                                 shards + [f"run.name={CLIP_RUN}", "loop.max_steps=24", "run.local_num_cpus=8"]))
 
     # The summary's MLflow links need the MLflow client (about 2 s to import here): it loads while the
@@ -82,11 +82,11 @@ def run_dry_run(args) -> int:
                     "eval.max_generate_samples=8", "max_length=48"]
     # Stage 1 skips the held-out evaluation (an eval pipeline and greedy answers cost ~10 s here);
     # stage 2 evaluates and logs its table of generations.
-    stage1 = run_vlm(load_config(VlmRunConfig, CONF / "vlm/stage1.yaml",
+    stage1 = run_training(load_config(VlmRunConfig, CONF / "vlm/stage1.yaml",
                                  vlm + [f"run.name={STAGE1_RUN}", "data.eval_shards=[]"]))
 
     _step(steps, steps, "VLM stage 2: projector + LM on conversations, from the stage-1 projector")
-    stage2 = run_vlm(load_config(VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [
+    stage2 = run_training(load_config(VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [
         f"run.name={STAGE2_RUN}", f"init_from={runs / STAGE1_RUN}"]))
 
     summary = None

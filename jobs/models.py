@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from training.tasks.registry import TRAINERS
+
 
 def add_parsers(subparsers) -> None:
     models = subparsers.add_parser("models", help="prepare language models for the VLM")
@@ -23,9 +25,9 @@ def add_parsers(subparsers) -> None:
     export = commands.add_parser("export", help="a trained run or checkpoint -> a standard format (safetensors)")
     export.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint) or a checkpoint")
     export.add_argument("out_dir", type=Path)
-    export.add_argument("--format", choices=["hf", "llava"], required=True,
-                        help="hf: a CLIP run as a transformers CLIPModel directory (config, weights, tokenizer, "
-                             "preprocessor); llava: a VLM run as a LlavaForConditionalGeneration directory")
+    export.add_argument("--format", choices=[spec.export_format for spec in TRAINERS.values()], required=True,
+                        help="; ".join(f"{spec.export_format}: a {spec.name.upper()} run as a transformers "
+                                       f"{spec.export_loader} directory" for spec in TRAINERS.values()))
     export.set_defaults(handler=run_export)
 
 

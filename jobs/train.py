@@ -1,61 +1,49 @@
-"""`mmtrain train clip` and `mmtrain eval clip`."""
+"""`mmtrain train NAME` and `mmtrain eval NAME`, one subcommand per trainer in the registry."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from training.config.kinds import load_run_config
+from training.tasks.kinds import load_run_config
+from training.tasks.registry import TRAINERS
 
 
 def add_parsers(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a model on Ray Train")
     trainers = train.add_subparsers(dest="trainer", required=True)
-    clip = trainers.add_parser("clip", help="CLIP-style contrastive dual encoder")
-    clip.add_argument("--config", type=Path, required=True, help="a YAML file, or a preset: clip/tiny, clip/synth, ... "
-                      "(`mmtrain config show clip/tiny` lists every key)")
-    clip.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
-    clip.set_defaults(handler=run_train_clip)
-    vlm = trainers.add_parser("vlm", help="LLaVA-style VLM: frozen CLIP tower -> projector -> causal LM")
-    vlm.add_argument("--config", type=Path, required=True, help="conf/vlm/stage1.yaml or stage2.yaml")
-    vlm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    vlm.set_defaults(handler=run_train_vlm)
+    for spec in TRAINERS.values():
+        parser = trainers.add_parser(spec.name, help=spec.summary)
+        parser.add_argument("--config", type=Path, required=True,
+                            help=f"a YAML file, or a preset under conf/{spec.name}/ (`mmtrain config show "
+                                 f"{spec.name}/NAME` lists every key)")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
+        parser.set_defaults(handler=run_train, kind=spec.name)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint on eval shards")
     evaluators = evaluate.add_subparsers(dest="trainer", required=True)
-    for kind, summary in (("clip", "zero-shot accuracy and retrieval recall"),
-                          ("vlm", "held-out loss, perplexity and exact match of greedy answers")):
-        parser = evaluators.add_parser(kind, help=summary)
+    for spec in TRAINERS.values():
+        parser = evaluators.add_parser(spec.name, help=spec.eval_summary)
         parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint or run directory")
         parser.add_argument("--data", nargs="+", required=True, help="eval shards")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         parser.add_argument("--json", action="store_true")
-        parser.set_defaults(handler=run_eval, kind=kind)
+        parser.set_defaults(handler=run_eval, kind=spec.name)
 
 
-def run_train_clip(args) -> int:
-    from training.ray_train.driver import run_clip
+def run_train(args) -> int:
+    from training.ray_train.driver import run_training
 
-    cfg = load_run_config("clip", args.config, args.set)
-    metrics = run_clip(cfg)
+    cfg = load_run_config(args.kind, args.config, args.set)
+    metrics = run_training(cfg)
     print_summary(metrics)
-    print_mlflow_link(cfg, "clip")
-    return 0
-
-
-def run_train_vlm(args) -> int:
-    from training.ray_train.driver import run_vlm
-
-    cfg = load_run_config("vlm", args.config, args.set)
-    metrics = run_vlm(cfg)
-    print_summary(metrics)
-    print_mlflow_link(cfg, "vlm")
+    print_mlflow_link(cfg, args.kind)
     return 0
 
 
 def run_eval(args) -> int:
-    from training.tasks.checkpoint_eval import evaluate_checkpoint
+    from training.ray_train.evaluate_checkpoint import evaluate_checkpoint
 
     metrics, table = evaluate_checkpoint(args.kind, args.checkpoint, args.data, args.set)
     if args.json:

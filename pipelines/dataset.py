@@ -93,7 +93,12 @@ def pool_size(cfg: DataConfig, num_shards: int) -> int:
 
 
 def count_dataset_samples(shards: ShardList) -> int:
-    """Samples in the shards (good or bad), from their tar headers; the shards are scanned in
+    """Samples in the shards (good or bad), from their tar headers."""
+    return sum(count_shard_samples(shards))
+
+
+def count_shard_samples(shards: ShardList) -> list[int]:
+    """Samples in each shard (good or bad), from their tar headers; the shards are scanned in
     parallel threads (reading is I/O, and a seekable file is read only at its headers)."""
     def count(path: str) -> int:
         try:
@@ -103,7 +108,7 @@ def count_dataset_samples(shards: ShardList) -> int:
             return 0
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return sum(pool.map(count, shards.paths))
+        return list(pool.map(count, shards.paths))
 
 
 def epochs_for(samples: int, global_batch: int, max_steps: int, max_bad_fraction: float) -> int:

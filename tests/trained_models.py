@@ -79,14 +79,14 @@ def save_tiny_vlm(tower_checkpoint: Path, shards: Path, run_dir: Path) -> Path:
     from pipelines.inspection import iter_captions
     from training.config.schema import LanguageModelConfig, VisionEncoderConfig, VlmModelConfig, VlmRunConfig
     from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import resolve_vlm
+    from training.tasks.resolve import resolve_vlm
     from training.tasks.vlm import VlmTask
 
     lm = make_tiny_lm(Path(run_dir) / "lm", iter_captions([str(shards)]), vocab_size=400, hidden_size=64)
     cfg = VlmRunConfig(model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower_checkpoint)),
                                             lm=LanguageModelConfig(path=str(lm))),
                        data=DataConfig(train_shards=[str(shards)]), max_length=48)
-    cfg, _, _ = resolve_vlm(cfg)
+    cfg, _ = resolve_vlm(cfg)
     torch.manual_seed(0)
     model = VlmTask(cfg).build_model().eval()
     with torch.no_grad():

@@ -36,11 +36,11 @@ def _mlflow_run(out, name):
 
 
 def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 30))
-    metrics = run_clip(cfg)
+    metrics = run_training(cfg)
     assert metrics["step"] == 30
     assert 0.0 <= metrics["val/zero_shot_top1"] <= 1.0 and "val/image_to_text_R@1" in metrics
     assert Path(metrics["checkpoint"], "weights", ".metadata").is_file()
@@ -69,7 +69,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
 
     # Re-running the same command with the same run name resumes instead of starting over.
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 40))
-    resumed = run_clip(more)
+    resumed = run_training(more)
     assert resumed["step"] == 40
     client, run = _mlflow_run(out, "learn")  # still one MLflow run, continued
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
@@ -88,7 +88,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     shutil.rmtree(out / "learn")
     again = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 5)
                         + ["optim.lr=0.002"])
-    assert run_clip(again)["step"] == 5
+    assert run_training(again)["step"] == 5
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id],
                               filter_string=f"tags.`{RUN_NAME_TAG}` = 'learn'", order_by=["attributes.start_time"])
@@ -97,45 +97,45 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
 
 
 def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
                       _overrides(synth_dir, out, "shape", 2) + ["tracking.tracking_uri=none"])
-    run_clip(cfg)
+    run_training(cfg)
     wider = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "shape", 4)
                         + ["tracking.tracking_uri=none", "model.embed_dim=48"])
     with pytest.raises(ValueError, match=r"model.embed_dim: \d+ -> 48.*another run.name"):
-        run_clip(wider)
+        run_training(wider)
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, synth_dir, tmp_path, capsys):
     """Before: a truncated weights file in the latest checkpoint failed every restart without naming it."""
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     args = _overrides(synth_dir, out, "trunc", 10) + ["tracking.tracking_uri=none", "loop.checkpoint_every=5",
                                                       "scaling.num_workers=1", "data.eval_shards=[]"]
-    run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
+    run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     newest = sorted(p for p in (out / "trunc").glob("checkpoint_*") if p.is_dir())[-1]
     shard = newest / "weights" / "__0_0.distcp"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 3])
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12"])
-    assert run_clip(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
+    assert run_training(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
     assert (f"skipping checkpoint {newest}: weights/__0_0.distcp does not match its checksum"
             in capsys.readouterr().out)
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     from jobs.cli import main
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     # tracking off: the run trains and checkpoints without touching MLflow
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
                       _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"])
-    checkpoint = run_clip(cfg)["checkpoint"]
+    checkpoint = run_training(cfg)["checkpoint"]
     assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
     assert main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
@@ -188,13 +188,13 @@ def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, s
     from transformers import CLIPModel
 
     from tests.unit.test_hf_clip import save_hf_clip
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     pretrained = save_hf_clip(tmp_path / "pretrained")
     args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [f"init_from={pretrained}",
         f"tracking.tracking_uri={mlflow_server}", "tracking.register_model=tiny-clip", "scaling.num_workers=1",
         "data.eval_shards=[]", "tracking.log_figures=false"]
-    run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
+    run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     client = MlflowClient(mlflow_server)
     version = client.search_model_versions("name='tiny-clip'")[0]
     run = client.get_run(version.run_id)

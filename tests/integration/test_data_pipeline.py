@@ -85,7 +85,7 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     from pipelines.inspection import inspect_shards
     from training.config.schema import ClipRunConfig
     from training.config.io import load_config
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     shards = tmp_path / "shards"
     expected = write_malformed_shards(shards)
@@ -105,7 +105,7 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
         f"data.train_shards=[{shards}]", "data.eval_shards=[]", f"run.output_dir={tmp_path / 'runs'}",
         "run.name=malformed", "loop.max_steps=3", "loop.batch_size_per_worker=8",
         "data.max_bad_fraction=0.9", "tracking.tracking_uri=none", "scaling.num_workers=2"])
-    metrics = run_clip(run)
+    metrics = run_training(run)
     assert metrics["step"] == 3
     for reason, count in expected["bad"].items():  # the run's ledger saw at least one epoch's worth
         assert metrics[f"train_data/bad/{reason}"] >= count, reason

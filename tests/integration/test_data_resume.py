@@ -48,11 +48,11 @@ def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
 
 
 def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
                       _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"])
-    metrics = run_clip(cfg)
+    metrics = run_training(cfg)
     assert metrics["train_data/pool_actors_started"] == 2  # one pool for the run, not one per epoch
     assert metrics["epoch"] == EPOCHS and metrics["train_data/good_samples"] == EPOCHS * SHARDS * PER_SHARD
     _assert_each_sample_once_per_epoch(tmp_path / "epochs")

@@ -153,7 +153,7 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
 
 
 def test_classify_agrees_with_eval_clip(ray_local, clip_run, shapes, tmp_path):
-    from training.tasks.checkpoint_eval import evaluate_checkpoint
+    from training.ray_train.evaluate_checkpoint import evaluate_checkpoint
 
     out = tmp_path / "preds.parquet"
     val = str(shapes / "val-00000.tar")

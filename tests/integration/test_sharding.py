@@ -136,18 +136,18 @@ def test_fsdp_trains_vlm_stage2_as_ddp_does(ray_local, tmp_path):
 def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     """Saved by 2 FSDP workers, resumed by 1 (DDP, the global batch kept): the resumed run starts
     from exactly the saved weights and optimizer state, and its checkpoint holds them."""
-    from training.ray_train.driver import run_clip
+    from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     common = [f"run.output_dir={out}", "run.name=reshard", f"data.train_shards=[{synth_dir}/train-*.tar]",
               "tracking.tracking_uri=none", "loop.max_steps=6", "loop.log_every=3"]
     # Evaluated under FSDP too: the whole model is gathered on each rank for the evaluation, and
     # each rank embeds its own share of the eval set with it (training/parallelize.full_parameters).
-    sharded = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
+    sharded = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.strategy=fsdp", "scaling.num_workers=2", "loop.batch_size_per_worker=16",
         "loop.activation_checkpointing=blocks", f"data.eval_shards=[{synth_dir}/val-*.tar]", "eval.batch_size=24"]))
     assert sharded["step"] == 6 and sharded["val/eval_samples"] == 64 and 0 <= sharded["val/zero_shot_top1"] <= 1
-    resumed = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
+    resumed = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"]))
     assert resumed["step"] == 6 and resumed["checkpoint"] != sharded["checkpoint"]
     for part in ("model", "optimizer"):
@@ -167,7 +167,7 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     assert torch.equal(hf.logit_scale.reshape(1), weights["logit_scale"])
     # samples_seen counts every rank's samples, and continues across the change of worker count
     assert sharded["train/samples_seen"] == 6 * 2 * 16
-    further = run_clip(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
+    further = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
         "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"]))
     assert further["step"] == 8 and further["train/samples_seen"] == 6 * 2 * 16 + 2 * 32
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     from pipelines.inspection import iter_captions
     from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_vlm
+    from training.ray_train.driver import run_training
 
     clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
                              model=ClipModelConfig(embed_dim=32, vision=VisionConfig(
@@ -33,10 +33,10 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     common = [f"run.output_dir={out}", f"model.vision.checkpoint={tmp_path / 'clip'}", f"model.lm.path={lm}",
               f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]",
               "loop.log_every=4", "loop.batch_size_per_worker=16", "eval.max_generate_samples=8", "max_length=64"]
-    stage1 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", common + ["loop.max_steps=8"]))
+    stage1 = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", common + ["loop.max_steps=8"]))
     assert stage1["step"] == 8 and "val/exact_match" in stage1
 
-    stage2 = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage2.yaml", common + [
+    stage2 = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage2.yaml", common + [
         "loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"]))
     assert stage2["step"] == 24
 
@@ -57,12 +57,12 @@ def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, k
     from pipelines.inspection import iter_captions
     from tests.unit.test_vision_encoders import save_hf_tower
     from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_vlm
+    from training.ray_train.driver import run_training
 
     tower = save_hf_tower(tmp_path / "tower", kind, image_size=32, full=kind == "clip")
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
     out = tmp_path / "runs"
-    metrics = run_vlm(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", [
+    metrics = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", [
         f"run.output_dir={out}", f"model.vision.checkpoint={tower}", f"model.lm.path={lm}",
         f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "loop.max_steps=4",
         "loop.batch_size_per_worker=8", "scaling.num_workers=1", "max_length=48", "tracking.tracking_uri=none"]))

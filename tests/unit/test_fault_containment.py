@@ -148,4 +148,4 @@ def test_an_unreachable_shard_source_fails_before_ray_starts(monkeypatch):
     monkeypatch.setattr(run, "ensure_ray", no_ray)
     cfg = from_dict(ClipRunConfig, {"data": {"train_shards": ["s3://bucket/train/"], "s3_endpoint": "http://127.0.0.1:1"}})
     with pytest.raises(ValueError, match="cannot list shards.*data.s3_endpoint"):
-        run.run_clip(cfg)
+        run.run_training(cfg)

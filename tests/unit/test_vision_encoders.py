@@ -71,7 +71,7 @@ def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_pa
     from training.config.schema import VlmRunConfig
     from training.config.io import from_dict
     from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import resolve_vlm
+    from training.tasks.resolve import resolve_vlm
 
     tower = save_hf_tower(tmp_path / "tower", "siglip")
     lm = make_tiny_lm(tmp_path / "lm", ["a red square"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)
@@ -83,5 +83,5 @@ def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_pa
     with pytest.raises(ValueError, match="data.augment.image_size=224, but the vision tower .* takes 16x16"):
         resolve_vlm(from_dict(VlmRunConfig, config))
     del config["data"]["augment"]  # the tower decides: its size, and SigLIP's whole-image resize
-    cfg, _, _ = resolve_vlm(from_dict(VlmRunConfig, config))
+    cfg, _ = resolve_vlm(from_dict(VlmRunConfig, config))
     assert cfg.data.augment.image_size == 16 and not cfg.data.augment.eval_center_crop

@@ -71,3 +71,21 @@ def test_every_conversation_style_is_asked_its_first_question(task_and_model):
     assert abs(mean_of_means - sum(sums) / sum(tokens)) > 1e-3  # the batches' lengths differ enough to tell
     assert metrics["loss"] == pytest.approx(sum(sums) / sum(tokens), rel=1e-5)
     assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-5)
+
+
+def test_the_questions_asked_are_the_first_of_each_shard_on_any_split(task_and_model):
+    """EvalAssets.questions_per_shard fixes which samples are asked (the first N in shard order),
+    however the eval rows fall to ranks: two ranks' shares ask exactly what one process asks."""
+    from pipelines.position import pack
+    from training.tasks.protocol import EvalAssets
+
+    task, model = task_and_model
+    conversations = [STYLES["llava"]] * 5
+    batch = _numpy_batch(task, conversations)
+    batch[contract.POSITION] = pack(np.zeros(5, np.int64), np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]))
+    assets = EvalAssets(questions_per_shard=(2, 1))  # shard 0's first 2, shard 1's first 1
+    whole = task.evaluate(model, [batch], torch.device("cpu"), assets)
+    assert whole["questions"] == 3
+    halves = [{name: values[rows] for name, values in batch.items()} for rows in (slice(0, 2), slice(2, 5))]
+    asked = [task.evaluate(model, [half], torch.device("cpu"), assets)["questions"] for half in halves]
+    assert asked == [2, 1]

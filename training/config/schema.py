@@ -235,7 +235,7 @@ class VlmEvalConfig(Checked):
     RANGES = {"max_generate_samples": at_least(0), "max_new_tokens": at_least(1), "batch_size": at_least(1),
               "table_rows": at_least(0)}
 
-    max_generate_samples: int = 200  # held-out questions answered by greedy generation
+    max_generate_samples: int = 200  # held-out questions answered by greedy generation, over all ranks
     max_new_tokens: int = 8
     batch_size: int = 32
     table_rows: int = 20  # sample generations saved as an MLflow artifact
@@ -280,7 +280,7 @@ class SweepConfig(Checked):
 
 
     name: str = "sweep"  # trials are runs named <name>-<trial id>; --resume finds the sweep by name
-    trainer: Literal["clip", "vlm"] = "clip"
+    trainer: str = "clip"  # a trainer of training/tasks/registry.py: clip or vlm
     base_config: str = ""  # a conf/clip or conf/vlm preset (relative to the working dir or the repo)
     overrides: list[str] = field(default_factory=list)  # key=value applied to every trial
     # key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}

@@ -36,8 +36,9 @@ Autocast = Callable[[], ContextManager]
 NoSync = Callable[[], ContextManager] | None  # DDP's no_sync, or None without DDP
 
 
-class Task(Protocol):
-    """What differs between trainers (CLIP, VLM): the model and the loss on one batch."""
+class StepTask(Protocol):
+    """What the loop needs of a trainer's task (training/tasks/protocol.py: the whole Task): the
+    model's inputs and the loss on one step's batches."""
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict: ...
     def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
@@ -59,7 +60,7 @@ def every(interval: int, step: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def train(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+def train(task: StepTask, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
           state: TrainState, batches: Iterable[dict], max_steps: int,
           device: torch.device, on_step: Callable[[TrainState, StepResult], bool],
           grad_accum_steps: int = 1, grad_clip_norm: float = 0.0,

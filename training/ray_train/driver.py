@@ -4,7 +4,6 @@ needed, build the datasets and the TorchTrainer that runs training/ray_train/wor
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -12,81 +11,15 @@ from pathlib import Path
 
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
-from pipelines.config import AugmentConfig
-from pipelines.dataset import resolve_tokenizer
 from pipelines.sources import resolve_shards
-from pipelines.tokenizer import load_tokenizer
 from training.checkpoint.store import latest_checkpoint, load_config_dict
 from training.config.io import to_dict
 from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.ray_train.payload import EvalAssets, WorkerPayload
-from training.tasks.registry import task_class
+from training.ray_train.payload import WorkerPayload
+from training.tasks.protocol import EvalAssets
+from training.tasks.registry import TrainerSpec, trainer_of
 from training.engine.resume import check_resume_config, format_changes
 from training.tracking.tracker import default_experiment, default_tracking_uri
-
-
-def resolve(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None, str]:
-    """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
-    if cfg.init_from:
-        from training.models.hf_clip import pretrained_run_config
-
-        cfg = pretrained_run_config(cfg)
-    data = cfg.data
-    if not data.train_shards:
-        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
-    check_shards(data)
-    tokenizer = resolve_tokenizer(data, data.train_shards)
-    data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
-    vocab = load_tokenizer(tokenizer).get_vocab_size()
-    text = cfg.model.text
-    if text.vocab_size == 0:
-        text = dataclasses.replace(text, vocab_size=vocab)
-    elif text.vocab_size < vocab:
-        raise ValueError(f"model.text.vocab_size={text.vocab_size} is smaller than the tokenizer's {vocab}")
-    model = dataclasses.replace(cfg.model, text=text)
-    if model.vision.image_size != data.augment.image_size:
-        raise ValueError(f"model.vision.image_size={model.vision.image_size} but data.augment.image_size="
-                         f"{data.augment.image_size}; set them equal")
-    cfg = dataclasses.replace(cfg, data=data, model=model)
-
-    eval_assets = None
-    if data.eval_shards:
-        classes, templates = classes_and_templates(cfg)
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
-        eval_assets = EvalAssets(data.tokenizer, classes, templates)
-    tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
-        cfg.tracking, tracking_uri=tracking_uri, experiment=default_experiment(cfg.tracking.experiment, "clip")))
-    return cfg, eval_assets, tracking_uri
-
-
-def check_shards(data) -> None:
-    """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
-    nothing listens fails in a second with the setting to fix, not minutes into a run."""
-    for specs in (data.train_shards, data.eval_shards):
-        if specs:
-            resolve_shards(specs, data.s3_endpoint)
-
-
-def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
-    ev = cfg.eval
-    manifest = manifest_near(cfg.data.eval_shards[0])
-    classes = list(ev.classes)
-    if not classes and ev.classes_file:
-        classes = [l.strip() for l in Path(ev.classes_file).read_text().splitlines() if l.strip()]
-    if not classes:
-        classes = manifest.get("classes", [])
-    templates = list(ev.templates) or manifest.get("templates") or ["a photo of a {}."]
-    return classes, templates
-
-
-def manifest_near(spec: str) -> dict:
-    if "://" in spec:
-        return {}
-    path = Path(spec)
-    directory = path if path.is_dir() else path.parent
-    manifest = directory / "manifest.json"
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
 
 
 VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
@@ -162,59 +95,18 @@ def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
               flush=True)
 
 
-def run_clip(cfg: ClipRunConfig, callbacks: list = ()) -> dict:
-    cfg, eval_assets, tracking_uri = resolve(cfg)
-    check_resume(cfg)
-    ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    make_output_dir(cfg.run.output_dir)
-    return fit(cfg, "clip", eval_assets, tracking_uri, callbacks)
-
-
-def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None, str]:
-    """Check the prerequisites (vision tower, LM directory) and match the data to the vision tower:
-    its image size, its eval resize policy (centre crop or not) and, on the device, its normalisation."""
-    from training.models.vision_encoder import tower_info
-
-    model = cfg.model
-    if not model.vision.checkpoint:
-        raise ValueError("model.vision.checkpoint is empty: train a CLIP first (`mmtrain train clip --config "
-                         "conf/clip/synth.yaml`) and point at its run directory, or give a Hugging Face CLIP or "
-                         "SigLIP directory")
-    tower = tower_info(model.vision.checkpoint)
-    if not (Path(model.lm.path) / "config.json").is_file():
-        raise ValueError(f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
-                         "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`")
-    if cfg.stage == "conversations" and not cfg.init_from:
-        raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")
-    if cfg.init_from:
-        latest_checkpoint(cfg.init_from)  # fail now, not inside a worker
-    if not cfg.data.train_shards:
-        raise ValueError("data.train_shards is empty")
-    check_shards(cfg.data)
-    asked = cfg.data.augment.image_size
-    if asked not in (AugmentConfig().image_size, tower.image_size):  # set on purpose, and not what the tower takes
-        raise ValueError(f"data.augment.image_size={asked}, but the vision tower at {tower.path} takes "
-                         f"{tower.image_size}x{tower.image_size} images: remove the key (the tower decides) "
-                         f"or set it to {tower.image_size}")
-    augment = dataclasses.replace(cfg.data.augment, image_size=tower.image_size, eval_center_crop=tower.center_crop)
-    data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
-    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=tower.path),
-                                lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
-    init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
+def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dict:
+    """Train a run config of any trainer: resolve what its data decides, check a resume, start Ray
+    if needed, fit. Returns the final metrics (and "checkpoint")."""
+    spec = trainer_of(cfg)
+    cfg, eval_assets = spec.resolve(cfg)
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
-    tracking = dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri,
-                                   experiment=default_experiment(cfg.tracking.experiment, "vlm"))
-    cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from, tracking=tracking)
-    eval_assets = EvalAssets() if data.eval_shards else None
-    return cfg, eval_assets, tracking_uri
-
-
-def run_vlm(cfg: VlmRunConfig, callbacks: list = ()) -> dict:
-    cfg, eval_assets, tracking_uri = resolve_vlm(cfg)
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
+        cfg.tracking, tracking_uri=tracking_uri, experiment=default_experiment(cfg.tracking.experiment, spec.name)))
     check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     make_output_dir(cfg.run.output_dir)
-    return fit(cfg, "vlm", eval_assets, tracking_uri, callbacks)
+    return fit(cfg, spec, eval_assets, tracking_uri, callbacks)
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -222,11 +114,9 @@ def make_output_dir(output_dir: str) -> None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
 
 
-RUNNERS = {"clip": run_clip, "vlm": run_vlm}
-CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
 
 
-def fit(cfg: ClipRunConfig | VlmRunConfig, task: str, eval_assets: EvalAssets | None, tracking_uri: str,
+def fit(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, eval_assets: EvalAssets | None, tracking_uri: str,
         callbacks: list = ()) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
     the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
@@ -245,7 +135,7 @@ def fit(cfg: ClipRunConfig | VlmRunConfig, task: str, eval_assets: EvalAssets | 
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
     shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
-    task_type = task_class(task)
+    task_type = spec.task
     datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
                                        columns=task_type.train_columns + (contract.POSITION,),
                                        text_stage=task_type.text_stage(cfg, ledger),
@@ -257,7 +147,7 @@ def fit(cfg: ClipRunConfig | VlmRunConfig, task: str, eval_assets: EvalAssets | 
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"payload": WorkerPayload(cfg, task, tracking_uri, eval_assets, ledger)},
+        train_loop_config={"payload": WorkerPayload(cfg, spec.name, tracking_uri, eval_assets, ledger)},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker},
                                      placement_strategy=scaling.placement_strategy),

@@ -29,7 +29,9 @@ import yaml
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import SweepConfig
 from training.config.io import ConfigError, flatten, load_config, to_dict
-from training.ray_train.driver import CONFIGS, RUNNERS, ensure_ray
+from training.ray_train import driver
+from training.ray_train.driver import ensure_ray
+from training.tasks.registry import trainer
 from training.tracking.tracker import (PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_experiment,
                                default_tracking_uri)
 
@@ -129,7 +131,7 @@ def check_search_space(sweep: SweepConfig, base_config: Path) -> None:
             values = [int(args[0]) if kind == "randint" else args[0]]
         for value in values:
             try:
-                load_config(CONFIGS[sweep.trainer], base_config, sweep.overrides, {key: value})
+                load_config(trainer(sweep.trainer).config_class, base_config, sweep.overrides, {key: value})
             except ConfigError as err:
                 raise ConfigError(f"search_space.{key} = {value!r} does not fit {base_config.name}: {err}") from None
 
@@ -167,7 +169,7 @@ def trial_config(context: TrialContext, params: dict, trial_id: str):
         "tracking.experiment": default_experiment(sweep.experiment, sweep.trainer, sweep=True),
         "data.data_cpu_limit": context.data_cpu_limit,
     }
-    return load_config(CONFIGS[sweep.trainer], context.base_config, sweep.overrides, {**params, **fixed})
+    return load_config(trainer(sweep.trainer).config_class, context.base_config, sweep.overrides, {**params, **fixed})
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -184,7 +186,7 @@ def run_trial(params: dict, context: TrialContext) -> None:
     if Path(context.working_dir).is_dir():  # relative data paths in presets mean the sweep's working dir
         os.chdir(context.working_dir)
     cfg = trial_config(context, params, tune.get_context().get_trial_id())
-    RUNNERS[context.sweep.trainer](cfg, callbacks=[_metric_reporter(context.sweep.metric)])
+    driver.run_training(cfg, callbacks=[_metric_reporter(context.sweep.metric)])
 
 
 def _metric_reporter(metric: str):
@@ -209,7 +211,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
 
     base_config = resolve_base_config(sweep.base_config)
     check_search_space(sweep, base_config)
-    base = load_config(CONFIGS[sweep.trainer], base_config, sweep.overrides)
+    base = load_config(trainer(sweep.trainer).config_class, base_config, sweep.overrides)
     if sweep.scheduler.type == "asha" and base.loop.eval_every <= 0:
         raise ConfigError(f"ASHA needs a metric during training: set loop.eval_every in {base_config.name} "
                           "or in overrides (e.g. overrides: [loop.eval_every=10])")

@@ -25,7 +25,6 @@ import torch.distributed as dist
 from training.config.io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
-from pipelines.collate import VlmCollate
 from pipelines.ledger import check_bad_fraction
 from training.checkpoint.store import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
                                  load_tracking_run_id, save_checkpoint)
@@ -38,14 +37,12 @@ from training.tracking.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_trai
 from training.engine.optim import build_optimizer, warmup_cosine
 from training.engine.parallelize import full_parameters, parallelize
 from training.tracking.progress import Progress
-from training.ray_train.payload import EvalAssets, WorkerPayload
+from training.ray_train.payload import WorkerPayload
+from training.tasks.protocol import EvalAssets
 from training.engine.resume import config_changes, plan_schedule, seed_for
 from training.tracking.tracker import TRACKING_OFF, Tracker, log_artifacts_to_run
-from training.tasks.registry import task_class
+from training.tasks.registry import trainer
 
-# How Ray turns each trainer's numpy batches into tensors (None: Ray's default, every column a tensor).
-# The VLM's adds contract.PREDICTING, found on the host (pipelines/collate.py).
-TRAIN_COLLATE = {"clip": None, "vlm": VlmCollate}
 RunConfig = ClipRunConfig | VlmRunConfig
 
 
@@ -69,7 +66,7 @@ def train_worker(loop_config: dict) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow tables"
     payload: WorkerPayload = loop_config["payload"]
     cfg: RunConfig = payload.config
-    task = task_class(payload.task)(cfg)
+    task = trainer(payload.task).task(cfg)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
 
@@ -141,10 +138,10 @@ def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.d
     the shard is asked for at the first batch, so for a fresh run the thread that fetches that batch
     ahead also waits for Ray Train's dataset manager, not the thread that builds the model."""
     cfg = payload.config
-    collate = TRAIN_COLLATE[payload.task]
+    collate = trainer(payload.task).collate()  # numpy batches -> tensors (None: Ray's default)
     yield from ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
-        collate_fn=collate() if collate else None,
+        collate_fn=collate,
         # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
         pin_memory=device.type == "cuda",
         local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,

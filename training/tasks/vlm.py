@@ -7,16 +7,17 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
-from pipelines import contract
+from pipelines import contract, position
 from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, FirstExchange, first_exchange,
                                      parse_conversation, supervised_positions, supervised_token_count)
 from pipelines.stages import TokenizeConversations
 from training.checkpoint.store import latest_checkpoint, read_model_state
 from training.config.schema import VlmRunConfig
-from training.engine.distributed import all_reduce_sum, world
+from training.engine.distributed import all_reduce_sum
 from training.models.language_model import add_lora, load_lm
 from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
 from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
@@ -173,12 +174,12 @@ class VlmTask:
         encoder = ConversationEncoder(self._tokenizer, self.tower.num_patches, self.cfg.max_length)
         loss_sum, tokens = torch.zeros((), device=device), torch.zeros((), device=device)  # on the device
         matches, asked, table = 0, 0, []
-        budget = _share(self.cfg.eval.max_generate_samples)
+        limits = assets.questions_per_shard if assets is not None else ()
         for batch in batches:
             prepared = self.prepare_batch(batch, device)
             loss_sum += self.loss_sum(model, prepared)[0].detach()
             tokens += prepared[contract.SUPERVISED_TOKENS]
-            rows = self._first_questions(batch, budget - asked)
+            rows = self._first_questions(batch, limits, self.cfg.eval.max_generate_samples - asked)
             if not rows:
                 continue
             prompts = [encoder.encode_prompt(exchange.prompt) for _, exchange in rows]
@@ -201,22 +202,23 @@ class VlmTask:
                 "exact_match": float(totals[2] / max(totals[3], 1)), "questions": int(totals[3])}
 
     @staticmethod
-    def _first_questions(batch: dict, budget: int) -> list[tuple[int, FirstExchange]]:
-        """(row, first exchange) of up to `budget` rows that have a question and an answer."""
+    def _first_questions(batch: dict, limits: tuple[int, ...], budget: int) -> list[tuple[int, FirstExchange]]:
+        """(row, first exchange) of the rows to ask: with `limits`, those among the first
+        limits[shard] samples of their shard; without, the first `budget` rows."""
+        if limits:
+            _, shards, indices = position.unpack(batch[contract.POSITION])
+            per_shard = np.append(np.asarray(limits), 0)  # a shard past the list asks nothing
+            candidates = np.flatnonzero(indices < per_shard[np.minimum(shards, len(limits))])
+        else:
+            candidates = range(len(batch[contract.CONVERSATION]))
         rows = []
-        for row, text in enumerate(batch[contract.CONVERSATION]):
-            if len(rows) >= budget:
+        for row in candidates:
+            if not limits and len(rows) >= budget:
                 break
-            exchange = first_exchange(parse_conversation(str(text)))
+            exchange = first_exchange(parse_conversation(str(batch[contract.CONVERSATION][row])))
             if exchange is not None:
-                rows.append((row, exchange))
+                rows.append((int(row), exchange))
         return rows
-
-
-def _share(total: int) -> int:
-    """This rank's part of `total` (the ranks' parts sum to it)."""
-    rank, ranks = world()
-    return total // ranks + (rank < total % ranks)
 
 
 def normalise(text: str) -> str:

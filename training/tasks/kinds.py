@@ -1,6 +1,6 @@
-"""The two trainers' run configs, and which trainer a config or checkpoint belongs to, so that a VLM
-preset given to `train clip` (or a CLIP run to `eval vlm`) says which command takes it instead of
-failing on the first key the other trainer lacks."""
+"""Which trainer a config or checkpoint belongs to, told by the keys only its config has, so that a
+VLM preset given to `train clip` (or a CLIP run to `eval vlm`) says which command takes it instead
+of failing on the first key the other trainer lacks."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.config.io import ConfigError, load_config
-
-RUN_CONFIGS = {"clip": ClipRunConfig, "vlm": VlmRunConfig}
-COMMANDS_FOR = {"clip": "mmtrain train clip, eval clip, embed, search, classify or data filter",
-                "vlm": "mmtrain train vlm, eval vlm, ask or caption"}
+from training.tasks.registry import TRAINERS
 
 
 def _fields(cls) -> set[str]:
@@ -29,8 +25,8 @@ def _own_keys(kind: str) -> set[str]:
         model = typing.get_type_hints(cls)["model"]
         return _fields(cls) | {f"model.{name}" for name in _fields(model)}
 
-    others = set().union(*(keys(cls) for other, cls in RUN_CONFIGS.items() if other != kind))
-    return keys(RUN_CONFIGS[kind]) - others
+    others = set().union(*(keys(spec.config_class) for other, spec in TRAINERS.items() if other != kind))
+    return keys(TRAINERS[kind].config_class) - others
 
 
 def _keys_of(config: dict) -> list[str]:
@@ -39,8 +35,8 @@ def _keys_of(config: dict) -> list[str]:
 
 
 def run_kind(config: dict) -> str | None:
-    """"clip", "vlm", or None when no key tells."""
-    for kind in RUN_CONFIGS:
+    """The trainer's name, or None when no key tells."""
+    for kind in TRAINERS:
         if set(_keys_of(config)) & _own_keys(kind):
             return kind
     return None
@@ -53,7 +49,7 @@ def check_kind(config: dict, kind: str, what: str, command: str, instead: str = 
     if found is None or found == kind:
         return
     key = next(key for key in _keys_of(config) if key in _own_keys(found))
-    use = f"`{instead.format(kind=found)}`" if instead else COMMANDS_FOR[found]
+    use = f"`{instead.format(kind=found)}`" if instead else TRAINERS[found].commands
     raise ConfigError(f"{what} belongs to the {found.upper()} trainer (it has `{key}`), and `{command}` takes "
                       f"a {kind.upper()} one: use {use}")
 
@@ -68,4 +64,4 @@ def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):
         data = yaml.safe_load(path.read_text())
         if isinstance(data, dict):
             check_kind(data, kind, str(path), f"mmtrain train {kind}", f"mmtrain train {{kind}} --config {path}")
-    return load_config(RUN_CONFIGS[kind], path, overrides)
+    return load_config(TRAINERS[kind].config_class, path, overrides)

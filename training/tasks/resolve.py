@@ -1,0 +1,132 @@
+"""What a run config leaves to its data and prerequisites, filled in before Ray starts: the
+tokenizer and vocabulary, the eval classes and templates, the vision tower's image size and
+preprocessing. A wrong path fails here in a second, with the key to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from pipelines.config import AugmentConfig
+from pipelines.dataset import count_shard_samples, resolve_tokenizer
+from pipelines.sources import resolve_shards
+from pipelines.tokenizer import load_tokenizer
+from training.checkpoint.store import latest_checkpoint
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.tasks.protocol import EvalAssets
+
+
+def resolve_clip(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None]:
+    """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
+    if cfg.init_from:
+        from training.models.hf_clip import pretrained_run_config
+
+        cfg = pretrained_run_config(cfg)
+    data = cfg.data
+    if not data.train_shards:
+        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
+    check_shards(data)
+    tokenizer = resolve_tokenizer(data, data.train_shards)
+    data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
+    vocab = load_tokenizer(tokenizer).get_vocab_size()
+    text = cfg.model.text
+    if text.vocab_size == 0:
+        text = dataclasses.replace(text, vocab_size=vocab)
+    elif text.vocab_size < vocab:
+        raise ValueError(f"model.text.vocab_size={text.vocab_size} is smaller than the tokenizer's {vocab}")
+    model = dataclasses.replace(cfg.model, text=text)
+    if model.vision.image_size != data.augment.image_size:
+        raise ValueError(f"model.vision.image_size={model.vision.image_size} but data.augment.image_size="
+                         f"{data.augment.image_size}; set them equal")
+    cfg = dataclasses.replace(cfg, data=data, model=model)
+
+    eval_assets = None
+    if data.eval_shards:
+        classes, templates = classes_and_templates(cfg)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
+        eval_assets = EvalAssets(data.tokenizer, classes, templates)
+    return cfg, eval_assets
+
+
+def clip_eval_assets(cfg: ClipRunConfig) -> EvalAssets:
+    """For a saved checkpoint: the zero-shot classes and templates of cfg.data.eval_shards (their
+    manifest or the config's classes file, not the classes the run saved) and the tokenizer."""
+    unset = dataclasses.replace(cfg.eval, classes=[], templates=[])
+    classes, templates = classes_and_templates(dataclasses.replace(cfg, eval=unset))
+    return EvalAssets(cfg.data.tokenizer, classes, templates)
+
+
+def vlm_eval_assets(cfg: VlmRunConfig) -> EvalAssets:
+    """Which eval samples are asked their first question: the first eval.max_generate_samples in
+    shard order (counted from the tar headers)."""
+    counts = count_shard_samples(resolve_shards(cfg.data.eval_shards, cfg.data.s3_endpoint))
+    left, asked = cfg.eval.max_generate_samples, []
+    for count in counts:
+        asked.append(min(count, left))
+        left -= asked[-1]
+    return EvalAssets(questions_per_shard=tuple(asked))
+
+
+def check_shards(data) -> None:
+    """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
+    nothing listens fails in a second with the setting to fix, not minutes into a run."""
+    for specs in (data.train_shards, data.eval_shards):
+        if specs:
+            resolve_shards(specs, data.s3_endpoint)
+
+
+def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
+    ev = cfg.eval
+    manifest = manifest_near(cfg.data.eval_shards[0])
+    classes = list(ev.classes)
+    if not classes and ev.classes_file:
+        classes = [line.strip() for line in Path(ev.classes_file).read_text().splitlines() if line.strip()]
+    if not classes:
+        classes = manifest.get("classes", [])
+    templates = list(ev.templates) or manifest.get("templates") or ["a photo of a {}."]
+    return classes, templates
+
+
+def manifest_near(spec: str) -> dict:
+    if "://" in spec:
+        return {}
+    path = Path(spec)
+    directory = path if path.is_dir() else path.parent
+    manifest = directory / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
+    """Check the prerequisites (vision tower, LM directory) and match the data to the vision tower:
+    its image size, its eval resize policy (centre crop or not) and, on the device, its normalisation."""
+    from training.models.vision_encoder import tower_info
+
+    model = cfg.model
+    if not model.vision.checkpoint:
+        raise ValueError("model.vision.checkpoint is empty: train a CLIP first (`mmtrain train clip --config "
+                         "conf/clip/synth.yaml`) and point at its run directory, or give a Hugging Face CLIP or "
+                         "SigLIP directory")
+    tower = tower_info(model.vision.checkpoint)
+    if not (Path(model.lm.path) / "config.json").is_file():
+        raise ValueError(f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
+                         "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`")
+    if cfg.stage == "conversations" and not cfg.init_from:
+        raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")
+    if cfg.init_from:
+        latest_checkpoint(cfg.init_from)  # fail now, not inside a worker
+    if not cfg.data.train_shards:
+        raise ValueError("data.train_shards is empty")
+    check_shards(cfg.data)
+    asked = cfg.data.augment.image_size
+    if asked not in (AugmentConfig().image_size, tower.image_size):  # set on purpose, and not what the tower takes
+        raise ValueError(f"data.augment.image_size={asked}, but the vision tower at {tower.path} takes "
+                         f"{tower.image_size}x{tower.image_size} images: remove the key (the tower decides) "
+                         f"or set it to {tower.image_size}")
+    augment = dataclasses.replace(cfg.data.augment, image_size=tower.image_size, eval_center_crop=tower.center_crop)
+    data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
+    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=tower.path),
+                                lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
+    init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
+    cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from)
+    return cfg, (vlm_eval_assets(cfg) if data.eval_shards else None)
