@@ -23,7 +23,8 @@ from ray.data import ActorPoolStrategy
 from inference.progress import ProgressCounter, ProgressPrinter
 from inference.trained import TrainedRun
 from pipelines import contract, position
-from pipelines.dataset import build_dataset, count_dataset_samples, map_stages
+from pipelines.dataset import build_dataset, map_stages
+from pipelines.sources import count_dataset_samples
 from pipelines.image_folder import ImageFolderDatasource, folder_labels, image_files
 from pipelines.ledger import SampleLedger
 from pipelines.sources import ShardList, resolve_shards

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import random
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Optional
 
 import ray
@@ -28,9 +26,9 @@ from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 from pipelines.config import DataConfig
 from pipelines.ledger import check_bad_fraction
 from pipelines.datasource import EpochShardDatasource
-from pipelines.sources import ShardList, resolve_shards
+from pipelines.sources import resolve_shards
 from pipelines.stages import Tokenize, decode_and_augment
-from pipelines.tar_samples import count_samples
+from pipelines.tokenizer import resolve_tokenizer
 
 
 def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledger=None,
@@ -92,46 +90,12 @@ def pool_size(cfg: DataConfig, num_shards: int) -> int:
     return max(1, min(workers, num_shards))
 
 
-def count_dataset_samples(shards: ShardList) -> int:
-    """Samples in the shards (good or bad), from their tar headers."""
-    return sum(count_shard_samples(shards))
-
-
-def count_shard_samples(shards: ShardList) -> list[int]:
-    """Samples in each shard (good or bad), from their tar headers; the shards are scanned in
-    parallel threads (reading is I/O, and a seekable file is read only at its headers)."""
-    def count(path: str) -> int:
-        try:
-            with shards.filesystem.open_input_file(path) as stream:
-                return count_samples(stream)
-        except OSError:  # unreadable: the read tasks count it as bad
-            return 0
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(count, shards.paths))
-
-
 def epochs_for(samples: int, global_batch: int, max_steps: int, max_bad_fraction: float) -> int:
     """Epochs the training stream needs for `max_steps` optimizer steps, when at most
     `max_bad_fraction` of `samples` are bad (more fails the run anyway), plus one for batches that
     straddle epoch boundaries."""
     usable = max(1, int(samples * (1 - max_bad_fraction)))
     return min(math.ceil(max_steps * global_batch / usable) + 1, 1 << 16)
-
-
-def resolve_tokenizer(cfg: DataConfig, shard_specs: list[str]) -> str:
-    """data.tokenizer, else the tokenizer.json that `data synth`/`data convert` wrote beside the shards."""
-    if cfg.tokenizer:
-        return cfg.tokenizer
-    first = shard_specs[0]
-    if "://" not in first:
-        candidate = (Path(first) if Path(first).is_dir() else Path(first).parent) / "tokenizer.json"
-        if candidate.is_file():
-            return str(candidate)
-    raise ValueError(
-        f"no tokenizer for {first}: set data.tokenizer to a tokenizer.json or HF model directory "
-        "(make one with `mmtrain data tokenizer SHARDS --out tokenizer.json`)"
-    )
 
 
 def limit_data_resources(cfg: DataConfig, train_worker_cpus: float) -> Optional[float]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import braceexpand
 import pyarrow.fs as pafs
+
+from pipelines.tar_samples import count_samples
 
 GLOB_CHARS = set("*?[")
 # What a directory's shards are named; pyarrow decompresses .gz, .bz2 and .zst as it reads.
@@ -86,3 +89,22 @@ def _expand_one(fs: pafs.FileSystem, path: str) -> list[str]:
     if info.type == pafs.FileType.File:
         return [path]
     return []
+
+
+def count_dataset_samples(shards: ShardList) -> int:
+    """Samples in the shards (good or bad), from their tar headers."""
+    return sum(count_shard_samples(shards))
+
+
+def count_shard_samples(shards: ShardList) -> list[int]:
+    """Samples in each shard (good or bad), from their tar headers; the shards are scanned in
+    parallel threads (reading is I/O, and a seekable file is read only at its headers)."""
+    def count(path: str) -> int:
+        try:
+            with shards.filesystem.open_input_file(path) as stream:
+                return count_samples(stream)
+        except OSError:  # unreadable: the read tasks count it as bad
+            return 0
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(count, shards.paths))

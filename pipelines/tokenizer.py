@@ -63,3 +63,18 @@ def configure_fixed_length(tokenizer: Tokenizer, context_length: int) -> Tokeniz
     tokenizer.enable_truncation(max_length=context_length)
     tokenizer.enable_padding(length=context_length, pad_id=pad_token_id(tokenizer))
     return tokenizer
+
+
+def resolve_tokenizer(cfg, shard_specs: list[str]) -> str:
+    """data.tokenizer, else the tokenizer.json that `data synth`/`data convert` wrote beside the shards."""
+    if cfg.tokenizer:
+        return cfg.tokenizer
+    first = shard_specs[0]
+    if "://" not in first:
+        candidate = (Path(first) if Path(first).is_dir() else Path(first).parent) / "tokenizer.json"
+        if candidate.is_file():
+            return str(candidate)
+    raise ValueError(
+        f"no tokenizer for {first}: set data.tokenizer to a tokenizer.json or HF model directory "
+        "(make one with `mmtrain data tokenizer SHARDS --out tokenizer.json`)"
+    )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pipelines.config import ANY_FINITE, Checked, DataConfig, above, at_least, within
 from pipelines.contract import IMAGE_MEAN, IMAGE_STD
-from training.tracking.metric_names import check_sweep_metric
+from training.config.metric_names import check_sweep_metric
 
 Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), OpenAI CLIP's
 

@@ -19,7 +19,6 @@ from torch import nn
 
 from training.engine.distributed import world
 from training.engine.loop import NoSync
-from training.models.transformer import Block
 
 
 @dataclass
@@ -49,13 +48,14 @@ def parallelize(model: nn.Module, strategy: str, activation_checkpointing: str, 
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks, in order: our towers' `Block`s, and a Hugging Face model's decoder or
-    encoder layers (the classes its `_no_split_modules` names, as accelerate's FSDP wrapping uses)."""
-    hf_block_names = set()
+    """The repeated blocks, in order: the classes a module names in `_no_split_modules` (a Hugging
+    Face model's decoder or encoder layers, as accelerate's FSDP wrapping uses them; our towers
+    declare their `Block` the same way)."""
+    block_names = set()
     for module in model.modules():
-        hf_block_names.update(getattr(module, "_no_split_modules", None) or ())
-    return [module for module in model.modules()
-            if isinstance(module, Block) or type(module).__name__ in hf_block_names]
+        block_names.update(getattr(module, "_no_split_modules", None) or ())
+    # By any class in its hierarchy: FSDP2 turns a sharded Block's class into a subclass, FSDPBlock.
+    return [module for module in model.modules() if any(cls.__name__ in block_names for cls in type(module).__mro__)]
 
 
 def _hf_checkpointing_enable(hf_model: nn.Module) -> None:
@@ -77,16 +77,15 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
     would all be kept. Returns the blocks as now called."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    hf_models = [module for module in model.modules() if getattr(module, "supports_gradient_checkpointing", False)]
-    frozen_blocks = set()
-    for hf_model in hf_models:
-        if any(param.requires_grad for param in hf_model.parameters()):
-            _hf_checkpointing_enable(hf_model)
-        else:
-            frozen_blocks.update(id(block) for block in blocks if _is_inside(block, hf_model))
+    own_checkpointing = [module for module in model.modules()
+                         if getattr(module, "supports_gradient_checkpointing", False)
+                         and any(param.requires_grad for param in module.parameters())]
+    for hf_model in own_checkpointing:
+        _hf_checkpointing_enable(hf_model)
+    handled = {id(module) for hf_model in own_checkpointing for module in hf_model.modules()}
     wrapped = []
     for block in blocks:
-        if not isinstance(block, Block) and id(block) not in frozen_blocks:
+        if id(block) in handled:
             wrapped.append(block)
             continue
         parent, name = _parent_of(model, block)
@@ -94,10 +93,6 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
         parent.register_module(name, replacement)
         wrapped.append(replacement)
     return wrapped
-
-
-def _is_inside(block: nn.Module, container: nn.Module) -> bool:
-    return any(module is block for module in container.modules())
 
 
 def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:

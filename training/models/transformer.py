@@ -52,6 +52,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    # As Hugging Face models name theirs: the repeated unit that sharding and activation
+    # checkpointing treat as one (training/engine/parallelize.py finds blocks by this name).
+    _no_split_modules = ("Block",)
+
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str = "gelu"):
         super().__init__()
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(layers))

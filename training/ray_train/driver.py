@@ -172,7 +172,8 @@ def fit(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, eval_assets: EvalA
 def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
     shards' sample count comes from their tar headers)."""
-    from pipelines.dataset import count_dataset_samples, epochs_for
+    from pipelines.dataset import epochs_for
+    from pipelines.sources import count_dataset_samples
 
     if cfg.loop.epochs:
         return cfg.loop.epochs

@@ -33,7 +33,7 @@ from training.engine.consumption import Consumption
 from training.engine.distributed import full_tensor, global_mean
 from training.engine.fetch_ahead import first_item_fetched_ahead
 from training.engine.loop import StepResult, TrainState, every, train
-from training.tracking.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
+from training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
 from training.engine.optim import build_optimizer, warmup_cosine
 from training.engine.parallelize import full_parameters, parallelize
 from training.tracking.progress import Progress

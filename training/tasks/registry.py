@@ -64,7 +64,7 @@ VLM = TrainerSpec(
     name="vlm", config_class=VlmRunConfig, task_path="training.tasks.vlm:VlmTask",
     resolve_path="training.tasks.resolve:resolve_vlm", eval_assets_path="training.tasks.resolve:vlm_eval_assets",
     collate_path="pipelines.collate:VlmCollate",
-    export_format="llava", export_path="training.models.hf_llava:export_llava",
+    export_format="llava", export_path="training.tasks.llava_export:export_llava",
     export_loader="LlavaForConditionalGeneration",
     summary="LLaVA-style VLM: frozen CLIP tower -> projector -> causal LM",
     eval_summary="held-out loss, perplexity and exact match of greedy answers",

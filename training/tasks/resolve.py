@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 from pipelines.config import AugmentConfig
-from pipelines.dataset import count_shard_samples, resolve_tokenizer
-from pipelines.sources import resolve_shards
-from pipelines.tokenizer import load_tokenizer
+from pipelines.sources import count_shard_samples, resolve_shards
+from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.tasks.protocol import EvalAssets
