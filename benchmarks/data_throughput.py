@@ -38,8 +38,9 @@ def make_shards(out: Path, samples: int, size: int, per_shard: int = 500) -> Pat
         return out
     captions = []
     with ShardWriter(out, "train", max_samples=per_shard) as writer, Pool() as pool:
-        for index, (jpeg, caption) in enumerate(pool.imap(partial(_photo_like_sample, size=size), range(samples),
-                                                          chunksize=64)):
+        for index, (jpeg, caption) in enumerate(
+            pool.imap(partial(_photo_like_sample, size=size), range(samples), chunksize=64)
+        ):
             captions.append(caption)
             writer.write({"__key__": f"{index:08d}", "jpg": jpeg, "txt": caption.encode()})
     write_manifest(out, writer.shards)
@@ -67,27 +68,47 @@ def shard_files(shards: Path, limit: int | None = None) -> list[str]:
     return sorted(str(p) for p in shards.glob("*.tar"))[:limit]
 
 
-def run_mmtrain(shards: Path, batch_size: int, image_size: int, prefetch_batches: int,
-                limit_shards: int | None = None, epochs: int = 1, execution_per_epoch: bool = False) -> dict:
+def run_mmtrain(
+    shards: Path,
+    batch_size: int,
+    image_size: int,
+    prefetch_batches: int,
+    limit_shards: int | None = None,
+    epochs: int = 1,
+    execution_per_epoch: bool = False,
+) -> dict:
     """`execution_per_epoch`: the pipeline as it was before one stream per run, a new Ray Data
     execution (and actor pool) for each epoch."""
     from pipelines.config import AugmentConfig, DataConfig
     from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines import contract
 
-    cfg = DataConfig(augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)), context_length=32,
-                     decode_batch_size=64, shuffle_buffer_size=0)
+    cfg = DataConfig(
+        augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)),
+        context_length=32,
+        decode_batch_size=64,
+        shuffle_buffer_size=0,
+    )
     limit_data_resources(cfg, train_worker_cpus=0)
-    dataset = build_dataset(cfg, shard_files(shards, limit_shards), train=True, columns=contract.TENSOR_COLUMNS,
-                            epochs=1 if execution_per_epoch else epochs)
+    dataset = build_dataset(
+        cfg,
+        shard_files(shards, limit_shards),
+        train=True,
+        columns=contract.TENSOR_COLUMNS,
+        epochs=1 if execution_per_epoch else epochs,
+    )
     if execution_per_epoch:
-        return _time_batches(batch for _ in range(epochs)
-                             for batch in dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches))
+        return _time_batches(
+            batch
+            for _ in range(epochs)
+            for batch in dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches)
+        )
     return _time_batches(dataset.iter_batches(batch_size=batch_size, prefetch_batches=prefetch_batches))
 
 
-def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int,
-                   limit_shards: int | None = None, epochs: int = 1) -> dict:
+def run_dataloader(
+    shards: Path, batch_size: int, image_size: int, workers: int, limit_shards: int | None = None, epochs: int = 1
+) -> dict:
     import torch
     import webdataset as wds
 
@@ -101,13 +122,20 @@ def run_dataloader(shards: Path, batch_size: int, image_size: int, workers: int,
 
     def transform(sample):
         encoding = tokenizer.encode(sample["txt"].decode())
-        return (torch.from_numpy(decode_train(sample["jpg"], cfg, 10**8, rng)),
-                torch.tensor(encoding.ids, dtype=torch.int32), torch.tensor(encoding.attention_mask, dtype=torch.uint8))
+        return (
+            torch.from_numpy(decode_train(sample["jpg"], cfg, 10**8, rng)),
+            torch.tensor(encoding.ids, dtype=torch.int32),
+            torch.tensor(encoding.attention_mask, dtype=torch.uint8),
+        )
 
     dataset = wds.WebDataset(shard_files(shards, limit_shards), shardshuffle=False, empty_check=False).map(transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         persistent_workers=epochs > 1 and workers > 0,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=epochs > 1 and workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
     return _time_batches(batch for _ in range(epochs) for batch in loader)
 
 
@@ -122,8 +150,12 @@ def _time_batches(batches) -> dict:
         if first is None:
             first, first_samples = time.perf_counter(), samples
     end = time.perf_counter()
-    return {"samples_per_s": samples / (end - start), "first_batch_s": first - start,
-            "steady_samples_per_s": (samples - first_samples) / max(end - first, 1e-9), "samples": samples}
+    return {
+        "samples_per_s": samples / (end - start),
+        "first_batch_s": first - start,
+        "steady_samples_per_s": (samples - first_samples) / max(end - first, 1e-9),
+        "samples": samples,
+    }
 
 
 def main() -> None:
@@ -135,9 +167,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per run (mmtrain: one stream)")
-    parser.add_argument("--prefetch-batches", type=int, default=4,
-                        help="mmtrain's iter_batches prefetch (Ray hands over the first batch once this many "
-                             "batches have arrived)")
+    parser.add_argument(
+        "--prefetch-batches",
+        type=int,
+        default=4,
+        help="mmtrain's iter_batches prefetch (Ray hands over the first batch once this many batches have arrived)",
+    )
     parser.add_argument("--shards", type=Path, default=Path("/tmp/mmtrain-bench-shards"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data_throughput.json"))
     args = parser.parse_args()
@@ -159,37 +194,69 @@ def main() -> None:
     if args.epochs > 1:
         results["mmtrain_execution_per_epoch"] = []
     for round_index in range(args.rounds):  # alternate so drift hits both sides alike
-        results["mmtrain"].append(run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches,
-                                              epochs=args.epochs))
-        results["dataloader"].append(run_dataloader(shards, args.batch_size, args.image_size, args.cpus,
-                                                    epochs=args.epochs))
+        results["mmtrain"].append(
+            run_mmtrain(shards, args.batch_size, args.image_size, args.prefetch_batches, epochs=args.epochs)
+        )
+        results["dataloader"].append(
+            run_dataloader(shards, args.batch_size, args.image_size, args.cpus, epochs=args.epochs)
+        )
         if args.epochs > 1:
-            results["mmtrain_execution_per_epoch"].append(run_mmtrain(
-                shards, args.batch_size, args.image_size, args.prefetch_batches, epochs=args.epochs,
-                execution_per_epoch=True))
-        print(f"round {round_index + 1}: " + ", ".join(
-            f"{name} {runs[-1]['samples_per_s']:.0f} samples/s (first batch {runs[-1]['first_batch_s']:.2f} s, "
-            f"then {runs[-1]['steady_samples_per_s']:.0f}/s)" for name, runs in results.items()), flush=True)
+            results["mmtrain_execution_per_epoch"].append(
+                run_mmtrain(
+                    shards,
+                    args.batch_size,
+                    args.image_size,
+                    args.prefetch_batches,
+                    epochs=args.epochs,
+                    execution_per_epoch=True,
+                )
+            )
+        print(
+            f"round {round_index + 1}: "
+            + ", ".join(
+                f"{name} {runs[-1]['samples_per_s']:.0f} samples/s (first batch {runs[-1]['first_batch_s']:.2f} s, "
+                f"then {runs[-1]['steady_samples_per_s']:.0f}/s)"
+                for name, runs in results.items()
+            ),
+            flush=True,
+        )
     ray.shutdown()
     summary = {name: float(np.median([r["samples_per_s"] for r in runs])) for name, runs in results.items()}
     steady = {name: float(np.median([r["steady_samples_per_s"] for r in runs])) for name, runs in results.items()}
     report = {
-        "benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-        "cpus": args.cpus, "decoder": DECODER, "samples": args.samples, "epochs": args.epochs,
+        "benchmark": "data_throughput",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.node(),
+        "cpus": args.cpus,
+        "decoder": DECODER,
+        "samples": args.samples,
+        "epochs": args.epochs,
         "source_size": args.source_size,
-        "image_size": args.image_size, "batch_size": args.batch_size, "prefetch_batches": args.prefetch_batches,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "prefetch_batches": args.prefetch_batches,
         "runs": results,
-        "median_samples_per_s": summary, "ratio_mmtrain_over_dataloader": summary["mmtrain"] / summary["dataloader"],
-        **({"ratio_execution_per_epoch_over_dataloader": summary["mmtrain_execution_per_epoch"] / summary["dataloader"]}
-           if args.epochs > 1 else {}),
+        "median_samples_per_s": summary,
+        "ratio_mmtrain_over_dataloader": summary["mmtrain"] / summary["dataloader"],
+        **(
+            {
+                "ratio_execution_per_epoch_over_dataloader": summary["mmtrain_execution_per_epoch"]
+                / summary["dataloader"]
+            }
+            if args.epochs > 1
+            else {}
+        ),
         "median_steady_samples_per_s": steady,
         "steady_ratio_mmtrain_over_dataloader": steady["mmtrain"] / steady["dataloader"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"decoder {DECODER}; median: mmtrain {summary['mmtrain']:.0f} samples/s, DataLoader {summary['dataloader']:.0f} samples/s, "
-          f"ratio {report['ratio_mmtrain_over_dataloader']:.2f} (after the first batch: "
-          f"{report['steady_ratio_mmtrain_over_dataloader']:.2f}) -> {args.out}")
+    print(
+        f"decoder {DECODER}; median: mmtrain {summary['mmtrain']:.0f} samples/s, "
+        f"DataLoader {summary['dataloader']:.0f} samples/s, "
+        f"ratio {report['ratio_mmtrain_over_dataloader']:.2f} (after the first batch: "
+        f"{report['steady_ratio_mmtrain_over_dataloader']:.2f}) -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--source-size", type=int, default=256, help="image size of shards made here")
-    parser.add_argument("--pre-resize", type=int, default=0,
-                        help="also time the images shrunk to this shorter side (as `data convert --resize`)")
+    parser.add_argument(
+        "--pre-resize",
+        type=int,
+        default=0,
+        help="also time the images shrunk to this shorter side (as `data convert --resize`)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode_throughput.json"))
     args = parser.parse_args()
     if images.DECODER != "opencv":
@@ -54,7 +58,7 @@ def main() -> None:
 
     shards = make_shards(args.shards, max(args.images, 1000), args.source_size)
     with tarfile.open(sorted(shards.glob("*.tar"))[0]) as tar:
-        jpegs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][:args.images]
+        jpegs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][: args.images]
     image_sets = {"": jpegs}
     if args.pre_resize:
         image_sets[f"@{args.pre_resize}"] = [shrink(data, args.pre_resize, 95, 10**8) or data for data in jpegs]
@@ -67,8 +71,9 @@ def main() -> None:
         for decoder, suffix in variants:
             runs[decoder + suffix].append(cpu_us_per_image(image_sets[suffix], cfg, decoder))
     median = {name: float(np.median(values)) for name, values in runs.items()}
-    speedups = {f"opencv{suffix} over pil{suffix}": median[f"pil{suffix}"] / median[f"opencv{suffix}"]
-                for suffix in image_sets}
+    speedups = {
+        f"opencv{suffix} over pil{suffix}": median[f"pil{suffix}"] / median[f"opencv{suffix}"] for suffix in image_sets
+    }
     for decoder in ("opencv", "pil") if args.pre_resize else ():
         resized = f"{decoder}@{args.pre_resize}"
         speedups[f"{resized} over {decoder}"] = median[decoder] / median[resized]
@@ -77,12 +82,23 @@ def main() -> None:
         print(f"  {name:<12} {value:6.0f} us ({1e6 / value:.0f} images/s per core)")
     for name, value in speedups.items():
         print(f"  {name}: {value:.2f}x")
-    write_report(args.out, {"benchmark": "decode_throughput", "images": len(jpegs), "image_size": args.image_size,
-                            "source_size": args.source_size, "pre_resize": args.pre_resize,
-                            "mean_jpeg_bytes": {name or "original": float(np.mean([len(d) for d in data]))
-                                                for name, data in image_sets.items()},
-                            "cpu_us_per_image": runs, "median_cpu_us_per_image": median,
-                            "speedup_opencv_over_pil": speedups["opencv over pil"], "speedups": speedups})
+    write_report(
+        args.out,
+        {
+            "benchmark": "decode_throughput",
+            "images": len(jpegs),
+            "image_size": args.image_size,
+            "source_size": args.source_size,
+            "pre_resize": args.pre_resize,
+            "mean_jpeg_bytes": {
+                name or "original": float(np.mean([len(d) for d in data])) for name, data in image_sets.items()
+            },
+            "cpu_us_per_image": runs,
+            "median_cpu_us_per_image": median,
+            "speedup_opencv_over_pil": speedups["opencv over pil"],
+            "speedups": speedups,
+        },
+    )
 
 
 if __name__ == "__main__":

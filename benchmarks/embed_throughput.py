@@ -36,8 +36,11 @@ def make_checkpoint(shards: Path, preset: str, out: Path) -> Path:
     from training.engine.loop import TrainState
     from training.tasks.resolve import resolve_clip
 
-    cfg = load_config(ClipRunConfig, Path(f"conf/clip/{preset}.yaml"),
-                      [f"data.train_shards=[{shards}]", "data.eval_shards=[]", "tracking.tracking_uri=none"])
+    cfg = load_config(
+        ClipRunConfig,
+        Path(f"conf/clip/{preset}.yaml"),
+        [f"data.train_shards=[{shards}]", "data.eval_shards=[]", "tracking.tracking_uri=none"],
+    )
     cfg, _ = resolve_clip(cfg)
     torch.manual_seed(0)
     return save_checkpoint(out / "checkpoint_000000", ClipTask(cfg).build_model(), None, TrainState(), to_dict(cfg))
@@ -56,7 +59,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
         from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
         info = torch.utils.data.get_worker_info()
-        mine = self.paths[info.id::info.num_workers] if info else self.paths
+        mine = self.paths[info.id :: info.num_workers] if info else self.paths
         tokenizer = configure_fixed_length(load_tokenizer(self.cfg.data.tokenizer), self.cfg.data.context_length)
         for path in mine:
             with open(path, "rb") as stream:
@@ -91,22 +94,33 @@ def run_reference(checkpoint: Path, shards: Path, out: Path, batch_size: int, wo
     image_NE, text_NE = np.concatenate(images), np.concatenate(texts)
     out.mkdir(parents=True, exist_ok=True)
     dim = image_NE.shape[1]
-    pq.write_table(pa.table({"key": keys,
-                             "image_embedding": pa.FixedSizeListArray.from_arrays(image_NE.ravel(), dim),
-                             "text_embedding": pa.FixedSizeListArray.from_arrays(text_NE.ravel(), dim)}),
-                   out / "part-0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "key": keys,
+                "image_embedding": pa.FixedSizeListArray.from_arrays(image_NE.ravel(), dim),
+                "text_embedding": pa.FixedSizeListArray.from_arrays(text_NE.ravel(), dim),
+            }
+        ),
+        out / "part-0.parquet",
+    )
     seconds = time.perf_counter() - started
     return {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds}
 
 
-def run_mmtrain(checkpoint: Path, shards: Path, out: Path, batch_size: int, actors: int, gpus: float,
-                data_workers: int) -> dict:
+def run_mmtrain(
+    checkpoint: Path, shards: Path, out: Path, batch_size: int, actors: int, gpus: float, data_workers: int
+) -> dict:
     from inference.embed import embed
     from inference.pool import PoolOptions
 
     started = time.perf_counter()
-    manifest = embed(checkpoint, [str(shards)], out, PoolOptions(actors=actors, gpus_per_actor=gpus,
-                                                                 batch_size=batch_size, data_workers=data_workers))
+    manifest = embed(
+        checkpoint,
+        [str(shards)],
+        out,
+        PoolOptions(actors=actors, gpus_per_actor=gpus, batch_size=batch_size, data_workers=data_workers),
+    )
     seconds = time.perf_counter() - started
     return {"images": manifest["rows_written"], "seconds": seconds, "images_per_s": manifest["rows_written"] / seconds}
 
@@ -156,10 +170,12 @@ def main() -> None:
     ensure_ray("", 0)
     ray_start_s = time.perf_counter() - ray_started
     work = args.shards / "outputs"
-    sides = {"mmtrain_embed": lambda out: run_mmtrain(checkpoint, shards, out, args.batch_size, args.actors,
-                                                      args.gpus_per_actor, args.data_workers),
-             "pytorch_dataloader": lambda out: run_reference(checkpoint, shards, out, args.batch_size,
-                                                             args.loader_workers)}
+    sides = {
+        "mmtrain_embed": lambda out: run_mmtrain(
+            checkpoint, shards, out, args.batch_size, args.actors, args.gpus_per_actor, args.data_workers
+        ),
+        "pytorch_dataloader": lambda out: run_reference(checkpoint, shards, out, args.batch_size, args.loader_workers),
+    }
     results = {name: [] for name in sides}
     for round_index in range(args.rounds + 1):  # round 0 warms caches and imports, untimed
         for name, side in sides.items():
@@ -169,15 +185,29 @@ def main() -> None:
                 results[name].append(result)
                 print(f"round {round_index} {name}: {result['images_per_s']:.0f} images/s", flush=True)
     rate = {name: statistics.median(r["images_per_s"] for r in runs) for name, runs in results.items()}
-    report = {"benchmark": "embed_throughput", "samples": args.samples, "preset": args.preset,
-              "actors": args.actors, "data_workers": args.data_workers, "gpus_per_actor": args.gpus_per_actor, "loader_workers": args.loader_workers,
-              "cpus": os.cpu_count(), "ray_start_s": ray_start_s, "runs": results, "median_images_per_s": rate,
-              "ratio_mmtrain_to_dataloader": rate["mmtrain_embed"] / rate["pytorch_dataloader"],
-              "per_round_ratio": [a["images_per_s"] / b["images_per_s"] for a, b in
-                                  zip(results["mmtrain_embed"], results["pytorch_dataloader"])],
-              "model_only": model_only_rate(checkpoint, args.batch_size)}
-    print(f"mmtrain embed {rate['mmtrain_embed']:.0f} images/s vs DataLoader {rate['pytorch_dataloader']:.0f}: "
-          f"{report['ratio_mmtrain_to_dataloader']:.2f}x (Ray start-up {ray_start_s:.1f} s, not counted)")
+    report = {
+        "benchmark": "embed_throughput",
+        "samples": args.samples,
+        "preset": args.preset,
+        "actors": args.actors,
+        "data_workers": args.data_workers,
+        "gpus_per_actor": args.gpus_per_actor,
+        "loader_workers": args.loader_workers,
+        "cpus": os.cpu_count(),
+        "ray_start_s": ray_start_s,
+        "runs": results,
+        "median_images_per_s": rate,
+        "ratio_mmtrain_to_dataloader": rate["mmtrain_embed"] / rate["pytorch_dataloader"],
+        "per_round_ratio": [
+            a["images_per_s"] / b["images_per_s"]
+            for a, b in zip(results["mmtrain_embed"], results["pytorch_dataloader"])
+        ],
+        "model_only": model_only_rate(checkpoint, args.batch_size),
+    }
+    print(
+        f"mmtrain embed {rate['mmtrain_embed']:.0f} images/s vs DataLoader {rate['pytorch_dataloader']:.0f}: "
+        f"{report['ratio_mmtrain_to_dataloader']:.2f}x (Ray start-up {ray_start_s:.1f} s, not counted)"
+    )
     write_report(args.out, report)
 
 

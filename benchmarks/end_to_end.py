@@ -34,10 +34,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shards", required=True, help="training shards (with tokenizer.json beside them)")
-    parser.add_argument("--data-cpus", type=float, default=0,
-                        help="CPUs for the Ray Data pool (0 = all but the training worker's); Ray gets one per core")
-    parser.add_argument("--baseline", type=Path,
-                        help="trainer_throughput JSON of the same preset/batch/device to take the synthetic figure from")
+    parser.add_argument(
+        "--data-cpus",
+        type=float,
+        default=0,
+        help="CPUs for the Ray Data pool (0 = all but the training worker's); Ray gets one per core",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="trainer_throughput JSON of the same preset/batch/device to take the synthetic figure from",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -45,33 +52,59 @@ def main() -> None:
 
     use_gpu = torch.cuda.is_available()
     out_dir = tempfile.mkdtemp(prefix="mmtrain-e2e-")
-    cfg = load_config(ClipRunConfig, CONF / f"{args.preset}.yaml", [
-        f"data.train_shards=[{args.shards}]", "data.eval_shards=[]", f"run.output_dir={out_dir}",
-        "run.name=e2e", f"loop.max_steps={args.steps}", f"loop.batch_size_per_worker={args.batch_size}",
-        f"loop.log_every={max(args.steps // 4, 1)}", f"loop.checkpoint_every={10 * args.steps}",
-        "scaling.num_workers=1", f"scaling.use_gpu={str(use_gpu).lower()}", "eval.zero_shot=false",
-        "eval.retrieval=false", "tracking.tracking_uri=none", "tracking.log_figures=false",
-        # One logical CPU per core: the default oversubscription (made for 2-core laptops) would put
-        # three decode processes on each core beside the process that feeds the GPU.
-        f"run.local_num_cpus={os.cpu_count()}", f"data.data_cpu_limit={args.data_cpus}"])
+    cfg = load_config(
+        ClipRunConfig,
+        CONF / f"{args.preset}.yaml",
+        [
+            f"data.train_shards=[{args.shards}]",
+            "data.eval_shards=[]",
+            f"run.output_dir={out_dir}",
+            "run.name=e2e",
+            f"loop.max_steps={args.steps}",
+            f"loop.batch_size_per_worker={args.batch_size}",
+            f"loop.log_every={max(args.steps // 4, 1)}",
+            f"loop.checkpoint_every={10 * args.steps}",
+            "scaling.num_workers=1",
+            f"scaling.use_gpu={str(use_gpu).lower()}",
+            "eval.zero_shot=false",
+            "eval.retrieval=false",
+            "tracking.tracking_uri=none",
+            "tracking.log_figures=false",
+            # One logical CPU per core: the default oversubscription (made for 2-core laptops) would put
+            # three decode processes on each core beside the process that feeds the GPU.
+            f"run.local_num_cpus={os.cpu_count()}",
+            f"data.data_cpu_limit={args.data_cpus}",
+        ],
+    )
     device = torch.device("cuda" if use_gpu else "cpu")
     synthetic, synthetic_from = None, "measured in this run"
     if args.baseline and args.baseline.is_file():  # checked before the long run, not after it
         synthetic = baseline_from(args.baseline, args.preset, args.batch_size, device, cfg.loop.compile)
         synthetic_from = str(args.baseline)
     elif args.baseline:
-        print(f"{args.baseline} does not exist (did trainer_throughput fail?): measuring the synthetic "
-              "figure here", flush=True)
+        print(
+            f"{args.baseline} does not exist (did trainer_throughput fail?): measuring the synthetic figure here",
+            flush=True,
+        )
     metrics = run_training(cfg)
     if synthetic is None:  # the same model and batch on synthetic in-memory data, for the ratio
         from training.tasks.resolve import resolve_clip
 
         resolved, _ = resolve_clip(cfg)
-        synthetic = measure(resolved, args.batch_size, steps=max(args.steps // 4, 5), warmup=3,
-                            compile_model=resolved.loop.compile, device=device)
+        synthetic = measure(
+            resolved,
+            args.batch_size,
+            steps=max(args.steps // 4, 5),
+            warmup=3,
+            compile_model=resolved.loop.compile,
+            device=device,
+        )
     report = {
-        "benchmark": "end_to_end", "device": device_name(device), "preset": args.preset,
-        "batch_size": args.batch_size, "steps": args.steps,
+        "benchmark": "end_to_end",
+        "device": device_name(device),
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
         "pipeline_samples_per_s": metrics["train/samples_per_s"],  # the last logging window: steady state
         "synthetic_samples_per_s": synthetic["samples_per_s"],
         "synthetic_from": synthetic_from,
@@ -79,9 +112,11 @@ def main() -> None:
         "data_wait_fraction": metrics["train/data_wait_fraction"],
         "time_to_first_step_s": metrics.get("train/time_to_first_step_s"),
     }
-    print(f"pipeline {report['pipeline_samples_per_s']:.0f} samples/s vs synthetic "
-          f"{report['synthetic_samples_per_s']:.0f}: efficiency {report['pipeline_efficiency']:.2f}, "
-          f"waiting for input {report['data_wait_fraction']:.0%}")
+    print(
+        f"pipeline {report['pipeline_samples_per_s']:.0f} samples/s vs synthetic "
+        f"{report['synthetic_samples_per_s']:.0f}: efficiency {report['pipeline_efficiency']:.2f}, "
+        f"waiting for input {report['data_wait_fraction']:.0%}"
+    )
     write_report(args.out or Path(f"benchmarks/results/end_to_end_{args.preset}.json"), report)
 
 
@@ -91,18 +126,20 @@ def baseline_from(path: Path, preset: str, batch_size: int, device: torch.device
     wanted = {"preset": preset, "batch_size": batch_size, "device": device_name(device)}
     found = {key: report.get(key) for key in wanted}
     if found != wanted:
-        raise SystemExit(f"{path} measured {found}, not {wanted}: rerun trainer_throughput to match, "
-                         "or drop --baseline to measure here")
+        raise SystemExit(
+            f"{path} measured {found}, not {wanted}: rerun trainer_throughput to match, "
+            "or drop --baseline to measure here"
+        )
     for result in report["results"]:
         # The trainer compiles with torch.compile's default mode, so only that result compares.
         if result["compiled"] == compiled and result.get("compile_mode") in (None, "default"):
             return result
     mode = "compiled" if compiled else "eager"
-    raise SystemExit(f"{path} has no {mode} result in torch.compile's default mode; run trainer_throughput "
-                     f"with --modes {mode} and no --compile-mode")
+    raise SystemExit(
+        f"{path} has no {mode} result in torch.compile's default mode; run trainer_throughput "
+        f"with --modes {mode} and no --compile-mode"
+    )
 
 
 if __name__ == "__main__":
     main()
-
-

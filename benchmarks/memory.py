@@ -35,8 +35,12 @@ RESERVE_BYTES = 10e9
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", default=MODES, help="strategy:ranks; lora = LoRA rank 16 on the LM, "
-                        "stage1 = the LM frozen (only the projector learns)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=MODES,
+        help="strategy:ranks; lora = LoRA rank 16 on the LM, stage1 = the LM frozen (only the projector learns)",
+    )
     parser.add_argument("--vision-preset", default="synth", help="the frozen tower's shape (conf/clip/NAME.yaml)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per rank per step")
     parser.add_argument("--text-tokens", type=int, default=64)
@@ -58,9 +62,12 @@ def main() -> None:
         mp.spawn(_rank, args=(int(ranks), strategy, str(lm), tower, args, str(out)), nprocs=int(ranks))
         result = json.loads(out.read_text())
         results.append(result)
-        print(f"{mode:>12}: per rank params {_mb(result['param_bytes'])}, grads {_mb(result['grad_bytes'])}, "
-              f"AdamW {_mb(result['optimizer_bytes'])}, state {_mb(result['state_bytes'])}; "
-              f"peak {_mb(result['peak_bytes'])} (rank 0); checkpoint {_mb(result['checkpoint_bytes'])}", flush=True)
+        print(
+            f"{mode:>12}: per rank params {_mb(result['param_bytes'])}, grads {_mb(result['grad_bytes'])}, "
+            f"AdamW {_mb(result['optimizer_bytes'])}, state {_mb(result['state_bytes'])}; "
+            f"peak {_mb(result['peak_bytes'])} (rank 0); checkpoint {_mb(result['checkpoint_bytes'])}",
+            flush=True,
+        )
     ddp = next((r for r in results if r["strategy"] == "ddp" and r["ranks"] == 1), None)
     for result in results:
         if ddp and result["strategy"] == "fsdp":
@@ -68,12 +75,23 @@ def main() -> None:
             result["state_vs_ddp_over_ranks"] = result["state_bytes"] / ideal
     table = largest_lm_table(results)
     for row in table:
-        print(f"largest LM per 80 GB GPU, {row['strategy']:>9}: " + ", ".join(
-            f"{gpus} GPU{'s' if gpus > 1 else ''} {billions:.1f}B" for gpus, billions in row["billions"].items()))
-    report = {"benchmark": "memory", "device": device_name(_device(0)), "vision_preset": args.vision_preset,
-              "lm": "SmolLM2-135M architecture, random weights", "batch_size_per_rank": args.batch_size,
-              "activation_checkpointing": args.activation_checkpointing, "results": results,
-              "largest_lm_per_80gb_gpu": table, "reserve_bytes_per_gpu": RESERVE_BYTES}
+        print(
+            f"largest LM per 80 GB GPU, {row['strategy']:>9}: "
+            + ", ".join(
+                f"{gpus} GPU{'s' if gpus > 1 else ''} {billions:.1f}B" for gpus, billions in row["billions"].items()
+            )
+        )
+    report = {
+        "benchmark": "memory",
+        "device": device_name(_device(0)),
+        "vision_preset": args.vision_preset,
+        "lm": "SmolLM2-135M architecture, random weights",
+        "batch_size_per_rank": args.batch_size,
+        "activation_checkpointing": args.activation_checkpointing,
+        "results": results,
+        "largest_lm_per_80gb_gpu": table,
+        "reserve_bytes_per_gpu": RESERVE_BYTES,
+    }
     write_report(args.out or Path("benchmarks/results/memory.json"), report)
 
 
@@ -91,8 +109,10 @@ def largest_lm_table(results: list[dict], gpu_counts=(1, 8, 32)) -> list[dict]:
         if strategy not in per_param:
             continue
         unsharded = per_param.get(strategy.replace("+fsdp", "").replace("fsdp", "ddp"), per_param[strategy])
-        billions = {gpus: budget / ((per_param[strategy] / gpus) if sharded and gpus > 1 else unsharded) / 1e9
-                    for gpus in gpu_counts}
+        billions = {
+            gpus: budget / ((per_param[strategy] / gpus) if sharded and gpus > 1 else unsharded) / 1e9
+            for gpus in gpu_counts
+        }
         table.append({"strategy": strategy, "state_bytes_per_parameter": per_param[strategy], "billions": billions})
     return table
 
@@ -119,10 +139,14 @@ def _measure(strategy: str, lm: str, tower: str, args, device: torch.device) -> 
     from training.tasks.vlm import VlmTask
 
     lora_rank = 16 if strategy.startswith("lora") else 0
-    cfg = from_dict(VlmRunConfig, {
-        "stage": "captions" if strategy == "stage1" else "conversations",
-        "lrs": {"vision": 0.0, "projector": 2e-5, "lm": 0.0 if strategy == "stage1" else 2e-5},
-        "model": {"vision": {"checkpoint": tower}, "lm": {"path": lm, "lora": {"rank": lora_rank}}}})
+    cfg = from_dict(
+        VlmRunConfig,
+        {
+            "stage": "captions" if strategy == "stage1" else "conversations",
+            "lrs": {"vision": 0.0, "projector": 2e-5, "lm": 0.0 if strategy == "stage1" else 2e-5},
+            "model": {"vision": {"checkpoint": tower}, "lm": {"path": lm, "lora": {"rank": lora_rank}}},
+        },
+    )
     task = VlmTask(cfg)
     torch.manual_seed(0)
     model = task.build_model()  # on the host: parallelize moves it, block by block under FSDP
@@ -132,29 +156,49 @@ def _measure(strategy: str, lm: str, tower: str, args, device: torch.device) -> 
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
     grads = {}
     # Gradients are whole just before the optimizer steps (the loop frees them at the next step's start).
-    optimizer.register_step_pre_hook(lambda *_: grads.update(bytes=sum(
-        _local_bytes(p.grad) for p in model.parameters() if p.grad is not None)))
+    optimizer.register_step_pre_hook(
+        lambda *_: grads.update(bytes=sum(_local_bytes(p.grad) for p in model.parameters() if p.grad is not None))
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     batch = _batch(task, model, args, device)
-    train(task, parallel.model, optimizer, warmup_cosine(optimizer, cfg.optim, args.steps), TrainState(),
-          iter(lambda: batch, None), args.steps, device, lambda state, result: True,
-          grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=torch.bfloat16 if bf16 else None,
-          no_sync=parallel.no_sync)
+    train(
+        task,
+        parallel.model,
+        optimizer,
+        warmup_cosine(optimizer, cfg.optim, args.steps),
+        TrainState(),
+        iter(lambda: batch, None),
+        args.steps,
+        device,
+        lambda state, result: True,
+        grad_clip_norm=cfg.optim.grad_clip_norm,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+        no_sync=parallel.no_sync,
+    )
     params = sum(_local_bytes(p) for p in model.parameters())
     moments = sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     checkpoint = Path(tempfile.mkdtemp(prefix="mmtrain-memory-ckpt-"))  # every rank writes its shards here
     save_checkpoint(checkpoint, model, optimizer, TrainState(step=args.steps), {}, frozen_sources=task.frozen_sources())
-    return {"total_parameters": total_parameters,
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # DTensors: global
-            "param_bytes": params, "grad_bytes": grads["bytes"], "optimizer_bytes": moments,
-            "state_bytes": params + grads["bytes"] + moments, "peak_bytes": peak,
-            "peak_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (the whole model is "
-            "built on the host before sharding)",
-            # This rank's files: model weights it owns + its optimizer state (frozen weights referenced)
-            "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file())}
+    return {
+        "total_parameters": total_parameters,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # DTensors: global
+        "param_bytes": params,
+        "grad_bytes": grads["bytes"],
+        "optimizer_bytes": moments,
+        "state_bytes": params + grads["bytes"] + moments,
+        "peak_bytes": peak,
+        "peak_kind": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else "peak RSS (the whole model is built on the host before sharding)",
+        # This rank's files: model weights it owns + its optimizer state (frozen weights referenced)
+        "checkpoint_bytes": sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()),
+    }
 
 
 def _batch(task, model, args, device: torch.device) -> dict:

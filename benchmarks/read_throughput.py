@@ -50,17 +50,27 @@ def main() -> None:
     args = parser.parse_args()
 
     make_shards(args.shards, 4000, 256)
-    paths = sorted(str(p) for p in args.shards.glob("*.tar"))[:args.num_shards]
+    paths = sorted(str(p) for p in args.shards.glob("*.tar"))[: args.num_shards]
     runs = {"mmtrain": [], "tarfile": []}
     for _ in range(args.rounds):  # alternate so drift hits both alike
         runs["mmtrain"].append(cpu_us_per_sample(read_ours, paths))
         runs["tarfile"].append(cpu_us_per_sample(read_tarfile, paths))
     median = {name: float(np.median(values)) for name, values in runs.items()}
     speedup = median["tarfile"] / median["mmtrain"]
-    print(f"read per sample (CPU, median of {args.rounds}, {len(paths)} shards): mmtrain {median['mmtrain']:.0f} us, "
-          f"tarfile {median['tarfile']:.0f} us: {speedup:.2f}x")
-    write_report(args.out, {"benchmark": "read_throughput", "shards": len(paths), "cpu_us_per_sample": runs,
-                            "median_cpu_us_per_sample": median, "speedup_over_tarfile": speedup})
+    print(
+        f"read per sample (CPU, median of {args.rounds}, {len(paths)} shards): mmtrain {median['mmtrain']:.0f} us, "
+        f"tarfile {median['tarfile']:.0f} us: {speedup:.2f}x"
+    )
+    write_report(
+        args.out,
+        {
+            "benchmark": "read_throughput",
+            "shards": len(paths),
+            "cpu_us_per_sample": runs,
+            "median_cpu_us_per_sample": median,
+            "speedup_over_tarfile": speedup,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,27 @@ STEP_LINE = re.compile(r"\[mmtrain\] step (\d+):")
 
 def time_to_first_step(run_dir: Path, max_steps: int) -> dict:
     """Run the command until it ends; seconds from its start to its first step line, and its total."""
-    command = [sys.executable, "-m", "jobs.cli", "train", "clip", "--config", str(PRESET),
-               "--set", f"run.output_dir={run_dir}", "--set", "tracking.tracking_uri=none",
-               "--set", f"loop.max_steps={max_steps}", "--set", "loop.log_every=1",
-               "--set", f"loop.checkpoint_every={max_steps}", "--set", "data.eval_shards=[]"]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "train",
+        "clip",
+        "--config",
+        str(PRESET),
+        "--set",
+        f"run.output_dir={run_dir}",
+        "--set",
+        "tracking.tracking_uri=none",
+        "--set",
+        f"loop.max_steps={max_steps}",
+        "--set",
+        "loop.log_every=1",
+        "--set",
+        f"loop.checkpoint_every={max_steps}",
+        "--set",
+        "data.eval_shards=[]",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first_step, first_s, tail = None, None, []
@@ -53,13 +70,21 @@ def main() -> None:
     fresh = time_to_first_step(args.run_dir, steps_at_90_percent)
     resumed = time_to_first_step(args.run_dir, steps_at_90_percent + 10)
     assert resumed["first_step"] == steps_at_90_percent + 1, resumed
-    report = {"benchmark": "resume_cost", "cpus": os.cpu_count(), "preset": str(PRESET.relative_to(REPO)),
-              "resumed_at_step": steps_at_90_percent, "epoch_fraction_trained": steps_at_90_percent * 256 / 60_000,
-              "fresh": fresh, "resumed": resumed,
-              "ratio_resumed_over_fresh": resumed["to_first_step_s"] / fresh["to_first_step_s"]}
+    report = {
+        "benchmark": "resume_cost",
+        "cpus": os.cpu_count(),
+        "preset": str(PRESET.relative_to(REPO)),
+        "resumed_at_step": steps_at_90_percent,
+        "epoch_fraction_trained": steps_at_90_percent * 256 / 60_000,
+        "fresh": fresh,
+        "resumed": resumed,
+        "ratio_resumed_over_fresh": resumed["to_first_step_s"] / fresh["to_first_step_s"],
+    }
     write_report(args.out, report)
-    print(f"to the first step: fresh {fresh['to_first_step_s']:.1f} s, resumed at {report['epoch_fraction_trained']:.0%} "
-          f"of an epoch {resumed['to_first_step_s']:.1f} s, ratio {report['ratio_resumed_over_fresh']:.2f}")
+    print(
+        f"to the first step: fresh {fresh['to_first_step_s']:.1f} s, resumed at {report['epoch_fraction_trained']:.0%} "
+        f"of an epoch {resumed['to_first_step_s']:.1f} s, ratio {report['ratio_resumed_over_fresh']:.2f}"
+    )
 
 
 if __name__ == "__main__":

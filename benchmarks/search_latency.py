@@ -43,8 +43,11 @@ def latencies_ms(index, queries: np.ndarray, k: int) -> dict:
     vector_index.search(index, queries, k)
     batched = (time.perf_counter() - started) * 1e3 / len(queries)
     single.sort()
-    return {"single_p50_ms": statistics.median(single), "single_p95_ms": single[int(0.95 * (len(single) - 1))],
-            "batched_ms_per_query": batched}
+    return {
+        "single_p50_ms": statistics.median(single),
+        "single_p95_ms": single[int(0.95 * (len(single) - 1))],
+        "batched_ms_per_query": batched,
+    }
 
 
 def main() -> None:
@@ -59,20 +62,28 @@ def main() -> None:
 
     vectors = unit_vectors(args.vectors, args.dim, seed=0, clusters=args.clusters)
     queries = unit_vectors(args.queries, args.dim, seed=1, clusters=args.clusters)
-    report = {"benchmark": "search_latency", "vectors": args.vectors, "dim": args.dim, "queries": args.queries,
-              "k": args.k, "clusters": args.clusters, "cpus": os.cpu_count(), "ivf_threshold": vector_index.IVF_THRESHOLD}
+    report = {
+        "benchmark": "search_latency",
+        "vectors": args.vectors,
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": args.k,
+        "clusters": args.clusters,
+        "cpus": os.cpu_count(),
+        "ivf_threshold": vector_index.IVF_THRESHOLD,
+    }
     results = {}
     for name, threshold in (("flat", args.vectors + 1), ("ivf", 0)):
         vector_index.IVF_THRESHOLD = threshold
         started = time.perf_counter()
         index, kind = vector_index.build_index(vectors)
-        results[name] = {"kind": kind, "build_s": time.perf_counter() - started,
-                         **latencies_ms(index, queries, args.k)}
+        results[name] = {"kind": kind, "build_s": time.perf_counter() - started, **latencies_ms(index, queries, args.k)}
         results[name]["ids"] = vector_index.search(index, queries, args.k)[1]
         print(name, {k: v for k, v in results[name].items() if k != "ids"}, flush=True)
     exact, approximate = results["flat"].pop("ids"), results["ivf"].pop("ids")
-    results["ivf"]["recall_at_k_vs_flat"] = float(np.mean([len(set(a) & set(b)) / args.k
-                                                           for a, b in zip(exact, approximate)]))
+    results["ivf"]["recall_at_k_vs_flat"] = float(
+        np.mean([len(set(a) & set(b)) / args.k for a, b in zip(exact, approximate)])
+    )
     report["results"] = results
     write_report(args.out, report)
 

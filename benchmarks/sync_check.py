@@ -67,16 +67,21 @@ def check_vlm(preset: str, batch_size: int, steps: int, device: torch.device) ->
     lm = make_tiny_lm(Path(tempfile.mkdtemp(prefix="mmtrain-lm-")), ["a photo of a cat"] * 10, vocab_size=300)
     tower = tower_info(random_tower_checkpoint(preset))
     image_tokens = tower.num_patches
-    cfg = from_dict(VlmRunConfig, {"stage": "conversations", "max_length": image_tokens + 16,
-                                   "model": {"vision": {"checkpoint": tower.path},
-                                             "lm": {"path": str(lm)}}})
+    cfg = from_dict(
+        VlmRunConfig,
+        {
+            "stage": "conversations",
+            "max_length": image_tokens + 16,
+            "model": {"vision": {"checkpoint": tower.path}, "lm": {"path": str(lm)}},
+        },
+    )
     cfg = VlmRunConfig(**{**cfg.__dict__, "lrs": ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)})
     task = VlmTask(cfg)
     model = task.build_model().to(device)
     ids = torch.randint(0, model.image_token_id, (batch_size, image_tokens + 16))
     ids[:, :image_tokens] = model.image_token_id
     labels = ids.clone()
-    labels[:, :image_tokens + 4] = -100  # an image and a prompt, then the supervised answer
+    labels[:, : image_tokens + 4] = -100  # an image and a prompt, then the supervised answer
     batch = synthetic_vlm_batch(ids, labels, batch_size, tower.image_size, device)
     run_checked(task, model, cfg, iter(lambda: batch, None), steps, device)
     print(f"vlm ({preset} tower, tiny LM): {steps} steps {_verdict(device)}", flush=True)

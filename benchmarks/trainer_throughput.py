@@ -30,15 +30,25 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 
 def synthetic_batches(cfg: ClipRunConfig, batch_size: int, device: torch.device):
     size, length = cfg.model.vision.image_size, cfg.data.context_length
-    batch = {contract.IMAGE: torch.randint(0, 255, (batch_size, size, size, 3), dtype=torch.uint8, device=device),
-             contract.INPUT_IDS: torch.randint(0, cfg.model.text.vocab_size, (batch_size, length), device=device),
-             contract.ATTENTION_MASK: torch.ones(batch_size, length, dtype=torch.uint8, device=device)}
+    batch = {
+        contract.IMAGE: torch.randint(0, 255, (batch_size, size, size, 3), dtype=torch.uint8, device=device),
+        contract.INPUT_IDS: torch.randint(0, cfg.model.text.vocab_size, (batch_size, length), device=device),
+        contract.ATTENTION_MASK: torch.ones(batch_size, length, dtype=torch.uint8, device=device),
+    }
     while True:
         yield batch
 
 
-def measure(cfg: ClipRunConfig, batch_size: int, steps: int, warmup: int, compile_model: bool,
-            device: torch.device, compile_mode: str = "default", profile: int = 0) -> dict:
+def measure(
+    cfg: ClipRunConfig,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    compile_model: bool,
+    device: torch.device,
+    compile_mode: str = "default",
+    profile: int = 0,
+) -> dict:
     task = ClipTask(cfg)
     model = task.build_model().to(device)
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
@@ -47,33 +57,41 @@ def measure(cfg: ClipRunConfig, batch_size: int, steps: int, warmup: int, compil
     autocast = torch.bfloat16 if device.type == "cuda" else None
     batches = synthetic_batches(cfg, batch_size, device)
     sample = task.prepare_batch(next(batches), device)
-    flops_per_sample = 3 * forward_flops(lambda: model(sample[contract.IMAGE], sample[contract.INPUT_IDS],
-                                                        sample[contract.ATTENTION_MASK])) / batch_size
+    flops_per_sample = (
+        3
+        * forward_flops(
+            lambda: model(sample[contract.IMAGE], sample[contract.INPUT_IDS], sample[contract.ATTENTION_MASK])
+        )
+        / batch_size
+    )
     # The trainer's own step: gradient clipping as configured, bf16 autocast on a GPU.
     step = dict(grad_clip_norm=cfg.optim.grad_clip_norm, autocast_dtype=autocast)
-    state = train(task, stepped, optimizer, scheduler, TrainState(), batches, warmup, device, lambda s, r: True,
-                  **step)
+    state = train(task, stepped, optimizer, scheduler, TrainState(), batches, warmup, device, lambda s, r: True, **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    train(task, stepped, optimizer, scheduler, state, batches, warmup + steps, device, lambda s, r: True,
-          **step)
+    train(task, stepped, optimizer, scheduler, state, batches, warmup + steps, device, lambda s, r: True, **step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / steps
     samples_per_s = batch_size / step_s
 
     def run_steps(count: int) -> None:
-        train(task, stepped, optimizer, scheduler, state, batches, state.step + count, device,
-              lambda s, r: True, **step)
+        train(
+            task, stepped, optimizer, scheduler, state, batches, state.step + count, device, lambda s, r: True, **step
+        )
 
     profiled = profile_steps(run_steps, profile, step_s, device) if profile else None
-    return {"compiled": compile_model, "compile_mode": compile_mode if compile_model else None,
-            "samples_per_s": samples_per_s, "profile": profiled,
-            "flops_per_sample": flops_per_sample,
-            "mfu_vs_h100_bf16": samples_per_s * flops_per_sample / H100_BF16_PEAK_FLOPS,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+    return {
+        "compiled": compile_model,
+        "compile_mode": compile_mode if compile_model else None,
+        "samples_per_s": samples_per_s,
+        "profile": profiled,
+        "flops_per_sample": flops_per_sample,
+        "mfu_vs_h100_bf16": samples_per_s * flops_per_sample / H100_BF16_PEAK_FLOPS,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -83,10 +101,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--modes", default="eager,compiled")
-    parser.add_argument("--compile-mode", default="default",
-                        help="torch.compile mode for the compiled run: default, max-autotune, reduce-overhead, ...")
-    parser.add_argument("--profile-steps", type=int, default=0,
-                        help="after timing, profile this many steps and report time by kernel family")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode for the compiled run: default, max-autotune, reduce-overhead, ...",
+    )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after timing, profile this many steps and report time by kernel family",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -97,16 +122,35 @@ def main() -> None:
         cfg = load_config(ClipRunConfig, CONF / f"{args.preset}.yaml", ["model.text.vocab_size=4096"])
     results = []
     for mode in args.modes.split(","):
-        result = measure(cfg, args.batch_size, args.steps, args.warmup, mode == "compiled", device,
-                         args.compile_mode, args.profile_steps)
+        result = measure(
+            cfg,
+            args.batch_size,
+            args.steps,
+            args.warmup,
+            mode == "compiled",
+            device,
+            args.compile_mode,
+            args.profile_steps,
+        )
         results.append(result)
-        print(f"{args.preset} batch {args.batch_size} {mode}: {result['samples_per_s']:.1f} samples/s, "
-              f"MFU {result['mfu_vs_h100_bf16']:.1%} of an H100's bf16 peak", flush=True)
+        print(
+            f"{args.preset} batch {args.batch_size} {mode}: {result['samples_per_s']:.1f} samples/s, "
+            f"MFU {result['mfu_vs_h100_bf16']:.1%} of an H100's bf16 peak",
+            flush=True,
+        )
         if result["profile"]:
             print(format_profile(result["profile"]), flush=True)
-    write_report(args.out or Path(f"benchmarks/results/trainer_throughput_{args.preset}.json"), {
-        "benchmark": "trainer_throughput", "device": device_name(device), "preset": args.preset,
-        "batch_size": args.batch_size, "steps": args.steps, "results": results})
+    write_report(
+        args.out or Path(f"benchmarks/results/trainer_throughput_{args.preset}.json"),
+        {
+            "benchmark": "trainer_throughput",
+            "device": device_name(device),
+            "preset": args.preset,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ def parse_classes(spec: str) -> list[str]:
     names = path.read_text().splitlines() if path.is_file() else spec.split(",")
     classes = [name.strip() for name in names if name.strip()]
     if len(classes) < 2:
-        raise ValueError(f"--classes {spec!r} names {len(classes)} class(es): give a file with one class per "
-                         "line or at least two names separated by commas")
+        raise ValueError(
+            f"--classes {spec!r} names {len(classes)} class(es): give a file with one class per "
+            "line or at least two names separated by commas"
+        )
     return classes
 
 
@@ -35,18 +37,24 @@ def check_templates(templates: list[str]) -> list[str]:
     return templates
 
 
-def classify(checkpoint: str | Path, specs: list[str], class_spec: str, templates: list[str], out_dir: Path,
-             options: PoolOptions) -> dict:
+def classify(
+    checkpoint: str | Path, specs: list[str], class_spec: str, templates: list[str], out_dir: Path, options: PoolOptions
+) -> dict:
     """Writes OUT/*.parquet (key, shard, caption, label, predicted, predicted_class, score, class_scores),
     OUT/_manifest.json and, with labels, OUT/_confusion_matrix.png; returns the manifest."""
     classes = parse_classes(class_spec)
     templates = check_templates(templates or data_templates(specs) or [DEFAULT_TEMPLATE])
     run = find_trained(checkpoint, "clip", "classify")
-    inference = start_inference(run, specs, ZeroShotClassifier, {"classes": classes, "templates": templates},
-                                options, classes=classes)
+    inference = start_inference(
+        run, specs, ZeroShotClassifier, {"classes": classes, "templates": templates}, options, classes=classes
+    )
     rows = write_parquet(inference, out_dir, "classify")
-    manifest = {"kind": "mmtrain-zero-shot-predictions", **run_summary(inference, run, specs, rows),
-                "classes": classes, "templates": templates}
+    manifest = {
+        "kind": "mmtrain-zero-shot-predictions",
+        **run_summary(inference, run, specs, rows),
+        "classes": classes,
+        "templates": templates,
+    }
     table = load_rows(out_dir, ["label", "predicted"]) if rows else None
     if table is not None:
         labels, predicted = table.column("label").to_numpy(), table.column("predicted").to_numpy()
@@ -55,9 +63,15 @@ def classify(checkpoint: str | Path, specs: list[str], class_spec: str, template
             manifest["labelled_samples"] = int(labelled.sum())
             manifest["accuracy"] = float((predicted[labelled] == labels[labelled]).mean())
             confusion = confusion_matrix(labels[labelled], predicted[labelled], len(classes))
-            figure = heatmap(confusion, classes, classes, f"zero-shot confusion ({labelled.sum()} samples, "
-                             f"accuracy {manifest['accuracy']:.1%})", "predicted class", "true class",
-                             annotate=len(classes) <= 20)
+            figure = heatmap(
+                confusion,
+                classes,
+                classes,
+                f"zero-shot confusion ({labelled.sum()} samples, accuracy {manifest['accuracy']:.1%})",
+                "predicted class",
+                "true class",
+                annotate=len(classes) <= 20,
+            )
             figure.savefig(Path(out_dir) / CONFUSION_FIGURE, dpi=100)
             manifest["confusion_matrix"] = confusion.tolist()
     write_manifest(out_dir, manifest)

@@ -53,15 +53,15 @@ class ZeroShotClassifier(ClipEmbedder):
     """Rows -> the class whose prompt embeddings (averaged over templates) are nearest the image,
     with its probability (softmax over classes at the model's own temperature)."""
 
-    def __init__(self, run: TrainedRun, shard_paths: list[str], classes: list[str], templates: list[str],
-                 counter=None):
+    def __init__(self, run: TrainedRun, shard_paths: list[str], classes: list[str], templates: list[str], counter=None):
         from training.tasks.clip_eval import zero_shot_classifier
 
         super().__init__(run, shard_paths, counter)
         cfg = self._task.cfg
         with torch.inference_mode():
-            self._classifier_CE = zero_shot_classifier(self._model, cfg.data.tokenizer, cfg.data.context_length,
-                                                       classes, templates, self._device)
+            self._classifier_CE = zero_shot_classifier(
+                self._model, cfg.data.tokenizer, cfg.data.context_length, classes, templates, self._device
+            )
         self._classes = np.asarray(classes)
 
     @torch.inference_mode()

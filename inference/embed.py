@@ -22,9 +22,12 @@ def embed(checkpoint: str | Path, specs: list[str], out_dir: Path, options: Pool
     vectors_NE = embedding_matrix(load_rows(out_dir, ["image_embedding"]), "image_embedding")
     index, index_kind = build_index(vectors_NE)
     save_index(index, out_dir)
-    manifest = {"kind": MANIFEST_KIND, **run_summary(inference, run, specs, rows),
-                "embed_dim": int(vectors_NE.shape[1]) if rows else 0,
-                "index": {"file": INDEX_FILE, "type": index_kind, "rows": int(index.ntotal)},
-                "files": [path.name for path in parquet_files(out_dir)]}
+    manifest = {
+        "kind": MANIFEST_KIND,
+        **run_summary(inference, run, specs, rows),
+        "embed_dim": int(vectors_NE.shape[1]) if rows else 0,
+        "index": {"file": INDEX_FILE, "type": index_kind, "rows": int(index.ntotal)},
+        "files": [path.name for path in parquet_files(out_dir)],
+    }
     write_manifest(out_dir, manifest)
     return manifest

@@ -28,8 +28,14 @@ from pipelines.sources import SHARD_SUFFIXES, ShardList
 from pipelines.tar_samples import iter_raw_samples
 
 
-def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, options: PoolOptions,
-                  min_score: float | None = None, keep_fraction: float | None = None) -> dict:
+def filter_shards(
+    checkpoint: str | Path,
+    specs: list[str],
+    out_dir: Path,
+    options: PoolOptions,
+    min_score: float | None = None,
+    keep_fraction: float | None = None,
+) -> dict:
     if (min_score is None) == (keep_fraction is None):
         raise ValueError("give one of --min-score S or --keep-fraction F")
     if keep_fraction is not None and not 0 < keep_fraction <= 1:
@@ -39,8 +45,10 @@ def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, optio
         raise ValueError(f"--out {out_dir} already holds shards: choose a new directory or remove it")
     run = find_trained(checkpoint, "clip", "data filter")
     if len(specs) == 1 and image_files(specs[0]):
-        raise ValueError(f"--data {specs[0]} is a folder of images: `data filter` writes shards from shards; "
-                         "make shards first with `mmtrain data convert FOLDER SHARDS --format folder`")
+        raise ValueError(
+            f"--data {specs[0]} is a folder of images: `data filter` writes shards from shards; "
+            "make shards first with `mmtrain data convert FOLDER SHARDS --format folder`"
+        )
     inference = start_inference(run, specs, ClipEmbedder, {}, options)
     with ProgressPrinter(inference.counter, inference.total_samples, "score"):
         scored = ray.get(inference.dataset.select_columns(["shard", "key", "clip_score"]).to_arrow_refs())
@@ -50,20 +58,33 @@ def filter_shards(checkpoint: str | Path, specs: list[str], out_dir: Path, optio
     passed = scores >= threshold
     keep: dict[str, set[str]] = {path: set() for path in inference.shards.paths}
     if table is not None:
-        for shard, key in zip(table.column("shard").to_numpy(zero_copy_only=False)[passed],
-                              table.column("key").to_numpy(zero_copy_only=False)[passed]):
+        for shard, key in zip(
+            table.column("shard").to_numpy(zero_copy_only=False)[passed],
+            table.column("key").to_numpy(zero_copy_only=False)[passed],
+        ):
             keep[shard].add(key)
     copied = copy_kept(inference.shards, keep, out_dir)
     shards = [info for info, _ in copied]
     lost = sum(missing for _, missing in copied)
     summary = run_summary(inference, run, specs, int(passed.sum()))
-    extra = {"filter": {"score": "cosine of the CLIP run's image and caption embeddings",
-                        "min_score": min_score, "keep_fraction": keep_fraction, "threshold": threshold,
-                        "scored": int(len(scores)), "kept": int(passed.sum()) - lost,
-                        "below_threshold": int((~passed).sum()), "lost_on_second_read": lost, **summary}}
+    extra = {
+        "filter": {
+            "score": "cosine of the CLIP run's image and caption embeddings",
+            "min_score": min_score,
+            "keep_fraction": keep_fraction,
+            "threshold": threshold,
+            "scored": int(len(scores)),
+            "kept": int(passed.sum()) - lost,
+            "below_threshold": int((~passed).sum()),
+            "lost_on_second_read": lost,
+            **summary,
+        }
+    }
     if lost:
-        print(f"mmtrain: warning: {lost} samples that passed the filter could not be read again (did a shard "
-              "change, or fail mid-read?); the manifest counts them as lost_on_second_read")
+        print(
+            f"mmtrain: warning: {lost} samples that passed the filter could not be read again (did a shard "
+            "change, or fail mid-read?); the manifest counts them as lost_on_second_read"
+        )
     extra.update(carry_over_data_files(specs, out_dir))
     return write_manifest(out_dir, shards, extra)
 
@@ -84,9 +105,12 @@ def copy_kept(shards: ShardList, keep: dict[str, set[str]], out_dir: Path) -> li
     if len(set(names)) != len(names):
         names = [f"{index:05d}-{name}" for index, name in enumerate(names)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda args: copy_shard(shards, *args), zip(shards.paths, names,
-                                                                          [keep[p] for p in shards.paths],
-                                                                          [out_dir] * len(names))))
+        return list(
+            pool.map(
+                lambda args: copy_shard(shards, *args),
+                zip(shards.paths, names, [keep[p] for p in shards.paths], [out_dir] * len(names)),
+            )
+        )
 
 
 def copy_shard(shards: ShardList, source: str, name: str, keys: set[str], out_dir: Path) -> tuple[ShardInfo, int]:
@@ -105,8 +129,13 @@ def copy_shard(shards: ShardList, source: str, name: str, keys: set[str], out_di
         except Exception as err:  # the containment boundary for one shard
             print(f"mmtrain: warning: {source}: reading stopped ({type(err).__name__}: {err})")
     data = path.read_bytes()
-    info = ShardInfo(name, name.split("-")[0] if "-" in name else "filtered", len(written), len(data),
-                     hashlib.sha256(data).hexdigest())
+    info = ShardInfo(
+        name,
+        name.split("-")[0] if "-" in name else "filtered",
+        len(written),
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
     return info, len(keys - written)
 
 

@@ -62,10 +62,15 @@ def load_index(index_dir: Path, dim: int, rows: int) -> faiss.Index:
     kind = _KINDS.get(header[:4])
     header_dim = int.from_bytes(header[4:8], "little", signed=True) if len(header) == 16 else -1
     header_rows = int.from_bytes(header[8:16], "little", signed=True) if len(header) == 16 else -1
-    problem = (f"is not an index mmtrain builds (starts {header[:4]!r})" if kind is None else
-               f"holds {header_rows} vectors of {header_dim}, the manifest {rows} of {dim}"
-               if (header_dim, header_rows) != (dim, rows) else
-               "is shorter than its vectors" if path.stat().st_size < 4 * dim * rows else None)
+    problem = (
+        f"is not an index mmtrain builds (starts {header[:4]!r})"
+        if kind is None
+        else f"holds {header_rows} vectors of {header_dim}, the manifest {rows} of {dim}"
+        if (header_dim, header_rows) != (dim, rows)
+        else "is shorter than its vectors"
+        if path.stat().st_size < 4 * dim * rows
+        else None
+    )
     if problem is None:
         try:
             index = faiss.read_index(str(path))

@@ -31,8 +31,15 @@ from pipelines.sources import ShardList, resolve_shards
 from pipelines.stages import Tokenize
 
 # What the model stage receives: the image and tokenized caption, and what the output rows keep.
-INFERENCE_COLUMNS = (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABEL,
-                     contract.KEY, contract.POSITION, "caption")
+INFERENCE_COLUMNS = (
+    contract.IMAGE,
+    contract.INPUT_IDS,
+    contract.ATTENTION_MASK,
+    contract.LABEL,
+    contract.KEY,
+    contract.POSITION,
+    "caption",
+)
 
 
 WRITER_CPUS = 0.5  # per Parquet write task
@@ -40,12 +47,12 @@ WRITER_CPUS = 0.5  # per Parquet write task
 
 @dataclass(frozen=True)
 class PoolOptions:
-    actors: int = 2              # model replicas
+    actors: int = 2  # model replicas
     gpus_per_actor: float = 0.0  # 0: CPU replicas
     cpus_per_actor: float = 1.0
-    batch_size: int = 128        # rows per model call
-    data_workers: int = 0        # read/decode actors; 0 = the run's data.workers, else data_pool_size
-    ray_address: str = ""        # "" = $RAY_ADDRESS, else a local Ray instance
+    batch_size: int = 128  # rows per model call
+    data_workers: int = 0  # read/decode actors; 0 = the run's data.workers, else data_pool_size
+    ray_address: str = ""  # "" = $RAY_ADDRESS, else a local Ray instance
 
 
 @dataclass
@@ -53,17 +60,24 @@ class InferenceRun:
     """A started pipeline: `dataset` is lazy; the ledger and counter fill as it executes."""
 
     dataset: ray.data.Dataset
-    ledger: object     # SampleLedger handle: good count and bad samples by reason
-    counter: object    # ProgressCounter handle: rows the model pool has finished
+    ledger: object  # SampleLedger handle: good count and bad samples by reason
+    counter: object  # ProgressCounter handle: rows the model pool has finished
     sources: list[str]  # what each row's shard number names: a shard, or the image folder
     shards: ShardList | None  # None for an image folder
     total_samples: int  # from the tar headers (good and bad), or the image files
     started: float
 
 
-def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_kwargs: dict,
-                    options: PoolOptions, text_stage: tuple[type, dict] | None = None,
-                    columns: tuple[str, ...] = INFERENCE_COLUMNS, classes: list[str] = ()) -> InferenceRun:
+def start_inference(
+    run: TrainedRun,
+    specs: list[str],
+    model_stage: type,
+    stage_kwargs: dict,
+    options: PoolOptions,
+    text_stage: tuple[type, dict] | None = None,
+    columns: tuple[str, ...] = INFERENCE_COLUMNS,
+    classes: list[str] = (),
+) -> InferenceRun:
     """Lists the shards or image files (a mistyped path fails before Ray starts), starts Ray, composes
     the pipeline. `classes` label an image folder's files by their subfolder's name."""
     from training.ray_train.driver import ensure_ray
@@ -74,10 +88,14 @@ def start_inference(run: TrainedRun, specs: list[str], model_stage: type, stage_
     started = time.perf_counter()
     ledger, counter = SampleLedger.remote(), ProgressCounter.remote()
     data_cfg = run.cfg.data
-    data_cfg = dataclasses.replace(data_cfg, workers=options.data_workers or data_cfg.workers or
-                                   data_pool_size(options, data_cfg.cpus_per_worker))
-    text_stage = (text_stage[0], {**text_stage[1], "ledger": ledger}) if text_stage else (
-        Tokenize, dict(tokenizer_path=data_cfg.tokenizer, context_length=data_cfg.context_length, ledger=ledger))
+    data_cfg = dataclasses.replace(
+        data_cfg, workers=options.data_workers or data_cfg.workers or data_pool_size(options, data_cfg.cpus_per_worker)
+    )
+    text_stage = (
+        (text_stage[0], {**text_stage[1], "ledger": ledger})
+        if text_stage
+        else (Tokenize, dict(tokenizer_path=data_cfg.tokenizer, context_length=data_cfg.context_length, ledger=ledger))
+    )
     if files:
         dataset, sources = _image_folder_rows(specs[0], files, classes, data_cfg, ledger, columns, text_stage)
         total = len(files)
@@ -102,8 +120,15 @@ def _image_folder_rows(folder: str, files: list[str], classes, data_cfg, ledger,
     source = ImageFolderDatasource(folder, files, folder_labels(files, list(classes)), data_cfg.decode_batch_size)
     sources = [str(Path(folder).resolve())] * len(source.chunks())
     dataset = ray.data.read_datasource(source, override_num_blocks=len(sources), num_cpus=data_cfg.cpus_per_worker)
-    return map_stages(dataset, data_cfg, train=False, ledger=ledger, columns=columns, text_stage=text_stage,
-                      workers=min(data_cfg.workers, len(sources))), sources
+    return map_stages(
+        dataset,
+        data_cfg,
+        train=False,
+        ledger=ledger,
+        columns=columns,
+        text_stage=text_stage,
+        workers=min(data_cfg.workers, len(sources)),
+    ), sources
 
 
 def data_pool_size(options: PoolOptions, cpus_per_worker: float) -> int:
@@ -165,5 +190,9 @@ def write_manifest(out_dir: Path, manifest: dict) -> Path:
 def source_columns(batch: dict, shard_paths: list[str]) -> dict:
     """The columns that say where each row came from: key, shard path, caption, label."""
     shards = position.unpack(batch[contract.POSITION])[1]
-    return {"key": batch[contract.KEY], "shard": np.asarray(shard_paths)[shards],
-            "caption": batch["caption"], "label": batch[contract.LABEL]}
+    return {
+        "key": batch[contract.KEY],
+        "shard": np.asarray(shard_paths)[shards],
+        "caption": batch["caption"],
+        "label": batch[contract.LABEL],
+    }

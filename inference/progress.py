@@ -49,8 +49,10 @@ class ProgressPrinter:
             done = ray.get(self._counter.done.remote(), timeout=10)
         except Exception:  # the cluster is going away; progress is not worth an error
             return
-        print(f"[mmtrain] {format_progress(self._label, done, self._total, time.perf_counter() - self._started, final)}",
-              flush=True)
+        print(
+            f"[mmtrain] {format_progress(self._label, done, self._total, time.perf_counter() - self._started, final)}",
+            flush=True,
+        )
 
 
 def format_progress(label: str, done: int, total: int, seconds: float, final: bool = False) -> str:

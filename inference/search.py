@@ -35,8 +35,10 @@ class Hit:
 def read_manifest(index_dir: Path) -> dict:
     path = Path(index_dir) / MANIFEST
     if not path.is_file():
-        raise ValueError(f"--index {index_dir} has no {MANIFEST}: make the index with "
-                         "`mmtrain embed --checkpoint RUN --data SHARDS --out DIR`")
+        raise ValueError(
+            f"--index {index_dir} has no {MANIFEST}: make the index with "
+            "`mmtrain embed --checkpoint RUN --data SHARDS --out DIR`"
+        )
     try:
         manifest = json.loads(path.read_bytes()) if path.stat().st_size < (1 << 26) else None
     except ValueError:
@@ -44,15 +46,22 @@ def read_manifest(index_dir: Path) -> dict:
     if not isinstance(manifest, dict):
         raise ValueError(f"--index {index_dir}: {MANIFEST} is not a JSON object: re-run `mmtrain embed`")
     index = manifest.get("index")
-    valid = (isinstance(manifest.get("embed_dim"), int) and isinstance(index, dict)
-             and isinstance(index.get("rows"), int) and isinstance(manifest.get("data"), list)
-             and isinstance(manifest.get("model"), dict))
+    valid = (
+        isinstance(manifest.get("embed_dim"), int)
+        and isinstance(index, dict)
+        and isinstance(index.get("rows"), int)
+        and isinstance(manifest.get("data"), list)
+        and isinstance(manifest.get("model"), dict)
+    )
     if manifest.get("kind") == MANIFEST_KIND and not valid:
-        raise ValueError(f"--index {index_dir}: {MANIFEST} lacks embed_dim, index.rows, data or model: "
-                         "re-run `mmtrain embed`")
+        raise ValueError(
+            f"--index {index_dir}: {MANIFEST} lacks embed_dim, index.rows, data or model: re-run `mmtrain embed`"
+        )
     if manifest.get("kind") != MANIFEST_KIND:
-        raise ValueError(f"--index {index_dir} is not an embedding directory (its manifest says "
-                         f"{manifest.get('kind')!r}): make one with `mmtrain embed`")
+        raise ValueError(
+            f"--index {index_dir} is not an embedding directory (its manifest says "
+            f"{manifest.get('kind')!r}): make one with `mmtrain embed`"
+        )
     return manifest
 
 
@@ -62,10 +71,12 @@ def index_model(manifest: dict, index_dir: Path, checkpoint: str | Path | None) 
     run = find_trained(checkpoint or manifest["model"]["checkpoint"], "clip", "search")
     built_by = manifest["model"]["model_sha256"]
     if run.fingerprint != built_by:
-        raise ValueError(f"--index {index_dir} was built by another model ({manifest['model']['checkpoint']}, "
-                         f"weights {built_by[:12]}), not by {run.checkpoint} (weights "
-                         f"{run.fingerprint[:12]}): search with the model that built it, or re-run `mmtrain embed` "
-                         "with this one")
+        raise ValueError(
+            f"--index {index_dir} was built by another model ({manifest['model']['checkpoint']}, "
+            f"weights {built_by[:12]}), not by {run.checkpoint} (weights "
+            f"{run.fingerprint[:12]}): search with the model that built it, or re-run `mmtrain embed` "
+            "with this one"
+        )
     return run
 
 
@@ -87,8 +98,9 @@ def embed_query(run: TrainedRun, text: str = "", image: Path | None = None) -> n
     return vector.float().numpy()
 
 
-def search_index(index_dir: Path, text: str = "", image: Path | None = None, k: int = 10,
-                 checkpoint: str | Path | None = None) -> list[Hit]:
+def search_index(
+    index_dir: Path, text: str = "", image: Path | None = None, k: int = 10, checkpoint: str | Path | None = None
+) -> list[Hit]:
     if k < 1:
         raise ValueError(f"-k {k}: ask for at least 1 result")
     manifest = read_manifest(index_dir)
@@ -99,13 +111,16 @@ def search_index(index_dir: Path, text: str = "", image: Path | None = None, k: 
         raise ValueError(f"--index {index_dir} holds {dim}-d embeddings, the query model makes {query.shape[1]}-d")
     table = load_rows(index_dir, ["key", "shard", "caption", "label"])
     if table.num_rows != count:
-        raise ValueError(f"--index {index_dir}: {table.num_rows} Parquet rows for {count} indexed vectors: "
-                         "re-run `mmtrain embed`")
+        raise ValueError(
+            f"--index {index_dir}: {table.num_rows} Parquet rows for {count} indexed vectors: re-run `mmtrain embed`"
+        )
     scores, ids = search(index, query, k)
     found = ids[0] >= 0
     rows = table.take(ids[0][found]).to_pylist()
-    return [Hit(rank + 1, float(score), row["key"], row["shard"], row["caption"], int(row["label"]))
-            for rank, (score, row) in enumerate(zip(scores[0][found], rows))]
+    return [
+        Hit(rank + 1, float(score), row["key"], row["shard"], row["caption"], int(row["label"]))
+        for rank, (score, row) in enumerate(zip(scores[0][found], rows))
+    ]
 
 
 def format_hits(hits: list[Hit]) -> str:
@@ -123,8 +138,10 @@ def read_images(hits: list[Hit], specs: list[str], s3_endpoint: str = "") -> dic
     wanted: dict[str, set[str]] = {}
     for hit in hits:
         if hit.shard not in listed:
-            print(f"mmtrain: warning: hit {hit.key!r} names {hit.shard!r}, which is not among the shards the "
-                  "index was built from: not read")
+            print(
+                f"mmtrain: warning: hit {hit.key!r} names {hit.shard!r}, which is not among the shards the "
+                "index was built from: not read"
+            )
             continue
         wanted.setdefault(hit.shard, set()).add(hit.key)
     found = {}
@@ -136,8 +153,9 @@ def read_images(hits: list[Hit], specs: list[str], s3_endpoint: str = "") -> dic
     return found
 
 
-def contact_sheet(hits: list[Hit], images: dict[tuple[str, str], bytes], title: str, path: Path,
-                  columns: int = 5) -> Path:
+def contact_sheet(
+    hits: list[Hit], images: dict[tuple[str, str], bytes], title: str, path: Path, columns: int = 5
+) -> Path:
     """The hits as a grid of thumbnails, each with rank, score and caption; the query as the title."""
     import io
 

@@ -22,18 +22,20 @@ from training.tasks.registry import trainer
 
 @dataclass(frozen=True)
 class TrainedRun:
-    kind: str                # its trainer (training/tasks/registry.py)
-    checkpoint: Path         # the checkpoint directory (a run directory's newest intact one)
+    kind: str  # its trainer (training/tasks/registry.py)
+    checkpoint: Path  # the checkpoint directory (a run directory's newest intact one)
     cfg: ClipRunConfig | VlmRunConfig
-    fingerprint: str         # which weights made an output (training.checkpoint.store.weights_fingerprint)
+    fingerprint: str  # which weights made an output (training.checkpoint.store.weights_fingerprint)
 
 
 def find_trained(path: str | Path, kind: str, command: str) -> TrainedRun:
     """The checkpoint at `path` (a run directory or a checkpoint), refused unless it is a `kind` run."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"--checkpoint {path} does not exist: give a run directory (e.g. runs/clip-synth) "
-                         "or one of its checkpoint_* directories")
+        raise ValueError(
+            f"--checkpoint {path} does not exist: give a run directory (e.g. runs/clip-synth) "
+            "or one of its checkpoint_* directories"
+        )
     checkpoint = latest_checkpoint(path).resolve()
     config = load_config_dict(checkpoint)
     check_kind(config, kind, f"checkpoint {checkpoint}", f"mmtrain {command}")
@@ -76,4 +78,3 @@ def inference_device() -> torch.device:
 def autocast(device: torch.device):
     """bf16 on a GPU, as training computes; fp32 on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-

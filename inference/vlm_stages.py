@@ -8,10 +8,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.pool import (PoolOptions, parquet_files, run_summary, source_columns, start_inference,
-                            write_manifest, write_parquet)
-from inference.trained import (TrainedRun, autocast, decode_image_file, find_trained, inference_device,
-                               load_trained_model)
+from inference.pool import (
+    PoolOptions,
+    parquet_files,
+    run_summary,
+    source_columns,
+    start_inference,
+    write_manifest,
+    write_parquet,
+)
+from inference.trained import (
+    TrainedRun,
+    autocast,
+    decode_image_file,
+    find_trained,
+    inference_device,
+    load_trained_model,
+)
 from pipelines import contract
 from pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
 from pipelines.stages import SelectColumns
@@ -40,8 +53,9 @@ class Answerer:
         """uint8 images as the pipeline delivers them -> one answer each."""
         images = self._task.normalize(images_BHWC, self._device)
         with torch.inference_mode(), autocast(self._device):
-            answers = self._model.generate(images, [self._prompt] * len(images), self._max_new_tokens,
-                                           self._encoder.stop_ids, self._encoder.pad_id)
+            answers = self._model.generate(
+                images, [self._prompt] * len(images), self._max_new_tokens, self._encoder.stop_ids, self._encoder.pad_id
+            )
         return [self._task.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
 
     def answer_file(self, image: Path) -> str:
@@ -64,16 +78,33 @@ class CaptionStage:
         return out
 
 
-def caption(checkpoint: str | Path, specs: list[str], out_dir: Path, options: PoolOptions,
-            prompt: str = CAPTION_PROMPT, max_new_tokens: int = 0) -> dict:
+def caption(
+    checkpoint: str | Path,
+    specs: list[str],
+    out_dir: Path,
+    options: PoolOptions,
+    prompt: str = CAPTION_PROMPT,
+    max_new_tokens: int = 0,
+) -> dict:
     """Writes OUT/*.parquet (key, shard, caption, label, prompt, generation) and OUT/_manifest.json."""
     if not prompt.strip():
         raise ValueError("--prompt is empty: give the instruction the model answers for each image")
     run = find_trained(checkpoint, "vlm", "caption")
-    inference = start_inference(run, specs, CaptionStage, {"prompt": prompt, "max_new_tokens": max_new_tokens},
-                                options, text_stage=(SelectColumns, {}), columns=CAPTION_COLUMNS)
+    inference = start_inference(
+        run,
+        specs,
+        CaptionStage,
+        {"prompt": prompt, "max_new_tokens": max_new_tokens},
+        options,
+        text_stage=(SelectColumns, {}),
+        columns=CAPTION_COLUMNS,
+    )
     rows = write_parquet(inference, out_dir, "caption")
-    manifest = {"kind": "mmtrain-generations", **run_summary(inference, run, specs, rows), "prompt": prompt,
-                "files": [path.name for path in parquet_files(out_dir)]}
+    manifest = {
+        "kind": "mmtrain-generations",
+        **run_summary(inference, run, specs, rows),
+        "prompt": prompt,
+        "files": [path.name for path in parquet_files(out_dir)],
+    }
     write_manifest(out_dir, manifest)
     return manifest

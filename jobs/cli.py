@@ -14,17 +14,22 @@ from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
 # (Train's PreemptionWatcher, Ray Data's map workers) about restarts mmtrain does not rely on, and
 # the raylet's count of worker processes starting at once, which a small machine given more logical
 # CPUs than cores (as mmtrain does) always exceeds.
-RAY_NOTICES = "|".join((
-    r"core_worker\.cc:\d+: Actor with class name: '(PreemptionWatcher|MapWorker\(.*\))' .*has constructor "
-    r"arguments in the object store",
-    r"PYTHON worker processes have been started on node",
-))
+RAY_NOTICES = "|".join(
+    (
+        r"core_worker\.cc:\d+: Actor with class name: '(PreemptionWatcher|MapWorker\(.*\))' .*has constructor "
+        r"arguments in the object store",
+        r"PYTHON worker processes have been started on node",
+    )
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray's own INFO logs and deprecation notices (otherwise in its session logs)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own INFO logs and deprecation notices (otherwise in its session logs)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     data.add_parsers(subparsers)
     train.add_parsers(subparsers)

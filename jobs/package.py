@@ -19,8 +19,17 @@ from pathlib import Path
 from jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
 
 # Outside a git checkout, only these travel.
-ALLOWED = ("pipelines/", "training/", "jobs/", "conf/", "benchmarks/", "tests/", "pyproject.toml", "README.md",
-           "cluster.yaml")
+ALLOWED = (
+    "pipelines/",
+    "training/",
+    "jobs/",
+    "conf/",
+    "benchmarks/",
+    "tests/",
+    "pyproject.toml",
+    "README.md",
+    "cluster.yaml",
+)
 DATA_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".safetensors", ".pt", ".ckpt", ".gguf", ".distcp")
 MAX_PACKAGE_MB = 50
 
@@ -39,8 +48,9 @@ def project_files(root: Path) -> list[str]:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
         names = [os.fsdecode(name) for name in listed.split(b"\0") if name]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (or no git): the allow-list
-        names = sorted(str(path.relative_to(root)) for path in root.rglob("*")
-                       if str(path.relative_to(root)).startswith(ALLOWED))
+        names = sorted(
+            str(path.relative_to(root)) for path in root.rglob("*") if str(path.relative_to(root)).startswith(ALLOWED)
+        )
     return [name for name in names if (root / name).is_file()]
 
 
@@ -64,15 +74,19 @@ def build_package(root: Path, max_mb: float = MAX_PACKAGE_MB) -> Package:
     files = [name for name in project_files(root) if not is_excluded(name)]
     leaving = links_leaving(root, files)
     if leaving:
-        raise ValueError(f"{len(leaving)} tracked files are links that lead out of the project ({', '.join(leaving[:3])}"
-                         f" -> {(root / leaving[0]).resolve()}): a job package holds the project's own files only. "
-                         "Replace the link with the file, or untrack it (git rm --cached)")
+        raise ValueError(
+            f"{len(leaving)} tracked files are links that lead out of the project ({', '.join(leaving[:3])}"
+            f" -> {(root / leaving[0]).resolve()}): a job package holds the project's own files only. "
+            "Replace the link with the file, or untrack it (git rm --cached)"
+        )
     size = sum((root / name).stat().st_size for name in files)
     if size > max_mb * 1e6:
         largest = sorted(files, key=lambda name: -(root / name).stat().st_size)[:3]
-        raise ValueError(f"the job package would be {size / 1e6:.0f} MB (limit {max_mb:g} MB; largest: "
-                         f"{', '.join(largest)}). Put data on storage every node reads (s3://... or NFS) and "
-                         "point the config at it, or raise --max-package-mb")
+        raise ValueError(
+            f"the job package would be {size / 1e6:.0f} MB (limit {max_mb:g} MB; largest: "
+            f"{', '.join(largest)}). Put data on storage every node reads (s3://... or NFS) and "
+            "point the config at it, or raise --max-package-mb"
+        )
     directory = Path(tempfile.mkdtemp(prefix="mmtrain-job-"))
     for name in files:
         target = directory / name

@@ -36,22 +36,41 @@ TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 def add_parsers(subparsers) -> None:
     submit = subparsers.add_parser(
-        "submit", help="run an mmtrain command on a Ray cluster (Ray Jobs)",
+        "submit",
+        help="run an mmtrain command on a Ray cluster (Ray Jobs)",
         description="Submit `mmtrain ARGS...` as a Ray job, e.g. "
-                    "mmtrain submit --address http://HEAD:8265 --follow -- train clip --config conf/clip/tiny.yaml")
+        "mmtrain submit --address http://HEAD:8265 --follow -- train clip --config conf/clip/tiny.yaml",
+    )
     _add_address(submit)
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
-    submit.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
-                        help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
-    submit.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
-                        help="an environment variable for the job, KEY alone taking this shell's value "
-                             "(repeatable); a secret named here is readable by anyone who can list jobs")
-    submit.add_argument("--working-dir", type=Path, default=PROJECT_ROOT,
-                        help="the project whose tracked code and presets travel (default: this project)")
-    submit.add_argument("--max-package-mb", type=float, default=MAX_PACKAGE_MB,
-                        help=f"refuse a package larger than this (default {MAX_PACKAGE_MB} MB): data goes on shared storage")
-    submit.add_argument("--insecure", action="store_true",
-                        help="submit even to a cluster that runs without token authentication")
+    submit.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", ""),
+        help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)",
+    )
+    submit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="an environment variable for the job, KEY alone taking this shell's value "
+        "(repeatable); a secret named here is readable by anyone who can list jobs",
+    )
+    submit.add_argument(
+        "--working-dir",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="the project whose tracked code and presets travel (default: this project)",
+    )
+    submit.add_argument(
+        "--max-package-mb",
+        type=float,
+        default=MAX_PACKAGE_MB,
+        help=f"refuse a package larger than this (default {MAX_PACKAGE_MB} MB): data goes on shared storage",
+    )
+    submit.add_argument(
+        "--insecure", action="store_true", help="submit even to a cluster that runs without token authentication"
+    )
     submit.add_argument("--python", default="python", help="the cluster's Python with mmtrain installed")
     submit.add_argument("--submission-id", default=None, help="a job id of your choosing (default: generated)")
     submit.add_argument("mmtrain_args", nargs=argparse.REMAINDER, help="-- then the mmtrain command to run")
@@ -72,8 +91,11 @@ def add_parsers(subparsers) -> None:
 
 
 def _add_address(parser) -> None:
-    parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
-                        help=f"the head's dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
+        help=f"the head's dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})",
+    )
 
 
 def job_client(address: str):
@@ -86,8 +108,10 @@ def job_client(address: str):
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError) as err:
-        raise ValueError(f"cannot reach a Ray cluster at {address} ({err}); start one with `ray up cluster.yaml` "
-                         "or pass --address http://HEAD:8265") from None
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address} ({err}); start one with `ray up cluster.yaml` "
+            "or pass --address http://HEAD:8265"
+        ) from None
 
 
 def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
@@ -104,8 +128,11 @@ def job_environment(tracking_uri: str, extra: list[str]) -> dict[str, str]:
             raise ValueError(f"--env {item!r} must look like KEY=VALUE, or name a variable set in this shell")
         env[key] = value if sep else os.environ[key]
         if any(word in key.upper() for word in SECRET_WORDS):
-            print(f"mmtrain: warning: {key} travels in the job's runtime_env, which anyone who can list jobs on "
-                  "the cluster can read; prefer the cluster's own credentials", file=sys.stderr)
+            print(
+                f"mmtrain: warning: {key} travels in the job's runtime_env, which anyone who can list jobs on "
+                "the cluster can read; prefer the cluster's own credentials",
+                file=sys.stderr,
+            )
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # sweeps read presets relative to the working dir
@@ -119,9 +146,12 @@ def without_credentials(name: str, value: str) -> str:
     if "@" not in parts.netloc:
         return value
     host = parts.netloc.rsplit("@", 1)[1]
-    print(f"mmtrain: warning: {name} carried credentials (user:password@); they were removed from what the job "
-          "receives. Pass them as their own variables with --env (MLflow: --env MLFLOW_TRACKING_USERNAME "
-          "--env MLFLOW_TRACKING_PASSWORD), or use the cluster's own credentials", file=sys.stderr)
+    print(
+        f"mmtrain: warning: {name} carried credentials (user:password@); they were removed from what the job "
+        "receives. Pass them as their own variables with --env (MLflow: --env MLFLOW_TRACKING_USERNAME "
+        "--env MLFLOW_TRACKING_PASSWORD), or use the cluster's own credentials",
+        file=sys.stderr,
+    )
     return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
@@ -135,8 +165,10 @@ def check_authentication(address: str, insecure: bool) -> None:
         mode = f"unknown ({err})"
     if mode == "token":
         return
-    message = (f"the Ray cluster at {address} runs without token authentication (mode: {mode}): anyone who "
-               "reaches its dashboard can run code on it. Start it with RAY_AUTH_MODE=token (cluster.yaml does)")
+    message = (
+        f"the Ray cluster at {address} runs without token authentication (mode: {mode}): anyone who "
+        "reaches its dashboard can run code on it. Start it with RAY_AUTH_MODE=token (cluster.yaml does)"
+    )
     if not insecure:
         raise ValueError(message + ", or pass --insecure to submit anyway")
     print(f"mmtrain: warning: {message}; submitting anyway (--insecure)", file=sys.stderr)
@@ -145,7 +177,9 @@ def check_authentication(address: str, insecure: bool) -> None:
 def entrypoint(python: str, mmtrain_args: list[str]) -> str:
     args = mmtrain_args[1:] if mmtrain_args[:1] == ["--"] else mmtrain_args
     if not args:
-        raise ValueError("nothing to run: give the mmtrain command after --, e.g. -- train clip --config conf/clip/tiny.yaml")
+        raise ValueError(
+            "nothing to run: give the mmtrain command after --, e.g. -- train clip --config conf/clip/tiny.yaml"
+        )
     if args[0] in ("submit", "job"):
         raise ValueError(f"`mmtrain {args[0]}` runs here, not on the cluster")
     return f"{python} -m jobs.cli {shlex.join(args)}"
@@ -155,16 +189,22 @@ def run_submit(args) -> int:
     command = entrypoint(args.python, args.mmtrain_args)
     env = job_environment(args.tracking_uri, args.env)
     if "MLFLOW_TRACKING_URI" not in env:
-        print("mmtrain: warning: no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI); the job's runs "
-              "go to a sqlite store inside its working directory on the head node", file=sys.stderr)
+        print(
+            "mmtrain: warning: no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI); the job's runs "
+            "go to a sqlite store inside its working directory on the head node",
+            file=sys.stderr,
+        )
     check_authentication(args.address, args.insecure)
     client = job_client(args.address)
     package = build_package(args.working_dir, args.max_package_mb)
-    print(f"uploading {len(package.files)} files, {package.size_bytes / 1e6:.1f} MB (what git tracks, "
-          "less credentials and data)")
+    print(
+        f"uploading {len(package.files)} files, {package.size_bytes / 1e6:.1f} MB (what git tracks, "
+        "less credentials and data)"
+    )
     try:
         job_id = client.submit_job(  # Ray zips and uploads the package here
-            entrypoint=command, submission_id=args.submission_id,
+            entrypoint=command,
+            submission_id=args.submission_id,
             runtime_env={"working_dir": str(package.directory), "env_vars": env},
             metadata={"mmtrain.command": " ".join(command.split()[2:])},
         )

@@ -12,12 +12,25 @@ from training.config.io import load_config
 def add_parsers(subparsers) -> None:
     sweep = subparsers.add_parser("sweep", help="a Ray Tune sweep (ASHA, one MLflow run per trial)")
     sweep.add_argument("--config", type=Path, required=True, help="e.g. conf/sweep/clip_temperature.yaml")
-    sweep.add_argument("--resume", action="store_true",
-                       help="continue an interrupted sweep: finished trials are kept, unfinished ones resume")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a sweep key, e.g. --set num_samples=8 (repeatable)")
-    sweep.add_argument("--trial-set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of every trial's config, e.g. --trial-set loop.max_steps=100")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep: finished trials are kept, unfinished ones resume",
+    )
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep key, e.g. --set num_samples=8 (repeatable)",
+    )
+    sweep.add_argument(
+        "--trial-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every trial's config, e.g. --trial-set loop.max_steps=100",
+    )
     sweep.set_defaults(handler=run)
 
 

@@ -14,11 +14,20 @@ def add_parsers(subparsers) -> None:
     trainers = train.add_subparsers(dest="trainer", required=True)
     for spec in TRAINERS.values():
         parser = trainers.add_parser(spec.name, help=spec.summary)
-        parser.add_argument("--config", type=Path, required=True,
-                            help=f"a YAML file, or a preset under conf/{spec.name}/ (`mmtrain config show "
-                                 f"{spec.name}/NAME` lists every key)")
-        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config key, e.g. --set loop.max_steps=100 (repeatable)")
+        parser.add_argument(
+            "--config",
+            type=Path,
+            required=True,
+            help=f"a YAML file, or a preset under conf/{spec.name}/ (`mmtrain config show "
+            f"{spec.name}/NAME` lists every key)",
+        )
+        parser.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set loop.max_steps=100 (repeatable)",
+        )
         parser.set_defaults(handler=run_train, kind=spec.name)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint on eval shards")

@@ -26,9 +26,14 @@ def add_parsers(subparsers) -> None:
     classify = subparsers.add_parser("classify", help="zero-shot classification of shards -> Parquet")
     _pool_arguments(classify, "CLIP_RUN")
     classify.add_argument("--classes", required=True, help='a file with one class per line, or "cat,dog,bird"')
-    classify.add_argument("--template", action="append", dest="templates", default=[],
-                          help='prompt with {} for the class name; repeatable (default: the templates in the '
-                               'shards\' manifest.json, else "a photo of a {}.")')
+    classify.add_argument(
+        "--template",
+        action="append",
+        dest="templates",
+        default=[],
+        help="prompt with {} for the class name; repeatable (default: the templates in the "
+        'shards\' manifest.json, else "a photo of a {}.")',
+    )
     classify.set_defaults(handler=run_classify)
 
     ask = subparsers.add_parser("ask", help="ask a trained VLM about one image")
@@ -40,8 +45,9 @@ def add_parsers(subparsers) -> None:
 
     caption = subparsers.add_parser("caption", help="a trained VLM's answer to one prompt for every image of shards")
     _pool_arguments(caption, "VLM_RUN")
-    caption.add_argument("--prompt", default="", help="the instruction (default: the image alone, as stage 1 "
-                                                      "trained captions)")
+    caption.add_argument(
+        "--prompt", default="", help="the instruction (default: the image alone, as stage 1 trained captions)"
+    )
     caption.add_argument("--max-new-tokens", type=int, default=0, help="default: the run's eval.max_new_tokens")
     caption.set_defaults(handler=run_caption)
 
@@ -53,8 +59,11 @@ def _pool_arguments(parser, run_kind: str) -> None:
     parser.add_argument("--actors", type=int, default=2, help=POOL_HELP)
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per model replica (default 0: CPU)")
     parser.add_argument("--batch-size", type=int, default=128, help="rows per model call (default 128)")
-    parser.add_argument("--ray-address", default="", help='a Ray cluster ("auto" for the local `ray start` one); '
-                                                          "default: $RAY_ADDRESS, else a local instance")
+    parser.add_argument(
+        "--ray-address",
+        default="",
+        help='a Ray cluster ("auto" for the local `ray start` one); default: $RAY_ADDRESS, else a local instance',
+    )
 
 
 def pool_options(args):
@@ -62,17 +71,20 @@ def pool_options(args):
 
     if args.actors < 1 or args.batch_size < 1 or args.gpus_per_actor < 0:
         raise ValueError("--actors and --batch-size must be at least 1 and --gpus-per-actor at least 0")
-    return PoolOptions(actors=args.actors, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
-                       ray_address=args.ray_address)
+    return PoolOptions(
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, ray_address=args.ray_address
+    )
 
 
 def print_counts(manifest: dict, out: Path) -> None:
     from inference.pool import MANIFEST
 
     bad = ", ".join(f"{reason}={count}" for reason, count in sorted(manifest["bad_samples"].items()))
-    print(f"wrote {manifest['rows_written']:,} rows to {out} in {manifest['seconds']} s "
-          f"({manifest['samples_in_shards']:,} samples in {manifest['shards']} shards; "
-          f"bad: {bad or 'none'}); manifest: {out / MANIFEST}")
+    print(
+        f"wrote {manifest['rows_written']:,} rows to {out} in {manifest['seconds']} s "
+        f"({manifest['samples_in_shards']:,} samples in {manifest['shards']} shards; "
+        f"bad: {bad or 'none'}); manifest: {out / MANIFEST}"
+    )
 
 
 def run_embed(args) -> int:
@@ -80,8 +92,10 @@ def run_embed(args) -> int:
 
     manifest = embed(args.checkpoint, args.data, args.out, pool_options(args))
     print_counts(manifest, args.out)
-    print(f"index: {args.out / manifest['index']['file']} ({manifest['index']['type']}); "
-          f"search it with: mmtrain search --index {args.out} \"a red circle\"")
+    print(
+        f"index: {args.out / manifest['index']['file']} ({manifest['index']['type']}); "
+        f'search it with: mmtrain search --index {args.out} "a red circle"'
+    )
     return 0
 
 
@@ -105,11 +119,15 @@ def run_classify(args) -> int:
     manifest = classify(args.checkpoint, args.data, args.classes, args.templates, args.out, pool_options(args))
     print_counts(manifest, args.out)
     templates = len(manifest["templates"])
-    print(f"{len(manifest['classes'])} classes in {templates} prompt template{'s' if templates > 1 else ''} "
-          f"({manifest['templates'][0]!r}{', ...' if len(manifest['templates']) > 1 else ''})")
+    print(
+        f"{len(manifest['classes'])} classes in {templates} prompt template{'s' if templates > 1 else ''} "
+        f"({manifest['templates'][0]!r}{', ...' if len(manifest['templates']) > 1 else ''})"
+    )
     if "accuracy" in manifest:
-        print(f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
-              f"confusion matrix: {args.out / CONFUSION_FIGURE}")
+        print(
+            f"accuracy: {manifest['accuracy']:.4f} on {manifest['labelled_samples']:,} labelled samples; "
+            f"confusion matrix: {args.out / CONFUSION_FIGURE}"
+        )
     return 0
 
 
@@ -127,7 +145,8 @@ def run_caption(args) -> int:
     from inference.vlm_stages import caption
     from pipelines.conversations import CAPTION_PROMPT
 
-    manifest = caption(args.checkpoint, args.data, args.out, pool_options(args), args.prompt or CAPTION_PROMPT,
-                       args.max_new_tokens)
+    manifest = caption(
+        args.checkpoint, args.data, args.out, pool_options(args), args.prompt or CAPTION_PROMPT, args.max_new_tokens
+    )
     print_counts(manifest, args.out)
     return 0

@@ -49,8 +49,10 @@ class ChatRenderer:
         messages = self._fit(messages)
         marks = [sentinel(index) for index in range(len(messages))]
         skeleton = self.tokenizer.apply_chat_template(
-            [{**m, "content": mark} for m, mark in zip(messages, marks)], tokenize=False,
-            add_generation_prompt=add_generation_prompt)
+            [{**m, "content": mark} for m, mark in zip(messages, marks)],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
         placed = sorted((skeleton.find(mark), index) for index, mark in enumerate(marks) if mark in skeleton)
         shown = {index for _, index in placed}
         if any(m["role"] == "assistant" and i not in shown for i, m in enumerate(messages)):
@@ -96,14 +98,19 @@ class ChatRenderer:
             piece_ids.append(part_ids)
             piece_offsets.append(part_offsets + position)
             position += len(part)
-        return (np.concatenate([ids[:first], *piece_ids, ids[last + 1:]]),
-                np.concatenate([offsets[:first], *piece_offsets, offsets[last + 1:]]))
+        return (
+            np.concatenate([ids[:first], *piece_ids, ids[last + 1 :]]),
+            np.concatenate([offsets[:first], *piece_offsets, offsets[last + 1 :]]),
+        )
 
     def _encode(self, text: str, split_special: bool) -> tuple[np.ndarray, np.ndarray]:
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                  split_special_tokens=split_special)
-        return (np.asarray(encoding["input_ids"], np.int64),
-                np.asarray(encoding["offset_mapping"], np.int64).reshape(-1, 2))
+        encoding = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=split_special
+        )
+        return (
+            np.asarray(encoding["input_ids"], np.int64),
+            np.asarray(encoding["offset_mapping"], np.int64).reshape(-1, 2),
+        )
 
     def _fit(self, messages: list[dict]) -> list[dict]:
         """The messages as the template shows them whole: a system message it refuses or drops is
@@ -117,8 +124,11 @@ class ChatRenderer:
 
     def _keeps_system(self) -> bool:
         """Whether the template shows a system message in a whole conversation (one ending with a reply)."""
-        probe = [{"role": "system", "content": sentinel(0)}, {"role": "user", "content": sentinel(1)},
-                 {"role": "assistant", "content": sentinel(2)}]
+        probe = [
+            {"role": "system", "content": sentinel(0)},
+            {"role": "user", "content": sentinel(1)},
+            {"role": "assistant", "content": sentinel(2)},
+        ]
         try:
             return sentinel(0) in self.tokenizer.apply_chat_template(probe, tokenize=False)
         except Exception:  # jinja's TemplateError from raise_exception, or the template's own checks
@@ -126,7 +136,10 @@ class ChatRenderer:
 
     def _trimmed_roles(self) -> dict[str, bool]:
         """Which roles' content the template strips of surrounding whitespace, from a probe."""
-        probe = [{"role": "user", "content": f"  {sentinel(0)}  "}, {"role": "assistant", "content": f"  {sentinel(1)}  "}]
+        probe = [
+            {"role": "user", "content": f"  {sentinel(0)}  "},
+            {"role": "assistant", "content": f"  {sentinel(1)}  "},
+        ]
         if self.keeps_system:
             probe.insert(0, {"role": "system", "content": f"  {sentinel(2)}  "})
         rendered = self.tokenizer.apply_chat_template(probe, tokenize=False)

@@ -31,7 +31,7 @@ class Range:
     def __str__(self) -> str:
         if self.high == math.inf:
             return f"{'more than' if self.low_open else 'at least'} {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}")
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
 def at_least(low: float) -> Range:
@@ -84,8 +84,12 @@ def ordered_pair(section, name: str) -> None:
 class AugmentConfig(Checked):
     """Train: random resized crop + horizontal flip. Eval: resize shorter side + centre crop."""
 
-    RANGES = {"image_size": at_least(1), "crop_scale": within(0, 1, low_open=True), "crop_ratio": above(0),
-              "eval_resize_ratio": within(0, 1, low_open=True)}
+    RANGES = {
+        "image_size": at_least(1),
+        "crop_scale": within(0, 1, low_open=True),
+        "crop_ratio": above(0),
+        "eval_resize_ratio": within(0, 1, low_open=True),
+    }
 
     image_size: int = 64
     crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction range of the random crop
@@ -105,12 +109,22 @@ class AugmentConfig(Checked):
 @dataclass(frozen=True)
 class DataConfig(Checked):
     RANGES = {
-        "context_length": at_least(1), "max_image_pixels": at_least(1), "max_caption_bytes": at_least(1),
-        "max_metadata_bytes": at_least(1), "max_conversation_turns": at_least(1),
-        "max_bad_fraction": within(0, 1), "min_samples_for_bad_check": at_least(0), "shuffle_seed": at_least(0),
-        "read_shuffle_buffer": at_least(0), "shuffle_buffer_size": at_least(0), "decode_batch_size": at_least(1),
-        "tokenize_batch_size": at_least(0), "workers": at_least(0), "cpus_per_worker": above(0),
-        "tokenize_actors": at_least(0), "data_cpu_limit": at_least(0),
+        "context_length": at_least(1),
+        "max_image_pixels": at_least(1),
+        "max_caption_bytes": at_least(1),
+        "max_metadata_bytes": at_least(1),
+        "max_conversation_turns": at_least(1),
+        "max_bad_fraction": within(0, 1),
+        "min_samples_for_bad_check": at_least(0),
+        "shuffle_seed": at_least(0),
+        "read_shuffle_buffer": at_least(0),
+        "shuffle_buffer_size": at_least(0),
+        "decode_batch_size": at_least(1),
+        "tokenize_batch_size": at_least(0),
+        "workers": at_least(0),
+        "cpus_per_worker": above(0),
+        "tokenize_actors": at_least(0),
+        "data_cpu_limit": at_least(0),
     }
 
     train_shards: list[str] = field(default_factory=list)  # dirs, globs, brace patterns, s3:// URIs
@@ -126,8 +140,10 @@ class DataConfig(Checked):
     max_conversation_turns: int = TextLimits.max_turns
     max_bad_fraction: float = 0.05  # fail the run when more samples than this are bad
     min_samples_for_bad_check: int = 200  # don't judge the fraction on the first few samples
-    shuffle_seed: Optional[int] = 0  # shard order, in-shard order, local buffer and augmentation; None = not reproducible
-    read_shuffle_buffer: int = 512  # samples each read task holds to shuffle within its shard, per (seed, epoch); 0 = file order
+    # shard order, in-shard order, local buffer and augmentation; None = not reproducible
+    shuffle_seed: Optional[int] = 0
+    # samples each read task holds to shuffle within its shard, per (seed, epoch); 0 = file order
+    read_shuffle_buffer: int = 512
     shuffle_buffer_size: int = 1024  # rows in the consumer's local shuffle buffer (mixes shards); 0 = off
     # Rows per block the reader yields. Ray then coalesces a read task's blocks up to its target block
     # size (128 MiB), so the stages see up to a whole shard per call, whatever this is.

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGE = "image"                    # uint8 [B, H, W, C]
-INPUT_IDS = "input_ids"            # int32 [B, L], right-padded with the tokenizer's pad id
+IMAGE = "image"  # uint8 [B, H, W, C]
+INPUT_IDS = "input_ids"  # int32 [B, L], right-padded with the tokenizer's pad id
 ATTENTION_MASK = "attention_mask"  # uint8 [B, L], 1 on real tokens, 0 on padding
-LABEL = "label"                    # int64 [B], class index, -1 when the sample has none
-KEY = "key"                        # str [B], the sample's key inside its shard
-POSITION = "position"              # int64 [B], (epoch, shard, sample number) packed (pipelines/position.py)
-CONVERSATION = "conversation"      # str [B], LLaVA-format turns as JSON (VLM data only)
-LABELS = "labels"                  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
+LABEL = "label"  # int64 [B], class index, -1 when the sample has none
+KEY = "key"  # str [B], the sample's key inside its shard
+POSITION = "position"  # int64 [B], (epoch, shard, sample number) packed (pipelines/position.py)
+CONVERSATION = "conversation"  # str [B], LLaVA-format turns as JSON (VLM data only)
+LABELS = "labels"  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
 # int64 [K], made from LABELS at collation (pipelines/collate.py): the positions whose next token is
 # supervised in some row, the only ones the VLM computes logits for.
 PREDICTING = "predicting_positions"

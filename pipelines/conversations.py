@@ -16,6 +16,7 @@ import numpy as np
 
 from pipelines import bad_samples
 from pipelines.chat_rendering import IMAGE_PLACEHOLDER, ChatRenderer, overlaps, sentinel
+
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # ChatML, used when an LM's tokenizer brings no chat template of its own.
@@ -88,8 +89,10 @@ class ConversationEncoder:
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
         if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
-            raise ValueError(f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token; make the LM directory "
-                             "with `mmtrain models tiny-lm` or `mmtrain models import-gguf`, which add it")
+            raise ValueError(
+                f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token; make the LM directory "
+                "with `mmtrain models tiny-lm` or `mmtrain models import-gguf`, which add it"
+            )
         if tokenizer.chat_template is None:
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         self.tokenizer = tokenizer
@@ -109,11 +112,18 @@ class ConversationEncoder:
         if placeholders != 1:
             raise PlaceholderMismatch(
                 f"sample {key!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholders for 1 image; "
-                f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn")
+                f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn"
+            )
         rendered = self.renderer.render(messages)
         token_ids, offsets = self.renderer.tokenize(rendered)
-        replies = np.array([(start, rendered.end_of_turn_ends[start]) for start, _, role in rendered.message_spans
-                            if role == "assistant"], np.int64).reshape(-1, 2)
+        replies = np.array(
+            [
+                (start, rendered.end_of_turn_ends[start])
+                for start, _, role in rendered.message_spans
+                if role == "assistant"
+            ],
+            np.int64,
+        ).reshape(-1, 2)
         supervised = overlaps(offsets, replies)
         is_image = token_ids == self.image_token_id
         labels_T = np.where(supervised & ~is_image, token_ids, IGNORE_INDEX)
@@ -144,9 +154,11 @@ class ConversationEncoder:
     def pad(self, encoded: EncodedConversation) -> tuple[list[int], list[int], list[int]]:
         """(input_ids, attention_mask, labels), right-padded to max_length."""
         missing = self.max_length - len(encoded.input_ids)
-        return (encoded.input_ids + [self.pad_id] * missing,
-                [1] * len(encoded.input_ids) + [0] * missing,
-                encoded.labels + [IGNORE_INDEX] * missing)
+        return (
+            encoded.input_ids + [self.pad_id] * missing,
+            [1] * len(encoded.input_ids) + [0] * missing,
+            encoded.labels + [IGNORE_INDEX] * missing,
+        )
 
 
 def end_of_turn_token(tokenizer) -> int | None:
@@ -155,8 +167,9 @@ def end_of_turn_token(tokenizer) -> int | None:
     template closes a turn with nothing, or with plain text rather than a special token."""
     reply = sentinel(1)
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": sentinel(0)}, {"role": "assistant", "content": reply}], tokenize=False)
-    after_reply = rendered[rendered.index(reply) + len(reply):].lstrip()
+        [{"role": "user", "content": sentinel(0)}, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    after_reply = rendered[rendered.index(reply) + len(reply) :].lstrip()
     ids = tokenizer(after_reply, add_special_tokens=False)["input_ids"] if after_reply else []
     if ids and ids[0] in tokenizer.all_special_ids:
         return ids[0]

@@ -79,8 +79,7 @@ class ConvertOptions:
     limits: TextLimits = TextLimits()  # captions and metadata the reader would refuse are not written
 
 
-def convert(src: Path, out_dir: Path, options: ConvertOptions,
-            progress: Callable[[int], None] | None = None) -> dict:
+def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callable[[int], None] | None = None) -> dict:
     """Write shards for every example `src` yields; returns the manifest."""
     if options.format not in FORMATS:
         raise ValueError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
@@ -95,8 +94,11 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
     if not 1 <= options.quality <= 100:
         raise ValueError(f"--quality {options.quality}: JPEG quality goes from 1 to 100 (default 95)")
     reader = {
-        "folder": _read_folder, "csv": _read_table, "jsonl": _read_table,
-        "parquet": _read_table, "idx": _read_idx,
+        "folder": _read_folder,
+        "csv": _read_table,
+        "jsonl": _read_table,
+        "parquet": _read_table,
+        "idx": _read_idx,
     }[options.format]
     writers: dict[str, ShardWriter] = {}
     skipped: dict[str, int] = {}
@@ -113,7 +115,8 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions,
         writer = writers.get(item.split)
         if writer is None:
             writer = writers[item.split] = ShardWriter(
-                out_dir, item.split, max_samples=options.shard_samples, max_bytes=options.shard_bytes)
+                out_dir, item.split, max_samples=options.shard_samples, max_bytes=options.shard_bytes
+            )
         writer.write(sample)
         if progress:
             progress(1)
@@ -258,8 +261,9 @@ def _jsonl_rows(src: Path, max_line_bytes: int) -> tuple[Iterator[dict | str], l
     return rows(), list(first)
 
 
-def _table_example(index: int, row: dict, image_col: str, caption_col: str, root: Path,
-                   options: ConvertOptions) -> Example | str:
+def _table_example(
+    index: int, row: dict, image_col: str, caption_col: str, root: Path, options: ConvertOptions
+) -> Example | str:
     image = row.get(image_col)
     if isinstance(image, dict):  # Hugging Face datasets store images as {"bytes", "path"}
         image = image.get("bytes") or image.get("path")
@@ -327,7 +331,7 @@ def _load_idx(path: Path) -> np.ndarray:
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ValueError(f"{path} is not a uint8 IDX file")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 

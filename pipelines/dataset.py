@@ -31,9 +31,16 @@ from pipelines.stages import Tokenize, decode_and_augment
 from pipelines.tokenizer import resolve_tokenizer
 
 
-def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledger=None,
-                  columns: tuple[str, ...] | None = None, text_stage: tuple[type, dict] | None = None,
-                  epochs: int = 1) -> ray.data.Dataset:
+def build_dataset(
+    cfg: DataConfig,
+    shard_specs: list[str],
+    *,
+    train: bool,
+    ledger=None,
+    columns: tuple[str, ...] | None = None,
+    text_stage: tuple[type, dict] | None = None,
+    epochs: int = 1,
+) -> ray.data.Dataset:
     """The Ray Dataset for one split: `epochs` passes over the shards (training) or one in file
     order (eval). `ledger` (a SampleLedger handle) receives bad-sample counts and tells the reads
     what a resumed run has already used; `columns` keeps only those; `text_stage` replaces caption
@@ -45,26 +52,55 @@ def build_dataset(cfg: DataConfig, shard_specs: list[str], *, train: bool, ledge
     # No stage sets a batch size: one would stop Ray from fusing the read into the pool (and on a
     # small machine leave the read tasks without a CPU beside the actors). Each stage therefore
     # sees what the read hands on: a shard's rows, coalesced up to Ray's 128 MiB target block size.
-    source = EpochShardDatasource(shards.paths, shards.filesystem, epochs=epochs if train else 1, seed=seed,
-                                  shuffle_buffer=cfg.read_shuffle_buffer if train else 0,
-                                  rows_per_block=cfg.decode_batch_size, ledger=ledger, limits=cfg.text_limits)
+    source = EpochShardDatasource(
+        shards.paths,
+        shards.filesystem,
+        epochs=epochs if train else 1,
+        seed=seed,
+        shuffle_buffer=cfg.read_shuffle_buffer if train else 0,
+        rows_per_block=cfg.decode_batch_size,
+        ledger=ledger,
+        limits=cfg.text_limits,
+    )
     dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cfg.cpus_per_worker)
     if text_stage is None:
-        text_stage = (Tokenize, dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs),
-                                     context_length=cfg.context_length, ledger=ledger))
-    return map_stages(dataset, cfg, train=train, ledger=ledger, columns=columns, text_stage=text_stage,
-                      workers=pool_size(cfg, len(shards.paths)))
+        text_stage = (
+            Tokenize,
+            dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs), context_length=cfg.context_length, ledger=ledger),
+        )
+    return map_stages(
+        dataset,
+        cfg,
+        train=train,
+        ledger=ledger,
+        columns=columns,
+        text_stage=text_stage,
+        workers=pool_size(cfg, len(shards.paths)),
+    )
 
 
-def map_stages(dataset: ray.data.Dataset, cfg: DataConfig, *, train: bool, ledger, columns: tuple[str, ...] | None,
-               text_stage: tuple[type, dict], workers: int) -> ray.data.Dataset:
+def map_stages(
+    dataset: ray.data.Dataset,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    ledger,
+    columns: tuple[str, ...] | None,
+    text_stage: tuple[type, dict],
+    workers: int,
+) -> ray.data.Dataset:
     """Raw rows (datasource.RAW_SCHEMA) -> decode + augment -> the text stage, fused with the read
     into one pool of `workers` actors."""
     cpus = cfg.cpus_per_worker  # the same for every stage, or Ray will not fuse them
     dataset = dataset.map_batches(
         decode_and_augment,
-        fn_kwargs=dict(augment=cfg.augment, train=train, max_pixels=cfg.max_image_pixels,
-                       keep_conversation=cfg.with_conversations, ledger=ledger),
+        fn_kwargs=dict(
+            augment=cfg.augment,
+            train=train,
+            max_pixels=cfg.max_image_pixels,
+            keep_conversation=cfg.with_conversations,
+            ledger=ledger,
+        ),
         batch_size=None,
         num_cpus=cpus,
     )

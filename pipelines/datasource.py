@@ -36,19 +36,21 @@ from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 logger = logging.getLogger("mmtrain.data")
 LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted
 
-RAW_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("image_bytes", pa.binary()),
-    ("caption", pa.string()),
-    ("label", pa.int64()),
-    ("conversation", pa.string()),
-    ("bad_reason", pa.string()),  # "" for a usable sample
-    ("augment_seed", pa.int64()),  # -1: no seed, draw fresh randomness
-    ("epoch", pa.int32()),
-    ("shard", pa.int32()),  # the shard's place in the run's shard list
-    ("index", pa.int64()),  # the sample's number in its shard; -1 for a bad stretch of the shard
-    ("offset", pa.int64()),  # byte offset of the sample's first header
-])
+RAW_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("image_bytes", pa.binary()),
+        ("caption", pa.string()),
+        ("label", pa.int64()),
+        ("conversation", pa.string()),
+        ("bad_reason", pa.string()),  # "" for a usable sample
+        ("augment_seed", pa.int64()),  # -1: no seed, draw fresh randomness
+        ("epoch", pa.int32()),
+        ("shard", pa.int32()),  # the shard's place in the run's shard list
+        ("index", pa.int64()),  # the sample's number in its shard; -1 for a bad stretch of the shard
+        ("offset", pa.int64()),  # byte offset of the sample's first header
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,23 @@ class ShardRead:
 
 
 class EpochShardDatasource(Datasource):
-    def __init__(self, paths: list[str], filesystem: pafs.FileSystem, *, epochs: int = 1,
-                 seed: Optional[int] = None, shuffle_buffer: int = 0, rows_per_block: int = 256, ledger=None,
-                 limits: TextLimits = TextLimits()):
+    def __init__(
+        self,
+        paths: list[str],
+        filesystem: pafs.FileSystem,
+        *,
+        epochs: int = 1,
+        seed: Optional[int] = None,
+        shuffle_buffer: int = 0,
+        rows_per_block: int = 256,
+        ledger=None,
+        limits: TextLimits = TextLimits(),
+    ):
         if len(paths) >= MAX_SHARDS or epochs > MAX_EPOCHS:
-            raise ValueError(f"{len(paths)} shards x {epochs} epochs: positions hold at most {MAX_SHARDS - 1} "
-                             f"shards and {MAX_EPOCHS} epochs")
+            raise ValueError(
+                f"{len(paths)} shards x {epochs} epochs: positions hold at most {MAX_SHARDS - 1} "
+                f"shards and {MAX_EPOCHS} epochs"
+            )
         self._paths, self._filesystem = list(paths), filesystem
         self._epochs = epochs
         self._seed, self._shuffle_buffer = seed, shuffle_buffer
@@ -96,14 +109,19 @@ class EpochShardDatasource(Datasource):
 
         def task(read: ShardRead) -> ReadTask:
             metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(read.path,))
-            return ReadTask(lambda: read_shard(read, filesystem, rows_per_block, ledger, limits), metadata,
-                            schema=RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
+            return ReadTask(
+                lambda: read_shard(read, filesystem, rows_per_block, ledger, limits),
+                metadata,
+                schema=RAW_SCHEMA,
+                per_task_row_limit=per_task_row_limit,
+            )
 
         return [task(read) for read in self.reads()]
 
 
-def read_shard(read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None,
-               limits: TextLimits = TextLimits()) -> Iterator[pa.Table]:
+def read_shard(
+    read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None, limits: TextLimits = TextLimits()
+) -> Iterator[pa.Table]:
     """One (epoch, shard)'s rows, passing over what the ledger says this epoch already used."""
     skip, done = ray.get(ledger.plan.remote(read.epoch, read.shard)) if ledger is not None else (None, False)
     if done:  # every sample of this shard was trained on (or bad) this epoch: nothing to open
@@ -143,8 +161,9 @@ def shuffled(records: Iterable[Record | Bad], buffer_size: int, rng: np.random.G
     yield from (buffer[i] for i in order)
 
 
-def shard_tables(records: Iterable[Record | Bad], read: ShardRead, rows_per_block: int,
-                 on_count=None) -> Iterator[pa.Table]:
+def shard_tables(
+    records: Iterable[Record | Bad], read: ShardRead, rows_per_block: int, on_count=None
+) -> Iterator[pa.Table]:
     """A shard's records as RAW_SCHEMA blocks; the first few bad ones are named in the log with the
     shard and byte offset. `on_count` (the ledger) learns the shard's sample count at the end."""
     columns = {name: [] for name in RAW_SCHEMA.names}
@@ -158,8 +177,13 @@ def shard_tables(records: Iterable[Record | Bad], read: ShardRead, rows_per_bloc
         if isinstance(record, Bad):
             bad += 1
             if bad <= LOGGED_PER_SHARD:
-                logger.warning("%s: skipped %s at byte %d: %s", read.path,
-                               repr(record.key) if record.key else "a stretch", record.offset, record.reason)
+                logger.warning(
+                    "%s: skipped %s at byte %d: %s",
+                    read.path,
+                    repr(record.key) if record.key else "a stretch",
+                    record.offset,
+                    record.reason,
+                )
             row = (record.key, b"", "", -1, "[]", record.reason, seed)
         else:
             row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
@@ -171,8 +195,9 @@ def shard_tables(records: Iterable[Record | Bad], read: ShardRead, rows_per_bloc
     if columns["key"]:
         yield pa.table(columns, schema=RAW_SCHEMA)
     if bad > LOGGED_PER_SHARD:
-        logger.warning("%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", read.path,
-                       bad - LOGGED_PER_SHARD)
+        logger.warning(
+            "%s: %d more skipped (counted by reason in the run's data/bad/* metrics)", read.path, bad - LOGGED_PER_SHARD
+        )
     if on_count is not None and count:
         on_count.shard_counted.remote(read.shard, count)
 

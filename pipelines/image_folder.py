@@ -27,11 +27,11 @@ FILES_PER_TASK = 256
 def image_files(folder: str | Path) -> list[str]:
     """Image files under a local folder, relative to it, sorted; [] where it holds shards instead."""
     folder = Path(folder)
-    if "://" in str(folder) or not folder.is_dir() or any(
-            p.name.endswith(SHARD_SUFFIXES) for p in folder.iterdir()):
+    if "://" in str(folder) or not folder.is_dir() or any(p.name.endswith(SHARD_SUFFIXES) for p in folder.iterdir()):
         return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def folder_labels(files: list[str], classes: list[str]) -> list[int]:
@@ -55,22 +55,29 @@ class ImageFolderDatasource(Datasource):
         return None
 
     def chunks(self) -> list[range]:
-        return [range(start, min(start + FILES_PER_TASK, len(self._files)))
-                for start in range(0, len(self._files), FILES_PER_TASK)]
+        return [
+            range(start, min(start + FILES_PER_TASK, len(self._files)))
+            for start in range(0, len(self._files), FILES_PER_TASK)
+        ]
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         folder, files, labels, rows = self._folder, self._files, self._labels, self._rows_per_block
 
         def task(number: int, chunk: range) -> ReadTask:
             metadata = BlockMetadata(num_rows=len(chunk), size_bytes=None, exec_stats=None, input_files=None)
-            return ReadTask(lambda: read_chunk(folder, [files[i] for i in chunk], [labels[i] for i in chunk],
-                                               number, rows), metadata, schema=RAW_SCHEMA,
-                            per_task_row_limit=per_task_row_limit)
+            return ReadTask(
+                lambda: read_chunk(folder, [files[i] for i in chunk], [labels[i] for i in chunk], number, rows),
+                metadata,
+                schema=RAW_SCHEMA,
+                per_task_row_limit=per_task_row_limit,
+            )
 
         return [task(number, chunk) for number, chunk in enumerate(self.chunks())]
 
 
-def read_chunk(folder: str, names: list[str], labels: list[int], number: int, rows_per_block: int) -> Iterator[pa.Table]:
+def read_chunk(
+    folder: str, names: list[str], labels: list[int], number: int, rows_per_block: int
+) -> Iterator[pa.Table]:
     def records():
         root = Path(folder).resolve()
         for index, (name, label) in enumerate(zip(names, labels)):

@@ -41,8 +41,12 @@ if cv2 is not None:
     cv2.setNumThreads(1)
     _DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
     # The scale bits of IMREAD_REDUCED_*; the GRAYSCALE constants are those bits alone.
-    _JPEG_SCALE_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                         8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+    _JPEG_SCALE_FLAGS = {
+        1: 0,
+        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    }
 
 
 class BadSample(Exception):
@@ -109,8 +113,9 @@ def decode_rgb(data: bytes, image_format: str | None, reduce: int = 1) -> np.nda
         raise BadSample(bad_samples.NOT_AN_IMAGE) from None
 
 
-def render(data: bytes, image: Image.Image, box: Box, size: int, flip: bool,
-           out: np.ndarray | None = None) -> np.ndarray:
+def render(
+    data: bytes, image: Image.Image, box: Box, size: int, flip: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     """Decode `data` (whose header is `image`), crop `box`, resize to size x size, optionally flip:
     uint8 [size, size, 3], written into `out` when given."""
     shrink = min(box[2] - box[0], box[3] - box[1]) / size
@@ -126,7 +131,7 @@ def render(data: bytes, image: Image.Image, box: Box, size: int, flip: bool,
         scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
         left, top = int(box[0] * scale_x), int(box[1] * scale_y)
         box = (left, top, max(left + 1, round(box[2] * scale_x)), max(top + 1, round(box[3] * scale_y)))
-    crop = pixels[box[1]:box[3], box[0]:box[2]]
+    crop = pixels[box[1] : box[3], box[0] : box[2]]
     if flip:
         cv2.flip(cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR), 1, dst=out)
     else:
@@ -170,8 +175,9 @@ def _render_pil(image: Image.Image, box: Box, size: int, flip: bool, reduce: int
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode_train(data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.random.Generator,
-                 out: np.ndarray | None = None) -> np.ndarray:
+def decode_train(
+    data: bytes, cfg: AugmentConfig, max_pixels: int, rng: np.random.Generator, out: np.ndarray | None = None
+) -> np.ndarray:
     image = open_image(data, max_pixels)
     box = random_resized_crop_box(*image.size, cfg, rng)
     return render(data, image, box, cfg.image_size, flip=cfg.hflip and rng.random() < 0.5, out=out)

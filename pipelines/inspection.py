@@ -24,8 +24,13 @@ def iter_shard_records(shards: ShardList, path: str, limits: TextLimits = TextLi
             yield record.reason if isinstance(record, Bad) else record
 
 
-def inspect_shards(specs: list[str], max_pixels: int = 64_000_000, s3_endpoint: str = "",
-                   progress=None, limits: TextLimits = TextLimits()) -> dict:
+def inspect_shards(
+    specs: list[str],
+    max_pixels: int = 64_000_000,
+    s3_endpoint: str = "",
+    progress=None,
+    limits: TextLimits = TextLimits(),
+) -> dict:
     """Per shard: samples, decodable images, bad samples by reason, labels seen."""
     shards = resolve_shards(specs, s3_endpoint)
     report = {"shards": [], "total": {"samples": 0, "good": 0, "bad": {}}}
@@ -45,8 +50,15 @@ def inspect_shards(specs: list[str], max_pixels: int = 64_000_000, s3_endpoint: 
             except Exception:  # truncated pixel data only fails at load()
                 bad[bad_samples.NOT_AN_IMAGE] += 1
         samples = good + sum(v for k, v in bad.items() if k not in bad_samples.SHARD_LEVEL)
-        report["shards"].append({"path": path, "samples": samples, "good": good, "bad": dict(bad),
-                                 "labels": len([k for k in labels if k >= 0])})
+        report["shards"].append(
+            {
+                "path": path,
+                "samples": samples,
+                "good": good,
+                "bad": dict(bad),
+                "labels": len([k for k in labels if k >= 0]),
+            }
+        )
         report["total"]["samples"] += samples
         report["total"]["good"] += good
         total_bad.update(bad)

@@ -28,8 +28,11 @@ def pack(epoch, shard, index) -> np.ndarray:
 def unpack(positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(epoch, shard, sample number) arrays from int64 positions."""
     positions = np.asarray(positions, dtype=np.int64)
-    return (positions >> (SHARD_BITS + INDEX_BITS), (positions >> INDEX_BITS) & (MAX_SHARDS - 1),
-            positions & (MAX_SAMPLES_PER_SHARD - 1))
+    return (
+        positions >> (SHARD_BITS + INDEX_BITS),
+        (positions >> INDEX_BITS) & (MAX_SHARDS - 1),
+        positions & (MAX_SAMPLES_PER_SHARD - 1),
+    )
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,11 @@ class BadSample:
 
     @property
     def identity(self) -> tuple:
-        return (self.epoch, self.shard, self.index) if self.index >= 0 else (
-            self.epoch, self.shard, -1, self.offset, self.reason)
+        return (
+            (self.epoch, self.shard, self.index)
+            if self.index >= 0
+            else (self.epoch, self.shard, -1, self.offset, self.reason)
+        )
 
 
 @dataclass
@@ -111,7 +117,9 @@ class DataPosition:
     def to_json(self) -> dict:
         return {
             "format": 1,
-            "consumed": {str(e): {str(s): _encode(b) for s, b in shards.items()} for e, shards in self.consumed.items()},
+            "consumed": {
+                str(e): {str(s): _encode(b) for s, b in shards.items()} for e, shards in self.consumed.items()
+            },
             "consumed_counts": {str(e): self.consumed_count(e) for e in self.consumed},
             "repeated": {str(e): n for e, n in self.repeated.items()},
             "bad": [[s.epoch, s.shard, s.index, s.offset, s.reason] for s in self.bad.values()],
@@ -121,7 +129,9 @@ class DataPosition:
     @classmethod
     def from_json(cls, data: dict) -> "DataPosition":
         position = cls(
-            consumed={int(e): {int(s): _decode(b) for s, b in shards.items()} for e, shards in data["consumed"].items()},
+            consumed={
+                int(e): {int(s): _decode(b) for s, b in shards.items()} for e, shards in data["consumed"].items()
+            },
             repeated={int(e): n for e, n in data.get("repeated", {}).items()},
             samples_per_shard={int(s): n for s, n in data.get("samples_per_shard", {}).items()},
         )
@@ -133,7 +143,7 @@ def _grown(bitmap: np.ndarray, size: int) -> np.ndarray:
     if len(bitmap) >= size:
         return bitmap
     grown = np.zeros(max(size, 2 * len(bitmap)), bool)
-    grown[:len(bitmap)] = bitmap
+    grown[: len(bitmap)] = bitmap
     return grown
 
 
@@ -150,8 +160,9 @@ def _decode(text: str) -> np.ndarray:
     size_text, _, data = text.partition(":")
     size = int(size_text) if size_text.isdecimal() and len(size_text) < 12 else -1
     if not 0 <= size <= MAX_SAMPLES_PER_SHARD:
-        raise ValueError(f"a consumed-samples bitmap gives its size as {size_text[:20]!r}: "
-                         f"expected 0 to {MAX_SAMPLES_PER_SHARD}")
+        raise ValueError(
+            f"a consumed-samples bitmap gives its size as {size_text[:20]!r}: expected 0 to {MAX_SAMPLES_PER_SHARD}"
+        )
     packed_bytes = (size + 7) // 8
     inflater = zlib.decompressobj()
     raw = inflater.decompress(base64.b64decode(data, validate=True), packed_bytes)

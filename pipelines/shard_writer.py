@@ -45,9 +45,7 @@ class ShardWriter:
 
     def write(self, sample: dict) -> None:
         size = sum(len(v) for k, v in sample.items() if k != "__key__")
-        if self._pending and (
-            len(self._pending) >= self.max_samples or self._pending_bytes + size > self.max_bytes
-        ):
+        if self._pending and (len(self._pending) >= self.max_samples or self._pending_bytes + size > self.max_bytes):
             self._flush()
         self._pending.append(sample)
         self._pending_bytes += size
@@ -73,9 +71,7 @@ class ShardWriter:
                     _add_member(tar, f"{sample['__key__']}.{ext}", sample[ext])
         data = buffer.getvalue()
         (self.out_dir / name).write_bytes(data)
-        self.shards.append(
-            ShardInfo(name, self.split, len(self._pending), len(data), hashlib.sha256(data).hexdigest())
-        )
+        self.shards.append(ShardInfo(name, self.split, len(self._pending), len(data), hashlib.sha256(data).hexdigest()))
         self._pending, self._pending_bytes = [], 0
 
 

@@ -39,14 +39,15 @@ def make_filesystem(uri: str, s3_endpoint: str = "") -> tuple[pafs.FileSystem, s
         kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
         if os.environ.get("AWS_ACCESS_KEY_ID"):
             # Explicit keys travel with the pickled filesystem to Ray workers whose env lacks them.
-            kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                          secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+            kwargs.update(
+                access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+            )
         if endpoint:
             parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
             kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
-        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://") :]
     if scheme in ("", "file"):
-        return pafs.LocalFileSystem(), os.path.abspath(uri[len("file://"):] if scheme else uri)
+        return pafs.LocalFileSystem(), os.path.abspath(uri[len("file://") :] if scheme else uri)
     return pafs.FileSystem.from_uri(uri)
 
 
@@ -68,11 +69,14 @@ def resolve_shards(specs: list[str] | str, s3_endpoint: str = "") -> ShardList:
             try:
                 found = _expand_one(fs, path)
             except OSError as err:  # nothing listens at the endpoint, no such bucket, no credentials
-                raise ValueError(f"cannot list shards at {expanded!r}: {err}. Check the endpoint (data.s3_endpoint "
-                                 "or AWS_ENDPOINT_URL), the bucket and the credentials") from None
+                raise ValueError(
+                    f"cannot list shards at {expanded!r}: {err}. Check the endpoint (data.s3_endpoint "
+                    "or AWS_ENDPOINT_URL), the bucket and the credentials"
+                ) from None
             if not found:
-                raise ValueError(f"shard spec {expanded!r} matched no shards ({', '.join(SHARD_SUFFIXES)}); "
-                                 "check the path")
+                raise ValueError(
+                    f"shard spec {expanded!r} matched no shards ({', '.join(SHARD_SUFFIXES)}); check the path"
+                )
             paths.extend(found)
     return ShardList(paths=list(dict.fromkeys(paths)), filesystem=filesystem)
 
@@ -99,6 +103,7 @@ def count_dataset_samples(shards: ShardList) -> int:
 def count_shard_samples(shards: ShardList) -> list[int]:
     """Samples in each shard (good or bad), from their tar headers; the shards are scanned in
     parallel threads (reading is I/O, and a seekable file is read only at its headers)."""
+
     def count(path: str) -> int:
         try:
             with shards.filesystem.open_input_file(path) as stream:

@@ -12,8 +12,9 @@ from pipelines.images import BadSample, decode_eval, decode_train
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
 
-def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_pixels: int,
-                       keep_conversation: bool, ledger=None) -> dict:
+def decode_and_augment(
+    batch: dict, *, augment: AugmentConfig, train: bool, max_pixels: int, keep_conversation: bool, ledger=None
+) -> dict:
     """Raw rows -> uint8 images; bad rows (from the reader or from decoding) are dropped and counted.
     Each image is resized straight into its row of the batch array: no per-image array to stack."""
     seeds = np.asarray(batch["augment_seed"], dtype=np.int64) if train else None
@@ -33,12 +34,22 @@ def decode_and_augment(batch: dict, *, augment: AugmentConfig, train: bool, max_
         except BadSample as err:
             bad.append((index, err.reason))
     if ledger is not None:
-        ledger.record.remote(len(keep), [position.BadSample(int(batch["epoch"][row]), int(batch["shard"][row]),
-                                                            int(batch["index"][row]), int(batch["offset"][row]), reason)
-                                         for row, reason in bad])
+        ledger.record.remote(
+            len(keep),
+            [
+                position.BadSample(
+                    int(batch["epoch"][row]),
+                    int(batch["shard"][row]),
+                    int(batch["index"][row]),
+                    int(batch["offset"][row]),
+                    reason,
+                )
+                for row, reason in bad
+            ],
+        )
     out = {
         contract.POSITION: position.pack(batch["epoch"], batch["shard"], batch["index"])[keep],
-        contract.IMAGE: images[:len(keep)],
+        contract.IMAGE: images[: len(keep)],
         contract.KEY: np.asarray(batch["key"])[keep],
         contract.LABEL: np.asarray(batch["label"], dtype=np.int64)[keep],
         "caption": np.asarray(batch["caption"])[keep],
@@ -89,8 +100,9 @@ class Tokenize:
         encodings = self._tokenizer.encode_batch(captions) if captions else []
         length = self._context_length
         batch[contract.INPUT_IDS] = np.array([e.ids for e in encodings], dtype=np.int32).reshape(-1, length)
-        batch[contract.ATTENTION_MASK] = np.array(
-            [e.attention_mask for e in encodings], dtype=np.uint8).reshape(-1, length)
+        batch[contract.ATTENTION_MASK] = np.array([e.attention_mask for e in encodings], dtype=np.uint8).reshape(
+            -1, length
+        )
         return select(batch, self._columns)
 
 
@@ -111,12 +123,21 @@ class TokenizeConversations:
     or leaves no supervised token are dropped and counted by reason (never trained on, never a
     crash inside the model)."""
 
-    def __init__(self, lm_path: str, num_image_tokens: int, max_length: int, captions: bool, ledger=None,
-                 columns: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        lm_path: str,
+        num_image_tokens: int,
+        max_length: int,
+        captions: bool,
+        ledger=None,
+        columns: tuple[str, ...] | None = None,
+    ):
         from transformers import AutoTokenizer
 
         _count_actor(ledger)
-        self._encoder = ConversationEncoder(AutoTokenizer.from_pretrained(lm_path, trust_remote_code=False), num_image_tokens, max_length)
+        self._encoder = ConversationEncoder(
+            AutoTokenizer.from_pretrained(lm_path, trust_remote_code=False), num_image_tokens, max_length
+        )
         self._captions = captions
         self._ledger = ledger
         self._columns = columns

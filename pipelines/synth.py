@@ -16,8 +16,12 @@ from PIL import Image, ImageDraw
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 30),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
 }
 SHAPES = ("circle", "square", "triangle")
 COUNTS = ("one", "two", "three")
@@ -49,8 +53,7 @@ def make_sample(index: int, seed: int, image_size: int) -> dict:
     side = SIDES[rng.integers(2)]
     image = _draw(rng, SHAPES[shape_id], COLOURS[colour], count, size, side, image_size)
 
-    answers = {"colour": colour, "shape": SHAPES[shape_id], "count": COUNTS[count - 1],
-               "size": size, "side": side}
+    answers = {"colour": colour, "shape": SHAPES[shape_id], "count": COUNTS[count - 1], "size": size, "side": side}
     asked = rng.permutation(list(QUESTIONS))[: int(rng.integers(1, 3))]
     conversation = []
     for turn, topic in enumerate(asked):
@@ -65,8 +68,9 @@ def make_sample(index: int, seed: int, image_size: int) -> dict:
         "__key__": f"{index:08d}",
         "jpg": buffer.getvalue(),
         "txt": encode_text(caption),
-        "json": encode_json({"label": shape_id, "class_name": SHAPES[shape_id],
-                             "answers": answers, "conversations": conversation}),
+        "json": encode_json(
+            {"label": shape_id, "class_name": SHAPES[shape_id], "answers": answers, "conversations": conversation}
+        ),
     }
 
 
@@ -91,8 +95,15 @@ def _draw(rng, shape, rgb, count, size, side, image_size) -> Image.Image:
     return image
 
 
-def write_synth(out_dir: Path, num_train: int = 4000, num_val: int = 500, image_size: int = 64,
-                seed: int = 0, shard_size: int = 1000, progress=None) -> dict:
+def write_synth(
+    out_dir: Path,
+    num_train: int = 4000,
+    num_val: int = 500,
+    image_size: int = 64,
+    seed: int = 0,
+    shard_size: int = 1000,
+    progress=None,
+) -> dict:
     """Write train-*.tar and val-*.tar shards plus manifest.json; returns the manifest's split counts."""
     out_dir = Path(out_dir)
     shards = []
@@ -103,8 +114,15 @@ def write_synth(out_dir: Path, num_train: int = 4000, num_val: int = 500, image_
                 if progress:
                     progress(1)
         shards.extend(writer.shards)
-    manifest = write_manifest(out_dir, shards, {
-        "source": "synth", "seed": seed, "image_size": image_size,
-        "classes": list(SHAPES), "templates": ["a photo of {}s."],
-    })
+    manifest = write_manifest(
+        out_dir,
+        shards,
+        {
+            "source": "synth",
+            "seed": seed,
+            "image_size": image_size,
+            "classes": list(SHAPES),
+            "templates": ["a photo of {}s."],
+        },
+    )
     return manifest["splits"]

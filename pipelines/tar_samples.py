@@ -114,8 +114,12 @@ def split_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
-                 skip: Optional[Container[int]] = None, limits: TextLimits = TextLimits()) -> Iterator[Record | Bad]:
+def iter_records(
+    stream: IO[bytes],
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    skip: Optional[Container[int]] = None,
+    limits: TextLimits = TextLimits(),
+) -> Iterator[Record | Bad]:
     """Every sample of a shard as a Record or a Bad: the one containment boundary around all that
     parses a sample (headers, members, metadata, conversations). The pipeline, `data inspect`,
     `data tokenizer` and `data convert` all read through it, so they agree on every input, and an
@@ -137,8 +141,9 @@ def iter_records(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
         yield Bad("", bad_samples.PARSE_ERROR, offset)
 
 
-def iter_raw_samples(stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES,
-                     skip: Optional[Container[int]] = None) -> Iterator[RawSample]:
+def iter_raw_samples(
+    stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES, skip: Optional[Container[int]] = None
+) -> Iterator[RawSample]:
     """Yield samples grouped by key (members of a sample are adjacent), plus counted failures."""
     numbering = SampleNumbering(skip)
     current: Optional[RawSample] = None
@@ -385,13 +390,13 @@ def _pax_records(payload: bytes) -> dict[str, str]:
     """The 'LENGTH key=value' records of a pax extended header."""
     records, position = {}, 0
     while position < len(payload):
-        length_text, _, _ = payload[position:position + 20].partition(b" ")
+        length_text, _, _ = payload[position : position + 20].partition(b" ")
         try:
             length = int(length_text)
         except ValueError:
             break
-        record = payload[position:position + length]
-        key, _, value = record[len(length_text) + 1:].rstrip(b"\n").partition(b"=")
+        record = payload[position : position + length]
+        key, _, value = record[len(length_text) + 1 :].rstrip(b"\n").partition(b"=")
         records[_text(key)] = _text(value)
         position += max(length, 1)
     return records
@@ -446,7 +451,7 @@ def metadata_problem(meta, limits: TextLimits = TextLimits()) -> str | None:
     label = meta.get("label", -1)
     if isinstance(label, bool) or not isinstance(label, (int, float)) or label != label:
         return bad_samples.BAD_METADATA  # not a number, or NaN
-    if label in (float("inf"), float("-inf")) or int(label) != label or not -2**63 <= int(label) < 2**63:
+    if label in (float("inf"), float("-inf")) or int(label) != label or not -(2**63) <= int(label) < 2**63:
         return bad_samples.BAD_METADATA  # 1e400, 2**70, 2.5: no int64 class index
     return conversation_problem(meta.get("conversations", []), limits.max_turns)
 

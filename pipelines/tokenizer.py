@@ -11,9 +11,13 @@ PAD, UNK, BOS, EOT = "[PAD]", "[UNK]", "[BOS]", "[EOT]"
 PAD_CANDIDATES = (PAD, "<pad>", "<|endoftext|>", "</s>")
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
-                        special_tokens: tuple[str, ...] = (PAD, UNK, BOS, EOT),
-                        wrap: bool = True, lowercase: bool = True) -> Tokenizer:
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    special_tokens: tuple[str, ...] = (PAD, UNK, BOS, EOT),
+    wrap: bool = True,
+    lowercase: bool = True,
+) -> Tokenizer:
     """Byte-level BPE. With `wrap`, every sequence becomes [BOS] ... [EOT] (CLIP pools at EOT)."""
     tokenizer = Tokenizer(models.BPE())
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])

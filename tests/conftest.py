@@ -14,8 +14,12 @@ def synth_dir(tmp_path_factory):
     from jobs.cli import main
 
     out = tmp_path_factory.mktemp("synth")
-    assert main(["data", "synth", str(out), "--train", "256", "--val", "64", "--shard-samples", "64",
-                 "--image-size", "32"]) == 0
+    assert (
+        main(
+            ["data", "synth", str(out), "--train", "256", "--val", "64", "--shard-samples", "64", "--image-size", "32"]
+        )
+        == 0
+    )
     return out
 
 
@@ -50,10 +54,26 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -66,4 +86,3 @@ def mlflow_server(tmp_path_factory):
     yield url
     os.killpg(server.pid, 15)
     server.wait(timeout=30)
-

@@ -26,10 +26,12 @@ def tiny_clip_config(synth_dir: Path, image_size: int = 32) -> ClipRunConfig:
     context = 16
     return ClipRunConfig(
         data=DataConfig(tokenizer=tokenizer, context_length=context, augment=AugmentConfig(image_size=image_size)),
-        model=ClipModelConfig(embed_dim=32, vision=VisionConfig(image_size=image_size, patch_size=8, width=64,
-                                                                layers=2, heads=2),
-                              text=TextConfig(vocab_size=load_tokenizer(tokenizer).get_vocab_size(), width=64,
-                                              layers=2, heads=2)))
+        model=ClipModelConfig(
+            embed_dim=32,
+            vision=VisionConfig(image_size=image_size, patch_size=8, width=64, layers=2, heads=2),
+            text=TextConfig(vocab_size=load_tokenizer(tokenizer).get_vocab_size(), width=64, layers=2, heads=2),
+        ),
+    )
 
 
 def decoded(specs: list[str], cfg: ClipRunConfig) -> dict:
@@ -41,10 +43,13 @@ def decoded(specs: list[str], cfg: ClipRunConfig) -> dict:
             records += [r for r in iter_records(stream) if isinstance(r, Record)]
     tokenizer = configure_fixed_length(load_tokenizer(cfg.data.tokenizer), cfg.data.context_length)
     encodings = tokenizer.encode_batch([r.caption for r in records])
-    return {contract.IMAGE: np.stack([decode_eval(r.image_bytes, cfg.data.augment, 1 << 26) for r in records]),
-            contract.INPUT_IDS: np.array([e.ids for e in encodings], dtype=np.int64),
-            contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "caption": [r.caption for r in records], contract.KEY: [r.key for r in records]}
+    return {
+        contract.IMAGE: np.stack([decode_eval(r.image_bytes, cfg.data.augment, 1 << 26) for r in records]),
+        contract.INPUT_IDS: np.array([e.ids for e in encodings], dtype=np.int64),
+        contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "caption": [r.caption for r in records],
+        contract.KEY: [r.key for r in records],
+    }
 
 
 def save_clip(model, cfg: ClipRunConfig, run_dir: Path, step: int = 0) -> Path:
@@ -63,8 +68,10 @@ def train_tiny_clip(synth_dir: Path, run_dir: Path, steps: int = 150, batch_size
     count = len(data[contract.KEY])
     for _ in range(steps):
         rows = rng.choice(count, size=min(batch_size, count), replace=False)
-        batch = task.prepare_batch({k: torch.from_numpy(data[k][rows]) for k in
-                                    (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK)}, torch.device("cpu"))
+        batch = task.prepare_batch(
+            {k: torch.from_numpy(data[k][rows]) for k in (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK)},
+            torch.device("cpu"),
+        )
         loss, _ = task.loss(model, batch)
         optimizer.zero_grad()
         loss.backward()
@@ -83,9 +90,13 @@ def save_tiny_vlm(tower_checkpoint: Path, shards: Path, run_dir: Path) -> Path:
     from training.tasks.vlm import VlmTask
 
     lm = make_tiny_lm(Path(run_dir) / "lm", iter_captions([str(shards)]), vocab_size=400, hidden_size=64)
-    cfg = VlmRunConfig(model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower_checkpoint)),
-                                            lm=LanguageModelConfig(path=str(lm))),
-                       data=DataConfig(train_shards=[str(shards)]), max_length=48)
+    cfg = VlmRunConfig(
+        model=VlmModelConfig(
+            vision=VisionEncoderConfig(checkpoint=str(tower_checkpoint)), lm=LanguageModelConfig(path=str(lm))
+        ),
+        data=DataConfig(train_shards=[str(shards)]),
+        max_length=48,
+    )
     cfg, _ = resolve_vlm(cfg)
     torch.manual_seed(0)
     model = VlmTask(cfg).build_model().eval()

@@ -30,9 +30,12 @@ def pages(client: MlflowClient, experiment: str, base: str) -> dict[str, str]:
     if not runs:
         sys.exit(f"experiment {experiment!r} has no runs")
     root = f"{base}/#/experiments/{found.experiment_id}"
-    return {"experiment_plain": root, "experiment_link": f"{root}?{VIEW}",
-            "run_metrics": f"{root}/runs/{runs[0].info.run_id}/model-metrics?{VIEW}",
-            "experiment_charts": f"{root}/runs?{VIEW}&compareRunsMode=CHART"}
+    return {
+        "experiment_plain": root,
+        "experiment_link": f"{root}?{VIEW}",
+        "run_metrics": f"{root}/runs/{runs[0].info.run_id}/model-metrics?{VIEW}",
+        "experiment_charts": f"{root}/runs?{VIEW}&compareRunsMode=CHART",
+    }
 
 
 def wait_until_up(url: str, seconds: float = 60.0) -> None:
@@ -49,9 +52,21 @@ def wait_until_up(url: str, seconds: float = 60.0) -> None:
 def screenshot(browser: str, url: str, path: Path) -> None:
     # The page's scripts run for this much virtual time before the picture: less, and a tall
     # window shows the section headers with their charts still loading.
-    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,3000",
-                    "--virtual-time-budget=150000", f"--screenshot={path}", url],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1400,3000",
+            "--virtual-time-budget=150000",
+            f"--screenshot={path}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def main() -> None:
@@ -65,8 +80,11 @@ def main() -> None:
 
     uri, base = f"sqlite:///{args.store.resolve()}", f"http://127.0.0.1:{args.port}"
     args.out.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until_up(base)
         for name, url in pages(MlflowClient(uri), args.experiment, base).items():

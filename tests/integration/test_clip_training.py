@@ -21,8 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _overrides(synth_dir, out, name, steps):
-    return [f"run.name={name}", f"run.output_dir={out}", f"loop.max_steps={steps}",
-            f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]"]
+    return [
+        f"run.name={name}",
+        f"run.output_dir={out}",
+        f"loop.max_steps={steps}",
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        f"data.eval_shards=[{synth_dir}/val-*.tar]",
+    ]
 
 
 def _mlflow_run(out, name):
@@ -66,7 +71,6 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     shards = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint/weights")}
     assert {"checkpoint/weights/__0_0.distcp", "checkpoint/weights/__1_0.distcp"} <= shards  # both ranks'
 
-
     # Re-running the same command with the same run name resumes instead of starting over.
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 40))
     resumed = run_training(more)
@@ -86,12 +90,16 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     import shutil
 
     shutil.rmtree(out / "learn")
-    again = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 5)
-                        + ["optim.lr=0.002"])
+    again = load_config(
+        ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 5) + ["optim.lr=0.002"]
+    )
     assert run_training(again)["step"] == 5
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id],
-                              filter_string=f"tags.`{RUN_NAME_TAG}` = 'learn'", order_by=["attributes.start_time"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("mmtrain-clip").experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = 'learn'",
+        order_by=["attributes.start_time"],
+    )
     assert len(runs) == 2 and runs[0].info.run_id != runs[1].info.run_id
     assert {r.data.params["optim.lr"] for r in runs} == {"0.001", "0.002"}
 
@@ -100,11 +108,17 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
     from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
-    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
-                      _overrides(synth_dir, out, "shape", 2) + ["tracking.tracking_uri=none"])
+    cfg = load_config(
+        ClipRunConfig,
+        REPO / "conf/clip/tiny.yaml",
+        _overrides(synth_dir, out, "shape", 2) + ["tracking.tracking_uri=none"],
+    )
     run_training(cfg)
-    wider = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "shape", 4)
-                        + ["tracking.tracking_uri=none", "model.embed_dim=48"])
+    wider = load_config(
+        ClipRunConfig,
+        REPO / "conf/clip/tiny.yaml",
+        _overrides(synth_dir, out, "shape", 4) + ["tracking.tracking_uri=none", "model.embed_dim=48"],
+    )
     with pytest.raises(ValueError, match=r"model.embed_dim: \d+ -> 48.*another run.name"):
         run_training(wider)
 
@@ -114,8 +128,12 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
     from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
-    args = _overrides(synth_dir, out, "trunc", 10) + ["tracking.tracking_uri=none", "loop.checkpoint_every=5",
-                                                      "scaling.num_workers=1", "data.eval_shards=[]"]
+    args = _overrides(synth_dir, out, "trunc", 10) + [
+        "tracking.tracking_uri=none",
+        "loop.checkpoint_every=5",
+        "scaling.num_workers=1",
+        "data.eval_shards=[]",
+    ]
     run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     newest = sorted(p for p in (out / "trunc").glob("checkpoint_*") if p.is_dir())[-1]
     shard = newest / "weights" / "__0_0.distcp"
@@ -123,8 +141,7 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
     shard.write_bytes(data[: len(data) // 3])
     more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12"])
     assert run_training(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
-    assert (f"skipping checkpoint {newest}: weights/__0_0.distcp does not match its checksum"
-            in capsys.readouterr().out)
+    assert f"skipping checkpoint {newest}: weights/__0_0.distcp does not match its checksum" in capsys.readouterr().out
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
@@ -133,12 +150,17 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
 
     out = tmp_path / "runs"
     # tracking off: the run trains and checkpoints without touching MLflow
-    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
-                      _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"])
+    cfg = load_config(
+        ClipRunConfig,
+        REPO / "conf/clip/tiny.yaml",
+        _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"],
+    )
     checkpoint = run_training(cfg)["checkpoint"]
     assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
-    assert main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
+    assert (
+        main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
+    )
 
 
 def _train_workers_of(pid):
@@ -156,8 +178,19 @@ def _train_workers_of(pid):
 
 def test_killed_worker_resumes_from_checkpoint(synth_dir, tmp_path):
     out = tmp_path / "runs"
-    args = [sys.executable, "-m", "jobs.cli", "train", "clip", "--config", str(REPO / "conf/clip/tiny.yaml"),
-            "--set", "loop.checkpoint_every=5", "--set", "run.local_num_cpus=6"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "train",
+        "clip",
+        "--config",
+        str(REPO / "conf/clip/tiny.yaml"),
+        "--set",
+        "loop.checkpoint_every=5",
+        "--set",
+        "run.local_num_cpus=6",
+    ]
     for override in _overrides(synth_dir, out, "killed", 40):
         args += ["--set", override]
     log = (tmp_path / "train.log").open("w")
@@ -179,8 +212,9 @@ def test_killed_worker_resumes_from_checkpoint(synth_dir, tmp_path):
     assert run.info.status == "FINISHED"
 
 
-def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, synth_dir, tmp_path, mlflow_server,
-                                                                   monkeypatch):
+def test_a_run_from_pretrained_weights_registers_its_exported_model(
+    ray_local, synth_dir, tmp_path, mlflow_server, monkeypatch
+):
     """A CLIP run fine-tuned from a (tiny) Hugging Face CLIPModel directory on Ray Train; with
     tracking.register_model its final checkpoint, exported as a transformers CLIPModel, becomes a
     version of an MLflow registered model on a real tracking server, and its files load."""
@@ -191,18 +225,27 @@ def test_a_run_from_pretrained_weights_registers_its_exported_model(ray_local, s
     from training.ray_train.driver import run_training
 
     pretrained = save_hf_clip(tmp_path / "pretrained")
-    args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [f"init_from={pretrained}",
-        f"tracking.tracking_uri={mlflow_server}", "tracking.register_model=tiny-clip", "scaling.num_workers=1",
-        "data.eval_shards=[]", "tracking.log_figures=false"]
+    args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [
+        f"init_from={pretrained}",
+        f"tracking.tracking_uri={mlflow_server}",
+        "tracking.register_model=tiny-clip",
+        "scaling.num_workers=1",
+        "data.eval_shards=[]",
+        "tracking.log_figures=false",
+    ]
     run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args))
     client = MlflowClient(mlflow_server)
     version = client.search_model_versions("name='tiny-clip'")[0]
     run = client.get_run(version.run_id)
     assert run.data.tags[RUN_NAME_TAG] == "registered" and run.info.status == "FINISHED"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the registry follows it, as for a user
-    files = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/tiny-clip/{version.version}",
-                                                     dst_path=str(tmp_path / "downloaded")))
+    files = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/tiny-clip/{version.version}", dst_path=str(tmp_path / "downloaded")
+        )
+    )
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
-        p.name for p in files.iterdir()}
+        p.name for p in files.iterdir()
+    }
     exported = CLIPModel.from_pretrained(files)
     assert exported.config.projection_dim == 16 and exported.config.vision_config.hidden_act == "quick_gelu"

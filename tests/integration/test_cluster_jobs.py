@@ -24,9 +24,22 @@ VENV_BIN = str(Path(sys.executable).parent)
 
 
 def _train_args(synth_dir, out, name, steps=10):
-    return ["train", "clip", "--config", "conf/clip/tiny.yaml",
-            "--set", f"data.train_shards=[{synth_dir}/train-*.tar]", "--set", f"data.eval_shards=[{synth_dir}/val-*.tar]",
-            "--set", f"run.output_dir={out}", "--set", f"run.name={name}", "--set", f"loop.max_steps={steps}"]
+    return [
+        "train",
+        "clip",
+        "--config",
+        "conf/clip/tiny.yaml",
+        "--set",
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        "--set",
+        f"data.eval_shards=[{synth_dir}/val-*.tar]",
+        "--set",
+        f"run.output_dir={out}",
+        "--set",
+        f"run.name={name}",
+        "--set",
+        f"loop.max_steps={steps}",
+    ]
 
 
 def _finished_run(tracking_uri, name):
@@ -42,18 +55,37 @@ def _ray_head(auth_mode: str):
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir, stopped by its pid
     (never `ray stop`, which would kill every Ray on the machine)."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths have a length limit
-    names = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
-             "--node-manager-port", "--object-manager-port"]
+    names = [
+        "--port",
+        "--dashboard-port",
+        "--ray-client-server-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    ]
     ports = dict(zip(names, free_ports(len(names))))
     dashboard_port = ports["--dashboard-port"]
-    args = [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=6",
-            "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"] + [f"{k}={v}" for k, v in ports.items()]
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",  # the job's `python` has mmtrain
-           "RAY_AUTH_MODE": auth_mode,
-           # No drain on SIGTERM: the group's signal reaches the GCS too, so a drain would only wait
-           # out its 30 s timeout before the shutdown.
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    args = [
+        f"{VENV_BIN}/ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=6",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp_dir}",
+    ] + [f"{k}={v}" for k, v in ports.items()]
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",  # the job's `python` has mmtrain
+        "RAY_AUTH_MODE": auth_mode,
+        # No drain on SIGTERM: the group's signal reaches the GCS too, so a drain would only wait
+        # out its 30 s timeout before the shutdown.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     env.pop("RAY_ADDRESS", None)
     if auth_mode == "token":  # as cluster.yaml asks of its user: the token exists before the head starts
         subprocess.run([f"{VENV_BIN}/ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
@@ -89,7 +121,11 @@ def test_submit_refuses_a_cluster_without_token_authentication(synth_dir, tmp_pa
         submit = subprocess.run(
             [sys.executable, "-m", "jobs.cli", "submit", "--address", address, "--"]
             + _train_args(synth_dir, tmp_path / "runs", "refused"),
-            cwd=REPO, capture_output=True, text=True, timeout=120)
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert submit.returncode == 2, submit.stdout + submit.stderr
         assert "runs without token authentication (mode: disabled)" in submit.stderr
         assert "--insecure" in submit.stderr
@@ -99,9 +135,26 @@ def test_submit_refuses_a_cluster_without_token_authentication(synth_dir, tmp_pa
 def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     submit = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "submit", "--address", ray_head, "--follow", "--tracking-uri", tracking_uri,
-         "--submission-id", "mmtrain-test-job", "--"] + _train_args(synth_dir, tmp_path / "runs", "submitted"),
-        cwd=REPO, capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "submit",
+            "--address",
+            ray_head,
+            "--follow",
+            "--tracking-uri",
+            tracking_uri,
+            "--submission-id",
+            "mmtrain-test-job",
+            "--",
+        ]
+        + _train_args(synth_dir, tmp_path / "runs", "submitted"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-4000:]
     assert "job mmtrain-test-job: SUCCEEDED" in output
@@ -109,27 +162,45 @@ def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
     client, run = _finished_run(tracking_uri, "submitted")  # MLFLOW_TRACKING_URI reached the job
     assert client.get_metric_history(run.info.run_id, "train/loss")
 
-    status = subprocess.run([sys.executable, "-m", "jobs.cli", "job", "status", "mmtrain-test-job",
-                             "--address", ray_head], cwd=REPO, capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "job", "status", "mmtrain-test-job", "--address", ray_head],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "mmtrain-test-job: SUCCEEDED" in status.stdout, status.stdout + status.stderr
-    listing = subprocess.run([sys.executable, "-m", "jobs.cli", "job", "list", "--address", ray_head],
-                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "job", "list", "--address", ray_head],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "mmtrain-test-job  SUCCEEDED  python -m jobs.cli train clip" in listing.stdout
 
 
 def test_two_workers_on_two_nodes(synth_dir, tmp_path):
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 3, "dashboard_port": free_port(), "temp_dir": tempfile.mkdtemp(prefix="/tmp/rc")})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 3, "dashboard_port": free_port(), "temp_dir": tempfile.mkdtemp(prefix="/tmp/rc")},
+    )
     try:
         cluster.add_node(num_cpus=3)
         cluster.wait_for_nodes()
         out = tmp_path / "runs"
         train = subprocess.run(
-            [sys.executable, "-m", "jobs.cli"] + _train_args(synth_dir, out, "two-nodes") +
-            ["--set", f"run.ray_address={cluster.address}", "--set", "scaling.placement_strategy=SPREAD"],
-            cwd=REPO, capture_output=True, text=True, timeout=400)
+            [sys.executable, "-m", "jobs.cli"]
+            + _train_args(synth_dir, out, "two-nodes")
+            + ["--set", f"run.ray_address={cluster.address}", "--set", "scaling.placement_strategy=SPREAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     finally:
         cluster.shutdown()

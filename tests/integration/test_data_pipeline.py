@@ -34,8 +34,9 @@ def test_output_matches_contract(ray_local, synth_dir):
     batch = build_dataset(cfg, [str(synth_dir / "train-*.tar")], train=True).take_batch(8)
     contract.check_batch(batch, image_size=32, context_length=16)
     assert contract.CONVERSATION in batch
-    eval_batch = build_dataset(cfg, [str(synth_dir / "val-*.tar")], train=False,
-                               columns=contract.TENSOR_COLUMNS).take_batch(4)
+    eval_batch = build_dataset(
+        cfg, [str(synth_dir / "val-*.tar")], train=False, columns=contract.TENSOR_COLUMNS
+    ).take_batch(4)
     assert set(eval_batch) == set(contract.TENSOR_COLUMNS)
 
 
@@ -43,11 +44,14 @@ def test_the_same_seed_gives_the_same_augmented_samples(ray_local, synth_dir):
     """Crops and flips come from (data.shuffle_seed, execution, shard, sample): two pipelines with
     the same seed produce the same images for every key (whatever order the actors deliver them
     in), and another seed different ones. Before, augmentation drew from an unseeded generator."""
+
     def images_by_key(seed):
-        cfg = DataConfig(shuffle_seed=seed, augment=AugmentConfig(image_size=24, crop_scale=(0.3, 1.0)),
-                         context_length=16)
-        dataset = build_dataset(cfg, [str(synth_dir / "train-*.tar")], train=True,
-                                columns=(contract.KEY, contract.IMAGE))
+        cfg = DataConfig(
+            shuffle_seed=seed, augment=AugmentConfig(image_size=24, crop_scale=(0.3, 1.0)), context_length=16
+        )
+        dataset = build_dataset(
+            cfg, [str(synth_dir / "train-*.tar")], train=True, columns=(contract.KEY, contract.IMAGE)
+        )
         return {row[contract.KEY]: row[contract.IMAGE] for row in dataset.take_all()}
 
     first, again, other = images_by_key(7), images_by_key(7), images_by_key(8)
@@ -59,16 +63,21 @@ def test_the_same_seed_gives_the_same_augmented_samples(ray_local, synth_dir):
 def test_bad_inputs_counted_and_every_good_sample_arrives(ray_local, tmp_path):
     expected = write_bad_shards(tmp_path / "shards", tmp_path / "unpickled")
     tokenizer = _tokenizer(tmp_path)
-    cfg = _cfg(tokenizer=tokenizer, max_image_pixels=4_000_000, max_bad_fraction=0.5,
-               min_samples_for_bad_check=1)
+    cfg = _cfg(tokenizer=tokenizer, max_image_pixels=4_000_000, max_bad_fraction=0.5, min_samples_for_bad_check=1)
     ledger = SampleLedger.remote()
     rows = build_dataset(cfg, [str(tmp_path / "shards")], train=True, ledger=ledger).take_all()
     assert {row[contract.KEY] for row in rows} == expected["good_keys"]
     summary = check_data_quality(cfg, ledger)
     assert summary["good"] == len(expected["good_keys"])
-    for reason in (bad_samples.TRUNCATED_TAR, bad_samples.CORRUPT_TAR, bad_samples.NOT_AN_IMAGE,
-                   bad_samples.MISSING_CAPTION, bad_samples.EMPTY_CAPTION,
-                   bad_samples.OVERSIZED_IMAGE, bad_samples.PICKLE_MEMBER):
+    for reason in (
+        bad_samples.TRUNCATED_TAR,
+        bad_samples.CORRUPT_TAR,
+        bad_samples.NOT_AN_IMAGE,
+        bad_samples.MISSING_CAPTION,
+        bad_samples.EMPTY_CAPTION,
+        bad_samples.OVERSIZED_IMAGE,
+        bad_samples.PICKLE_MEMBER,
+    ):
         assert summary["bad"].get(reason, 0) >= 1, reason
     assert not (tmp_path / "unpickled").exists()
 
@@ -93,18 +102,33 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     report = inspect_shards([str(shards)])
     assert (report["total"]["good"], report["total"]["bad"]) == (expected["good"], expected["bad"])
 
-    cfg = DataConfig(augment=AugmentConfig(image_size=32), context_length=16, tokenizer=str(shards / "tokenizer.json"),
-                     with_conversations=True)
+    cfg = DataConfig(
+        augment=AugmentConfig(image_size=32),
+        context_length=16,
+        tokenizer=str(shards / "tokenizer.json"),
+        with_conversations=True,
+    )
     ledger = SampleLedger.remote()
     rows = build_dataset(cfg, [str(shards)], train=True, ledger=ledger).take_all()
     summary = ray.get(ledger.summary.remote())
     assert len(rows) == summary["good"] == expected["good"]
     assert summary["bad"] == expected["bad"]
 
-    run = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", [
-        f"data.train_shards=[{shards}]", "data.eval_shards=[]", f"run.output_dir={tmp_path / 'runs'}",
-        "run.name=malformed", "loop.max_steps=3", "loop.batch_size_per_worker=8",
-        "data.max_bad_fraction=0.9", "tracking.tracking_uri=none", "scaling.num_workers=2"])
+    run = load_config(
+        ClipRunConfig,
+        REPO / "conf/clip/tiny.yaml",
+        [
+            f"data.train_shards=[{shards}]",
+            "data.eval_shards=[]",
+            f"run.output_dir={tmp_path / 'runs'}",
+            "run.name=malformed",
+            "loop.max_steps=3",
+            "loop.batch_size_per_worker=8",
+            "data.max_bad_fraction=0.9",
+            "tracking.tracking_uri=none",
+            "scaling.num_workers=2",
+        ],
+    )
     metrics = run_training(run)
     assert metrics["step"] == 3
     for reason, count in expected["bad"].items():  # the run's ledger saw at least one epoch's worth
@@ -123,9 +147,15 @@ def test_bad_shard_in_the_same_read_task_keeps_good_shards(ray_local, tmp_path):
 def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(ray_local, synth_dir):
     """Two epochs in one stream: each holds every sample once, in an order within each shard that
     is a function of (seed, epoch): the same in a second run, different in the next epoch."""
+
     def order_by_epoch_and_shard():
-        dataset = build_dataset(_cfg(shuffle_seed=3, read_shuffle_buffer=16), [str(synth_dir / "train-*.tar")],
-                                train=True, epochs=2, columns=(contract.KEY, contract.POSITION))
+        dataset = build_dataset(
+            _cfg(shuffle_seed=3, read_shuffle_buffer=16),
+            [str(synth_dir / "train-*.tar")],
+            train=True,
+            epochs=2,
+            columns=(contract.KEY, contract.POSITION),
+        )
         orders = {}
         for row in dataset.iter_rows():  # rows of one (epoch, shard) come from one read task, in its order
             epoch, shard, _ = (int(v) for v in unpack(row[contract.POSITION]))
@@ -150,9 +180,11 @@ def _tokenizer(tmp_path):
 @pytest.fixture
 def s3_server(monkeypatch):
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
-                               "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -163,8 +195,11 @@ def s3_server(monkeypatch):
     else:
         server.kill()
         raise RuntimeError("moto_server did not start")
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     yield f"http://127.0.0.1:{port}"
     server.terminate()

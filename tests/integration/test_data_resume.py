@@ -28,9 +28,18 @@ SHARDS, PER_SHARD = 4, 64  # the synth_dir fixture's training data, all good sam
 
 
 def _overrides(synth_dir, out, name, workers=2, batch=8):
-    return [f"run.name={name}", f"run.output_dir={out}", f"loop.epochs={EPOCHS}", "loop.max_steps=1000",
-            f"loop.batch_size_per_worker={batch}", f"scaling.num_workers={workers}", "loop.checkpoint_every=5",
-            f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "tracking.tracking_uri=none"]
+    return [
+        f"run.name={name}",
+        f"run.output_dir={out}",
+        f"loop.epochs={EPOCHS}",
+        "loop.max_steps=1000",
+        f"loop.batch_size_per_worker={batch}",
+        f"scaling.num_workers={workers}",
+        "loop.checkpoint_every=5",
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        "data.eval_shards=[]",
+        "tracking.tracking_uri=none",
+    ]
 
 
 def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
@@ -50,8 +59,9 @@ def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
 def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
     from training.ray_train.driver import run_training
 
-    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml",
-                      _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"])
+    cfg = load_config(
+        ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"]
+    )
     metrics = run_training(cfg)
     assert metrics["train_data/pool_actors_started"] == 2  # one pool for the run, not one per epoch
     assert metrics["epoch"] == EPOCHS and metrics["train_data/good_samples"] == EPOCHS * SHARDS * PER_SHARD
@@ -59,12 +69,20 @@ def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_
 
 
 def _start(synth_dir, out, log_path, overrides):
-    args = [sys.executable, "-m", "jobs.cli", "train", "clip", "--config", str(REPO / "conf/clip/tiny.yaml"),
-            "--set", "run.local_num_cpus=6"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "train",
+        "clip",
+        "--config",
+        str(REPO / "conf/clip/tiny.yaml"),
+        "--set",
+        "run.local_num_cpus=6",
+    ]
     for override in overrides:
         args += ["--set", override]
-    return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def registered_checkpoints(run_dir: Path) -> set[str]:
@@ -150,13 +168,20 @@ def test_a_killed_driver_resumes_exactly_and_on_fewer_workers(synth_dir, tmp_pat
     lines = log.read_text().splitlines()
     resumes = [line for line in lines if "[mmtrain] resumed driver at step" in line]
     assert len(resumes) == 2, (f"seed {seed}", resumes)  # two resumed attempts, each line printed once
-    last_run = lines[lines.index(resumes[-1]):]
+    last_run = lines[lines.index(resumes[-1]) :]
     steps = Counter(line for line in last_run if "[mmtrain] step " in line)
     assert steps and max(steps.values()) == 1, steps.most_common(2)  # Ray's print patch doubled every line
     assert any(re.search(r"\[mmtrain\] step \d+/\d+ \(\d+%\) loss ", line) for line in steps)  # step/total
     # Ray's INFO chatter stays in its session logs (mmtrain --verbose shows it)
-    for chatter in ("Execution plan of Dataset", "Requesting resources", "Started a local Ray instance",
-                    "Checkpoint successfully created", "Progress bars disabled", "RayDeprecationWarning",
-                    "has constructor arguments in the object store", "PYTHON worker processes have been started"):
+    for chatter in (
+        "Execution plan of Dataset",
+        "Requesting resources",
+        "Started a local Ray instance",
+        "Checkpoint successfully created",
+        "Progress bars disabled",
+        "RayDeprecationWarning",
+        "has constructor arguments in the object store",
+        "PYTHON worker processes have been started",
+    ):
         assert chatter not in log.read_text(), chatter
     _assert_each_sample_once_per_epoch(run_dir)

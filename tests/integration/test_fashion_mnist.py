@@ -24,8 +24,21 @@ def fashion_mnist_dir() -> Path:
 
 def test_convert_fashion_mnist(tmp_path):
     out = tmp_path / "fashion_mnist"
-    assert main(["data", "convert", str(fashion_mnist_dir()), str(out), "--format", "idx",
-                 "--classes", str(REPO / "conf/datasets/fashion_mnist_classes.txt")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(fashion_mnist_dir()),
+                str(out),
+                "--format",
+                "idx",
+                "--classes",
+                str(REPO / "conf/datasets/fashion_mnist_classes.txt"),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 60000, "test": 10000}
     assert sum(s["num_samples"] for s in manifest["shards"]) == 70000

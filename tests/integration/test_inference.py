@@ -27,8 +27,24 @@ pytestmark = pytest.mark.integration
 def shapes(tmp_path_factory):
     """2,048 training and 128 held-out synthetic samples at 32 px, 256 per shard."""
     out = tmp_path_factory.mktemp("shapes")
-    assert main(["data", "synth", str(out), "--train", "2048", "--val", "128", "--shard-samples", "256",
-                 "--image-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--train",
+                "2048",
+                "--val",
+                "128",
+                "--shard-samples",
+                "256",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -53,8 +69,24 @@ def mixed_shards(shapes, tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded(ray_local, clip_run, mixed_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded") / "out"
-    assert main(["embed", "--checkpoint", str(clip_run.parent), "--data", str(mixed_shards), "--out", str(out),
-                 "--actors", "2", "--batch-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(clip_run.parent),
+                "--data",
+                str(mixed_shards),
+                "--out",
+                str(out),
+                "--actors",
+                "2",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -95,8 +127,9 @@ def test_text_search_finds_the_captions_image_and_a_random_model_does_not(ray_lo
     from inference.search import search_index
 
     out = tmp_path / "val-index"
-    assert main(["embed", "--checkpoint", str(clip_run), "--data", str(shapes / "val-00000.tar"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["embed", "--checkpoint", str(clip_run), "--data", str(shapes / "val-00000.tar"), "--out", str(out)]) == 0
+    )
     val = list(iter_records(open(shapes / "val-00000.tar", "rb")))
     found = [record.key in {hit.key for hit in search_index(out, record.caption, k=5)} for record in val]
     recall = float(np.mean(found))
@@ -114,10 +147,14 @@ def random_model_recall(shapes: Path, tmp_path: Path) -> float:
     model = task.build_model().eval()
     val = decoded([str(shapes / "val-00000.tar")], cfg)
     with torch.no_grad():
-        batch = task.prepare_batch({k: torch.from_numpy(val[k]) for k in
-                                    (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK)}, torch.device("cpu"))
-        similarity = model.encode_text(batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK]) @ \
-            model.encode_image(batch[contract.IMAGE]).T
+        batch = task.prepare_batch(
+            {k: torch.from_numpy(val[k]) for k in (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK)},
+            torch.device("cpu"),
+        )
+        similarity = (
+            model.encode_text(batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK])
+            @ model.encode_image(batch[contract.IMAGE]).T
+        )
     top5 = similarity.topk(5, dim=1).indices
     return float((top5 == torch.arange(len(similarity))[:, None]).any(1).float().mean())
 
@@ -126,8 +163,22 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
     from inference.search import search_index
 
     out = tmp_path / "index"
-    assert main(["embed", "--checkpoint", str(clip_run), "--data", str(shapes / "val-00000.tar"),
-                 "--out", str(out), "--actors", "1"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                str(shapes / "val-00000.tar"),
+                "--out",
+                str(out),
+                "--actors",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = next(iter_records(open(shapes / "val-00000.tar", "rb")))
     query = tmp_path / "query.jpg"
     query.write_bytes(record.image_bytes)
@@ -140,6 +191,7 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
     printed = capsys.readouterr().out
     assert printed.count("\n") >= 7 and "contact sheet" in printed
     from PIL import Image
+
     assert Image.open(sheet).size[0] > 600
 
     other = save_clip(ClipTask(tiny_clip_config(shapes)).build_model(), tiny_clip_config(shapes), tmp_path / "other")
@@ -157,8 +209,22 @@ def test_classify_agrees_with_eval_clip(ray_local, clip_run, shapes, tmp_path):
 
     out = tmp_path / "preds.parquet"
     val = str(shapes / "val-00000.tar")
-    assert main(["classify", "--checkpoint", str(clip_run), "--data", val, "--classes", "circle,square,triangle",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                val,
+                "--classes",
+                "circle,square,triangle",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "_manifest.json").read_text())
     metrics, _ = evaluate_checkpoint("clip", clip_run, [val])
     assert manifest["accuracy"] == pytest.approx(metrics["zero_shot_top1"], abs=1e-9)
@@ -169,15 +235,32 @@ def test_classify_agrees_with_eval_clip(ray_local, clip_run, shapes, tmp_path):
     assert np.asarray(manifest["confusion_matrix"]).sum() == 128 and (out / "_confusion_matrix.png").is_file()
 
 
-def test_filter_keeps_exactly_the_samples_at_or_above_the_threshold(ray_local, clip_run, embedded, mixed_shards,
-                                                                    tmp_path):
+def test_filter_keeps_exactly_the_samples_at_or_above_the_threshold(
+    ray_local, clip_run, embedded, mixed_shards, tmp_path
+):
     scores = pd.read_parquet(embedded)
     threshold = float(np.median(scores["clip_score"]))
     out = tmp_path / "filtered"
-    assert main(["data", "filter", "--checkpoint", str(clip_run), "--data", str(mixed_shards), "--out", str(out),
-                 "--min-score", str(threshold)]) == 0
-    expected = sorted((Path(s).stem, k) for s, k, v in zip(scores["shard"], scores["key"], scores["clip_score"])
-                      if v >= threshold)
+    assert (
+        main(
+            [
+                "data",
+                "filter",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                str(mixed_shards),
+                "--out",
+                str(out),
+                "--min-score",
+                str(threshold),
+            ]
+        )
+        == 0
+    )
+    expected = sorted(
+        (Path(s).stem, k) for s, k, v in zip(scores["shard"], scores["key"], scores["clip_score"]) if v >= threshold
+    )
     kept = sorted((Path(s).stem, k) for s, k in good_keys([str(out)]))
     assert kept == expected and 0 < len(kept) < len(scores)
     record = json.loads((out / "manifest.json").read_text())["filter"]
@@ -192,15 +275,36 @@ def test_caption_in_the_actor_pool_equals_asking_one_image_at_a_time(ray_local, 
 
     vlm = save_tiny_vlm(clip_run, shapes / "val-00000.tar", tmp_path / "vlm-run")
     out, question = tmp_path / "captions", "What colour are the shapes?"
-    assert main(["caption", "--checkpoint", str(vlm.parent), "--data", str(shapes / "val-00000.tar"), "--out", str(out),
-                 "--actors", "2", "--batch-size", "16", "--prompt", question, "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                "--checkpoint",
+                str(vlm.parent),
+                "--data",
+                str(shapes / "val-00000.tar"),
+                "--out",
+                str(out),
+                "--actors",
+                "2",
+                "--batch-size",
+                "16",
+                "--prompt",
+                question,
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     rows = pd.read_parquet(out).set_index("key")
     assert len(rows) == 128 and set(rows["prompt"]) == {question}
 
     answerer = Answerer(find_trained(vlm, "vlm", "ask"), question, max_new_tokens=5)
     images = decoded([str(shapes / "val-00000.tar")], tiny_clip_config(shapes))
-    alone = {key: answerer.answer(images[contract.IMAGE][i:i + 1])[0]
-             for i, key in enumerate(images[contract.KEY][:12])}
+    alone = {
+        key: answerer.answer(images[contract.IMAGE][i : i + 1])[0] for i, key in enumerate(images[contract.KEY][:12])
+    }
     assert {key: rows.loc[key, "generation"] for key in alone} == alone
     assert len(set(alone.values())) > 1, alone  # answers differ between images: the comparison means something
 
@@ -208,8 +312,9 @@ def test_caption_in_the_actor_pool_equals_asking_one_image_at_a_time(ray_local, 
     image.write_bytes(next(iter_records(open(shapes / "val-00000.tar", "rb"))).image_bytes)
     capsys.readouterr()
     assert main(["ask", "--checkpoint", str(vlm), "--image", str(image), question, "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out.strip() == (alone[images[contract.KEY][0]] or
-                                               "(the model answered with an end of turn at once: an empty answer)")
+    assert capsys.readouterr().out.strip() == (
+        alone[images[contract.KEY][0]] or "(the model answered with an end of turn at once: an empty answer)"
+    )
 
 
 def test_a_run_of_the_wrong_kind_is_refused_with_the_command_to_use(clip_run, shapes, tmp_path, capsys):
@@ -218,18 +323,48 @@ def test_a_run_of_the_wrong_kind_is_refused_with_the_command_to_use(clip_run, sh
     vlm = save_tiny_vlm(clip_run, shapes / "val-00000.tar", tmp_path / "vlm-run")
     val = str(shapes / "val-00000.tar")
     assert main(["embed", "--checkpoint", str(vlm.parent), "--data", val, "--out", str(tmp_path / "e")]) == 2
-    assert "belongs to the VLM trainer (it has `stage`), and `mmtrain embed` takes a CLIP one: use mmtrain train vlm, " \
-           "eval vlm, ask or caption" in capsys.readouterr().err
+    assert (
+        "belongs to the VLM trainer (it has `stage`), and `mmtrain embed` takes a CLIP one: use mmtrain train vlm, "
+        "eval vlm, ask or caption" in capsys.readouterr().err
+    )
     assert main(["caption", "--checkpoint", str(clip_run), "--data", val, "--out", str(tmp_path / "c")]) == 2
-    assert "belongs to the CLIP trainer (it has `loss`), and `mmtrain caption` takes a VLM one" in capsys.readouterr().err
-    assert main(["classify", "--checkpoint", str(tmp_path / "missing"), "--data", val, "--classes", "a,b",
-                 "--out", str(tmp_path / "p")]) == 2
+    assert (
+        "belongs to the CLIP trainer (it has `loss`), and `mmtrain caption` takes a VLM one" in capsys.readouterr().err
+    )
+    assert (
+        main(
+            [
+                "classify",
+                "--checkpoint",
+                str(tmp_path / "missing"),
+                "--data",
+                val,
+                "--classes",
+                "a,b",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "broken.jpg").write_bytes(b"\x89PNG broken")
     assert main(["ask", "--checkpoint", str(vlm), "--image", str(tmp_path / "broken.jpg"), "what?"]) == 2
     assert "could not be used as an image" in capsys.readouterr().err
-    assert main(["embed", "--checkpoint", str(clip_run), "--data", str(tmp_path / "no-such-dir"),
-                 "--out", str(tmp_path / "e2")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                str(tmp_path / "no-such-dir"),
+                "--out",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 2
+    )
     assert "matched no shards" in capsys.readouterr().err
 
 
@@ -245,20 +380,54 @@ def test_classify_reads_a_folder_of_images_labelled_by_subfolder(ray_local, clip
     (folder / "notes" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "preds"
     # A folder has no manifest.json to take prompt templates from: give both runs the shards' templates.
-    templates = [arg for t in json.loads((shapes / "manifest.json").read_text())["templates"] for arg in ("--template", t)]
-    assert main(["classify", "--checkpoint", str(clip_run), "--data", str(folder), "--classes", ",".join(classes),
-                 "--out", str(out)] + templates) == 0
+    templates = [
+        arg for t in json.loads((shapes / "manifest.json").read_text())["templates"] for arg in ("--template", t)
+    ]
+    assert (
+        main(
+            [
+                "classify",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                str(folder),
+                "--classes",
+                ",".join(classes),
+                "--out",
+                str(out),
+            ]
+            + templates
+        )
+        == 0
+    )
     predictions = pd.read_parquet(out).set_index("key")
     assert len(predictions) == 40 and (predictions["label"] >= 0).all()
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["bad_samples"] == {"not_an_image": 1} and manifest["labelled_samples"] == 40
 
     shard_out = tmp_path / "shard-preds"
-    assert main(["classify", "--checkpoint", str(clip_run), "--data", str(shapes / "val-00000.tar"),
-                 "--classes", ",".join(classes), "--out", str(shard_out)] + templates) == 0
+    assert (
+        main(
+            [
+                "classify",
+                "--checkpoint",
+                str(clip_run),
+                "--data",
+                str(shapes / "val-00000.tar"),
+                "--classes",
+                ",".join(classes),
+                "--out",
+                str(shard_out),
+            ]
+            + templates
+        )
+        == 0
+    )
     from_shards = pd.read_parquet(shard_out).set_index("key")
     for record in records:
         row = predictions.loc[f"{classes[record.label]}/{record.key}.jpg"]
         assert np.allclose(row["class_scores"], from_shards.loc[record.key, "class_scores"], atol=1e-5), (
-            row["class_scores"], from_shards.loc[record.key, "class_scores"])
+            row["class_scores"],
+            from_shards.loc[record.key, "class_scores"],
+        )
         assert row["label"] == record.label

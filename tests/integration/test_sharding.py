@@ -37,20 +37,31 @@ def _vlm_batches(task, rank: int):
     generator = torch.Generator().manual_seed(100 + rank)
     for step in range(STEPS):
         answers = ["red", "blue", "a red circle", "blue shapes"]
-        rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                                            {"from": "gpt", "value": answers[(step + row + rank) % 4]}]))
-                for row in range(4)]
-        yield {contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
-               contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
-               contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
-               contract.LABELS: torch.tensor([r[2] for r in rows])}
+        rows = [
+            encoder.pad(
+                encoder.encode(
+                    [
+                        {"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+                        {"from": "gpt", "value": answers[(step + row + rank) % 4]},
+                    ]
+                )
+            )
+            for row in range(4)
+        ]
+        yield {
+            contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+            contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
+            contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
+            contract.LABELS: torch.tensor([r[2] for r in rows]),
+        }
 
 
 BATCHES = {"clip": _clip_batches, "vlm": _vlm_batches}
 # The model's own forward (the CLIP task's loss gathers features across ranks, a collective).
-FORWARD_INPUTS = {"clip": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK),
-                  "vlm": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS,
-                          contract.PREDICTING)}
+FORWARD_INPUTS = {
+    "clip": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK),
+    "vlm": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS, contract.PREDICTING),
+}
 
 
 def _same_batches_under_each_strategy(config: dict) -> None:
@@ -76,9 +87,19 @@ def _same_batches_under_each_strategy(config: dict) -> None:
         optimizer = build_optimizer(task.param_groups(model), cfg.optim)
         scheduler = warmup_cosine(optimizer, cfg.optim, STEPS)
         seen = []
-        train(task, parallel.model, optimizer, scheduler, TrainState(), BATCHES[config["task"]](task, rank), STEPS,
-              torch.device("cpu"), lambda state, result: seen.append(float(global_mean(result.loss))) or True,
-              grad_clip_norm=cfg.optim.grad_clip_norm, no_sync=parallel.no_sync)
+        train(
+            task,
+            parallel.model,
+            optimizer,
+            scheduler,
+            TrainState(),
+            BATCHES[config["task"]](task, rank),
+            STEPS,
+            torch.device("cpu"),
+            lambda state, result: seen.append(float(global_mean(result.loss))) or True,
+            grad_clip_norm=cfg.optim.grad_clip_norm,
+            no_sync=parallel.no_sync,
+        )
         losses[strategy] = seen
         # Evaluation-style work with a different number of forwards per rank (generation stops at
         # different lengths): with the whole model gathered, no rank waits on another.
@@ -87,8 +108,9 @@ def _same_batches_under_each_strategy(config: dict) -> None:
             batch = task.prepare_batch(next(BATCHES[config["task"]](task, rank)), torch.device("cpu"))
             for _ in range(1 + 2 * rank):
                 model(*[batch[key] for key in FORWARD_INPUTS[config["task"]]])
-        save_checkpoint(out / strategy, model, optimizer, TrainState(step=STEPS), {},
-                        frozen_sources=task.frozen_sources())
+        save_checkpoint(
+            out / strategy, model, optimizer, TrainState(step=STEPS), {}, frozen_sources=task.frozen_sources()
+        )
     if rank == 0:
         (out / "losses.json").write_text(json.dumps(losses))
     ray.train.report({"done": 1})
@@ -98,9 +120,12 @@ def _run_both(task: str, cfg, out: Path) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    TorchTrainer(_same_batches_under_each_strategy, train_loop_config={"task": task, "cfg": cfg, "out": str(out)},
-                 scaling_config=ScalingConfig(num_workers=2),
-                 run_config=RunConfig(name=f"same-batches-{task}", storage_path=str(out / "ray"))).fit()
+    TorchTrainer(
+        _same_batches_under_each_strategy,
+        train_loop_config={"task": task, "cfg": cfg, "out": str(out)},
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name=f"same-batches-{task}", storage_path=str(out / "ray")),
+    ).fit()
     return json.loads((out / "losses.json").read_text())
 
 
@@ -116,16 +141,20 @@ def _assert_same_training(out: Path, losses: dict) -> None:
 
 
 def test_fsdp_trains_clip_as_ddp_does(ray_local, tmp_path):
-    cfg = dataclasses.replace(tiny_clip_cfg(), optim=OptimConfig(lr=3e-3, warmup_steps=1),
-                              loop=LoopConfig(max_steps=STEPS, batch_size_per_worker=8))
+    cfg = dataclasses.replace(
+        tiny_clip_cfg(),
+        optim=OptimConfig(lr=3e-3, warmup_steps=1),
+        loop=LoopConfig(max_steps=STEPS, batch_size_per_worker=8),
+    )
     losses = _run_both("clip", cfg, tmp_path)
     _assert_same_training(tmp_path, losses)
 
 
 def test_fsdp_trains_vlm_stage2_as_ddp_does(ray_local, tmp_path):
     root, lm = make_parts(tmp_path / "parts")
-    cfg = dataclasses.replace(tiny_vlm_cfg(root, lm), stage="conversations",
-                              lrs=ModuleLearningRates(vision=0, projector=3e-3, lm=3e-3))
+    cfg = dataclasses.replace(
+        tiny_vlm_cfg(root, lm), stage="conversations", lrs=ModuleLearningRates(vision=0, projector=3e-3, lm=3e-3)
+    )
     losses = _run_both("vlm", cfg, tmp_path)
     _assert_same_training(tmp_path, losses)
     # The frozen tower is referenced, not saved; the LM (training) is saved.
@@ -139,16 +168,40 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     from training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
-    common = [f"run.output_dir={out}", "run.name=reshard", f"data.train_shards=[{synth_dir}/train-*.tar]",
-              "tracking.tracking_uri=none", "loop.max_steps=6", "loop.log_every=3"]
+    common = [
+        f"run.output_dir={out}",
+        "run.name=reshard",
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        "tracking.tracking_uri=none",
+        "loop.max_steps=6",
+        "loop.log_every=3",
+    ]
     # Evaluated under FSDP too: the whole model is gathered on each rank for the evaluation, and
     # each rank embeds its own share of the eval set with it (training/parallelize.full_parameters).
-    sharded = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
-        "scaling.strategy=fsdp", "scaling.num_workers=2", "loop.batch_size_per_worker=16",
-        "loop.activation_checkpointing=blocks", f"data.eval_shards=[{synth_dir}/val-*.tar]", "eval.batch_size=24"]))
+    sharded = run_training(
+        load_config(
+            ClipRunConfig,
+            REPO / "conf/clip/tiny.yaml",
+            common
+            + [
+                "scaling.strategy=fsdp",
+                "scaling.num_workers=2",
+                "loop.batch_size_per_worker=16",
+                "loop.activation_checkpointing=blocks",
+                f"data.eval_shards=[{synth_dir}/val-*.tar]",
+                "eval.batch_size=24",
+            ],
+        )
+    )
     assert sharded["step"] == 6 and sharded["val/eval_samples"] == 64 and 0 <= sharded["val/zero_shot_top1"] <= 1
-    resumed = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
-        "scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"]))
+    resumed = run_training(
+        load_config(
+            ClipRunConfig,
+            REPO / "conf/clip/tiny.yaml",
+            common
+            + ["scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"],
+        )
+    )
     assert resumed["step"] == 6 and resumed["checkpoint"] != sharded["checkpoint"]
     for part in ("model", "optimizer"):
         before, after = read_saved_tensors(sharded["checkpoint"], part), read_saved_tensors(resumed["checkpoint"], part)
@@ -167,8 +220,14 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     assert torch.equal(hf.logit_scale.reshape(1), weights["logit_scale"])
     # samples_seen counts every rank's samples, and continues across the change of worker count
     assert sharded["train/samples_seen"] == 6 * 2 * 16
-    further = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", common + [
-        "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"]))
+    further = run_training(
+        load_config(
+            ClipRunConfig,
+            REPO / "conf/clip/tiny.yaml",
+            common
+            + ["scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"],
+        )
+    )
     assert further["step"] == 8 and further["train/samples_seen"] == 6 * 2 * 16 + 2 * 32
 
 
@@ -192,4 +251,3 @@ def test_evaluation_sees_every_sample_once_on_any_worker_count(ray_local):
     [thread.join(timeout=120) for thread in threads]
     assert sorted(sum((eval_ids for eval_ids, _ in seen), [])) == list(range(7))
     assert len({len(train_ids) for _, train_ids in seen}) == 1  # training stays equal (lockstep)
-

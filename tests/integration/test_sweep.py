@@ -21,9 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _trial_overrides(synth_dir, steps):
-    return [f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]",
-            f"loop.max_steps={steps}", "loop.log_every=5", "loop.eval_every=10", "loop.checkpoint_every=5",
-            "scaling.num_workers=1"]
+    return [
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        f"data.eval_shards=[{synth_dir}/val-*.tar]",
+        f"loop.max_steps={steps}",
+        "loop.log_every=5",
+        "loop.eval_every=10",
+        "loop.checkpoint_every=5",
+        "scaling.num_workers=1",
+    ]
 
 
 def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, tmp_path, mlflow_server, capsys):
@@ -32,11 +38,23 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     # The sweep metric is the reported learning rate: deterministic, so ASHA's decisions are too.
     # Trials run one at a time in grid order: the first (lr 1e-3) sets the rung, the two with a
     # far smaller lr fall below it at step 10 and must be stopped there, not run to step 20.
-    sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml", [
-        "name=asha", f"output_dir={tmp_path}", f"tracking_uri={mlflow_server}", "metric=train/lr", "mode=max",
-        "num_samples=1", "max_concurrent_trials=1", "scheduler.grace_period=10", "scheduler.reduction_factor=2",
-        "search_space={optim.lr: {grid: [1.0e-3, 1.0e-6, 2.0e-6]}, loss.kind: {choice: [infonce, siglip]}}",
-        f"overrides={_trial_overrides(synth_dir, 20) + ['optim.min_lr_ratio=1.0']!r}"])  # lr stays up after warmup
+    sweep = load_config(
+        SweepConfig,
+        REPO / "conf/sweep/clip_temperature.yaml",
+        [
+            "name=asha",
+            f"output_dir={tmp_path}",
+            f"tracking_uri={mlflow_server}",
+            "metric=train/lr",
+            "mode=max",
+            "num_samples=1",
+            "max_concurrent_trials=1",
+            "scheduler.grace_period=10",
+            "scheduler.reduction_factor=2",
+            "search_space={optim.lr: {grid: [1.0e-3, 1.0e-6, 2.0e-6]}, loss.kind: {choice: [infonce, siglip]}}",
+            f"overrides={_trial_overrides(synth_dir, 20) + ['optim.min_lr_ratio=1.0']!r}",
+        ],
+    )  # lr stays up after warmup
     summary = run_sweep(sweep)
     printed = capsys.readouterr().out
     # One line per trial event instead of Tune's periodic tables; names lead with the trial number.
@@ -57,8 +75,9 @@ def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, 
     experiment = client.get_experiment_by_name("mmtrain-clip-sweeps")
     parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'sweep-asha'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    children = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent[0].info.run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent[0].info.run_id}'"
+    )
     assert len(children) == 3
     assert all(run.info.status != "RUNNING" for run in children)  # stopped trials are ended for them
     assert sorted(run.data.tags["mmtrain.sweep_status"] for run in children) == statuses
@@ -80,11 +99,28 @@ def test_killed_sweep_driver_resumes(synth_dir, tmp_path):
     """SIGKILL the whole sweep (driver and its local Ray) once the first trial has finished and the
     second has a checkpoint; --resume keeps the first and continues the second from its checkpoint."""
     overrides = _trial_overrides(synth_dir, 30)
-    args = [sys.executable, "-m", "jobs.cli", "sweep", "--config", str(REPO / "conf/sweep/clip_temperature.yaml"),
-            "--set", "name=resumable", "--set", f"output_dir={tmp_path}", "--set", "num_samples=1",
-            "--set", "max_concurrent_trials=1", "--set", "scheduler.type=fifo",
-            "--set", "search_space={optim.lr: {grid: [1.0e-3, 2.0e-3]}}",
-            "--set", f"overrides={overrides!r}"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "sweep",
+        "--config",
+        str(REPO / "conf/sweep/clip_temperature.yaml"),
+        "--set",
+        "name=resumable",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "num_samples=1",
+        "--set",
+        "max_concurrent_trials=1",
+        "--set",
+        "scheduler.type=fifo",
+        "--set",
+        "search_space={optim.lr: {grid: [1.0e-3, 2.0e-3]}}",
+        "--set",
+        f"overrides={overrides!r}",
+    ]
     trials = tmp_path / "sweeps/resumable/trials"
     log_path = tmp_path / "sweep.log"
     with log_path.open("w") as log:
@@ -102,7 +138,9 @@ def test_killed_sweep_driver_resumes(synth_dir, tmp_path):
                 break
             time.sleep(1)
         else:
-            pytest.fail("the sweep never reached one finished and one checkpointed trial:\n" + log_path.read_text()[-3000:])
+            pytest.fail(
+                "the sweep never reached one finished and one checkpointed trial:\n" + log_path.read_text()[-3000:]
+            )
         first_checkpoints = sorted(p.name for p in finished[0].glob("checkpoint_*"))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)

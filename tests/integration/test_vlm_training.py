@@ -22,22 +22,40 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     from training.models.language_model import make_tiny_lm
     from training.ray_train.driver import run_training
 
-    clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
-                             model=ClipModelConfig(embed_dim=32, vision=VisionConfig(
-                                 image_size=32, patch_size=8, width=64, layers=2, heads=2),
-                                 text=TextConfig(vocab_size=64, width=32, layers=1, heads=2)))
-    save_checkpoint(tmp_path / "clip", ClipModel(clip_cfg.model, 8, clip_cfg.loss), None, TrainState(),
-                    to_dict(clip_cfg))
+    clip_cfg = ClipRunConfig(
+        data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
+        model=ClipModelConfig(
+            embed_dim=32,
+            vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2),
+            text=TextConfig(vocab_size=64, width=32, layers=1, heads=2),
+        ),
+    )
+    save_checkpoint(
+        tmp_path / "clip", ClipModel(clip_cfg.model, 8, clip_cfg.loss), None, TrainState(), to_dict(clip_cfg)
+    )
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
     out = tmp_path / "runs"
-    common = [f"run.output_dir={out}", f"model.vision.checkpoint={tmp_path / 'clip'}", f"model.lm.path={lm}",
-              f"data.train_shards=[{synth_dir}/train-*.tar]", f"data.eval_shards=[{synth_dir}/val-*.tar]",
-              "loop.log_every=4", "loop.batch_size_per_worker=16", "eval.max_generate_samples=8", "max_length=64"]
+    common = [
+        f"run.output_dir={out}",
+        f"model.vision.checkpoint={tmp_path / 'clip'}",
+        f"model.lm.path={lm}",
+        f"data.train_shards=[{synth_dir}/train-*.tar]",
+        f"data.eval_shards=[{synth_dir}/val-*.tar]",
+        "loop.log_every=4",
+        "loop.batch_size_per_worker=16",
+        "eval.max_generate_samples=8",
+        "max_length=64",
+    ]
     stage1 = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", common + ["loop.max_steps=8"]))
     assert stage1["step"] == 8 and "val/exact_match" in stage1
 
-    stage2 = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage2.yaml", common + [
-        "loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"]))
+    stage2 = run_training(
+        load_config(
+            VlmRunConfig,
+            REPO / "conf/vlm/stage2.yaml",
+            common + ["loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"],
+        )
+    )
     assert stage2["step"] == 24
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
@@ -62,10 +80,24 @@ def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, k
     tower = save_hf_tower(tmp_path / "tower", kind, image_size=32, full=kind == "clip")
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
     out = tmp_path / "runs"
-    metrics = run_training(load_config(VlmRunConfig, REPO / "conf/vlm/stage1.yaml", [
-        f"run.output_dir={out}", f"model.vision.checkpoint={tower}", f"model.lm.path={lm}",
-        f"data.train_shards=[{synth_dir}/train-*.tar]", "data.eval_shards=[]", "loop.max_steps=4",
-        "loop.batch_size_per_worker=8", "scaling.num_workers=1", "max_length=48", "tracking.tracking_uri=none"]))
+    metrics = run_training(
+        load_config(
+            VlmRunConfig,
+            REPO / "conf/vlm/stage1.yaml",
+            [
+                f"run.output_dir={out}",
+                f"model.vision.checkpoint={tower}",
+                f"model.lm.path={lm}",
+                f"data.train_shards=[{synth_dir}/train-*.tar]",
+                "data.eval_shards=[]",
+                "loop.max_steps=4",
+                "loop.batch_size_per_worker=8",
+                "scaling.num_workers=1",
+                "max_length=48",
+                "tracking.tracking_uri=none",
+            ],
+        )
+    )
     assert metrics["step"] == 4 and metrics["train/loss"] > 0
     saved = load_config(VlmRunConfig, Path(metrics["checkpoint"]) / "config.yaml")
     assert saved.model.vision.checkpoint == str(tower.resolve())

@@ -50,8 +50,16 @@ def worker(rank, kind, port, out):
     local = torch.tensor(float(rank + 1))  # 1 on rank 0, 2 on rank 1
     mean = global_mean(local)
     if rank == 0:
-        torch.save({"loss_whole": loss_whole, "loss_accum": loss_accum, "grads_whole": grads_whole,
-                    "grads_accum": grads_accum, "global_mean": mean}, out)
+        torch.save(
+            {
+                "loss_whole": loss_whole,
+                "loss_accum": loss_accum,
+                "grads_whole": grads_whole,
+                "grads_accum": grads_accum,
+                "global_mean": mean,
+            },
+            out,
+        )
     dist.barrier()
     os._exit(0)  # see distributed_loss_check: gloo teardown with DDP reducers alive can hang
 

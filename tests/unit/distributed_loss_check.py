@@ -46,8 +46,10 @@ def worker(rank, kind, port, out):
     losses = [torch.zeros(1), torch.zeros(1)]
     dist.all_gather(losses, loss.detach().view(1))
     if rank == 0:
-        torch.save({"loss": torch.cat(losses).mean(), "image_grad": image_enc.weight.grad,
-                    "text_grad": text_enc.weight.grad}, out)
+        torch.save(
+            {"loss": torch.cat(losses).mean(), "image_grad": image_enc.weight.grad, "text_grad": text_enc.weight.grad},
+            out,
+        )
     dist.barrier()
     # Tearing down gloo with DDP reducers alive can hang in a destructor (seen with torch 2.13);
     # the results are saved, so leave without it.

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("kind", ["infonce", "siglip"])
 def test_two_workers_equal_one_worker_on_the_concatenated_batch(tmp_path, kind):
     out = tmp_path / "two.pt"
-    subprocess.run([sys.executable, "-m", "tests.unit.distributed_loss_check", kind, str(out)],
-                   cwd=REPO, check=True, timeout=180)
+    subprocess.run(
+        [sys.executable, "-m", "tests.unit.distributed_loss_check", kind, str(out)], cwd=REPO, check=True, timeout=180
+    )
     two = torch.load(out, weights_only=True)
 
     image_enc, text_enc = check.encoders()
@@ -36,8 +37,11 @@ def test_two_workers_equal_one_worker_on_the_concatenated_batch(tmp_path, kind):
 
 
 def _tiny_model(**loss_kw):
-    cfg = ClipModelConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
-                          text=TextConfig(vocab_size=50, width=32, layers=1, heads=2))
+    cfg = ClipModelConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+        text=TextConfig(vocab_size=50, width=32, layers=1, heads=2),
+    )
     return ClipModel(cfg, context_length=8, loss=LossConfig(**loss_kw))
 
 
@@ -76,9 +80,15 @@ def test_weight_decay_groups_by_dimension_with_declared_exceptions():
     groups = param_groups(model, 0.1, 1e-3, exempt_from_weight_decay(model))
     decayed = decayed_names(model, groups)
     assert "visual.transformer.blocks.0.attn.qkv.weight" in decayed and "visual.patch_proj.weight" in decayed
-    for no_decay in ("visual.transformer.blocks.0.attn.qkv.bias", "visual.ln_pre.weight", "logit_scale",
-                     "text.token_embedding.weight", "text.positional_embedding", "visual.class_embedding",
-                     "visual.positional_embedding"):
+    for no_decay in (
+        "visual.transformer.blocks.0.attn.qkv.bias",
+        "visual.ln_pre.weight",
+        "logit_scale",
+        "text.token_embedding.weight",
+        "text.positional_embedding",
+        "visual.class_embedding",
+        "visual.positional_embedding",
+    ):
         assert no_decay not in decayed, no_decay
     assert {p.ndim for name, p in model.named_parameters() if name in decayed} == {2, 4}
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
@@ -116,8 +126,9 @@ def test_two_workers_accumulating_two_micro_batches_equal_one_batch_each(tmp_pat
     loss and gradients of one batch of 16 per rank (negatives from all 32 rows). The logged loss
     is the mean over ranks, not rank 0's."""
     out = tmp_path / "accum.pt"
-    subprocess.run([sys.executable, "-m", "tests.unit.distributed_accum_check", kind, str(out)],
-                   cwd=REPO, check=True, timeout=180)
+    subprocess.run(
+        [sys.executable, "-m", "tests.unit.distributed_accum_check", kind, str(out)], cwd=REPO, check=True, timeout=180
+    )
     result = torch.load(out, weights_only=True)
     assert torch.allclose(result["loss_whole"], result["loss_accum"], atol=1e-6)
     assert result["grads_whole"].keys() == result["grads_accum"].keys()

@@ -41,8 +41,9 @@ def test_wrong_type_is_an_error():
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train_shards: [a/]\naugment:\n  image_size: 32\n")
-    cfg = load_config(DataConfig, path, ["augment.image_size=48", "max_bad_fraction=0.5",
-                                         "augment.crop_scale=[0.2, 1.0]"])
+    cfg = load_config(
+        DataConfig, path, ["augment.image_size=48", "max_bad_fraction=0.5", "augment.crop_scale=[0.2, 1.0]"]
+    )
     assert cfg.train_shards == ["a/"]
     assert cfg.augment.image_size == 48
     assert cfg.max_bad_fraction == 0.5
@@ -57,14 +58,17 @@ def test_frozen():
         cfg.context_length = 3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("loop.batch_size_per_worker=0", "loop.batch_size_per_worker=0: must be at least 1"),
-    ("loop.max_steps=-5", "loop.max_steps=-5: must be at least 1"),
-    ("optim.lr=-0.001", "optim.lr=-0.001: must be at least 0"),
-    ("scaling.num_workers=0", "scaling.num_workers=0: must be at least 1"),
-    ("optim.grad_accum_steps=0", "optim.grad_accum_steps=0: must be at least 1"),
-    ("data.cpus_per_worker=0", "data.cpus_per_worker=0.0: must be more than 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loop.batch_size_per_worker=0", "loop.batch_size_per_worker=0: must be at least 1"),
+        ("loop.max_steps=-5", "loop.max_steps=-5: must be at least 1"),
+        ("optim.lr=-0.001", "optim.lr=-0.001: must be at least 0"),
+        ("scaling.num_workers=0", "scaling.num_workers=0: must be at least 1"),
+        ("optim.grad_accum_steps=0", "optim.grad_accum_steps=0: must be at least 1"),
+        ("data.cpus_per_worker=0", "data.cpus_per_worker=0.0: must be more than 0"),
+    ],
+)
 def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, message):
     from pathlib import Path
 
@@ -93,12 +97,15 @@ def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_take
 
     repo = Path(__file__).resolve().parents[2]
     assert main(["train", "clip", "--config", str(repo / "conf/vlm/stage1.yaml")]) == 2
-    assert (f"belongs to the VLM trainer (it has `stage`), and `mmtrain train clip` takes a CLIP one: use "
-            f"`mmtrain train vlm --config {repo / 'conf/vlm/stage1.yaml'}`") in capsys.readouterr().err
+    assert (
+        f"belongs to the VLM trainer (it has `stage`), and `mmtrain train clip` takes a CLIP one: use "
+        f"`mmtrain train vlm --config {repo / 'conf/vlm/stage1.yaml'}`"
+    ) in capsys.readouterr().err
     assert main(["train", "vlm", "--config", str(repo / "conf/clip/tiny.yaml")]) == 2  # no `loss` key in it
     assert "belongs to the CLIP trainer (it has `model.embed_dim`)" in capsys.readouterr().err
-    checkpoint = save_checkpoint(tmp_path / "checkpoint_000001", torch.nn.Linear(2, 2), None, TrainState(),
-                                 to_dict(VlmRunConfig()))
+    checkpoint = save_checkpoint(
+        tmp_path / "checkpoint_000001", torch.nn.Linear(2, 2), None, TrainState(), to_dict(VlmRunConfig())
+    )
     assert main(["eval", "clip", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert f"use `mmtrain eval vlm --checkpoint {checkpoint} --data ...`" in capsys.readouterr().err
 
@@ -127,8 +134,21 @@ def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, monkeypatc
     ray_starts = []
     monkeypatch.setattr(training.ray_train.driver, "ensure_ray", lambda *args: ray_starts.append(args))
     shards = spec.format(tmp=tmp_path)
-    assert main(["train", "clip", "--config", "clip/tiny", "--set", f"data.train_shards=[{shards}]",
-                 "--set", "tracking.tracking_uri=none"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "clip",
+                "--config",
+                "clip/tiny",
+                "--set",
+                f"data.train_shards=[{shards}]",
+                "--set",
+                "tracking.tracking_uri=none",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"shard spec '{shards}' matched no shards" in err and "tokenizer" not in err
     assert ray_starts == []

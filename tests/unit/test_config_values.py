@@ -33,8 +33,11 @@ ALL_KEYS = [(root, *entry) for root in (ClipRunConfig, VlmRunConfig, SweepConfig
 
 
 def test_every_numeric_key_declares_its_range():
-    missing = [f"{root.__name__}: {key}" for root, cls, key, name, _ in ALL_KEYS
-               if not issubclass(cls, Checked) or name not in cls.RANGES]
+    missing = [
+        f"{root.__name__}: {key}"
+        for root, cls, key, name, _ in ALL_KEYS
+        if not issubclass(cls, Checked) or name not in cls.RANGES
+    ]
     assert not missing, missing
     assert len(ALL_KEYS) > 80
 
@@ -46,8 +49,11 @@ def _value_for(hint, value):
     return value
 
 
-@pytest.mark.parametrize("root, cls, key, name, hint", [k for k in ALL_KEYS if float in typing.get_args(k[4])
-                                                          or k[4] is float], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "root, cls, key, name, hint",
+    [k for k in ALL_KEYS if float in typing.get_args(k[4]) or k[4] is float],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_no_float_key_takes_nan_or_infinity(root, cls, key, name, hint, bad):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -55,7 +61,7 @@ def test_no_float_key_takes_nan_or_infinity(root, cls, key, name, hint, bad):
 
 
 @settings(max_examples=200, deadline=None)
-@given(entry=st.sampled_from(ALL_KEYS), number=st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True)))
+@given(entry=st.sampled_from(ALL_KEYS), number=st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True)))
 def test_a_value_loads_exactly_when_its_declared_range_holds(entry, number):
     root, cls, key, name, hint = entry
     if (hint is int or int in typing.get_args(hint)) and float not in typing.get_args(hint):
@@ -75,19 +81,26 @@ def test_a_value_loads_exactly_when_its_declared_range_holds(entry, number):
         assert not ok, f"{key}={number!r} was accepted outside {allowed}"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("loss.init_temperature=0", "more than 0"), ("loss.max_logit_scale=-1", "more than 0"),
-    ("data.augment.eval_resize_ratio=0", r"in \(0, 1\]"), ("optim.betas=[0.9, 1.5]", r"in \[0, 1\)"),
-    ("data.augment.crop_scale=[0.9, 0.5]", "must not exceed"), ("optim.lr=.nan", "finite"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.init_temperature=0", "more than 0"),
+        ("loss.max_logit_scale=-1", "more than 0"),
+        ("data.augment.eval_resize_ratio=0", r"in \(0, 1\]"),
+        ("optim.betas=[0.9, 1.5]", r"in \[0, 1\)"),
+        ("data.augment.crop_scale=[0.9, 0.5]", "must not exceed"),
+        ("optim.lr=.nan", "finite"),
+    ],
+)
 def test_values_that_fail_inside_workers_are_refused_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(ClipRunConfig, overrides=[override])
 
 
 def test_the_readme_cluster_override_with_a_brace_pattern_loads():
-    cfg = load_config(ClipRunConfig, overrides=[
-        "data.train_shards=[s3://my-bucket/laion/train-{00000..00999}.tar, s3://b/{a,b}.tar]"])
+    cfg = load_config(
+        ClipRunConfig, overrides=["data.train_shards=[s3://my-bucket/laion/train-{00000..00999}.tar, s3://b/{a,b}.tar]"]
+    )
     assert cfg.data.train_shards == ["s3://my-bucket/laion/train-{00000..00999}.tar", "s3://b/{a,b}.tar"]
 
 

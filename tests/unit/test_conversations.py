@@ -6,12 +6,16 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipelines import bad_samples
-from pipelines.conversations import (IGNORE_INDEX, ConversationEncoder, PlaceholderMismatch,
-                                     caption_conversation)
+from pipelines.conversations import IGNORE_INDEX, ConversationEncoder, PlaceholderMismatch, caption_conversation
 from training.models.language_model import make_tiny_lm
 
-TEXTS = ["what colour are the shapes?", "red", "how many shapes are there?", "three",
-         "a photo of two small red circles on the left."] * 30
+TEXTS = [
+    "what colour are the shapes?",
+    "red",
+    "how many shapes are there?",
+    "three",
+    "a photo of two small red circles on the left.",
+] * 30
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def tokenizer(tmp_path_factory):
 
 
 def _supervised_text(tokenizer, encoded):
-    return tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
 
 
 def test_single_turn(tokenizer):
@@ -37,14 +41,18 @@ def test_single_turn(tokenizer):
 
 def test_multi_turn_with_system(tokenizer):
     encoder = ConversationEncoder(tokenizer, num_image_tokens=3, max_length=200)
-    conversation = [{"from": "system", "value": "answer briefly"},
-                    {"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"},
-                    {"from": "human", "value": "how many shapes are there?"}, {"from": "gpt", "value": "three"}]
+    conversation = [
+        {"from": "system", "value": "answer briefly"},
+        {"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "how many shapes are there?"},
+        {"from": "gpt", "value": "three"},
+    ]
     encoded = encoder.encode(conversation)
     assert _supervised_text(tokenizer, encoded) == "red<|im_end|>three<|im_end|>"
     ids, mask, labels = encoder.pad(encoded)
     assert len(ids) == len(mask) == len(labels) == 200
-    assert labels[len(encoded.labels):] == [IGNORE_INDEX] * (200 - len(encoded.labels))
+    assert labels[len(encoded.labels) :] == [IGNORE_INDEX] * (200 - len(encoded.labels))
 
 
 def test_caption_stage(tokenizer):
@@ -78,24 +86,33 @@ def test_a_reply_that_also_occurs_in_the_template_markup_supervises_the_reply(to
     # ChatML puts "<|im_end|>\n<|im_start|>assistant\n" between turns: searching the rendered text for
     # the reply from the end of the previous message found it there, in the header.
     encoder = ConversationEncoder(tokenizer, num_image_tokens=2, max_length=200)
-    encoded = encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                              {"from": "gpt", "value": reply}])
+    encoded = encoder.encode(
+        [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": reply}]
+    )
     assert _supervised_text(tokenizer, encoded) == reply + "<|im_end|>"
 
 
 def test_multi_turn_replies_that_repeat_earlier_text(tokenizer):
     encoder = ConversationEncoder(tokenizer, num_image_tokens=2, max_length=200)
-    conversation = [{"from": "human", "value": "<image>\nred or three?"}, {"from": "gpt", "value": "red"},
-                    {"from": "human", "value": "red? say red"}, {"from": "gpt", "value": "red"},
-                    {"from": "human", "value": "assistant"}, {"from": "gpt", "value": "user"}]
+    conversation = [
+        {"from": "human", "value": "<image>\nred or three?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "red? say red"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "assistant"},
+        {"from": "gpt", "value": "user"},
+    ]
     encoded = encoder.encode(conversation)
     assert _supervised_text(tokenizer, encoded) == "red<|im_end|>red<|im_end|>user<|im_end|>"
     # each reply is supervised where it stands: right after its own assistant header
     ids = encoded.input_ids
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    starts = [i + len(header) for i in range(len(ids)) if ids[i:i + len(header)] == header]
-    first_supervised = [i for i in range(len(ids)) if encoded.labels[i] != IGNORE_INDEX
-                        and (i == 0 or encoded.labels[i - 1] == IGNORE_INDEX)]
+    starts = [i + len(header) for i in range(len(ids)) if ids[i : i + len(header)] == header]
+    first_supervised = [
+        i
+        for i in range(len(ids))
+        if encoded.labels[i] != IGNORE_INDEX and (i == 0 or encoded.labels[i - 1] == IGNORE_INDEX)
+    ]
     assert first_supervised == starts
 
 
@@ -104,13 +121,16 @@ def test_end_of_turn_comes_from_the_template_not_the_eos_token(tokenizer):
 
     gemma_like = deepcopy(tokenizer)
     gemma_like.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
-    gemma_like.chat_template = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
-                                "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}"
-                                "<start_of_turn>assistant\n{% endif %}")
+    gemma_like.chat_template = (
+        "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}"
+        "<start_of_turn>assistant\n{% endif %}"
+    )
     assert gemma_like.eos_token == "<|im_end|>"
     encoder = ConversationEncoder(gemma_like, num_image_tokens=2, max_length=200)
-    encoded = encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                              {"from": "gpt", "value": "red"}])
+    encoded = encoder.encode(
+        [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"}]
+    )
     assert _supervised_text(gemma_like, encoded) == "red<end_of_turn>"
     assert gemma_like.convert_tokens_to_ids("<end_of_turn>") in encoder.stop_ids
 
@@ -122,4 +142,4 @@ def test_no_synthetic_sample_is_fully_masked(tokenizer):
     for index in range(200):
         meta = json.loads(make_sample(index, 0, 32)["json"])
         encoded = encoder.encode(meta["conversations"])
-        assert not isinstance(encoded, str) and sum(l != IGNORE_INDEX for l in encoded.labels) >= 2
+        assert not isinstance(encoded, str) and sum(label != IGNORE_INDEX for label in encoded.labels) >= 2

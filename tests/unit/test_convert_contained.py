@@ -31,12 +31,12 @@ def test_a_folder_source_skips_what_leaves_it_or_cannot_be_read(tmp_path, monkey
         (src / f"{name}.txt").write_bytes(caption)
 
     sample("good")
-    os.symlink(outside / "secret.jpg", src / "linked.jpg")          # an image link out of the source
+    os.symlink(outside / "secret.jpg", src / "linked.jpg")  # an image link out of the source
     (src / "linked.txt").write_text("caption")
     sample("caption_link")
     (src / "caption_link.txt").unlink()
-    os.symlink(outside / "secret.txt", src / "caption_link.txt")    # a caption link out of the source
-    os.mkfifo(src / "pipe.jpg")                                      # reading it would block forever
+    os.symlink(outside / "secret.txt", src / "caption_link.txt")  # a caption link out of the source
+    os.mkfifo(src / "pipe.jpg")  # reading it would block forever
     (src / "pipe.txt").write_text("caption")
     sample("latin1", caption="café".encode("latin-1"))
     sample("deep")
@@ -46,9 +46,15 @@ def test_a_folder_source_skips_what_leaves_it_or_cannot_be_read(tmp_path, monkey
     sample("empty_caption", caption=b"   ")
 
     manifest = convert(src, tmp_path / "out", ConvertOptions(format="folder"))
-    assert manifest["skipped"] == {"outside_source": 2, "unreadable_file": 1, "unreadable_caption": 1,
-                                   "bad_metadata": 1, "oversized_member": 1, "caption_too_long": 1,
-                                   "empty_caption": 1}
+    assert manifest["skipped"] == {
+        "outside_source": 2,
+        "unreadable_file": 1,
+        "unreadable_caption": 1,
+        "bad_metadata": 1,
+        "oversized_member": 1,
+        "caption_too_long": 1,
+        "empty_caption": 1,
+    }
     assert _read_back(tmp_path / "out") == ["good"]
     assert b"private key" not in b"".join(p.read_bytes() for p in (tmp_path / "out").glob("*.tar"))
 
@@ -58,22 +64,32 @@ def test_a_table_may_only_name_images_under_its_image_root(tmp_path):
     (tmp_path / "data" / "images" / "a.jpg").write_bytes(jpeg_bytes())
     (tmp_path / "elsewhere.jpg").write_bytes(jpeg_bytes())
     table = tmp_path / "data" / "captions.csv"
-    table.write_text("image,caption\nimages/a.jpg,inside\n../elsewhere.jpg,up and out\n"
-                     f"{tmp_path / 'elsewhere.jpg'},absolute\n/etc/hostname,a system file\n")
+    table.write_text(
+        "image,caption\nimages/a.jpg,inside\n../elsewhere.jpg,up and out\n"
+        f"{tmp_path / 'elsewhere.jpg'},absolute\n/etc/hostname,a system file\n"
+    )
     manifest = convert(table, tmp_path / "out", ConvertOptions(format="csv"))
     assert manifest["skipped"] == {"outside_source": 3} and manifest["splits"]["train"] == 1
     # --image-root: relative paths start there (LLaVA's image folder), and nothing may leave it
-    table.write_text(f"image,caption\ndata/images/a.jpg,inside\nelsewhere.jpg,beside\n"
-                     f"{tmp_path / 'elsewhere.jpg'},absolute\n/etc/hostname,a system file\n")
+    table.write_text(
+        f"image,caption\ndata/images/a.jpg,inside\nelsewhere.jpg,beside\n"
+        f"{tmp_path / 'elsewhere.jpg'},absolute\n/etc/hostname,a system file\n"
+    )
     widened = convert(table, tmp_path / "out2", ConvertOptions(format="csv", image_root=tmp_path))
     assert widened["skipped"] == {"outside_source": 1} and widened["splits"]["train"] == 3
 
 
 def test_one_bad_jsonl_line_is_one_skip(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes())
-    lines = [json.dumps({"image": "a.jpg", "caption": "first"}), "{not json", "[" * 100_000,
-             json.dumps({"image": "a.jpg", "caption": 5}), json.dumps(["a list"]),
-             json.dumps({"image": "a.jpg", "caption": {"nested": 1}}), json.dumps({"image": "a.jpg", "caption": "last"})]
+    lines = [
+        json.dumps({"image": "a.jpg", "caption": "first"}),
+        "{not json",
+        "[" * 100_000,
+        json.dumps({"image": "a.jpg", "caption": 5}),
+        json.dumps(["a list"]),
+        json.dumps({"image": "a.jpg", "caption": {"nested": 1}}),
+        json.dumps({"image": "a.jpg", "caption": "last"}),
+    ]
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     manifest = convert(tmp_path / "rows.jsonl", tmp_path / "out", ConvertOptions(format="jsonl"))
     assert manifest["skipped"] == {"bad_metadata": 3, "unreadable_caption": 1}

@@ -31,8 +31,13 @@ def test_consumed_samples_are_counted_once_and_repeats_are_caught():
 def test_the_position_survives_json_and_tells_a_resumed_read_what_to_skip():
     position = DataPosition()
     position.add_consumed(pack(2, 0, [0, 1, 5]))
-    position.add_bad([BadSample(2, 0, 7, 900, "not_an_image"), BadSample(2, 0, -1, 4096, "corrupt_tar"),
-                      BadSample(2, 0, 7, 900, "not_an_image")])  # read twice in the epoch: counted once
+    position.add_bad(
+        [
+            BadSample(2, 0, 7, 900, "not_an_image"),
+            BadSample(2, 0, -1, 4096, "corrupt_tar"),
+            BadSample(2, 0, 7, 900, "not_an_image"),
+        ]
+    )  # read twice in the epoch: counted once
     position.samples_per_shard[0] = 8
     restored = DataPosition.from_json(position.to_json())
     assert list(np.flatnonzero(restored.skip(2, 0))) == [0, 1, 5, 7]
@@ -69,14 +74,22 @@ def test_a_read_that_skips_samples_numbers_the_rest_as_a_full_read_does(tmp_path
 
 
 def _summary(record):
-    return (type(record).__name__, record.index, record.key, getattr(record, "reason", ""),
-            getattr(record, "caption", ""), getattr(record, "offset", -1))
+    return (
+        type(record).__name__,
+        record.index,
+        record.key,
+        getattr(record, "reason", ""),
+        getattr(record, "caption", ""),
+        getattr(record, "offset", -1),
+    )
 
 
 def test_a_resumed_read_seeks_past_what_it_skips(tmp_path):
     image = png_bytes((64, 64))  # ~12 KB: mostly data, not headers, as in real shards
-    data = write_tar(tmp_path / "big.tar", [m for i in range(200) for m in (
-        (f"s{i:04d}.png", image), (f"s{i:04d}.txt", b"a caption"))]).read_bytes()
+    data = write_tar(
+        tmp_path / "big.tar",
+        [m for i in range(200) for m in ((f"s{i:04d}.png", image), (f"s{i:04d}.txt", b"a caption"))],
+    ).read_bytes()
 
     class CountingReads(io.BytesIO):
         read_bytes = 0

@@ -36,10 +36,16 @@ def _theirs(image, size, center_crop, ratio):
     return processor(images=image, return_tensors="pt")["pixel_values"]
 
 
-@pytest.mark.parametrize("center_crop, ratio, shape", [
-    (True, 1.0, (32, 32)), (True, 1.0, (32, 48)), (True, 0.875, (37, 37)), (True, 0.875, (37, 50)),
-    (False, 1.0, (32, 32)),
-])
+@pytest.mark.parametrize(
+    "center_crop, ratio, shape",
+    [
+        (True, 1.0, (32, 32)),
+        (True, 1.0, (32, 48)),
+        (True, 0.875, (37, 37)),
+        (True, 0.875, (37, 50)),
+        (False, 1.0, (32, 32)),
+    ],
+)
 def test_pixels_equal_where_nothing_is_resampled(center_crop, ratio, shape):
     data, image = _image(*shape)
     ours, theirs = _ours(data, 32, center_crop, ratio), _theirs(image, 32, center_crop, ratio)

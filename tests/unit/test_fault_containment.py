@@ -54,7 +54,7 @@ class _NonSeekable(io.RawIOBase):
 
     def read(self, size=-1):
         self.largest_read = max(self.largest_read, size)
-        chunk = self._data[self._position:self._position + size]
+        chunk = self._data[self._position : self._position + size]
         self._position += len(chunk)
         return chunk
 
@@ -102,8 +102,7 @@ def test_16_bit_greyscale_pngs_decode_to_their_grey_values(tmp_path, monkeypatch
 def test_convert_skips_metadata_the_reader_would_refuse_and_still_writes_the_tokenizer(tmp_path):
     source = tmp_path / "folder"
     source.mkdir()
-    for name, meta in (("good", {"label": 1}), ("stringy", {"conversations": "a string"}),
-                       ("huge", {"label": 2**70})):
+    for name, meta in (("good", {"label": 1}), ("stringy", {"conversations": "a string"}), ("huge", {"label": 2**70})):
         Image.new("RGB", (16, 16), (200, 10, 10)).save(source / f"{name}.jpg")
         (source / f"{name}.txt").write_text(f"a {name} red square")
         (source / f"{name}.json").write_text(json.dumps(meta))
@@ -121,7 +120,6 @@ def test_convert_skips_metadata_the_reader_would_refuse_and_still_writes_the_tok
 def test_unreachable_s3_endpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot list shards at 's3://bucket/prefix/'.*data.s3_endpoint"):
         resolve_shards(["s3://bucket/prefix/"], "http://127.0.0.1:1")
-
 
 
 def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offset(tmp_path, caplog):
@@ -146,6 +144,8 @@ def test_an_unreachable_shard_source_fails_before_ray_starts(monkeypatch):
         raise AssertionError("Ray was started before the shards were checked")
 
     monkeypatch.setattr(run, "ensure_ray", no_ray)
-    cfg = from_dict(ClipRunConfig, {"data": {"train_shards": ["s3://bucket/train/"], "s3_endpoint": "http://127.0.0.1:1"}})
+    cfg = from_dict(
+        ClipRunConfig, {"data": {"train_shards": ["s3://bucket/train/"], "s3_endpoint": "http://127.0.0.1:1"}}
+    )
     with pytest.raises(ValueError, match="cannot list shards.*data.s3_endpoint"):
         run.run_training(cfg)

@@ -45,18 +45,25 @@ def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
     tokenizer_path = str(synth_dir / "tokenizer.json")
     cfg = _cfg()
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer_path, context_length=16),
-                              model=dataclasses.replace(cfg.model, text=dataclasses.replace(
-                                  cfg.model.text, vocab_size=vocab)))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, tokenizer=tokenizer_path, context_length=16),
+        model=dataclasses.replace(cfg.model, text=dataclasses.replace(cfg.model.text, vocab_size=vocab)),
+    )
     captions = ["a red circle", "two blue squares on the left of the picture, large ones", "a green triangle"]
     encodings = configure_fixed_length(load_tokenizer(tokenizer_path), 16).encode_batch(captions)
-    batch = {contract.IMAGE: np.zeros((3, 16, 16, 3), dtype=np.uint8), contract.LABEL: np.array([0, 1, 2]),
-             contract.INPUT_IDS: np.array([e.ids for e in encodings]),
-             contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings])}
+    batch = {
+        contract.IMAGE: np.zeros((3, 16, 16, 3), dtype=np.uint8),
+        contract.LABEL: np.array([0, 1, 2]),
+        contract.INPUT_IDS: np.array([e.ids for e in encodings]),
+        contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings]),
+    }
     task = ClipTask(cfg)
     task.evaluate(task.build_model(), [batch], torch.device("cpu"), EvalAssets(tokenizer_path))
     spec = task.eval_pictures["retrieval_similarity"]
     assert spec.column_labels[0] == "a red circle" and spec.row_labels[2] == "image of: a green triangle"
     assert spec.column_labels[1].startswith("two blue squares") and spec.column_labels[1].endswith("…")
-    assert _png(heatmap(spec.matrix, spec.row_labels, spec.column_labels, spec.title, spec.xlabel,
-                        spec.ylabel)).size[0] > 100
+    assert (
+        _png(heatmap(spec.matrix, spec.row_labels, spec.column_labels, spec.title, spec.xlabel, spec.ylabel)).size[0]
+        > 100
+    )

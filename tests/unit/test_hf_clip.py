@@ -32,15 +32,33 @@ def save_hf_clip(directory: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="[EOT]", pad_token="[PAD]", bos_token="[BOS]")
     tokenizer.save_pretrained(directory)
     torch.manual_seed(0)
-    config = CLIPConfig(projection_dim=16, text_config=dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=12, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_act="quick_gelu"), vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=2, image_size=16, patch_size=8,
-                                                     hidden_act="quick_gelu"))
+    config = CLIPConfig(
+        projection_dim=16,
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=12,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+            hidden_act="quick_gelu",
+        ),
+    )
     CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessor(image_mean=list(MEAN), image_std=list(STD), size={"shortest_edge": 16},
-                       crop_size={"height": 16, "width": 16}).save_pretrained(directory)
+    CLIPImageProcessor(
+        image_mean=list(MEAN), image_std=list(STD), size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+    ).save_pretrained(directory)
     return directory
 
 
@@ -52,7 +70,11 @@ def hf_dir(tmp_path_factory):
 def _inputs(cfg: ClipRunConfig):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8))
     batch = Tokenize(cfg.data.tokenizer, cfg.data.context_length)({"caption": np.array(CAPTIONS)})
-    return images, torch.as_tensor(batch[contract.INPUT_IDS]).long(), torch.as_tensor(batch[contract.ATTENTION_MASK]).long()
+    return (
+        images,
+        torch.as_tensor(batch[contract.INPUT_IDS]).long(),
+        torch.as_tensor(batch[contract.ATTENTION_MASK]).long(),
+    )
 
 
 def _hf_features(hf_model, pixels, ids, mask):
@@ -87,8 +109,9 @@ def test_a_run_from_a_pretrained_clipmodel_starts_with_exactly_its_weights(hf_di
 
 def test_a_checkpoint_whose_shapes_do_not_fit_names_them(hf_dir):
     cfg = hf_clip.pretrained_run_config(from_dict(ClipRunConfig, {"init_from": str(hf_dir)}))
-    wider = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, vision=dataclasses.replace(cfg.model.vision, width=48, heads=2)))
+    wider = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, vision=dataclasses.replace(cfg.model.vision, width=48, heads=2))
+    )
     with pytest.raises(ValueError, match=r"visual.class_embedding: checkpoint \(32,\), model \(48,\)"):
         ClipTask(wider).build_model()
 
@@ -96,11 +119,21 @@ def test_a_checkpoint_whose_shapes_do_not_fit_names_them(hf_dir):
 def test_a_siglip_directory_is_refused_for_the_clip_trainer(tmp_path):
     from transformers import SiglipConfig, SiglipModel
 
-    SiglipModel(SiglipConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                              num_attention_heads=2, vocab_size=50),
-                             vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                num_attention_heads=2, image_size=16, patch_size=8))
-                ).save_pretrained(tmp_path)
+    SiglipModel(
+        SiglipConfig(
+            text_config=dict(
+                hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+            ),
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+            ),
+        )
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds a SiglipConfig, not a CLIPModel"):
         hf_clip.pretrained_run_config(from_dict(ClipRunConfig, {"init_from": str(tmp_path)}))
 

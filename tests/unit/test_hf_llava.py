@@ -8,13 +8,21 @@ import torch
 from jobs.cli import main
 from pipelines.conversations import ConversationEncoder
 from training.checkpoint.store import save_checkpoint
-from training.config.schema import (LanguageModelConfig, LoraConfig, ModuleLearningRates, ProjectorConfig, VisionEncoderConfig,
-                             VlmModelConfig, VlmRunConfig)
+from training.config.schema import (
+    LanguageModelConfig,
+    LoraConfig,
+    ModuleLearningRates,
+    ProjectorConfig,
+    VisionEncoderConfig,
+    VlmModelConfig,
+    VlmRunConfig,
+)
 from training.config.io import to_dict
 from training.engine.loop import TrainState
 from training.tasks.vlm import VlmTask
 from tests.unit.test_vision_encoders import save_hf_tower
 from tests.unit.test_vlm import make_parts
+
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
@@ -25,10 +33,16 @@ QUESTION = [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, 
 
 
 def _saved_vlm(directory, tower, lm, projector="mlp2x_gelu", lora_rank=0):
-    cfg = VlmRunConfig(stage="conversations", max_length=64, lrs=ModuleLearningRates(projector=1e-3, lm=1e-3),
-                       model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(tower)),
-                                            projector=ProjectorConfig(type=projector),
-                                            lm=LanguageModelConfig(path=str(lm), lora=LoraConfig(rank=lora_rank))))
+    cfg = VlmRunConfig(
+        stage="conversations",
+        max_length=64,
+        lrs=ModuleLearningRates(projector=1e-3, lm=1e-3),
+        model=VlmModelConfig(
+            vision=VisionEncoderConfig(checkpoint=str(tower)),
+            projector=ProjectorConfig(type=projector),
+            lm=LanguageModelConfig(path=str(lm), lora=LoraConfig(rank=lora_rank)),
+        ),
+    )
     task = VlmTask(cfg)
     model = task.build_model()
     torch.manual_seed(1)
@@ -65,9 +79,15 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
     assert torch.allclose(our_logits, their_logits, atol=1e-4)
     ours = model.generate(pixels, [prompt.tolist()], 8, encoder.stop_ids, encoder.pad_id)[0]
     with torch.no_grad():
-        generated = llava.generate(input_ids=prompt[None], pixel_values=pixels, max_new_tokens=8, do_sample=False,
-                                   eos_token_id=sorted(encoder.stop_ids), pad_token_id=encoder.pad_id)
-    theirs = [t for t in generated[0, len(prompt):].tolist() if t not in encoder.stop_ids]
+        generated = llava.generate(
+            input_ids=prompt[None],
+            pixel_values=pixels,
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=sorted(encoder.stop_ids),
+            pad_token_id=encoder.pad_id,
+        )
+    theirs = [t for t in generated[0, len(prompt) :].tolist() if t not in encoder.stop_ids]
     assert len(ours) >= 3 and theirs == ours
 
 
@@ -94,8 +114,9 @@ def test_the_exported_processor_alone_gives_mmtrains_tokens_pixels_and_answer(pa
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
 
     image_array = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    text = processor.apply_chat_template([{"role": "user", "content": QUESTION[0]["value"]}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": QUESTION[0]["value"]}], add_generation_prompt=True, tokenize=False
+    )
     inputs = processor(images=Image.fromarray(image_array), text=text, return_tensors="pt")
     encoder = ConversationEncoder(task._tokenizer, task.tower.num_patches, 64)
     prompt = encoder.encode_prompt(QUESTION)
@@ -106,7 +127,12 @@ def test_the_exported_processor_alone_gives_mmtrains_tokens_pixels_and_answer(pa
     model.eval()
     ours = model.generate(pixels, [prompt], 8, encoder.stop_ids, encoder.pad_id)[0]
     with torch.no_grad():
-        generated = llava.generate(**inputs, max_new_tokens=8, do_sample=False,
-                                   eos_token_id=sorted(encoder.stop_ids), pad_token_id=encoder.pad_id)
-    theirs = [t for t in generated[0, len(prompt):].tolist() if t not in encoder.stop_ids]
+        generated = llava.generate(
+            **inputs,
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=sorted(encoder.stop_ids),
+            pad_token_id=encoder.pad_id,
+        )
+    theirs = [t for t in generated[0, len(prompt) :].tolist() if t not in encoder.stop_ids]
     assert len(ours) >= 3 and theirs == ours

@@ -77,8 +77,9 @@ def test_decoding_writes_into_the_callers_row_and_matches_pil():
     returned = decode_eval(data, AugmentConfig(image_size=32), 10**7, out=batch[1])
     assert np.shares_memory(returned, batch) and batch[1].any()
     assert not batch[0].any() and not batch[2].any()
-    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").crop((16, 0, 80, 64)).resize(
-        (32, 32), Image.BILINEAR), float)
+    reference = np.asarray(
+        Image.open(io.BytesIO(data)).convert("RGB").crop((16, 0, 80, 64)).resize((32, 32), Image.BILINEAR), float
+    )
     assert np.abs(batch[1].astype(float) - reference).mean() < 4.0
 
 
@@ -100,9 +101,19 @@ def test_flip_mirrors_the_crop():
     assert seen["flipped"] > 5 and seen["plain"] > 5 and sum(seen.values()) == 40
 
 
-@pytest.mark.parametrize("image_format,mode", [("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("GIF", "P"),
-                                               ("WEBP", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"),
-                                               ("PCX", "RGB")])  # PCX: OpenCV cannot, PIL can
+@pytest.mark.parametrize(
+    "image_format,mode",
+    [
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "P"),
+        ("GIF", "P"),
+        ("WEBP", "RGB"),
+        ("JPEG", "L"),
+        ("JPEG", "CMYK"),
+        ("PCX", "RGB"),
+    ],
+)  # PCX: OpenCV cannot, PIL can
 def test_every_common_format_and_mode_becomes_rgb(image_format, mode):
     buffer = io.BytesIO()
     Image.new(mode, (30, 20), 100).save(buffer, format=image_format)

@@ -23,10 +23,14 @@ from pipelines.config import AugmentConfig, DataConfig
 def _cfg():
     return ClipRunConfig(
         data=DataConfig(context_length=6, augment=AugmentConfig(image_size=16)),
-        model=ClipModelConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
-                              text=TextConfig(vocab_size=12, width=32, layers=1, heads=2)),
+        model=ClipModelConfig(
+            embed_dim=16,
+            vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+            text=TextConfig(vocab_size=12, width=32, layers=1, heads=2),
+        ),
         optim=OptimConfig(lr=3e-3, warmup_steps=2),
-        loop=LoopConfig(max_steps=40, batch_size_per_worker=8))
+        loop=LoopConfig(max_steps=40, batch_size_per_worker=8),
+    )
 
 
 def _batches(start: int = 0, epochs: int = 100):
@@ -39,10 +43,14 @@ def _batches(start: int = 0, epochs: int = 100):
             if epoch * 10 + index < start:
                 continue
             images = (labels.view(8, 1, 1, 1) * 60).expand(8, 16, 16, 3).to(torch.uint8)
-            ids = torch.stack([torch.tensor([1, 2 + int(l), 3, 0, 0, 0]) for l in labels])
+            ids = torch.stack([torch.tensor([1, 2 + int(label), 3, 0, 0, 0]) for label in labels])
             mask = (ids != 0).to(torch.uint8)
-            yield {contract.IMAGE: images, contract.INPUT_IDS: ids.int(), contract.ATTENTION_MASK: mask,
-                   contract.LABEL: labels}
+            yield {
+                contract.IMAGE: images,
+                contract.INPUT_IDS: ids.int(),
+                contract.ATTENTION_MASK: mask,
+                contract.LABEL: labels,
+            }
 
 
 def _setup(cfg):
@@ -57,8 +65,17 @@ def test_loop_learns_across_epochs_of_one_stream():
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
     losses = []
-    state = train(task, model, optimizer, scheduler, TrainState(), _batches(), 40, torch.device("cpu"),
-                  lambda s, r: losses.append(float(r.loss)) or True)
+    state = train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        TrainState(),
+        _batches(),
+        40,
+        torch.device("cpu"),
+        lambda s, r: losses.append(float(r.loss)) or True,
+    )
     assert state.step == 40 and state.samples_seen == 320
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
@@ -66,8 +83,18 @@ def test_loop_learns_across_epochs_of_one_stream():
 def test_the_end_of_the_stream_ends_the_run_before_max_steps():
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
-    state = train(task, model, optimizer, scheduler, TrainState(), _batches(epochs=2), 40, torch.device("cpu"),
-                  lambda s, r: True, grad_accum_steps=3)
+    state = train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        TrainState(),
+        _batches(epochs=2),
+        40,
+        torch.device("cpu"),
+        lambda s, r: True,
+        grad_accum_steps=3,
+    )
     assert state.step == 6 and state.samples_seen == 144  # 20 batches: 6 windows of 3, the last 2 untrained
 
 
@@ -75,8 +102,19 @@ def test_grad_accumulation_counts_micro_batches():
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
     results = []
-    state = train(task, model, optimizer, scheduler, TrainState(), _batches(), 5, torch.device("cpu"),
-                  lambda s, r: results.append(r) or True, grad_accum_steps=2, grad_clip_norm=1.0)
+    state = train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        TrainState(),
+        _batches(),
+        5,
+        torch.device("cpu"),
+        lambda s, r: results.append(r) or True,
+        grad_accum_steps=2,
+        grad_clip_norm=1.0,
+    )
     assert state.step == 5 and state.samples_seen == 80
     # Loss and gradient norm stay tensors (no host sync per step); read when logging.
     assert all(isinstance(r.loss, torch.Tensor) and isinstance(r.extra["grad_norm"], torch.Tensor) for r in results)
@@ -99,7 +137,9 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path):
     restored = load_checkpoint(tmp_path, model2, optimizer2)
     assert restored == TrainState(step=10, samples_seen=80)
     scheduler2 = warmup_cosine(optimizer2, cfg.optim, 20, current_step=restored.step)
-    train(task2, model2, optimizer2, scheduler2, restored, _batches(start=10), 20, torch.device("cpu"), lambda s, r: True)
+    train(
+        task2, model2, optimizer2, scheduler2, restored, _batches(start=10), 20, torch.device("cpu"), lambda s, r: True
+    )
     for key, value in model2.state_dict().items():
         assert torch.allclose(value, expected[key], atol=1e-6), key
 
@@ -130,8 +170,17 @@ def test_data_wait_counts_every_fetch_across_epoch_boundaries():
             yield batch
 
     results = []
-    train(task, model, optimizer, scheduler, TrainState(), slow_batches(), 12, torch.device("cpu"),
-          lambda s, r: results.append(r) or True)
+    train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        TrainState(),
+        slow_batches(),
+        12,
+        torch.device("cpu"),
+        lambda s, r: results.append(r) or True,
+    )
     waits = [r.data_wait_s for r in results]
     assert all(wait >= 0.045 for wait in waits), waits  # each step fetched one batch that slept 50 ms
 
@@ -139,8 +188,17 @@ def test_data_wait_counts_every_fetch_across_epoch_boundaries():
 def _lrs_after_resume(cfg, max_steps, restart, tmp_path):
     """Train 10 of 10 steps, then resume with `max_steps`: the learning rates of the resumed steps."""
     task, model, optimizer, scheduler = _setup(cfg)
-    state = train(task, model, optimizer, scheduler, TrainState(schedule_steps=10), _batches(), 10,
-                  torch.device("cpu"), lambda s, r: True)
+    state = train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        TrainState(schedule_steps=10),
+        _batches(),
+        10,
+        torch.device("cpu"),
+        lambda s, r: True,
+    )
     save_checkpoint(tmp_path, model, optimizer, state, {})
     task, model, optimizer, _ = _setup(cfg)
     state, note = plan_schedule(load_checkpoint(tmp_path, model, optimizer), max_steps, restart)
@@ -148,8 +206,17 @@ def _lrs_after_resume(cfg, max_steps, restart, tmp_path):
         group["initial_lr"] = cfg.optim.lr
     scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
     lrs = []
-    train(task, model, optimizer, scheduler, state, _batches(start=10), max_steps, torch.device("cpu"),
-          lambda s, r: lrs.append(scheduler.get_last_lr()[0]) or True)
+    train(
+        task,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        _batches(start=10),
+        max_steps,
+        torch.device("cpu"),
+        lambda s, r: lrs.append(scheduler.get_last_lr()[0]) or True,
+    )
     return lrs, note
 
 
@@ -168,8 +235,12 @@ def test_a_new_schedule_on_resume_warms_up_again(tmp_path):
 
 
 def test_config_changes_on_resume_are_listed_and_shape_changes_refused():
-    saved = {"model": {"embed_dim": 16}, "loop": {"max_steps": 10, "batch_size_per_worker": 8},
-             "scaling": {"num_workers": 2}, "optim": {"grad_accum_steps": 1, "lr": 1e-3}}
+    saved = {
+        "model": {"embed_dim": 16},
+        "loop": {"max_steps": 10, "batch_size_per_worker": 8},
+        "scaling": {"num_workers": 2},
+        "optim": {"grad_accum_steps": 1, "lr": 1e-3},
+    }
     longer = {**saved, "loop": {"max_steps": 20, "batch_size_per_worker": 8}}
     assert check_resume_config(saved, longer, "ckpt") == {"loop.max_steps": (10, 20)}
     with pytest.raises(ValueError, match=r"model.embed_dim: 16 -> 32.*another run.name"):
@@ -177,8 +248,9 @@ def test_config_changes_on_resume_are_listed_and_shape_changes_refused():
     with pytest.raises(ValueError, match=r"global batch .*16 -> 8"):
         check_resume_config(saved, {**saved, "scaling": {"num_workers": 1}}, "ckpt")
     # one worker with twice the batch is the same global batch: allowed
-    check_resume_config(saved, {**saved, "scaling": {"num_workers": 1},
-                                "loop": {"max_steps": 10, "batch_size_per_worker": 16}}, "ckpt")
+    check_resume_config(
+        saved, {**saved, "scaling": {"num_workers": 1}, "loop": {"max_steps": 10, "batch_size_per_worker": 16}}, "ckpt"
+    )
 
 
 def test_randomness_comes_from_seed_step_and_rank():

@@ -9,14 +9,26 @@ from training.tracking.progress import Progress, duration
 def test_the_line_shows_step_of_total_and_an_eta_from_the_pace_since_the_first_line():
     now = [100.0]
     progress = Progress(clock=lambda: now[0])
-    first = progress.line(100, 1500, {"train/loss": 3.14159, "train/samples_per_s": 1234.5, "train/lr": 0.001,
-                                      "step": 100, "epoch": 0, "train/data_wait_fraction": 0.5})
-    assert first == ("[mmtrain] step 100/1500 (7%) loss 3.142, 1,234 samples/s; "
-                     "data_wait_fraction=0.5, epoch=0, lr=0.001")  # no pace yet; in the order they read
+    first = progress.line(
+        100,
+        1500,
+        {
+            "train/loss": 3.14159,
+            "train/samples_per_s": 1234.5,
+            "train/lr": 0.001,
+            "step": 100,
+            "epoch": 0,
+            "train/data_wait_fraction": 0.5,
+        },
+    )
+    assert first == (
+        "[mmtrain] step 100/1500 (7%) loss 3.142, 1,234 samples/s; data_wait_fraction=0.5, epoch=0, lr=0.001"
+    )  # no pace yet; in the order they read
     now[0] += 60.0  # 600 steps a minute
     line = progress.line(700, 1500, {"train/loss": 2.0, "train/samples_per_s": 1000.0, "val/zero_shot_top1": 0.5})
-    assert line == ("[mmtrain] step 700/1500 (47%) loss 2, 1,000 samples/s, ETA 1m20s; "
-                    "val/zero_shot_top1=0.5")  # the evaluation keeps its prefix: it is not the training's
+    assert line == (
+        "[mmtrain] step 700/1500 (47%) loss 2, 1,000 samples/s, ETA 1m20s; val/zero_shot_top1=0.5"
+    )  # the evaluation keeps its prefix: it is not the training's
     assert progress.line(1500, 1500, {"train/loss": 1.0}) == "[mmtrain] step 1500/1500 (100%) loss 1"
 
 
@@ -64,6 +76,14 @@ def test_a_log_file_gets_workers_lines_without_colour_codes(monkeypatch, capsys)
     monkeypatch.delenv("RAY_COLOR_PREFIX")  # restored (to unset) after the test
     assert main(["config", "show", "clip/tiny"]) == 0
     printed = io.StringIO()
-    print_worker_logs({"pid": 7, "ip": "1", "localhost": "1", "actor_name": "RayTrainWorker",
-                       "lines": ["[mmtrain] step 5/24 (21%) loss 4.149"]}, printed)
+    print_worker_logs(
+        {
+            "pid": 7,
+            "ip": "1",
+            "localhost": "1",
+            "actor_name": "RayTrainWorker",
+            "lines": ["[mmtrain] step 5/24 (21%) loss 4.149"],
+        },
+        printed,
+    )
     assert printed.getvalue() == "(RayTrainWorker pid=7) [mmtrain] step 5/24 (21%) loss 4.149\n"

@@ -30,8 +30,11 @@ def _gradients(task, model, batch) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss, _ = task.loss(model, task.prepare_batch(batch, torch.device("cpu")))
     loss.backward()
-    return {name.replace("_checkpoint_wrapped_module.", ""): p.grad.clone()
-            for name, p in model.named_parameters() if p.grad is not None}
+    return {
+        name.replace("_checkpoint_wrapped_module.", ""): p.grad.clone()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
 
 
 def test_activation_checkpointing_gives_the_same_gradients_clip():

@@ -64,8 +64,25 @@ def test_convert_idx(tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\ndog\nbird\n")
     out = tmp_path / "out"
-    assert main(["data", "convert", str(src), str(out), "--format", "idx", "--classes", str(classes),
-                 "--template", "a photo of a {}.", "--shard-samples", "16"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(src),
+                str(out),
+                "--format",
+                "idx",
+                "--classes",
+                str(classes),
+                "--template",
+                "a photo of a {}.",
+                "--shard-samples",
+                "16",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 30, "test": 10}
     assert manifest["classes"] == ["cat", "dog", "bird"]
@@ -89,15 +106,20 @@ def test_convert_tables_and_folder(tmp_path, fmt):
         (images / f"im{i}.jpg").write_bytes(jpeg_bytes())
         (images / f"im{i}.txt").write_text(f"caption {i}")
         rows.append({"image": f"imgs/im{i}.jpg", "caption": f"caption {i}"})
-    src = {"folder": images, "csv": tmp_path / "t.csv", "jsonl": tmp_path / "t.jsonl",
-           "parquet": tmp_path / "t.parquet"}[fmt]
+    src = {
+        "folder": images,
+        "csv": tmp_path / "t.csv",
+        "jsonl": tmp_path / "t.jsonl",
+        "parquet": tmp_path / "t.parquet",
+    }[fmt]
     if fmt == "csv":
         pyarrow.csv.write_csv(pa.Table.from_pylist(rows), src)
     elif fmt == "jsonl":
         src.write_text("\n".join(json.dumps(r) for r in rows))
     elif fmt == "parquet":  # bytes in the table rather than paths
-        pyarrow.parquet.write_table(pa.Table.from_pylist(
-            [{"image": jpeg_bytes(), "caption": r["caption"]} for r in rows]), src)
+        pyarrow.parquet.write_table(
+            pa.Table.from_pylist([{"image": jpeg_bytes(), "caption": r["caption"]} for r in rows]), src
+        )
     manifest = convert(src, tmp_path / "out", ConvertOptions(format=fmt))
     assert manifest["splits"] == {"train": 4}
 
@@ -138,8 +160,25 @@ def test_convert_resize_shrinks_big_images_keeps_small_ones_and_skips_bad(tmp_pa
         (folder / f"{name}.txt").write_text(f"a picture called {name}")
     out = tmp_path / "shards"
 
-    assert main(["data", "convert", str(folder), str(out), "--format", "folder", "--resize", "128",
-                 "--quality", "90", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(folder),
+                str(out),
+                "--format",
+                "folder",
+                "--resize",
+                "128",
+                "--quality",
+                "90",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 3}

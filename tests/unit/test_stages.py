@@ -16,14 +16,28 @@ def test_stages_produce_the_contract(tmp_path):
     with pafs.LocalFileSystem().open_input_stream(str(tmp_path / "train-00000.tar")) as stream:
         for raw in iter_raw_samples(stream):
             record = to_record(raw)
-            for name, value in zip(RAW_SCHEMA.names, (record.key, record.image_bytes, record.caption,
-                                                      record.label, record.conversation, "", 7 + len(columns["key"]),
-                                                      0, 0, record.index, record.offset)):
+            for name, value in zip(
+                RAW_SCHEMA.names,
+                (
+                    record.key,
+                    record.image_bytes,
+                    record.caption,
+                    record.label,
+                    record.conversation,
+                    "",
+                    7 + len(columns["key"]),
+                    0,
+                    0,
+                    record.index,
+                    record.offset,
+                ),
+            ):
                 columns[name].append(value)
     columns["bad_reason"][3] = "missing_caption"  # a row the reader marked bad is dropped here
     for train in (True, False):
-        batch = decode_and_augment(columns, augment=AugmentConfig(image_size=32), train=train,
-                                   max_pixels=10**6, keep_conversation=True)
+        batch = decode_and_augment(
+            columns, augment=AugmentConfig(image_size=32), train=train, max_pixels=10**6, keep_conversation=True
+        )
         batch = Tokenize(str(tmp_path / "tokenizer.json"), context_length=20)(batch)
         contract.check_batch(batch, image_size=32, context_length=20)
         assert len(batch[contract.KEY]) == 11 and "caption" not in batch
@@ -37,13 +51,21 @@ def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
 
     def augmented(first_seed, rows=slice(None)):
         chosen = records[rows]
-        columns = {"key": [r.key for r in chosen], "image_bytes": [r.image_bytes for r in chosen],
-                   "label": [r.label for r in chosen], "caption": [r.caption for r in chosen],
-                   "bad_reason": [""] * len(chosen), "epoch": [0] * len(chosen), "shard": [0] * len(chosen),
-                   "index": [r.index for r in chosen], "offset": [r.offset for r in chosen],
-                   "augment_seed": [first_seed + r.index if first_seed >= 0 else -1 for r in chosen]}
-        return decode_and_augment(columns, augment=AugmentConfig(image_size=24), train=True, max_pixels=10**6,
-                                  keep_conversation=False)[contract.IMAGE]
+        columns = {
+            "key": [r.key for r in chosen],
+            "image_bytes": [r.image_bytes for r in chosen],
+            "label": [r.label for r in chosen],
+            "caption": [r.caption for r in chosen],
+            "bad_reason": [""] * len(chosen),
+            "epoch": [0] * len(chosen),
+            "shard": [0] * len(chosen),
+            "index": [r.index for r in chosen],
+            "offset": [r.offset for r in chosen],
+            "augment_seed": [first_seed + r.index if first_seed >= 0 else -1 for r in chosen],
+        }
+        return decode_and_augment(
+            columns, augment=AugmentConfig(image_size=24), train=True, max_pixels=10**6, keep_conversation=False
+        )[contract.IMAGE]
 
     assert (augmented(100) == augmented(100)).all()  # same seeds, same crops and flips
     assert (augmented(100) != augmented(200)).any()
@@ -66,8 +88,10 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
 
     lm = make_tiny_lm(tmp_path / "lm", ["what colour?", "red"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)
     tokenizer = AutoTokenizer.from_pretrained(lm)
-    tokenizer.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first turn must be "
-                               "the user') }}{% endif %}" + tokenizer.chat_template)
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first turn must be "
+        "the user') }}{% endif %}" + tokenizer.chat_template
+    )
     tokenizer.save_pretrained(lm)
 
     class Ledger:  # stands in for the SampleLedger actor
@@ -83,10 +107,16 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
     stage = TokenizeConversations(str(lm), num_image_tokens=2, max_length=32, captions=False, ledger=ledger)
     good = '[{"from": "human", "value": "<image>\\nwhat colour?"}, {"from": "gpt", "value": "red"}]'
     refused = '[{"from": "gpt", "value": "<image> red"}, {"from": "human", "value": "what colour?"}]'
-    out = stage({contract.KEY: np.array(["a", "b"]), "caption": np.array(["x", "y"]),
-                 contract.CONVERSATION: np.array([good, refused]),
-                 contract.IMAGE: np.zeros((2, 4, 4, 3), np.uint8), contract.LABEL: np.array([0, 1]),
-                 contract.POSITION: pack(3, 1, [10, 11])})
+    out = stage(
+        {
+            contract.KEY: np.array(["a", "b"]),
+            "caption": np.array(["x", "y"]),
+            contract.CONVERSATION: np.array([good, refused]),
+            contract.IMAGE: np.zeros((2, 4, 4, 3), np.uint8),
+            contract.LABEL: np.array([0, 1]),
+            contract.POSITION: pack(3, 1, [10, 11]),
+        }
+    )
     assert list(out[contract.KEY]) == ["a"]
     assert ledger.calls == [(-1, [BadSample(3, 1, 11, -1, bad_samples.BAD_CONVERSATION)])]
     assert ledger.actors == 1  # the pool's actor counted once, at construction

@@ -6,21 +6,36 @@ import torch
 from benchmarks.step_profile import family, format_profile, profile_steps
 
 
-@pytest.mark.parametrize("kernel, expected", [
-    # Kernel names as they appear in H100 profiles of a bf16 transformer step.
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cublas", "matmul"),
-    ("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", "matmul"),
-    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64, 128>>", "attention"),
-    ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>", "optimizer+clip"),
-    ("triton_per_fused_native_layer_norm_native_layer_norm_backward_7", "triton fused"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::bfloat16_copy_kernel_cuda>", "copy/cast"),
-    ("Memcpy HtoD (Pageable -> Device)", "copy/cast"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise"),
-    ("void (anonymous namespace)::cunn_SoftMaxForward<4, float>", "norm/softmax"),
-    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float>>>", "reduction"),
-    ("ncclDevKernel_AllGather_RING_LL", "other"),
-])
+@pytest.mark.parametrize(
+    "kernel, expected",
+    [
+        # Kernel names as they appear in H100 profiles of a bf16 transformer step.
+        (
+            "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cublas",
+            "matmul",
+        ),
+        ("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", "matmul"),
+        (
+            "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64, 128>>",
+            "attention",
+        ),
+        ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
+        (
+            "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>",
+            "optimizer+clip",
+        ),
+        ("triton_per_fused_native_layer_norm_native_layer_norm_backward_7", "triton fused"),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::bfloat16_copy_kernel_cuda>", "copy/cast"),
+        ("Memcpy HtoD (Pageable -> Device)", "copy/cast"),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise"),
+        ("void (anonymous namespace)::cunn_SoftMaxForward<4, float>", "norm/softmax"),
+        (
+            "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float>>>",
+            "reduction",
+        ),
+        ("ncclDevKernel_AllGather_RING_LL", "other"),
+    ],
+)
 def test_kernels_fall_into_the_expected_family(kernel, expected):
     assert family(kernel) == expected
 

@@ -17,21 +17,41 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_package_holds_every_module_and_runs_alone(tmp_path):
     package = build_package(REPO)
     try:
-        tracked = subprocess.run(["git", "ls-files", "pipelines", "training", "jobs", "conf"], cwd=REPO,
-                                 capture_output=True, text=True, check=True).stdout.split()
+        tracked = subprocess.run(
+            ["git", "ls-files", "pipelines", "training", "jobs", "conf"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert tracked and set(tracked) <= set(package.files)
         # training/models/ once went missing: an unanchored exclude "models" matched it
         assert {"training/models/vlm.py", "training/models/clip.py"} <= set(package.files)
         unpacked = tmp_path / "unpacked"
         shutil.copytree(package.directory, unpacked)
         env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-        run = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], cwd=unpacked, env=env,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "--help"],
+            cwd=unpacked,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0 and "train" in run.stdout, run.stderr[-2000:]
         where = subprocess.run(
-            [sys.executable, "-c", "import jobs.cli, training.models.vlm as m, pipelines.dataset as d; "
-                                   "print(m.__file__); print(d.__file__)"],
-            cwd=unpacked, env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                "import jobs.cli, training.models.vlm as m, pipelines.dataset as d; "
+                "print(m.__file__); print(d.__file__)",
+            ],
+            cwd=unpacked,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert all(line.startswith(str(unpacked)) for line in where.stdout.split()), where.stdout + where.stderr
     finally:
         shutil.rmtree(package.directory)
@@ -39,14 +59,26 @@ def test_the_package_holds_every_module_and_runs_alone(tmp_path):
 
 def test_secrets_data_and_ignored_files_stay_home(tmp_path):
     project = tmp_path / "project"
-    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "data", "runs",
-                                                                   "out", ".gpu-wheels"))
+    shutil.copytree(
+        REPO,
+        project,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", "*.egg-info", "data", "runs", "out", ".gpu-wheels"
+        ),
+    )
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     (project / ".gitignore").write_text("/data/\n/runs/\nmlflow.db\n")
     secrets = [".env", ".aws/credentials", "id_rsa", "gcp-service-account.json", "conf/.env.local"]
-    for name in secrets + ["mlflow.db", "mlruns/0/meta.yaml", "mlartifacts/a.png", "data/train-00000.tar",
-                           "data/tokenizer.json", "runs/clip/checkpoint_1/model.pt", "shards/train-00001.tar",
-                           "ckpt/weights/__0_0.distcp"]:
+    for name in secrets + [
+        "mlflow.db",
+        "mlruns/0/meta.yaml",
+        "mlartifacts/a.png",
+        "data/train-00000.tar",
+        "data/tokenizer.json",
+        "runs/clip/checkpoint_1/model.pt",
+        "shards/train-00001.tar",
+        "ckpt/weights/__0_0.distcp",
+    ]:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("x")
     subprocess.run(["git", "add", "-A", "-f", "."], cwd=project, check=True)  # even tracked, secrets stay home
@@ -54,11 +86,17 @@ def test_secrets_data_and_ignored_files_stay_home(tmp_path):
     package = build_package(project)
     try:
         assert "training/models/vlm.py" in package.files
-        leaked = [name for name in package.files if name in secrets or name.startswith(
-            ("data/", "runs/", "mlruns/", "mlartifacts/", "shards/", "ckpt/weights/__")) or name == "mlflow.db"]
+        leaked = [
+            name
+            for name in package.files
+            if name in secrets
+            or name.startswith(("data/", "runs/", "mlruns/", "mlartifacts/", "shards/", "ckpt/weights/__"))
+            or name == "mlflow.db"
+        ]
         assert leaked == []
-        assert sorted(p.relative_to(package.directory).as_posix() for p in package.directory.rglob("*")
-                      if p.is_file()) == sorted(package.files)
+        assert sorted(
+            p.relative_to(package.directory).as_posix() for p in package.directory.rglob("*") if p.is_file()
+        ) == sorted(package.files)
     finally:
         shutil.rmtree(package.directory)
     (project / "big.bin").write_bytes(os.urandom(2_000_000))
@@ -117,9 +155,24 @@ def test_a_tracked_link_leaving_the_project_is_refused_with_its_path(tmp_path):
 def test_any_file_name_works_and_common_credential_files_stay_home(tmp_path):
     project = _git_project(tmp_path)
     latin1 = os.fsdecode(b"caf\xe9.py")
-    credentials = [".npmrc", ".pypirc", ".git-credentials", ".kube/config", ".docker/config.json", "terraform.tfstate",
-                   "prod.tfvars", ".password-store/aws.gpg", "vault.kdbx", ".my.cnf", ".s3cfg", ".databrickscfg",
-                   ".vault-token", "gcloud/application_default_credentials.json", ".huggingface/token", "id_ed25519"]
+    credentials = [
+        ".npmrc",
+        ".pypirc",
+        ".git-credentials",
+        ".kube/config",
+        ".docker/config.json",
+        "terraform.tfstate",
+        "prod.tfvars",
+        ".password-store/aws.gpg",
+        "vault.kdbx",
+        ".my.cnf",
+        ".s3cfg",
+        ".databrickscfg",
+        ".vault-token",
+        "gcloud/application_default_credentials.json",
+        ".huggingface/token",
+        "id_ed25519",
+    ]
     for name in [latin1] + credentials:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("x")

@@ -6,7 +6,14 @@ import pytest
 
 from training.config.schema import SweepConfig
 from training.config.io import ConfigError, load_config
-from training.ray_train.sweep import check_search_space, concurrency, format_table, num_trials, resolve_base_config, search_space
+from training.ray_train.sweep import (
+    check_search_space,
+    concurrency,
+    format_table,
+    num_trials,
+    resolve_base_config,
+    search_space,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,8 +32,9 @@ def test_clip_preset_covers_what_the_issue_names():
 
 
 def test_unknown_key_in_search_space_names_it():
-    sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml",
-                        ["search_space={loss.init_temprature: {choice: [0.1]}}"])
+    sweep = load_config(
+        SweepConfig, REPO / "conf/sweep/clip_temperature.yaml", ["search_space={loss.init_temprature: {choice: [0.1]}}"]
+    )
     with pytest.raises(ConfigError, match=r"search_space.loss.init_temprature.*did you mean 'loss.init_temperature'"):
         check_search_space(sweep, resolve_base_config(sweep.base_config))
 
@@ -47,7 +55,9 @@ def test_a_metric_by_its_old_name_or_no_prefix_says_what_it_is_called():
     preset = REPO / "conf/sweep/clip_temperature.yaml"
     with pytest.raises(ConfigError, match=r"metric='eval/zero_shot_top1' is now named 'val/zero_shot_top1'"):
         load_config(SweepConfig, preset, ["metric=eval/zero_shot_top1"])
-    with pytest.raises(ConfigError, match=r"metric='loss' is not a reported metric: use train/<name> \(e.g. train/loss\)"):
+    with pytest.raises(
+        ConfigError, match=r"metric='loss' is not a reported metric: use train/<name> \(e.g. train/loss\)"
+    ):
         load_config(SweepConfig, preset, ["metric=loss"])
     assert load_config(SweepConfig, preset, ["metric=val/loss", "mode=min"]).metric == "val/loss"
 
@@ -70,11 +80,15 @@ def test_concurrency_follows_free_resources():
 def test_grid_multiplies_trials_and_table_orders_best_first():
     sweep = SweepConfig(num_samples=2, search_space={"a": {"grid": [1, 2, 3]}, "b": {"choice": [1]}})
     assert num_trials(sweep) == 6
-    summary = {"metric": "m", "mode": "min", "trials": [
-        {"trial_id": "t1", "status": "COMPLETED", "step": 20, "metric": 0.5, "params": {"a": 1}},
-        {"trial_id": "t2", "status": "STOPPED EARLY", "step": 10, "metric": 0.2, "params": {"a": 2}},
-        {"trial_id": "t3", "status": "ERROR", "step": 0, "metric": None, "params": {"a": 3}},
-    ]}
+    summary = {
+        "metric": "m",
+        "mode": "min",
+        "trials": [
+            {"trial_id": "t1", "status": "COMPLETED", "step": 20, "metric": 0.5, "params": {"a": 1}},
+            {"trial_id": "t2", "status": "STOPPED EARLY", "step": 10, "metric": 0.2, "params": {"a": 2}},
+            {"trial_id": "t3", "status": "ERROR", "step": 0, "metric": None, "params": {"a": 3}},
+        ],
+    }
     lines = format_table(summary).splitlines()
     assert lines[0].split()[:4] == ["trial", "status", "step", "m"]
     assert [line.split()[0] for line in lines[1:]] == ["t2", "t1", "t3"]
@@ -85,8 +99,9 @@ def test_sweep_without_tracking_is_refused_before_ray_starts(tmp_path):
 
     from training.ray_train.sweep import run_sweep
 
-    sweep = load_config(SweepConfig, REPO / "conf/sweep/clip_temperature.yaml",
-                        ["tracking_uri=none", f"output_dir={tmp_path}"])
+    sweep = load_config(
+        SweepConfig, REPO / "conf/sweep/clip_temperature.yaml", ["tracking_uri=none", f"output_dir={tmp_path}"]
+    )
     ray_was_up = ray.is_initialized()  # other tests in the session may have started it
     with pytest.raises(ValueError, match="records its trials in MLflow"):
         run_sweep(sweep)

@@ -1,6 +1,7 @@
 """Property-based: whatever bytes a shard holds, every reader terminates within a bounded number of
 reads, nothing raises past the containment boundary, and `data inspect`, sample counting and the
-pipeline's reader agree on how many samples there are. 3000 examples by default (~5 s on 2 cores); MMTRAIN_FUZZ_EXAMPLES=N for more."""
+pipeline's reader agree on how many samples there are. 3000 examples by default (~5 s on 2 cores);
+MMTRAIN_FUZZ_EXAMPLES=N for more."""
 
 import io
 import os
@@ -16,7 +17,7 @@ from tests.assets import good_sample_bytes, tar_header, tar_member
 BASE = good_sample_bytes("a") + tar_member("b.txt", b"text only") + good_sample_bytes("c") + bytes(1024)
 HEADER_OFFSETS = [0]  # the offsets of BASE's headers, found by walking it
 while HEADER_OFFSETS[-1] < len(BASE) - 1024:
-    size = int(BASE[HEADER_OFFSETS[-1] + 124:HEADER_OFFSETS[-1] + 135], 8)
+    size = int(BASE[HEADER_OFFSETS[-1] + 124 : HEADER_OFFSETS[-1] + 135], 8)
     HEADER_OFFSETS.append(HEADER_OFFSETS[-1] + BLOCK + -(-size // BLOCK) * BLOCK)
 HEADER_OFFSETS.pop()
 
@@ -61,19 +62,35 @@ def shards(draw):
     elif kind == "field":  # any bytes in a header field, checksum fixed up
         at = draw(st.sampled_from(HEADER_OFFSETS))
         start, width = draw(st.sampled_from([(0, 100), (124, 12), (156, 1), (257, 6), (345, 155)]))
-        value = draw(st.one_of(st.binary(min_size=width, max_size=width),
-                               st.sampled_from([b"-0001750\0\0\0\0", b"-1", b" 1_0", b"\x80" + b"\xff" * 11,
-                                                b"\xff" * 12, b"77777777777\0", b"+17"]).map(
-                                   lambda v: (v + bytes(width))[:width])))
-        data[at + start:at + start + width] = value
-        data[at:at + BLOCK] = _resigned(bytes(data[at:at + BLOCK]))
+        value = draw(
+            st.one_of(
+                st.binary(min_size=width, max_size=width),
+                st.sampled_from(
+                    [
+                        b"-0001750\0\0\0\0",
+                        b"-1",
+                        b" 1_0",
+                        b"\x80" + b"\xff" * 11,
+                        b"\xff" * 12,
+                        b"77777777777\0",
+                        b"+17",
+                    ]
+                ).map(lambda v: (v + bytes(width))[:width]),
+            )
+        )
+        data[at + start : at + start + width] = value
+        data[at : at + BLOCK] = _resigned(bytes(data[at : at + BLOCK]))
     elif kind == "truncate":
-        del data[draw(st.integers(0, len(data))):]
+        del data[draw(st.integers(0, len(data))) :]
     else:  # a whole hand-made header in the middle
         size_field = draw(st.binary(min_size=12, max_size=12))
         at = draw(st.sampled_from(HEADER_OFFSETS))
-        data[at:at] = tar_header(draw(st.sampled_from(["x.jpg", "x.txt", "y"])), 0, kind=draw(
-            st.sampled_from([b"0", b"x", b"L", b"5", b"g"])), size_field=size_field)
+        data[at:at] = tar_header(
+            draw(st.sampled_from(["x.jpg", "x.txt", "y"])),
+            0,
+            kind=draw(st.sampled_from([b"0", b"x", b"L", b"5", b"g"])),
+            size_field=size_field,
+        )
     return bytes(data)
 
 
@@ -81,8 +98,11 @@ def _samples(records) -> int:
     return max((record.index + 1 for record in records), default=0)
 
 
-@settings(max_examples=int(os.environ.get("MMTRAIN_FUZZ_EXAMPLES", "3000")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("MMTRAIN_FUZZ_EXAMPLES", "3000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=shards())
 def test_any_bytes_terminate_and_every_reader_counts_the_same_samples(data):
     bound = 4 * (len(data) // BLOCK + 4)  # a read and a seek or two per block at most
@@ -99,7 +119,9 @@ def test_any_bytes_terminate_and_every_reader_counts_the_same_samples(data):
     pipeline = max((row["index"] + 1 for row in rows), default=0)
 
     assert _samples(seekable_records) == _samples(streamed_records) == counted == pipeline
-    assert [(type(r), r.index, r.key) for r in seekable_records] == [(type(r), r.index, r.key) for r in streamed_records]
+    assert [(type(r), r.index, r.key) for r in seekable_records] == [
+        (type(r), r.index, r.key) for r in streamed_records
+    ]
     for record in seekable_records:
         assert isinstance(record, Bad) or record.key.encode("utf-8")  # keys are always valid text
 

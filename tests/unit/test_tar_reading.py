@@ -37,8 +37,12 @@ def test_every_bad_case_counted_and_good_samples_kept(tmp_path):
     assert per_shard["good.tar"]["good"] == 10 and per_shard["good.tar"]["bad"] == {}
     assert per_shard["mixed.tar"]["good"] == 8
     assert per_shard["mixed.tar"]["bad"] == {
-        bad_samples.NOT_AN_IMAGE: 1, bad_samples.MISSING_CAPTION: 1, bad_samples.EMPTY_CAPTION: 1,
-        bad_samples.PICKLE_MEMBER: 1, bad_samples.OVERSIZED_IMAGE: 1}
+        bad_samples.NOT_AN_IMAGE: 1,
+        bad_samples.MISSING_CAPTION: 1,
+        bad_samples.EMPTY_CAPTION: 1,
+        bad_samples.PICKLE_MEMBER: 1,
+        bad_samples.OVERSIZED_IMAGE: 1,
+    }
     assert per_shard["truncated.tar"]["good"] == 4
     assert per_shard["truncated.tar"]["bad"][bad_samples.TRUNCATED_TAR] == 1
     assert per_shard["corrupt.tar"]["good"] == 5  # resynchronised after the broken header

@@ -18,21 +18,33 @@ from training.config.schema import ModuleLearningRates
 from training.tasks.vlm import VlmTask
 from tests.unit.test_vlm import _cfg, make_parts
 
-ANSWERS = ["red", "blue", "a red circle beside a blue square on a white ground, and a small green triangle",
-           "blue shapes of every size scattered over the picture, most of them squares and a few circles"]
+ANSWERS = [
+    "red",
+    "blue",
+    "a red circle beside a blue square on a white ground, and a small green triangle",
+    "blue shapes of every size scattered over the picture, most of them squares and a few circles",
+]
 LRS = ModuleLearningRates(vision=1e-3, projector=1e-3, lm=1e-3)
 
 
 def _rows(task) -> dict:
     """Four rows, two with 1-2 supervised tokens and two with many, as one batch."""
     encoder = ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=64)
-    rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\nwhat is in the picture?"},
-                                        {"from": "gpt", "value": answer}])) for answer in ANSWERS]
+    rows = [
+        encoder.pad(
+            encoder.encode(
+                [{"from": "human", "value": "<image>\nwhat is in the picture?"}, {"from": "gpt", "value": answer}]
+            )
+        )
+        for answer in ANSWERS
+    ]
     generator = torch.Generator().manual_seed(7)
-    return {contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
-            contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
-            contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
-            contract.LABELS: torch.tensor([r[2] for r in rows])}
+    return {
+        contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+        contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
+        contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
+        contract.LABELS: torch.tensor([r[2] for r in rows]),
+    }
 
 
 def _split(batch: dict, rows: slice) -> dict:
@@ -53,8 +65,11 @@ def _step(task, model, micro_batches, no_sync=None) -> tuple[float, dict]:
     prepared = [task.prepare_batch(batch, torch.device("cpu")) for batch in micro_batches]
     model.zero_grad(set_to_none=True)
     loss, _ = task.forward_backward(model, prepared, lambda: torch.autocast("cpu", enabled=False), no_sync)
-    grads = {_clean(name): (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
-             for name, p in model.named_parameters() if p.grad is not None}
+    grads = {
+        _clean(name): (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
     return loss, grads
 
 

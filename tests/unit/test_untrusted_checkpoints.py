@@ -18,12 +18,22 @@ from training.engine.loop import TrainState
 
 def _stack_global_payload(module: str, name: str, argument: str) -> bytes:
     """A protocol-4 pickle that calls module:name(argument), as a crafted .metadata would."""
+
     def text(value: str) -> bytes:
         data = value.encode()
         return pickle.BINUNICODE + len(data).to_bytes(4, "little") + data
 
-    return (pickle.PROTO + b"\x04" + text(module) + text(name) + pickle.STACK_GLOBAL + text(argument)
-            + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    return (
+        pickle.PROTO
+        + b"\x04"
+        + text(module)
+        + text(name)
+        + pickle.STACK_GLOBAL
+        + text(argument)
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + pickle.STOP
+    )
 
 
 def _save(directory, step=3):
@@ -32,15 +42,24 @@ def _save(directory, step=3):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
-    save_checkpoint(directory, model, optimizer, TrainState(step=step, samples_seen=8), {"seed": 1},
-                    data_position={"format": 1, "consumed": {}})
+    save_checkpoint(
+        directory,
+        model,
+        optimizer,
+        TrainState(step=step, samples_seen=8),
+        {"seed": 1},
+        data_position={"format": 1, "consumed": {}},
+    )
     return model, optimizer
 
 
 def _rechecksum(directory):
     """What an attacker who writes the payload does too: checksums that match it."""
-    names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                   if p.is_file() and not p.name.startswith("checksums"))
+    names = sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.startswith("checksums")
+    )
     digests = {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in names}
     (directory / "checksums.json").write_text(json.dumps(digests))
 
@@ -64,11 +83,29 @@ _MODULES = sorted({module for module, _ in ALLOWED} | {"os", "builtins", "subpro
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(module=st.sampled_from(_MODULES),
-       name=st.one_of(st.sampled_from(["system", "os.system", "eval", "exec", "__import__", "getattr",
-                                       "Metadata.__reduce__", "_StorageInfo.__init__", "Path", "PosixPath.unlink",
-                                       "load", "_get_layout.__globals__", "Size.__new__"]),
-                      st.text(min_size=1, max_size=40)))
+@given(
+    module=st.sampled_from(_MODULES),
+    name=st.one_of(
+        st.sampled_from(
+            [
+                "system",
+                "os.system",
+                "eval",
+                "exec",
+                "__import__",
+                "getattr",
+                "Metadata.__reduce__",
+                "_StorageInfo.__init__",
+                "Path",
+                "PosixPath.unlink",
+                "load",
+                "_get_layout.__globals__",
+                "Size.__new__",
+            ]
+        ),
+        st.text(min_size=1, max_size=40),
+    ),
+)
 def test_any_name_off_the_allow_list_is_refused_before_it_is_resolved(module, name):
     payload = _stack_global_payload(module, name, "x")
     if (module, name) in ALLOWED:
@@ -132,12 +169,21 @@ def _checksums_leave_the_directory(d):
     (d / "checksums.json").write_text(json.dumps({**digests, "../../etc/hostname": "0" * 64}))
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (_truncate_ranks, "ranks.json"), (_checksums_of_wrong_type, "not a mapping"), (_zero_ranks, "ranks"),
-    (_uncovered_truncated_shard, "not covered"), (_negative_step, "step=-5"), (_malicious_metadata, "os:system"),
-    (_bitmap_bomb, "bitmap"), (_frozen_of_wrong_shape, "frozen.json"), (_config_not_yaml, "YAML"),
-    (_checksums_leave_the_directory, "outside the checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_truncate_ranks, "ranks.json"),
+        (_checksums_of_wrong_type, "not a mapping"),
+        (_zero_ranks, "ranks"),
+        (_uncovered_truncated_shard, "not covered"),
+        (_negative_step, "step=-5"),
+        (_malicious_metadata, "os:system"),
+        (_bitmap_bomb, "bitmap"),
+        (_frozen_of_wrong_shape, "frozen.json"),
+        (_config_not_yaml, "YAML"),
+        (_checksums_leave_the_directory, "outside the checkpoint"),
+    ],
+)
 def test_any_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, capsys, damage, reason):
     older, newer = tmp_path / "checkpoint_000005", tmp_path / "checkpoint_000010"
     model, optimizer = _save(older, step=5)

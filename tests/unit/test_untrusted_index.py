@@ -18,8 +18,17 @@ def _index_dir(tmp_path, rows=6, dim=8):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index, kind = build_index(vectors)
     save_index(index, tmp_path)
-    pq.write_table(pa.table({"key": [f"k{i}" for i in range(rows)], "shard": ["s.tar"] * rows,
-                             "caption": ["c"] * rows, "label": [0] * rows}), tmp_path / "part-0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f"k{i}" for i in range(rows)],
+                "shard": ["s.tar"] * rows,
+                "caption": ["c"] * rows,
+                "label": [0] * rows,
+            }
+        ),
+        tmp_path / "part-0.parquet",
+    )
     return tmp_path
 
 
@@ -30,13 +39,19 @@ def test_an_intact_index_loads_and_checks_its_shape(tmp_path):
         load_index(tmp_path, 8, 7)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: d[:4] + d[4:40], "shorter than its vectors"),
-    (lambda d: b"IxFI" + (8).to_bytes(4, "little") + (10**12).to_bytes(8, "little") + d[16:], "holds 1000000000000"),
-    (lambda d: b"PK\x03\x04" + d[4:], "not an index mmtrain builds"),
-    (lambda d: b"", "not an index"),
-    (lambda d: d[:16] + bytes(len(d) - 16), "does not load"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d[:4] + d[4:40], "shorter than its vectors"),
+        (
+            lambda d: b"IxFI" + (8).to_bytes(4, "little") + (10**12).to_bytes(8, "little") + d[16:],
+            "holds 1000000000000",
+        ),
+        (lambda d: b"PK\x03\x04" + d[4:], "not an index mmtrain builds"),
+        (lambda d: b"", "not an index"),
+        (lambda d: d[:16] + bytes(len(d) - 16), "does not load"),
+    ],
+)
 def test_a_damaged_faiss_file_is_a_clear_error(tmp_path, damage, message):
     path = _index_dir(tmp_path) / INDEX_FILE
     path.write_bytes(damage(path.read_bytes()))
@@ -60,8 +75,11 @@ def test_damaged_parquet_rows_and_manifest_are_clear_errors(tmp_path):
 def test_a_row_naming_a_file_the_manifest_does_not_list_is_not_read(tmp_path, capsys):
     (tmp_path / "shards").mkdir()
     shard = write_tar(tmp_path / "shards" / "train-00000.tar", good_members("g", 2))
-    hits = [Hit(1, 0.9, "g0000", str(shard), "c", 0), Hit(2, 0.8, "x", "/dev/zero", "c", 0),
-            Hit(3, 0.7, "y", "/etc/hostname", "c", 0)]
+    hits = [
+        Hit(1, 0.9, "g0000", str(shard), "c", 0),
+        Hit(2, 0.8, "x", "/dev/zero", "c", 0),
+        Hit(3, 0.7, "y", "/etc/hostname", "c", 0),
+    ]
     images = read_images(hits, [str(tmp_path / "shards")])
     assert list(images) == [(str(shard), "g0000")]
     assert "names '/dev/zero', which is not among the shards" in capsys.readouterr().out

@@ -10,23 +10,58 @@ from training.models.vision_encoder import load_vision_encoder, tower_info
 
 def save_hf_tower(directory, kind: str, image_size: int = 16, full: bool = False):
     """A tiny random CLIP or SigLIP vision tower (or the whole dual model), as a user would download it."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel,
-                              SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipVisionConfig,
-                              SiglipVisionModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                  image_size=image_size, patch_size=8)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     if kind == "clip":
-        model = CLIPModel(CLIPConfig(vision_config=vision, text_config=dict(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=60),
-            projection_dim=16)) if full else CLIPVisionModel(CLIPVisionConfig(**vision))
-        processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                       crop_size={"height": image_size, "width": image_size})
+        model = (
+            CLIPModel(
+                CLIPConfig(
+                    vision_config=vision,
+                    text_config=dict(
+                        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=60
+                    ),
+                    projection_dim=16,
+                )
+            )
+            if full
+            else CLIPVisionModel(CLIPVisionConfig(**vision))
+        )
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
     else:
-        model = SiglipModel(SiglipConfig(vision_config=vision, text_config=dict(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=60))
-        ) if full else SiglipVisionModel(SiglipVisionConfig(**vision))
+        model = (
+            SiglipModel(
+                SiglipConfig(
+                    vision_config=vision,
+                    text_config=dict(
+                        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=60
+                    ),
+                )
+            )
+            if full
+            else SiglipVisionModel(SiglipVisionConfig(**vision))
+        )
         processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
@@ -55,8 +90,9 @@ def test_hf_towers_give_the_requested_layers_patch_features(tmp_path, kind, full
 def test_an_unsupported_model_directory_is_named(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 vocab_size=50)).save_pretrained(tmp_path)
+    LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds a 'llama' model; give a CLIP or SigLIP directory"):
         tower_info(tmp_path)
 
@@ -78,8 +114,10 @@ def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_pa
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "train-00000.tar").write_bytes(bytes(1024))
-    config = {"model": {"vision": {"checkpoint": str(tower)}, "lm": {"path": str(lm)}},
-              "data": {"train_shards": [str(shards)], "augment": {"image_size": 224}}}
+    config = {
+        "model": {"vision": {"checkpoint": str(tower)}, "lm": {"path": str(lm)}},
+        "data": {"train_shards": [str(shards)], "augment": {"image_size": 224}},
+    }
     with pytest.raises(ValueError, match="data.augment.image_size=224, but the vision tower .* takes 16x16"):
         resolve_vlm(from_dict(VlmRunConfig, config))
     del config["data"]["augment"]  # the tower decides: its size, and SigLIP's whole-image resize

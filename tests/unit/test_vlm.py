@@ -1,15 +1,23 @@
 """VLM assembly, freezing, per-module learning rates and stage-1 -> stage-2 hand-over, without Ray."""
 
-
 import pytest
 import torch
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder
 from training.checkpoint.store import save_checkpoint
-from training.config.schema import (ClipModelConfig, ClipRunConfig, ModuleLearningRates, OptimConfig,
-                             TextConfig, VisionConfig, VlmModelConfig, VlmRunConfig, VisionEncoderConfig,
-                             LanguageModelConfig)
+from training.config.schema import (
+    ClipModelConfig,
+    ClipRunConfig,
+    ModuleLearningRates,
+    OptimConfig,
+    TextConfig,
+    VisionConfig,
+    VlmModelConfig,
+    VlmRunConfig,
+    VisionEncoderConfig,
+    LanguageModelConfig,
+)
 from training.config.io import to_dict
 from training.engine.loop import TrainState, train
 from training.models.clip import ClipModel
@@ -29,10 +37,14 @@ def parts(tmp_path_factory):
 
 def make_parts(root):
     """A tiny mmtrain CLIP tower (root/clip) and a tiny LM directory: (root, lm path)."""
-    clip_cfg = ClipRunConfig(data=DataConfig(context_length=8, augment=AugmentConfig(image_size=16)),
-                             model=ClipModelConfig(embed_dim=16, vision=VisionConfig(
-                                 image_size=16, patch_size=8, width=32, layers=2, heads=2),
-                                 text=TextConfig(vocab_size=40, width=16, layers=1, heads=2)))
+    clip_cfg = ClipRunConfig(
+        data=DataConfig(context_length=8, augment=AugmentConfig(image_size=16)),
+        model=ClipModelConfig(
+            embed_dim=16,
+            vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=2, heads=2),
+            text=TextConfig(vocab_size=40, width=16, layers=1, heads=2),
+        ),
+    )
     clip = ClipModel(clip_cfg.model, 8, clip_cfg.loss)
     save_checkpoint(root / "clip", clip, None, TrainState(), to_dict(clip_cfg))
     lm = make_tiny_lm(root / "lm", TEXTS, vocab_size=300, hidden_size=32, layers=1, heads=2)
@@ -40,21 +52,38 @@ def make_parts(root):
 
 
 def _cfg(root, lm, **kw):
-    return VlmRunConfig(model=VlmModelConfig(vision=VisionEncoderConfig(checkpoint=str(root / "clip")),
-                                             lm=LanguageModelConfig(path=str(lm))),
-                        optim=OptimConfig(warmup_steps=1), max_length=32, **kw)
+    return VlmRunConfig(
+        model=VlmModelConfig(
+            vision=VisionEncoderConfig(checkpoint=str(root / "clip")), lm=LanguageModelConfig(path=str(lm))
+        ),
+        optim=OptimConfig(warmup_steps=1),
+        max_length=32,
+        **kw,
+    )
 
 
 def _batches(task, encoder):
     def epoch():
         generator = torch.Generator().manual_seed(0)
         for _ in range(3):
-            rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                                                {"from": "gpt", "value": "red"}])) for _ in range(4)]
-            yield {contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
-                   contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
-                   contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
-                   contract.LABELS: torch.tensor([r[2] for r in rows])}
+            rows = [
+                encoder.pad(
+                    encoder.encode(
+                        [
+                            {"from": "human", "value": "<image>\nwhat colour are the shapes?"},
+                            {"from": "gpt", "value": "red"},
+                        ]
+                    )
+                )
+                for _ in range(4)
+            ]
+            yield {
+                contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+                contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
+                contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
+                contract.LABELS: torch.tensor([r[2] for r in rows]),
+            }
+
     return epoch()
 
 
@@ -64,8 +93,17 @@ def _train(cfg, steps=3):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(task.param_groups(model), cfg.optim)
     encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
-    train(task, model, optimizer, warmup_cosine(optimizer, cfg.optim, steps), TrainState(), _batches(task, encoder),
-          steps, torch.device("cpu"), lambda s, r: True)
+    train(
+        task,
+        model,
+        optimizer,
+        warmup_cosine(optimizer, cfg.optim, steps),
+        TrainState(),
+        _batches(task, encoder),
+        steps,
+        torch.device("cpu"),
+        lambda s, r: True,
+    )
     return task, model, optimizer, before
 
 
@@ -87,8 +125,13 @@ def test_stage2_starts_from_stage1_projector_and_trains_the_lm(parts, tmp_path):
     root, lm = parts
     _, stage1, _, _ = _train(_cfg(root, lm))
     save_checkpoint(tmp_path / "stage1", stage1, None, TrainState(step=3), {})
-    cfg2 = _cfg(root, lm, stage="conversations", init_from=str(tmp_path / "stage1"),
-                lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3))
+    cfg2 = _cfg(
+        root,
+        lm,
+        stage="conversations",
+        init_from=str(tmp_path / "stage1"),
+        lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3),
+    )
     task = VlmTask(cfg2)
     fresh = task.build_model()
     for key, value in stage1.projector.state_dict().items():
@@ -102,8 +145,9 @@ def test_generation_uses_the_image(parts):
     task = VlmTask(_cfg(root, lm))
     model = task.build_model().eval()
     encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
-    prompt = encoder.encode_prompt([{"from": "human", "value": "<image>\nwhat colour are the shapes?"},
-                                    {"from": "gpt", "value": "red"}])
+    prompt = encoder.encode_prompt(
+        [{"from": "human", "value": "<image>\nwhat colour are the shapes?"}, {"from": "gpt", "value": "red"}]
+    )
     out = model.generate(torch.randn(1, 3, 16, 16), [prompt], max_new_tokens=4, stop_ids=set(), pad_id=encoder.pad_id)
     assert len(out) == 1 and len(out[0]) == 4
 
@@ -117,15 +161,21 @@ def test_batched_generation_equals_one_at_a_time(parts):
         for param in list(model.projector.parameters()) + list(model.lm.parameters()):
             param.normal_(0, 0.5, generator=torch.Generator().manual_seed(param.numel()))
     encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=64)
-    questions = ["what colour?", "how many shapes are there in the picture, counting all?", "size?",
-                 "are the shapes on the left or the right side of the image?"]
-    prompts = [encoder.encode_prompt([{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": "x"}])
-               for q in questions]
+    questions = [
+        "what colour?",
+        "how many shapes are there in the picture, counting all?",
+        "size?",
+        "are the shapes on the left or the right side of the image?",
+    ]
+    prompts = [
+        encoder.encode_prompt([{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": "x"}])
+        for q in questions
+    ]
     assert len({len(p) for p in prompts}) == len(prompts)
     images = torch.randn(len(prompts), 3, 16, 16, generator=torch.Generator().manual_seed(0))
     stop = set(encoder.stop_ids)
     batched = model.generate(images, prompts, 6, stop, encoder.pad_id)
-    alone = [model.generate(images[i:i + 1], [p], 6, stop, encoder.pad_id)[0] for i, p in enumerate(prompts)]
+    alone = [model.generate(images[i : i + 1], [p], 6, stop, encoder.pad_id)[0] for i, p in enumerate(prompts)]
     assert batched == alone
     assert len({tuple(answer) for answer in alone}) > 1, alone  # the rows differ, so the check means something
 
@@ -154,8 +204,17 @@ def test_random_lm_can_take_a_real_models_shape(tmp_path):
     from training.models.language_model import SMOLLM2_135M_SHAPE, load_lm
 
     assert SMOLLM2_135M_SHAPE["layers"] == 30 and SMOLLM2_135M_SHAPE["hidden_size"] == 576
-    path = make_tiny_lm(tmp_path / "lm", TEXTS, vocab_size=300, hidden_size=32, layers=1, heads=4, kv_heads=2,
-                        intermediate_size=80, model_vocab_size=1000)
+    path = make_tiny_lm(
+        tmp_path / "lm",
+        TEXTS,
+        vocab_size=300,
+        hidden_size=32,
+        layers=1,
+        heads=4,
+        kv_heads=2,
+        intermediate_size=80,
+        model_vocab_size=1000,
+    )
     model, tokenizer = load_lm(str(path))
     config = model.config
     assert (config.num_key_value_heads, config.intermediate_size, config.vocab_size) == (2, 80, 1000)
@@ -174,10 +233,16 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     task = VlmTask(_cfg(root, lm, stage="conversations", lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)))
     model = task.build_model()
     encoder = ConversationEncoder(task._tokenizer, num_image_tokens=4, max_length=32)
-    rows = [encoder.pad(encoder.encode([{"from": "human", "value": "<image>\n" + question},
-                                        {"from": "gpt", "value": answer}]))
-            for question, answer in [("what colour are the shapes?", "red"), ("what colour?", "a red circle."),
-                                     ("what colour are the shapes? red", "blue")]]
+    rows = [
+        encoder.pad(
+            encoder.encode([{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}])
+        )
+        for question, answer in [
+            ("what colour are the shapes?", "red"),
+            ("what colour?", "a red circle."),
+            ("what colour are the shapes? red", "blue"),
+        ]
+    ]
     ids, mask, labels = (torch.tensor([row[i] for row in rows]) for i in range(3))
     labels[2, 20] = ids[2, 20]  # a lone supervised token in one row: its position must still get logits
     images = torch.randn(3, 3, 16, 16)
@@ -194,8 +259,9 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     ours, our_grads = loss_and_grads(lambda: model(images, ids, mask, labels, positions))
-    full, full_grads = loss_and_grads(lambda: model.lm(inputs_embeds=model.embed(images, ids), attention_mask=mask,
-                                                       labels=labels).loss)
+    full, full_grads = loss_and_grads(
+        lambda: model.lm(inputs_embeds=model.embed(images, ids), attention_mask=mask, labels=labels).loss
+    )
     assert torch.allclose(ours, full, atol=1e-6)
     assert our_grads.keys() == full_grads.keys() and any(name.startswith("projector.") for name in our_grads)
     for name, grad in our_grads.items():
@@ -213,7 +279,10 @@ def test_weight_decay_spares_the_lms_token_embeddings(parts):
     decayed = decayed_names(model, task.param_groups(model))
     assert "lm.model.embed_tokens.weight" not in decayed
     assert "lm.model.layers.0.self_attn.q_proj.weight" in decayed and "projector.0.weight" in decayed
-    assert "vision.tower.positional_embedding" not in decayed and "vision.tower.transformer.blocks.0.attn.qkv.weight" in decayed
+    assert (
+        "vision.tower.positional_embedding" not in decayed
+        and "vision.tower.transformer.blocks.0.attn.qkv.weight" in decayed
+    )
     assert not any(name.endswith(("bias", "norm.weight")) for name in decayed)
 
 

@@ -16,10 +16,15 @@ from tests.unit.test_vlm import _cfg, make_parts
 
 STYLES = {
     "llava": [{"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red"}],
-    "system_first": [{"from": "system", "value": "answer in one word."},
-                     {"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "blue"}],
-    "role_content": [{"role": "user", "content": "<image>\nwhat shape?"},
-                     {"role": "assistant", "content": "a red circle beside a blue square on a white ground"}],
+    "system_first": [
+        {"from": "system", "value": "answer in one word."},
+        {"from": "human", "value": "<image>\nwhat colour?"},
+        {"from": "gpt", "value": "blue"},
+    ],
+    "role_content": [
+        {"role": "user", "content": "<image>\nwhat shape?"},
+        {"role": "assistant", "content": "a red circle beside a blue square on a white ground"},
+    ],
 }
 
 
@@ -35,8 +40,12 @@ def test_the_first_exchange_is_the_first_user_message_and_the_reply_after_it():
 @pytest.fixture(scope="module")
 def task_and_model(tmp_path_factory):
     root, lm = make_parts(tmp_path_factory.mktemp("vlm_eval"))
-    cfg = dataclasses.replace(_cfg(root, lm), stage="conversations", max_length=128,
-                              lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3))
+    cfg = dataclasses.replace(
+        _cfg(root, lm),
+        stage="conversations",
+        max_length=128,
+        lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3),
+    )
     torch.manual_seed(0)
     task = VlmTask(cfg)
     return task, task.build_model()
@@ -46,21 +55,29 @@ def _numpy_batch(task, conversations):
     encoder = ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=128)
     rows = [encoder.pad(encoder.encode(c)) for c in conversations]
     rng = np.random.default_rng(0)
-    return {contract.IMAGE: rng.integers(0, 255, (len(rows), 16, 16, 3), dtype=np.uint8),
-            contract.INPUT_IDS: np.array([r[0] for r in rows], np.int32),
-            contract.ATTENTION_MASK: np.array([r[1] for r in rows], np.uint8),
-            contract.LABELS: np.array([r[2] for r in rows], np.int32),
-            contract.KEY: np.array([f"k{i}" for i in range(len(rows))]),
-            contract.CONVERSATION: np.array([json.dumps(c) for c in conversations])}
+    return {
+        contract.IMAGE: rng.integers(0, 255, (len(rows), 16, 16, 3), dtype=np.uint8),
+        contract.INPUT_IDS: np.array([r[0] for r in rows], np.int32),
+        contract.ATTENTION_MASK: np.array([r[1] for r in rows], np.uint8),
+        contract.LABELS: np.array([r[2] for r in rows], np.int32),
+        contract.KEY: np.array([f"k{i}" for i in range(len(rows))]),
+        contract.CONVERSATION: np.array([json.dumps(c) for c in conversations]),
+    }
 
 
 def test_every_conversation_style_is_asked_its_first_question(task_and_model):
     task, model = task_and_model
-    batches = [_numpy_batch(task, [STYLES["llava"], STYLES["system_first"]]), _numpy_batch(task, [STYLES["role_content"]])]
+    batches = [
+        _numpy_batch(task, [STYLES["llava"], STYLES["system_first"]]),
+        _numpy_batch(task, [STYLES["role_content"]]),
+    ]
     metrics = task.evaluate(model, batches, torch.device("cpu"))
     assert metrics["questions"] == 3
-    assert [row["question"] for row in task.eval_table] == ["<image>\nwhat colour?", "<image>\nwhat colour?",
-                                                           "<image>\nwhat shape?"]
+    assert [row["question"] for row in task.eval_table] == [
+        "<image>\nwhat colour?",
+        "<image>\nwhat colour?",
+        "<image>\nwhat shape?",
+    ]
     assert [row["expected"] for row in task.eval_table][:2] == ["red", "blue"]
 
     # per token: the token-weighted mean over both batches, not the mean of the two batch means

@@ -18,8 +18,16 @@ import torch
 from torch.distributed.checkpoint import filesystem, metadata
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024  # a model with millions of tensors writes tens of MB
-_METADATA_CLASSES = ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-                     "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
+_METADATA_CLASSES = (
+    "Metadata",
+    "MetadataIndex",
+    "StorageMeta",
+    "TensorProperties",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "_MEM_FORMAT_ENCODING",
+)
 _DTYPES = {name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 ALLOWED: dict[tuple[str, str], object] = {
     **{("torch.distributed.checkpoint.metadata", name): getattr(metadata, name) for name in _METADATA_CLASSES},
@@ -30,8 +38,20 @@ ALLOWED: dict[tuple[str, str], object] = {
     ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
     **{("torch", name): dtype for name, dtype in _DTYPES.items()},
 }
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.layout, torch.memory_format,
-          pathlib.PurePosixPath, enum.Enum)
+_PLAIN = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.dtype,
+    torch.layout,
+    torch.memory_format,
+    pathlib.PurePosixPath,
+    enum.Enum,
+)
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _ALLOWED_TYPES = tuple(value for value in ALLOWED.values() if isinstance(value, type))
 
@@ -44,8 +64,10 @@ class MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = ALLOWED.get((module, name))
         if found is None:
-            raise UnsafeCheckpoint(f"checkpoint metadata names {module}:{name}, which a DCP checkpoint does not "
-                                   "hold: refusing to load it (it could run code)")
+            raise UnsafeCheckpoint(
+                f"checkpoint metadata names {module}:{name}, which a DCP checkpoint does not "
+                "hold: refusing to load it (it could run code)"
+            )
         return found
 
 
@@ -79,8 +101,9 @@ def check_types(root: object) -> None:
             pending.extend(item.items() if isinstance(item, dict) else item)
         elif type(item) in _ALLOWED_TYPES:
             pending.extend(vars(item).values() if hasattr(item, "__dict__") else ())
-            pending.extend(getattr(item, slot) for slot in getattr(type(item), "__slots__", ())
-                           if hasattr(item, slot))
+            pending.extend(getattr(item, slot) for slot in getattr(type(item), "__slots__", ()) if hasattr(item, slot))
         else:
-            raise UnsafeCheckpoint(f"checkpoint metadata holds a {type(item).__module__}.{type(item).__qualname__}, "
-                                   "which a DCP checkpoint does not: refusing to load it")
+            raise UnsafeCheckpoint(
+                f"checkpoint metadata holds a {type(item).__module__}.{type(item).__qualname__}, "
+                "which a DCP checkpoint does not: refusing to load it"
+            )

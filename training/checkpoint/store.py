@@ -1,5 +1,6 @@
 """Checkpoints as tensors and JSON, never unpickling arbitrary objects (DCP's .metadata is a pickle:
-it is read with an unpickler that admits DCP's own metadata classes only, CheckpointReader). Layout of a checkpoint directory:
+it is read through an allow-list of DCP's own classes, training/checkpoint/metadata.py). Layout of
+a checkpoint directory:
 
     weights/                 torch.distributed.checkpoint (DCP) of {"model", "optimizer"}: each rank
                              writes its own shards (__<rank>_0.distcp), rank 0 the .metadata; no rank
@@ -57,9 +58,16 @@ MAX_POSITION_BYTES = 1 << 30  # one bit per sample per epoch, compressed
 _WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
-def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config: dict,
-                    tracking_run_id: str = "", data_position: dict | None = None,
-                    frozen_sources: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    directory: Path,
+    model,
+    optimizer,
+    state: TrainState,
+    config: dict,
+    tracking_run_id: str = "",
+    data_position: dict | None = None,
+    frozen_sources: dict[str, str] | None = None,
+) -> Path:
     """Write a checkpoint into `directory` (this rank's local directory; Ray Train merges the
     ranks' directories). Under torch.distributed every rank calls it: saving is a collective.
     `frozen_sources` maps a module prefix ("lm") to the path its frozen weights were loaded from:
@@ -72,16 +80,25 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, config
     rank, ranks = world()
     frozen_sources = frozen_sources or {}
     with _quiet_single_process():
-        dcp.save(_state_to_save(model, optimizer, frozen_sources), no_dist=not dist.is_initialized(),
-                 storage_writer=dcp.FileSystemWriter(str(directory / WEIGHTS), overwrite=True))
+        dcp.save(
+            _state_to_save(model, optimizer, frozen_sources),
+            no_dist=not dist.is_initialized(),
+            storage_writer=dcp.FileSystemWriter(str(directory / WEIGHTS), overwrite=True),
+        )
     if rank == 0:
         (directory / "state.json").write_text(json.dumps(state.to_dict()))
         (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (directory / "tracking.json").write_text(json.dumps({"mlflow_run_id": tracking_run_id}))
         (directory / RANKS).write_text(json.dumps({"ranks": ranks}))
-        (directory / FROZEN).write_text(json.dumps(
-            {prefix: {"source": str(Path(source).resolve()), "sha256": source_digest(source)}
-             for prefix, source in frozen_sources.items()}, indent=1))
+        (directory / FROZEN).write_text(
+            json.dumps(
+                {
+                    prefix: {"source": str(Path(source).resolve()), "sha256": source_digest(source)}
+                    for prefix, source in frozen_sources.items()
+                },
+                indent=1,
+            )
+        )
         if data_position is not None:
             (directory / DATA_POSITION).write_text(json.dumps(data_position))
     # Over the files this rank wrote (and any already there), never over an older checksums file: a
@@ -157,11 +174,16 @@ def _problem(directory: Path) -> str | None:
     if not legacy and not (directory / WEIGHTS / ".metadata").is_file():
         return f"no {WEIGHTS}/.metadata"
     if not (directory / CHECKSUMS).is_file():
-        return None if legacy and not (directory / "tracking.json").is_file() else f"no {CHECKSUMS} (the write did not finish)"
+        return (
+            None
+            if legacy and not (directory / "tracking.json").is_file()
+            else f"no {CHECKSUMS} (the write did not finish)"
+        )
     # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): check a
     # directory once per process, again only when a file's size or modification time has changed.
-    files = tuple((name, (directory / name).stat().st_size, (directory / name).stat().st_mtime_ns)
-                  for name in _files(directory))
+    files = tuple(
+        (name, (directory / name).stat().st_size, (directory / name).stat().st_mtime_ns) for name in _files(directory)
+    )
     return _verify(str(directory.resolve()), files)
 
 
@@ -254,11 +276,15 @@ def check_frozen_sources(directory: Path) -> dict[str, str]:
     for prefix, entry in frozen.items():
         source = Path(entry["source"])
         if not source.exists():
-            raise ValueError(f"checkpoint {directory} takes its frozen `{prefix}` weights from {source}, which "
-                             "no longer exists: restore it there (the checkpoint holds no copy)")
+            raise ValueError(
+                f"checkpoint {directory} takes its frozen `{prefix}` weights from {source}, which "
+                "no longer exists: restore it there (the checkpoint holds no copy)"
+            )
         if source_digest(source) != entry["sha256"]:
-            raise ValueError(f"checkpoint {directory} was trained with frozen `{prefix}` weights from {source}, "
-                             "which have changed since (sha256 differs): restore the original files")
+            raise ValueError(
+                f"checkpoint {directory} was trained with frozen `{prefix}` weights from {source}, "
+                "which have changed since (sha256 differs): restore the original files"
+            )
     return {prefix: entry["source"] for prefix, entry in frozen.items()}
 
 
@@ -268,7 +294,8 @@ def read_frozen(directory: Path) -> dict[str, dict[str, str]]:
     frozen = _read_json(path) if path.is_file() else {}
     valid = isinstance(frozen, dict) and all(
         isinstance(entry, dict) and isinstance(entry.get("source"), str) and isinstance(entry.get("sha256"), str)
-        for entry in frozen.values())
+        for entry in frozen.values()
+    )
     if not valid:
         raise ValueError(f"{FROZEN} must map module names to {{source, sha256}}")
     return frozen
@@ -308,8 +335,13 @@ def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, s
         del state["optimizer"]  # saved without one (an export-only checkpoint): the optimizer starts fresh
     with _quiet_single_process():
         dcp.load(state, storage_reader=CheckpointReader(str(directory / WEIGHTS)), no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer if "optimizer" in state else [], model_state_dict=state["model"],
-                   optim_state_dict=state.get("optimizer", {}), options=StateDictOptions(strict=False))
+    set_state_dict(
+        model,
+        optimizer if "optimizer" in state else [],
+        model_state_dict=state["model"],
+        optim_state_dict=state.get("optimizer", {}),
+        options=StateDictOptions(strict=False),
+    )
 
 
 def _saved_top_keys(directory: Path) -> set[str]:
@@ -340,8 +372,11 @@ def read_saved_tensors(directory: Path, part: str) -> dict[str, torch.Tensor]:
 
     reader = CheckpointReader(str(Path(directory) / WEIGHTS))
     metadata = reader.read_metadata().state_dict_metadata
-    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype) for key, entry in metadata.items()
-             if key.startswith(part + ".") and isinstance(entry, TensorStorageMetadata)}
+    state = {
+        key: torch.empty(entry.size, dtype=entry.properties.dtype)
+        for key, entry in metadata.items()
+        if key.startswith(part + ".") and isinstance(entry, TensorStorageMetadata)
+    }
     with _quiet_single_process():
         dcp.load(state, storage_reader=reader, no_dist=True)
     return {key.removeprefix(part + "."): value for key, value in state.items()}
@@ -356,8 +391,9 @@ def weights_fingerprint(directory: Path) -> str:
         digests.update(json.loads(path.read_text()))
     if (directory / LEGACY_MODEL).is_file():
         return digests.get(LEGACY_MODEL) or _sha256(directory / LEGACY_MODEL)
-    weights = sorted((name, digest) for name, digest in digests.items()
-                     if name.startswith(WEIGHTS + "/") or name == FROZEN)
+    weights = sorted(
+        (name, digest) for name, digest in digests.items() if name.startswith(WEIGHTS + "/") or name == FROZEN
+    )
     if not weights:
         weights = [(name, _sha256(directory / name)) for name in _files(directory) if name.startswith(WEIGHTS + "/")]
     return hashlib.sha256(json.dumps(weights).encode()).hexdigest()
@@ -424,13 +460,16 @@ def latest_checkpoint(path: str | Path) -> Path:
     if is_checkpoint(path):
         problem = checkpoint_problem(path)
         if problem:
-            raise ValueError(f"checkpoint {path} is damaged: {problem}; give the run directory to use "
-                             "its newest intact checkpoint")
+            raise ValueError(
+                f"checkpoint {path} is damaged: {problem}; give the run directory to use its newest intact checkpoint"
+            )
         return path
     for candidate in sorted((p for p in path.glob("checkpoint_*") if p.is_dir()), reverse=True):
         problem = checkpoint_problem(candidate)
         if problem is None:
             return candidate
         print(f"[mmtrain] skipping checkpoint {candidate}: {problem}", flush=True)
-    raise ValueError(f"no intact checkpoint in {path}: give a checkpoint directory (with {WEIGHTS}/) or a run "
-                     "directory that holds checkpoint_* folders")
+    raise ValueError(
+        f"no intact checkpoint in {path}: give a checkpoint directory (with {WEIGHTS}/) or a run "
+        "directory that holds checkpoint_* folders"
+    )

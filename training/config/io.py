@@ -25,8 +25,9 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
-                values: dict[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] = (), values: dict[str, Any] | None = None
+) -> T:
     """Read `path` (YAML) into `cls`, applying `key.sub=value` overrides, then `values`
     ({"key.sub": python value}, as a sweep samples them) on top."""
     data: dict[str, Any] = {}
@@ -53,8 +54,9 @@ def _load_yaml_file(path: Path) -> Any:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"config file {path}{line}: not valid YAML ({problem}); a value holding "
-                          "': ', '{', '[' or '#' needs quotes") from None
+        raise ConfigError(
+            f"config file {path}{line}: not valid YAML ({problem}); a value holding ': ', '{{', '[' or '#' needs quotes"
+        ) from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -75,8 +77,9 @@ def parse_override_value(key: str, raw: str) -> Any:
         if text.startswith("[") and text.endswith("]"):
             return [item.strip().strip("'\"") for item in _split_top_level(text[1:-1]) if item.strip()]
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"--set {key}={raw}: the value is not valid YAML ({problem}); quote it, e.g. "
-                          f"--set '{key}=\"{raw}\"'") from None
+        raise ConfigError(
+            f"--set {key}={raw}: the value is not valid YAML ({problem}); quote it, e.g. --set '{key}=\"{raw}\"'"
+        ) from None
 
 
 def _split_top_level(text: str) -> list[str]:

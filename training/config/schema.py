@@ -14,8 +14,16 @@ Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), 
 
 @dataclass(frozen=True)
 class VisionConfig(Checked):
-    RANGES = {"image_size": at_least(1), "patch_size": at_least(1), "width": at_least(1), "layers": at_least(1),
-              "heads": at_least(1), "mlp_ratio": above(0), "image_mean": within(0, 1), "image_std": above(0)}
+    RANGES = {
+        "image_size": at_least(1),
+        "patch_size": at_least(1),
+        "width": at_least(1),
+        "layers": at_least(1),
+        "heads": at_least(1),
+        "mlp_ratio": above(0),
+        "image_mean": within(0, 1),
+        "image_std": above(0),
+    }
 
     image_size: int = 64
     patch_size: int = 8
@@ -31,8 +39,13 @@ class VisionConfig(Checked):
 
 @dataclass(frozen=True)
 class TextConfig(Checked):
-    RANGES = {"vocab_size": at_least(0), "width": at_least(1), "layers": at_least(1), "heads": at_least(1),
-              "mlp_ratio": above(0)}
+    RANGES = {
+        "vocab_size": at_least(0),
+        "width": at_least(1),
+        "layers": at_least(1),
+        "heads": at_least(1),
+        "mlp_ratio": above(0),
+    }
 
     vocab_size: int = 0  # 0 = the tokenizer's vocabulary size, filled in when the run starts
     width: int = 192
@@ -64,9 +77,16 @@ class LossConfig(Checked):
 
 @dataclass(frozen=True)
 class OptimConfig(Checked):
-    RANGES = {"lr": at_least(0), "weight_decay": at_least(0), "betas": within(0, 1, high_open=True),
-              "eps": at_least(0), "warmup_steps": at_least(0), "min_lr_ratio": within(0, 1),
-              "grad_clip_norm": at_least(0), "grad_accum_steps": at_least(1)}
+    RANGES = {
+        "lr": at_least(0),
+        "weight_decay": at_least(0),
+        "betas": within(0, 1, high_open=True),
+        "eps": at_least(0),
+        "warmup_steps": at_least(0),
+        "min_lr_ratio": within(0, 1),
+        "grad_clip_norm": at_least(0),
+        "grad_accum_steps": at_least(1),
+    }
 
     lr: float = 5e-4
     weight_decay: float = 0.1  # not applied to biases, norms, embeddings or the logit scale
@@ -85,8 +105,15 @@ class OptimConfig(Checked):
 
 @dataclass(frozen=True)
 class LoopConfig(Checked):
-    RANGES = {"max_steps": at_least(1), "epochs": at_least(0), "batch_size_per_worker": at_least(1),
-              "log_every": at_least(0), "eval_every": at_least(0), "checkpoint_every": at_least(0), "seed": at_least(0)}
+    RANGES = {
+        "max_steps": at_least(1),
+        "epochs": at_least(0),
+        "batch_size_per_worker": at_least(1),
+        "log_every": at_least(0),
+        "eval_every": at_least(0),
+        "checkpoint_every": at_least(0),
+        "seed": at_least(0),
+    }
 
     max_steps: int = 200
     # Passes over the training data; 0 = as many as max_steps needs. The run ends at max_steps or
@@ -198,7 +225,6 @@ class LoraConfig(Checked):
 
     RANGES = {"rank": at_least(0), "alpha": at_least(0), "dropout": within(0, 1, high_open=True)}
 
-
     rank: int = 0  # 0 = no LoRA
     alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
     dropout: float = 0.05
@@ -224,7 +250,6 @@ class ModuleLearningRates(Checked):
 
     RANGES = {"vision": at_least(0), "projector": at_least(0), "lm": at_least(0)}
 
-
     vision: float = 0.0
     projector: float = 1e-3
     lm: float = 0.0
@@ -232,8 +257,12 @@ class ModuleLearningRates(Checked):
 
 @dataclass(frozen=True)
 class VlmEvalConfig(Checked):
-    RANGES = {"max_generate_samples": at_least(0), "max_new_tokens": at_least(1), "batch_size": at_least(1),
-              "table_rows": at_least(0)}
+    RANGES = {
+        "max_generate_samples": at_least(0),
+        "max_new_tokens": at_least(1),
+        "batch_size": at_least(1),
+        "table_rows": at_least(0),
+    }
 
     max_generate_samples: int = 200  # held-out questions answered by greedy generation, over all ranks
     max_new_tokens: int = 8
@@ -275,9 +304,13 @@ class SchedulerConfig(Checked):
 class SweepConfig(Checked):
     """A Ray Tune sweep: which trainer, its base config, and a search space over config keys."""
 
-    RANGES = {"num_samples": at_least(1), "max_concurrent_trials": at_least(0), "data_cpus_per_trial": above(0),
-              "seed": at_least(0), "local_num_cpus": at_least(0)}
-
+    RANGES = {
+        "num_samples": at_least(1),
+        "max_concurrent_trials": at_least(0),
+        "data_cpus_per_trial": above(0),
+        "seed": at_least(0),
+        "local_num_cpus": at_least(0),
+    }
 
     name: str = "sweep"  # trials are runs named <name>-<trial id>; --resume finds the sweep by name
     trainer: str = "clip"  # a trainer of training/tasks/registry.py: clip or vlm

@@ -24,8 +24,10 @@ class ImageNormalizer:
 
     def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on_device:
-            self._on_device[device] = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
-                                       torch.tensor(self.std, device=device).view(1, 3, 1, 1))
+            self._on_device[device] = (
+                torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                torch.tensor(self.std, device=device).view(1, 3, 1, 1),
+            )
         return self._on_device[device]
 
 

@@ -41,8 +41,9 @@ class StepTask(Protocol):
     model's inputs and the loss on one step's batches."""
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict: ...
-    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
-                         no_sync: NoSync) -> tuple[torch.Tensor, dict]: ...
+    def forward_backward(
+        self, model: nn.Module, micro_batches: list[dict], autocast: Autocast, no_sync: NoSync
+    ) -> tuple[torch.Tensor, dict]: ...
     def after_optimizer_step(self, model: nn.Module) -> None: ...
     def train_mode(self, model: nn.Module) -> None: ...
 
@@ -60,11 +61,21 @@ def every(interval: int, step: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def train(task: StepTask, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-          state: TrainState, batches: Iterable[dict], max_steps: int,
-          device: torch.device, on_step: Callable[[TrainState, StepResult], bool],
-          grad_accum_steps: int = 1, grad_clip_norm: float = 0.0,
-          autocast_dtype: torch.dtype | None = None, no_sync: NoSync = None) -> TrainState:
+def train(
+    task: StepTask,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: TrainState,
+    batches: Iterable[dict],
+    max_steps: int,
+    device: torch.device,
+    on_step: Callable[[TrainState, StepResult], bool],
+    grad_accum_steps: int = 1,
+    grad_clip_norm: float = 0.0,
+    autocast_dtype: torch.dtype | None = None,
+    no_sync: NoSync = None,
+) -> TrainState:
     """Run optimizer steps until `max_steps` or the end of `batches` (one stream for the whole run:
     epochs are the data's business); `on_step` returning False stops early."""
     task.train_mode(model)
@@ -74,8 +85,9 @@ def train(task: StepTask, model: nn.Module, optimizer: torch.optim.Optimizer, sc
 
     stream = TimedBatches(batches)
     while state.step < max_steps:
-        result = _optimizer_step(task, model, optimizer, stream, device, grad_accum_steps,
-                                 grad_clip_norm, autocast, no_sync)
+        result = _optimizer_step(
+            task, model, optimizer, stream, device, grad_accum_steps, grad_clip_norm, autocast, no_sync
+        )
         if result is None:  # the stream ended; a partial accumulation window is not trained on
             break
         scheduler.step()
@@ -114,8 +126,17 @@ class TimedBatches:
         return item
 
 
-def _optimizer_step(task, model, optimizer, batches: TimedBatches, device, grad_accum_steps,
-                    grad_clip_norm, autocast: Autocast, no_sync: NoSync) -> StepResult | None:
+def _optimizer_step(
+    task,
+    model,
+    optimizer,
+    batches: TimedBatches,
+    device,
+    grad_accum_steps,
+    grad_clip_norm,
+    autocast: Autocast,
+    no_sync: NoSync,
+) -> StepResult | None:
     start = time.perf_counter()
     raw = []
     for _ in range(grad_accum_steps):
@@ -135,8 +156,14 @@ def _optimizer_step(task, model, optimizer, batches: TimedBatches, device, grad_
     return StepResult(loss.detach(), samples, 0.0, time.perf_counter() - start, extra)
 
 
-def accumulate_token_weighted(loss_sum_fn, model: nn.Module, micro_batches: list[dict], counts: list[torch.Tensor],
-                              autocast: Autocast, no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+def accumulate_token_weighted(
+    loss_sum_fn,
+    model: nn.Module,
+    micro_batches: list[dict],
+    counts: list[torch.Tensor],
+    autocast: Autocast,
+    no_sync: NoSync,
+) -> tuple[torch.Tensor, dict]:
     """Backward through each micro-batch's summed loss over the step's global unit count (every
     micro-batch, every rank), so the gradient is that of one mean over all units however they fall
     into micro-batches and ranks: a mean of per-batch means weights a unit by its batch's size.
@@ -158,8 +185,9 @@ def accumulate_token_weighted(loss_sum_fn, model: nn.Module, micro_batches: list
     return loss, extra
 
 
-def accumulate_independently(loss_fn, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
-                             no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+def accumulate_independently(
+    loss_fn, model: nn.Module, micro_batches: list[dict], autocast: Autocast, no_sync: NoSync
+) -> tuple[torch.Tensor, dict]:
     """Backward through each micro-batch's own loss, scaled so the gradients are their mean; the
     gradient all-reduce runs on the last only. Right for losses that are means over samples
     (the VLM's); a contrastive loss needs every micro-batch's negatives (ClipTask's override)."""

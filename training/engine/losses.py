@@ -26,8 +26,9 @@ def infonce_loss(image_BE: torch.Tensor, text_BE: torch.Tensor, logit_scale: tor
     return (F.cross_entropy(logits_image_BG, targets_B) + F.cross_entropy(logits_text_BG, targets_B)) / 2
 
 
-def siglip_loss(image_BE: torch.Tensor, text_BE: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor) -> torch.Tensor:
+def siglip_loss(
+    image_BE: torch.Tensor, text_BE: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+) -> torch.Tensor:
     """Sigmoid loss: every image-text pair is an independent binary match / no-match."""
     rank, _ = world()
     text_GE = all_gather_with_grad(text_BE)

@@ -9,6 +9,7 @@ from torch import nn
 
 from training.config.schema import OptimConfig
 
+
 def exempt_from_weight_decay(model: nn.Module) -> set[int]:
     """The parameters (by id) that modules declare exempt in a `no_weight_decay()` method returning
     names relative to themselves (open_clip's and nanoGPT's convention): embeddings, the temperature."""
@@ -28,8 +29,10 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float, exempt: set[
     for param in module.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and id(param) not in exempt else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -37,8 +40,9 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, fused: bool = False) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, start_step: int = 0,
-                  current_step: int = 0):
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, start_step: int = 0, current_step: int = 0
+):
     """Linear warmup to each group's lr over cfg.warmup_steps, then cosine to lr * min_lr_ratio at
     `start_step + total_steps` (and there it stays). A schedule that starts later (a resumed run
     that asked for a new one) warms up again from there. `current_step` optimizer steps have been

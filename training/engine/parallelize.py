@@ -24,12 +24,13 @@ from training.engine.loop import NoSync
 @dataclass
 class Parallelized:
     model: nn.Module  # what the loop calls: the DDP wrapper, or the model itself sharded in place
-    no_sync: NoSync   # a context without gradient synchronisation (accumulation), None with one rank
-    strategy: str     # what was applied: "single", "ddp" or "fsdp"
+    no_sync: NoSync  # a context without gradient synchronisation (accumulation), None with one rank
+    strategy: str  # what was applied: "single", "ddp" or "fsdp"
 
 
-def parallelize(model: nn.Module, strategy: str, activation_checkpointing: str, device: torch.device,
-                bf16: bool) -> Parallelized:
+def parallelize(
+    model: nn.Module, strategy: str, activation_checkpointing: str, device: torch.device, bf16: bool
+) -> Parallelized:
     """`model` checkpointed, on `device`, and wrapped or sharded for this run's ranks. Give it the
     model still on the host: FSDP moves it one block at a time, so no device ever holds it whole."""
     blocks = transformer_blocks(model)
@@ -77,9 +78,12 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
     would all be kept. Returns the blocks as now called."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    own_checkpointing = [module for module in model.modules()
-                         if getattr(module, "supports_gradient_checkpointing", False)
-                         and any(param.requires_grad for param in module.parameters())]
+    own_checkpointing = [
+        module
+        for module in model.modules()
+        if getattr(module, "supports_gradient_checkpointing", False)
+        and any(param.requires_grad for param in module.parameters())
+    ]
     for hf_model in own_checkpointing:
         _hf_checkpointing_enable(hf_model)
     handled = {id(module) for hf_model in own_checkpointing for module in hf_model.modules()}
@@ -124,6 +128,7 @@ def _fsdp_no_sync(model: nn.Module) -> NoSync:
             yield
         finally:
             model.set_requires_gradient_sync(True)
+
     return no_sync
 
 

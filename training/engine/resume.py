@@ -14,8 +14,7 @@ from training.config.io import flatten
 from training.engine.loop import TrainState
 
 # Keys whose change mid-run would load weights into a different model or feed it different inputs.
-FROZEN_PREFIXES = ("model.", "data.context_length", "data.tokenizer", "data.augment.image_size", "max_length",
-                   "stage")
+FROZEN_PREFIXES = ("model.", "data.context_length", "data.tokenizer", "data.augment.image_size", "max_length", "stage")
 GLOBAL_BATCH = "global batch (scaling.num_workers x loop.batch_size_per_worker x optim.grad_accum_steps)"
 
 
@@ -33,18 +32,25 @@ def plan_schedule(state: TrainState, max_steps: int, restart: bool) -> tuple[Tra
     if end == max_steps:
         return state, ""
     if restart:
-        note = (f"new learning-rate schedule: warmup + cosine from step {state.step} to {max_steps} "
-                "(optim.restart_schedule=true)")
+        note = (
+            f"new learning-rate schedule: warmup + cosine from step {state.step} to {max_steps} "
+            "(optim.restart_schedule=true)"
+        )
         return dataclasses.replace(state, schedule_start=state.step, schedule_steps=max_steps - state.step), note
-    return state, (f"learning-rate schedule kept: it ends at step {end}, loop.max_steps is now {max_steps}; "
-                   "set optim.restart_schedule=true for a new warmup + cosine to the new max_steps")
+    return state, (
+        f"learning-rate schedule kept: it ends at step {end}, loop.max_steps is now {max_steps}; "
+        "set optim.restart_schedule=true for a new warmup + cosine to the new max_steps"
+    )
 
 
 def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
     """{key: (saved value, new value)} for every key whose value differs."""
     old_flat, new_flat = flatten(saved), flatten(new)
-    return {key: (old_flat.get(key), new_flat.get(key)) for key in sorted(set(old_flat) | set(new_flat))
-            if old_flat.get(key) != new_flat.get(key)}
+    return {
+        key: (old_flat.get(key), new_flat.get(key))
+        for key in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(key) != new_flat.get(key)
+    }
 
 
 def check_resume_config(saved: dict, new: dict, checkpoint: str) -> dict[str, tuple]:
@@ -55,10 +61,13 @@ def check_resume_config(saved: dict, new: dict, checkpoint: str) -> dict[str, tu
         frozen.append(f"{GLOBAL_BATCH}: {_global_batch(saved)} -> {_global_batch(new)}")
     if frozen:
         raise ValueError(
-            f"cannot resume from {checkpoint} with this config: " + "; ".join(
+            f"cannot resume from {checkpoint} with this config: "
+            + "; ".join(
                 key if key.startswith(GLOBAL_BATCH) else f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}"
-                for key in frozen)
-            + ". Put these keys back to continue the run, or start a new run (another run.name).")
+                for key in frozen
+            )
+            + ". Put these keys back to continue the run, or start a new run (another run.name)."
+        )
     return changes
 
 
@@ -68,7 +77,10 @@ def format_changes(changes: dict[str, tuple]) -> str:
 
 def _global_batch(config: dict) -> int | None:
     try:
-        return (config["scaling"]["num_workers"] * config["loop"]["batch_size_per_worker"]
-                * config["optim"]["grad_accum_steps"])
+        return (
+            config["scaling"]["num_workers"]
+            * config["loop"]["batch_size_per_worker"]
+            * config["optim"]["grad_accum_steps"]
+        )
     except (KeyError, TypeError):
         return None

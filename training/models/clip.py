@@ -22,7 +22,7 @@ class VisionTower(nn.Module):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
-        scale = cfg.width ** -0.5
+        scale = cfg.width**-0.5
         self.patch_proj = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(cfg.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(num_patches + 1, cfg.width))
@@ -76,10 +76,10 @@ class ClipModel(nn.Module):
         # One-element vectors, not scalars: FSDP2 shards parameters along their first dimension and
         # refuses 0-d ones. Checkpoints and CLIPModels with 0-d values still load (_scalars_as_vectors).
         self.logit_scale = nn.Parameter(
-            torch.full((1,), math.log(1.0 / loss.init_temperature)), requires_grad=loss.learnable_temperature)
+            torch.full((1,), math.log(1.0 / loss.init_temperature)), requires_grad=loss.learnable_temperature
+        )
         # SigLIP's learnable bias; unused (and untouched) by InfoNCE.
-        self.logit_bias = nn.Parameter(
-            torch.full((1,), loss.siglip_init_bias), requires_grad=loss.kind == "siglip")
+        self.logit_bias = nn.Parameter(torch.full((1,), loss.siglip_init_bias), requires_grad=loss.kind == "siglip")
         self._register_load_state_dict_pre_hook(_scalars_as_vectors)
 
     def no_weight_decay(self) -> set[str]:

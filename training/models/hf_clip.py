@@ -17,8 +17,13 @@ import torch
 from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
-_BLOCK = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out", "self_attn.out_proj"),
-          ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))
+_BLOCK = (
+    ("ln_1", "layer_norm1"),
+    ("ln_2", "layer_norm2"),
+    ("attn.out", "self_attn.out_proj"),
+    ("mlp.0", "mlp.fc1"),
+    ("mlp.2", "mlp.fc2"),
+)
 _TOWER = {  # ours -> theirs, outside the blocks
     "visual.patch_proj.weight": "vision_model.embeddings.patch_embedding.weight",
     "visual.class_embedding": "vision_model.embeddings.class_embedding",
@@ -48,9 +53,11 @@ def pretrained_run_config(cfg: ClipRunConfig) -> ClipRunConfig:
     mean, std = image_statistics(directory)
     model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, image_mean=mean, image_std=std))
     data = dataclasses.replace(
-        cfg.data, context_length=hf_config.text_config.max_position_embeddings,
+        cfg.data,
+        context_length=hf_config.text_config.max_position_embeddings,
         tokenizer=cfg.data.tokenizer or str(directory.resolve()),
-        augment=dataclasses.replace(cfg.data.augment, image_size=model.vision.image_size))
+        augment=dataclasses.replace(cfg.data.augment, image_size=model.vision.image_size),
+    )
     return dataclasses.replace(cfg, init_from=str(directory.resolve()), model=model, data=data)
 
 
@@ -62,9 +69,11 @@ def load_hf_config(directory: Path):
         raise ValueError(f"init_from={directory} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(directory)
     if not isinstance(config, CLIPConfig):
-        raise ValueError(f"init_from={directory} holds a {type(config).__name__}, not a CLIPModel: the CLIP "
-                         "trainer fine-tunes CLIP checkpoints (a SigLIP or CLIP vision tower can feed the VLM: "
-                         "model.vision.checkpoint)")
+        raise ValueError(
+            f"init_from={directory} holds a {type(config).__name__}, not a CLIPModel: the CLIP "
+            "trainer fine-tunes CLIP checkpoints (a SigLIP or CLIP vision tower can feed the VLM: "
+            "model.vision.checkpoint)"
+        )
     return config
 
 
@@ -75,8 +84,10 @@ def image_statistics(directory: Path) -> tuple[tuple[float, ...], tuple[float, .
     if not path.is_file():
         return defaults.image_mean, defaults.image_std
     processor = json.loads(path.read_text())
-    return (tuple(processor.get("image_mean", defaults.image_mean)),
-            tuple(processor.get("image_std", defaults.image_std)))
+    return (
+        tuple(processor.get("image_mean", defaults.image_mean)),
+        tuple(processor.get("image_std", defaults.image_std)),
+    )
 
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -85,11 +96,13 @@ def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
-        "model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     if not all((directory / name).is_file() for name in files):
-        raise ValueError(f"{directory} holds no model.safetensors: save the model with save_pretrained "
-                         "(safetensors is its default)")
+        raise ValueError(
+            f"{directory} holds no model.safetensors: save the model with save_pretrained (safetensors is its default)"
+        )
     state = {}
     for name in files:
         state.update(load_file(directory / name))
@@ -101,16 +114,29 @@ def model_config_from_hf(hf_config) -> ClipModelConfig:
     vision, text = hf_config.vision_config, hf_config.text_config
     for part in (vision, text):
         if part.hidden_act not in ("gelu", "quick_gelu"):
-            raise ValueError(f"CLIP checkpoints with activation {part.hidden_act!r} are not supported "
-                             "(gelu and quick_gelu are)")
+            raise ValueError(
+                f"CLIP checkpoints with activation {part.hidden_act!r} are not supported (gelu and quick_gelu are)"
+            )
     return ClipModelConfig(
         embed_dim=hf_config.projection_dim,
-        vision=VisionConfig(image_size=vision.image_size, patch_size=vision.patch_size, width=vision.hidden_size,
-                            layers=vision.num_hidden_layers, heads=vision.num_attention_heads,
-                            mlp_ratio=vision.intermediate_size / vision.hidden_size, activation=vision.hidden_act),
-        text=TextConfig(vocab_size=text.vocab_size, width=text.hidden_size, layers=text.num_hidden_layers,
-                        heads=text.num_attention_heads, mlp_ratio=text.intermediate_size / text.hidden_size,
-                        activation=text.hidden_act))
+        vision=VisionConfig(
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            width=vision.hidden_size,
+            layers=vision.num_hidden_layers,
+            heads=vision.num_attention_heads,
+            mlp_ratio=vision.intermediate_size / vision.hidden_size,
+            activation=vision.hidden_act,
+        ),
+        text=TextConfig(
+            vocab_size=text.vocab_size,
+            width=text.hidden_size,
+            layers=text.num_hidden_layers,
+            heads=text.num_attention_heads,
+            mlp_ratio=text.intermediate_size / text.hidden_size,
+            activation=text.hidden_act,
+        ),
+    )
 
 
 def hf_config_from_model(cfg: ClipModelConfig, context_length: int, eos_token_id: int, pad_token_id: int):
@@ -120,16 +146,31 @@ def hf_config_from_model(cfg: ClipModelConfig, context_length: int, eos_token_id
     vision, text = cfg.vision, cfg.text
     return CLIPConfig(
         projection_dim=cfg.embed_dim,
-        vision_config=dict(hidden_size=vision.width, intermediate_size=round(vision.width * vision.mlp_ratio),
-                           num_hidden_layers=vision.layers, num_attention_heads=vision.heads,
-                           image_size=vision.image_size, patch_size=vision.patch_size, hidden_act=vision.activation,
-                           projection_dim=cfg.embed_dim),
-        text_config=dict(vocab_size=text.vocab_size, hidden_size=text.width,
-                         intermediate_size=round(text.width * text.mlp_ratio), num_hidden_layers=text.layers,
-                         num_attention_heads=text.heads, max_position_embeddings=context_length,
-                         hidden_act=text.activation, projection_dim=cfg.embed_dim,
-                         # pooled at the first end-of-text token, as our tower pools at the last real one
-                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=eos_token_id))
+        vision_config=dict(
+            hidden_size=vision.width,
+            intermediate_size=round(vision.width * vision.mlp_ratio),
+            num_hidden_layers=vision.layers,
+            num_attention_heads=vision.heads,
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            hidden_act=vision.activation,
+            projection_dim=cfg.embed_dim,
+        ),
+        text_config=dict(
+            vocab_size=text.vocab_size,
+            hidden_size=text.width,
+            intermediate_size=round(text.width * text.mlp_ratio),
+            num_hidden_layers=text.layers,
+            num_attention_heads=text.heads,
+            max_position_embeddings=context_length,
+            hidden_act=text.activation,
+            projection_dim=cfg.embed_dim,
+            # pooled at the first end-of-text token, as our tower pools at the last real one
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            bos_token_id=eos_token_id,
+        ),
+    )
 
 
 def state_from_hf(hf_state: dict[str, torch.Tensor], layers: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -144,7 +185,8 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], layers: dict[str, int]) -> 
             ours, theirs = f"{ours_tower}.transformer.blocks.{i}", f"{their_tower}.encoder.layers.{i}"
             for name in ("weight", "bias"):
                 state[f"{ours}.attn.qkv.{name}"] = torch.cat(
-                    [hf_state[f"{theirs}.self_attn.{p}_proj.{name}"] for p in "qkv"])
+                    [hf_state[f"{theirs}.self_attn.{p}_proj.{name}"] for p in "qkv"]
+                )
                 for our_part, their_part in _BLOCK:
                     state[f"{ours}.{our_part}.{name}"] = hf_state[f"{theirs}.{their_part}.{name}"]
     return state
@@ -175,8 +217,11 @@ def vision_state_to_hf(tower_state: dict[str, torch.Tensor], layers: int) -> dic
     """A CLIPVisionModel's state dict from our image tower's (the embedding projection, which the
     vision model lacks, left out)."""
     prefixed = {f"visual.{name}": value for name, value in tower_state.items()}
-    hf_state = {theirs: prefixed[ours] for ours, theirs in _TOWER.items()
-                if ours.startswith("visual.") and ours != "visual.proj.weight"}
+    hf_state = {
+        theirs: prefixed[ours]
+        for ours, theirs in _TOWER.items()
+        if ours.startswith("visual.") and ours != "visual.proj.weight"
+    }
     hf_state.update(_blocks_to_hf(prefixed, "visual", "vision_model", layers))
     return hf_state
 
@@ -190,10 +235,14 @@ def load_pretrained(model: torch.nn.Module, directory: str) -> None:
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `model`, failing with every name and shape that differs."""
     expected = model.state_dict()
-    problems = [f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(expected[name].shape)}"
-                for name in state if name in expected and state[name].shape != expected[name].shape]
-    problems += [f"{name}: missing from the checkpoint" for name in expected if name not in state
-                 and name != "logit_bias"]
+    problems = [
+        f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(expected[name].shape)}"
+        for name in state
+        if name in expected and state[name].shape != expected[name].shape
+    ]
+    problems += [
+        f"{name}: missing from the checkpoint" for name in expected if name not in state and name != "logit_bias"
+    ]
     if problems:
         raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
     model.load_state_dict({**expected, **state})
@@ -227,13 +276,22 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     raw = load_tokenizer(cfg.data.tokenizer)
     raw.no_padding()
     raw.no_truncation()
-    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(raw.to_str()),
-                                   model_max_length=cfg.data.context_length, padding_side="right",
-                                   eos_token=tokenizer.id_to_token(eos_id), pad_token=tokenizer.id_to_token(pad_id))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(raw.to_str()),
+        model_max_length=cfg.data.context_length,
+        padding_side="right",
+        eos_token=tokenizer.id_to_token(eos_id),
+        pad_token=tokenizer.id_to_token(pad_id),
+    )
     fast.save_pretrained(out_dir)
     augment = cfg.data.augment
-    eval_image_processor(augment.image_size, cfg.model.vision.image_mean, cfg.model.vision.image_std,
-                         augment.eval_center_crop, augment.eval_resize_ratio).save_pretrained(out_dir)
+    eval_image_processor(
+        augment.image_size,
+        cfg.model.vision.image_mean,
+        cfg.model.vision.image_std,
+        augment.eval_center_crop,
+        augment.eval_resize_ratio,
+    ).save_pretrained(out_dir)
     return out_dir
 
 
@@ -243,8 +301,10 @@ def end_of_text_id(tokenizer) -> int:
     ids = tokenizer.encode("a").ids
     special = {token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special}
     if not ids or ids[-1] not in special:
-        raise ValueError("the tokenizer ends captions with no special end-of-text token, so transformers' CLIP "
-                         "would pool elsewhere than mmtrain does; train with a tokenizer that wraps captions")
+        raise ValueError(
+            "the tokenizer ends captions with no special end-of-text token, so transformers' CLIP "
+            "would pool elsewhere than mmtrain does; train with a tokenizer that wraps captions"
+        )
     if ids[-1] == 2:  # CLIPModel reads eos_token_id == 2 as "pool at the largest token id" (legacy)
         raise ValueError("the tokenizer's end-of-text id is 2, which CLIPModel treats as a legacy marker")
     return ids[-1]

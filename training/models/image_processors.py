@@ -17,8 +17,20 @@ def eval_image_processor(image_size: int, mean, std, center_crop: bool, resize_r
     from transformers import CLIPImageProcessor, SiglipImageProcessor
 
     if not center_crop:
-        return SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=BILINEAR,
-                                    image_mean=list(mean), image_std=list(std), do_convert_rgb=True)
-    return CLIPImageProcessor(do_resize=True, size={"shortest_edge": round(image_size / resize_ratio)},
-                              do_center_crop=True, crop_size={"height": image_size, "width": image_size},
-                              resample=BILINEAR, image_mean=list(mean), image_std=list(std), do_convert_rgb=True)
+        return SiglipImageProcessor(
+            size={"height": image_size, "width": image_size},
+            resample=BILINEAR,
+            image_mean=list(mean),
+            image_std=list(std),
+            do_convert_rgb=True,
+        )
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": round(image_size / resize_ratio)},
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        resample=BILINEAR,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_convert_rgb=True,
+    )

@@ -13,13 +13,23 @@ PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 
 # SmolLM2-135M's architecture (134.5M parameters), for throughput benchmarks on hosts without its weights.
-SMOLLM2_135M_SHAPE = dict(hidden_size=576, intermediate_size=1536, layers=30, heads=9, kv_heads=3,
-                          model_vocab_size=49152)
+SMOLLM2_135M_SHAPE = dict(
+    hidden_size=576, intermediate_size=1536, layers=30, heads=9, kv_heads=3, model_vocab_size=49152
+)
 
 
-def make_tiny_lm(out_dir: Path, texts: Iterable[str], vocab_size: int = 1024, hidden_size: int = 128,
-                 layers: int = 2, heads: int = 4, seed: int = 0, intermediate_size: int = 0, kv_heads: int = 0,
-                 model_vocab_size: int = 0) -> Path:
+def make_tiny_lm(
+    out_dir: Path,
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    intermediate_size: int = 0,
+    kv_heads: int = 0,
+    model_vocab_size: int = 0,
+) -> Path:
     """A randomly initialised Llama-style LM with a BPE tokenizer trained on `texts`, a ChatML
     template and an <image> token: small enough to train in minutes on a CPU. The optional shape
     arguments (0 = derived) give a random model of a real LM's size, e.g. SMOLLM2_135M_SHAPE."""
@@ -27,18 +37,27 @@ def make_tiny_lm(out_dir: Path, texts: Iterable[str], vocab_size: int = 1024, hi
 
     from pipelines.tokenizer import train_bpe_tokenizer
 
-    raw = train_bpe_tokenizer(texts, vocab_size, special_tokens=(PAD, IM_START, IM_END, IMAGE_PLACEHOLDER),
-                              wrap=False, lowercase=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=IM_END,
-                                        additional_special_tokens=[IM_START, IMAGE_PLACEHOLDER])
+    raw = train_bpe_tokenizer(
+        texts, vocab_size, special_tokens=(PAD, IM_START, IM_END, IMAGE_PLACEHOLDER), wrap=False, lowercase=False
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token=PAD, eos_token=IM_END, additional_special_tokens=[IM_START, IMAGE_PLACEHOLDER]
+    )
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=max(model_vocab_size, len(tokenizer)), hidden_size=hidden_size,
-                         intermediate_size=intermediate_size or hidden_size * 3, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
-                         max_position_embeddings=1024, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=max(model_vocab_size, len(tokenizer)),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or hidden_size * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     out_dir = Path(out_dir)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -95,10 +114,20 @@ def add_lora(lm, cfg):
     present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
     missing = [name for name in cfg.target_modules if name not in present]
     if missing:
-        raise ValueError(f"model.lm.lora.target_modules {missing} are not modules of this LM; it has e.g. "
-                         f"{sorted(n for n in present if 'proj' in n)[:8]}")
-    return get_peft_model(lm, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                             target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+        raise ValueError(
+            f"model.lm.lora.target_modules {missing} are not modules of this LM; it has e.g. "
+            f"{sorted(n for n in present if 'proj' in n)[:8]}"
+        )
+    return get_peft_model(
+        lm,
+        PeftLoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def load_lm(path: str):
@@ -106,9 +135,12 @@ def load_lm(path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"model.lm.path={path!r} is not an HF model directory; make one with "
-                         "`mmtrain models tiny-lm` or `mmtrain models import-gguf`")
+        raise ValueError(
+            f"model.lm.path={path!r} is not an HF model directory; make one with "
+            "`mmtrain models tiny-lm` or `mmtrain models import-gguf`"
+        )
     # safetensors only and no code from the directory (docs/security.md): a model directory is untrusted
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
     return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -50,30 +50,55 @@ def tower_info(path: str | Path) -> TowerInfo:
 
     checkpoint = latest_checkpoint(path)
     vision = from_dict(ClipRunConfig, load_config_dict(checkpoint)).model.vision
-    return TowerInfo("mmtrain", str(checkpoint.resolve()), vision.image_size, vision.patch_size, vision.width,
-                     vision.layers, tuple(vision.image_mean), tuple(vision.image_std), center_crop=True)
+    return TowerInfo(
+        "mmtrain",
+        str(checkpoint.resolve()),
+        vision.image_size,
+        vision.patch_size,
+        vision.width,
+        vision.layers,
+        tuple(vision.image_mean),
+        tuple(vision.image_std),
+        center_crop=True,
+    )
 
 
 def _hf_tower_info(path: Path) -> TowerInfo:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    kind = {"clip": "hf_clip", "clip_vision_model": "hf_clip", "siglip": "hf_siglip",
-            "siglip_vision_model": "hf_siglip"}.get(config.model_type)
+    kind = {
+        "clip": "hf_clip",
+        "clip_vision_model": "hf_clip",
+        "siglip": "hf_siglip",
+        "siglip_vision_model": "hf_siglip",
+    }.get(config.model_type)
     if kind is None:
-        raise ValueError(f"model.vision.checkpoint={path} holds a {config.model_type!r} model; give a CLIP or "
-                         "SigLIP directory (CLIPModel, CLIPVisionModel, SiglipModel, SiglipVisionModel) or an "
-                         "mmtrain CLIP run")
+        raise ValueError(
+            f"model.vision.checkpoint={path} holds a {config.model_type!r} model; give a CLIP or "
+            "SigLIP directory (CLIPModel, CLIPVisionModel, SiglipModel, SiglipVisionModel) or an "
+            "mmtrain CLIP run"
+        )
     vision = getattr(config, "vision_config", config)
     processor_path = path / "preprocessor_config.json"
     processor = json.loads(processor_path.read_text()) if processor_path.is_file() else {}
     siglip = kind == "hf_siglip"
-    default_mean, default_std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if siglip else (
-        (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-    return TowerInfo(kind, str(path.resolve()), vision.image_size, vision.patch_size, vision.hidden_size,
-                     vision.num_hidden_layers, tuple(processor.get("image_mean", default_mean)),
-                     tuple(processor.get("image_std", default_std)),
-                     center_crop=processor.get("do_center_crop", not siglip))
+    default_mean, default_std = (
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        if siglip
+        else ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    )
+    return TowerInfo(
+        kind,
+        str(path.resolve()),
+        vision.image_size,
+        vision.patch_size,
+        vision.hidden_size,
+        vision.num_hidden_layers,
+        tuple(processor.get("image_mean", default_mean)),
+        tuple(processor.get("image_std", default_std)),
+        center_crop=processor.get("do_center_crop", not siglip),
+    )
 
 
 def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
@@ -88,8 +113,7 @@ def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
 
     model_class = CLIPVisionModel if info.kind == "hf_clip" else SiglipVisionModel
     tower = model_class.from_pretrained(info.path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
-    return HFTowerPatches(tower, blocks,
-                          drop_cls=info.kind == "hf_clip")
+    return HFTowerPatches(tower, blocks, drop_cls=info.kind == "hf_clip")
 
 
 def _own_tower(checkpoint: str) -> nn.Module:
@@ -117,7 +141,7 @@ class OwnTowerPatches(nn.Module):
     def unused_modules(self) -> list[nn.Module]:
         """The blocks after `blocks`, the post-norm and the projection: the patch features never
         reach them, so they get no gradient (DDP refuses trainable parameters without one)."""
-        return [*self.tower.transformer.blocks[self.blocks:], self.tower.ln_post, self.tower.proj]
+        return [*self.tower.transformer.blocks[self.blocks :], self.tower.ln_post, self.tower.proj]
 
 
 class HFTowerPatches(nn.Module):
@@ -138,4 +162,8 @@ class HFTowerPatches(nn.Module):
     def unused_modules(self) -> list[nn.Module]:
         """The layers after `blocks`, the post-norm and SigLIP's pooling head (see OwnTowerPatches)."""
         vision = getattr(self.model, "vision_model", self.model)  # transformers 5 flattened it
-        return [*vision.encoder.layers[self.blocks:], vision.post_layernorm, *filter(None, [getattr(vision, "head", None)])]
+        return [
+            *vision.encoder.layers[self.blocks :],
+            vision.post_layernorm,
+            *filter(None, [getattr(vision, "head", None)]),
+        ]

@@ -57,8 +57,9 @@ class VisionLanguageModel(nn.Module):
         is_image_BL = input_ids_BL == self.image_token_id
         return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
 
-    def forward(self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None,
-                reduction: str = "mean"):
+    def forward(
+        self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None, reduction: str = "mean"
+    ):
         """Next-token loss over the supervised tokens (their mean, or with reduction="sum" their sum,
         which the trainer divides by the step's global token count), as the LM's own loss, but with
         logits only at `predicting_K`: the positions whose next token has a label in some row
@@ -68,15 +69,18 @@ class VisionLanguageModel(nn.Module):
         if predicting_K is None:
             predicting_K = torch.from_numpy(supervised_positions(labels_BL.cpu().numpy()))
         embeds = self.embed(images_BCHW, input_ids_BL)
-        logits_BKV = self.lm(inputs_embeds=embeds, attention_mask=attention_mask_BL,
-                             logits_to_keep=predicting_K.to(embeds.device)).logits
+        logits_BKV = self.lm(
+            inputs_embeds=embeds, attention_mask=attention_mask_BL, logits_to_keep=predicting_K.to(embeds.device)
+        ).logits
         targets_BK = labels_BL[:, 1:].index_select(1, predicting_K.to(labels_BL.device))
-        return F.cross_entropy(logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction=reduction)
+        return F.cross_entropy(
+            logits_BKV.flatten(0, 1).float(), targets_BK.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
 
     @torch.no_grad()
-    def generate(self, images_BCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int,
-                 stop_ids: set[int], pad_id: int) -> list[list[int]]:
+    def generate(
+        self, images_BCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
+    ) -> list[list[int]]:
         """Greedy answers for a batch: prompts of any lengths are left-padded (every row's last prompt
         token is then at the same place, where generation continues) and the LM's own `generate`
         decodes with its KV cache, taking positions from the attention mask. Each answer ends before
@@ -86,13 +90,15 @@ class VisionLanguageModel(nn.Module):
         ids_BL = torch.full((len(prompts), length), pad_id, dtype=torch.long)
         mask_BL = torch.zeros((len(prompts), length), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids_BL[row, length - len(prompt):] = torch.tensor(prompt)
-            mask_BL[row, length - len(prompt):] = 1
+            ids_BL[row, length - len(prompt) :] = torch.tensor(prompt)
+            mask_BL[row, length - len(prompt) :] = 1
         ids_BL, mask_BL = ids_BL.to(device), mask_BL.to(device)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids),
-                                  pad_token_id=pad_id)
-        new_BN = self.lm.generate(inputs_embeds=self.embed(images_BCHW, ids_BL), attention_mask=mask_BL,
-                                  generation_config=config)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=pad_id
+        )
+        new_BN = self.lm.generate(
+            inputs_embeds=self.embed(images_BCHW, ids_BL), attention_mask=mask_BL, generation_config=config
+        )
         return [_until_stop(row, stop_ids) for row in new_BN.tolist()]
 
 

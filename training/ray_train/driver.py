@@ -38,14 +38,15 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
     if ray.is_initialized():
         return
     loud = verbose()
-    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
-           "TOKENIZERS_PARALLELISM": "false",
-           "RAY_CHDIR_TO_TRIAL_DIR": "0",  # sweep trials keep the working dir that relative paths mean
-           # Train's workers replace print with a logger that also tees to stdout: every line twice.
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-           # Deprecation notices about Ray's own internals are no news to a user of mmtrain.
-           **({} if loud else {"PYTHONWARNINGS": "ignore::DeprecationWarning",
-                               "HF_HUB_DISABLE_PROGRESS_BARS": "1"})}  # transformers' "Loading weights" bars
+    env = {
+        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",  # sweep trials keep the working dir that relative paths mean
+        # Train's workers replace print with a logger that also tees to stdout: every line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # Deprecation notices about Ray's own internals are no news to a user of mmtrain.
+        **({} if loud else {"PYTHONWARNINGS": "ignore::DeprecationWarning", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}),
+    }  # transformers' "Loading weights" bars
     # Ray's INFO logs (the instance started, Ray Data's execution plans; Ray Train's are quietened by
     # fit()) go to its session logs only, unless --verbose; warnings and errors still reach the console.
     quiet = {} if loud else {"logging_level": logging.WARNING}
@@ -76,8 +77,11 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         context = ray.init(address="local", num_cpus=cpus, **quiet)
     if not loud:
         dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
-        print(f"[mmtrain] Ray {'at ' + connect_to if connect_to else 'started locally'}: {dashboard}Ray's own logs "
-              "in /tmp/ray/session_latest/logs on the head node (--verbose prints them here)", flush=True)
+        print(
+            f"[mmtrain] Ray {'at ' + connect_to if connect_to else 'started locally'}: {dashboard}Ray's own logs "
+            "in /tmp/ray/session_latest/logs on the head node (--verbose prints them here)",
+            flush=True,
+        )
 
 
 def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
@@ -91,8 +95,10 @@ def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
         return  # nothing to resume: a fresh run
     changes = check_resume_config(load_config_dict(checkpoint), to_dict(cfg), str(checkpoint))
     if changes:
-        print(f"[mmtrain] {cfg.run.name} continues from {checkpoint}; config changes:\n{format_changes(changes)}",
-              flush=True)
+        print(
+            f"[mmtrain] {cfg.run.name} continues from {checkpoint}; config changes:\n{format_changes(changes)}",
+            flush=True,
+        )
 
 
 def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dict:
@@ -101,8 +107,12 @@ def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dic
     spec = trainer_of(cfg)
     cfg, eval_assets = spec.resolve(cfg)
     tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
-        cfg.tracking, tracking_uri=tracking_uri, experiment=default_experiment(cfg.tracking.experiment, spec.name)))
+    cfg = dataclasses.replace(
+        cfg,
+        tracking=dataclasses.replace(
+            cfg.tracking, tracking_uri=tracking_uri, experiment=default_experiment(cfg.tracking.experiment, spec.name)
+        ),
+    )
     check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     make_output_dir(cfg.run.output_dir)
@@ -114,10 +124,13 @@ def make_output_dir(output_dir: str) -> None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
 
 
-
-
-def fit(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, eval_assets: EvalAssets | None, tracking_uri: str,
-        callbacks: list = ()) -> dict:
+def fit(
+    cfg: ClipRunConfig | VlmRunConfig,
+    spec: TrainerSpec,
+    eval_assets: EvalAssets | None,
+    tracking_uri: str,
+    callbacks: list = (),
+) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
     the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
     callbacks (a sweep passes one that reports to Tune)."""
@@ -136,23 +149,40 @@ def fit(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, eval_assets: EvalA
     shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
     task_type = spec.task
-    datasets = {"train": build_dataset(cfg.data, cfg.data.train_shards, train=True, ledger=ledger,
-                                       columns=task_type.train_columns + (contract.POSITION,),
-                                       text_stage=task_type.text_stage(cfg, ledger),
-                                       epochs=_stream_epochs(cfg, shards))}
+    datasets = {
+        "train": build_dataset(
+            cfg.data,
+            cfg.data.train_shards,
+            train=True,
+            ledger=ledger,
+            columns=task_type.train_columns + (contract.POSITION,),
+            text_stage=task_type.text_stage(cfg, ledger),
+            epochs=_stream_epochs(cfg, shards),
+        )
+    }
     if eval_assets is not None:
-        datasets["eval"] = build_dataset(cfg.data, cfg.data.eval_shards, train=False,
-                                         columns=task_type.eval_columns, text_stage=task_type.text_stage(cfg))
+        datasets["eval"] = build_dataset(
+            cfg.data,
+            cfg.data.eval_shards,
+            train=False,
+            columns=task_type.eval_columns,
+            text_stage=task_type.text_stage(cfg),
+        )
     output_dir = cfg.run.output_dir
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"payload": WorkerPayload(cfg, spec.name, tracking_uri, eval_assets, ledger)},
-        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker={"CPU": scaling.cpus_per_worker},
-                                     placement_strategy=scaling.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+            placement_strategy=scaling.placement_strategy,
+        ),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=storage, callbacks=list(callbacks),
+            name=cfg.run.name,
+            storage_path=storage,
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
@@ -181,6 +211,9 @@ def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     samples = count_dataset_samples(shards)
     global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
     epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
-    print(f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
-          f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps", flush=True)
+    print(
+        f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
+        f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps",
+        flush=True,
+    )
     return epochs

@@ -21,8 +21,13 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     spec = trainer(kind)
     checkpoint = latest_checkpoint(checkpoint)
     data = load_config_dict(checkpoint)
-    check_kind(data, kind, f"checkpoint {checkpoint}", f"mmtrain eval {kind}",
-               f"mmtrain eval {{kind}} --checkpoint {checkpoint} --data ...")
+    check_kind(
+        data,
+        kind,
+        f"checkpoint {checkpoint}",
+        f"mmtrain eval {kind}",
+        f"mmtrain eval {{kind}} --checkpoint {checkpoint} --data ...",
+    )
     for override in overrides:
         apply_override(data, override)
     cfg = from_dict(spec.config_class, data)
@@ -33,8 +38,9 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     load_checkpoint(checkpoint, model)
     model.eval()
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
-    dataset = build_dataset(cfg.data, list(shards), train=False, columns=spec.task.eval_columns,
-                            text_stage=spec.task.text_stage(cfg))
+    dataset = build_dataset(
+        cfg.data, list(shards), train=False, columns=spec.task.eval_columns, text_stage=spec.task.text_stage(cfg)
+    )
     with torch.no_grad():
         batches = dataset.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy")
         metrics = task.evaluate(model, batches, torch.device("cpu"), assets)

@@ -32,8 +32,14 @@ from training.config.io import ConfigError, flatten, load_config, to_dict
 from training.ray_train import driver
 from training.ray_train.driver import ensure_ray
 from training.tasks.registry import trainer
-from training.tracking.tracker import (PARENT_RUN_TAG, RUN_NAME_TAG, TRACKING_OFF, Tracker, default_experiment,
-                               default_tracking_uri)
+from training.tracking.tracker import (
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    TRACKING_OFF,
+    Tracker,
+    default_experiment,
+    default_tracking_uri,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
@@ -102,8 +108,7 @@ def search_space(spec: dict) -> dict:
 
 def _sampler(key: str, entry: Any) -> tuple[str, list]:
     if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in SAMPLERS:
-        raise ConfigError(f"search_space.{key} must be one of {{{': [...]}, {'.join(SAMPLERS)}: [...]}}, "
-                          f"got {entry!r}")
+        raise ConfigError(f"search_space.{key} must be one of {{{': [...]}, {'.join(SAMPLERS)}: [...]}}, got {entry!r}")
     kind, args = next(iter(entry.items()))
     if not isinstance(args, list) or not args:
         raise ConfigError(f"search_space.{key}.{kind} needs a non-empty list, got {args!r}")
@@ -213,8 +218,10 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     check_search_space(sweep, base_config)
     base = load_config(trainer(sweep.trainer).config_class, base_config, sweep.overrides)
     if sweep.scheduler.type == "asha" and base.loop.eval_every <= 0:
-        raise ConfigError(f"ASHA needs a metric during training: set loop.eval_every in {base_config.name} "
-                          "or in overrides (e.g. overrides: [loop.eval_every=10])")
+        raise ConfigError(
+            f"ASHA needs a metric during training: set loop.eval_every in {base_config.name} "
+            "or in overrides (e.g. overrides: [loop.eval_every=10])"
+        )
     tracking_uri = default_tracking_uri(sweep.tracking_uri, sweep.output_dir)
     if tracking_uri == TRACKING_OFF:
         raise ValueError("a sweep records its trials in MLflow: set tracking_uri to a store or server, not 'none'")
@@ -223,8 +230,10 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     if resume and not exists:
         raise ValueError(f"nothing to resume: no sweep at {paths.tune}")
     if exists and not resume:
-        raise ValueError(f"sweep {sweep.name!r} already exists at {paths.root}: pass --resume to continue it, "
-                         "or choose another name (--set name=...)")
+        raise ValueError(
+            f"sweep {sweep.name!r} already exists at {paths.root}: pass --resume to continue it, "
+            "or choose another name (--set name=...)"
+        )
     paths.trials.mkdir(parents=True, exist_ok=True)
 
     ensure_ray(sweep.ray_address, sweep.local_num_cpus)
@@ -233,15 +242,23 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
     # The sweep's MLflow run id lives beside its Tune state, so --resume continues the same parent run.
     parent_id_file = paths.root / "mlflow_run_id"
-    parent = Tracker(tracking_uri, default_experiment(sweep.experiment, sweep.trainer, sweep=True),
-                     f"sweep-{sweep.name}", tags={"mmtrain.task": "sweep"},
-                     resume_run_id=parent_id_file.read_text().strip() if resume and parent_id_file.is_file() else "")
+    parent = Tracker(
+        tracking_uri,
+        default_experiment(sweep.experiment, sweep.trainer, sweep=True),
+        f"sweep-{sweep.name}",
+        tags={"mmtrain.task": "sweep"},
+        resume_run_id=parent_id_file.read_text().strip() if resume and parent_id_file.is_file() else "",
+    )
     parent_id_file.write_text(parent.run_id)
     parent.log_params(flatten(to_dict(sweep)))
-    context = TrialContext(sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id,
-                           sweep.data_cpus_per_trial, os.getcwd())
-    print(f"[mmtrain] sweep {sweep.name}: {trials} trials of {sweep.trainer}, {parallel} at a time "
-          f"({per_trial} each), {'resuming' if resume else 'starting'} in {paths.root}", flush=True)
+    context = TrialContext(
+        sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id, sweep.data_cpus_per_trial, os.getcwd()
+    )
+    print(
+        f"[mmtrain] sweep {sweep.name}: {trials} trials of {sweep.trainer}, {parallel} at a time "
+        f"({per_trial} each), {'resuming' if resume else 'starting'} in {paths.root}",
+        flush=True,
+    )
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": DRIVER_CPUS})
     if resume:
@@ -249,20 +266,27 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     else:
         scheduler = FIFOScheduler()
         if sweep.scheduler.type == "asha":
-            scheduler = ASHAScheduler(time_attr="step", max_t=base.loop.max_steps,
-                                      grace_period=sweep.scheduler.grace_period,
-                                      reduction_factor=sweep.scheduler.reduction_factor)
+            scheduler = ASHAScheduler(
+                time_attr="step",
+                max_t=base.loop.max_steps,
+                grace_period=sweep.scheduler.grace_period,
+                reduction_factor=sweep.scheduler.reduction_factor,
+            )
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(sweep.search_space),
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                                        scheduler=scheduler,
-                                        # TuneConfig.max_concurrent_trials is ignored with this generator
-                                        search_alg=BasicVariantGenerator(random_state=sweep.seed,
-                                                                         max_concurrent=parallel)),
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric,
+                mode=sweep.mode,
+                num_samples=sweep.num_samples,
+                scheduler=scheduler,
+                # TuneConfig.max_concurrent_trials is ignored with this generator
+                search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=parallel),
+            ),
             # Tune's status tables (every 30 s) give way to one line per trial event (SweepProgress).
-            run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.root), verbose=0,
-                                      callbacks=[sweep_progress(sweep, trials)]),
+            run_config=tune.RunConfig(
+                name=paths.tune.name, storage_path=str(paths.root), verbose=0, callbacks=[sweep_progress(sweep, trials)]
+            ),
         )
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` closes runs like Ctrl-C
@@ -304,8 +328,11 @@ def sweep_progress(sweep: SweepConfig, total: int):
                 return
             if self.best is None or (value > self.best[0] if sweep.mode == "max" else value < self.best[0]):
                 self.best = (value, self._name(trial))
-            print(f"[mmtrain] sweep {sweep.name}: {self._name(trial)} step {result.get('step')}: "
-                  f"{sweep.metric}={value:.4g}", flush=True)
+            print(
+                f"[mmtrain] sweep {sweep.name}: {self._name(trial)} step {result.get('step')}: "
+                f"{sweep.metric}={value:.4g}",
+                flush=True,
+            )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finished(trial, "done", trials)
@@ -317,8 +344,11 @@ def sweep_progress(sweep: SweepConfig, total: int):
             self.finished[trial.trial_id] = outcome
             running = sum(t.status == "RUNNING" for t in trials if t.trial_id not in self.finished)
             best = f"; best {sweep.metric}={self.best[0]:.4g} ({self.best[1]})" if self.best else ""
-            print(f"[mmtrain] sweep {sweep.name}: {self._name(trial)} {outcome}; {len(self.finished)}/{total} "
-                  f"finished, {running} running{best}", flush=True)
+            print(
+                f"[mmtrain] sweep {sweep.name}: {self._name(trial)} {outcome}; {len(self.finished)}/{total} "
+                f"finished, {running} running{best}",
+                flush=True,
+            )
 
         @staticmethod
         def _name(trial) -> str:
@@ -353,12 +383,28 @@ def summarise(sweep: SweepConfig, context: TrialContext, paths: SweepPaths) -> d
             checkpoint = str(latest_checkpoint(paths.trials / run_name))
         except ValueError:
             checkpoint = None
-        rows.append({"trial_id": trial.trial_id, "run_name": run_name, "status": status, "step": step,
-                     "metric": last.get(sweep.metric), "params": params, "checkpoint": checkpoint})
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "run_name": run_name,
+                "status": status,
+                "step": step,
+                "metric": last.get(sweep.metric),
+                "params": params,
+                "checkpoint": checkpoint,
+            }
+        )
     scored = [r for r in rows if r["metric"] is not None and not r["status"].startswith("UNFINISHED")]
     best = (max if sweep.mode == "max" else min)(scored, key=lambda r: r["metric"]) if scored else None
-    return {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "trials": rows, "best": best,
-            "unfinished": sum(r["status"].startswith("UNFINISHED") for r in rows), "root": str(paths.root)}
+    return {
+        "sweep": sweep.name,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "trials": rows,
+        "best": best,
+        "unfinished": sum(r["status"].startswith("UNFINISHED") for r in rows),
+        "root": str(paths.root),
+    }
 
 
 def close_runs(parent: Tracker, summary: dict, interrupted: bool) -> None:
@@ -366,8 +412,12 @@ def close_runs(parent: Tracker, summary: dict, interrupted: bool) -> None:
     is killed mid-run and cannot end its own run), then end the parent run."""
     client = parent.client
     experiment_id = client.get_run(parent.run_id).info.experiment_id
-    children = {run.data.tags.get(RUN_NAME_TAG): run for run in client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.run_id}'", max_results=10_000)}
+    children = {
+        run.data.tags.get(RUN_NAME_TAG): run
+        for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.run_id}'", max_results=10_000
+        )
+    }
     statuses = {row["run_name"]: row["status"] for row in summary["trials"]}
     for name, run in children.items():
         client.set_tag(run.info.run_id, "mmtrain.sweep_status", statuses.get(name, "UNKNOWN"))
@@ -389,9 +439,16 @@ def format_table(summary: dict) -> str:
     header = ["trial", "status", "step", summary["metric"], *keys]
     sign = -1 if summary["mode"] == "max" else 1
     ordered = sorted(rows, key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0)))
-    lines = [header] + [[r["trial_id"], r["status"], str(r["step"]),
-                         "-" if r["metric"] is None else f"{r['metric']:.4f}",
-                         *(_short(r["params"][k]) for k in keys)] for r in ordered]
+    lines = [header] + [
+        [
+            r["trial_id"],
+            r["status"],
+            str(r["step"]),
+            "-" if r["metric"] is None else f"{r['metric']:.4f}",
+            *(_short(r["params"][k]) for k in keys),
+        ]
+        for r in ordered
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
 

@@ -26,8 +26,14 @@ from training.config.io import flatten, to_dict
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint.store import (checkpoint_problem, load_checkpoint, load_config_dict, load_data_position,
-                                 load_tracking_run_id, save_checkpoint)
+from training.checkpoint.store import (
+    checkpoint_problem,
+    load_checkpoint,
+    load_config_dict,
+    load_data_position,
+    load_tracking_run_id,
+    save_checkpoint,
+)
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.engine.consumption import Consumption
 from training.engine.distributed import full_tensor, global_mean
@@ -80,13 +86,15 @@ def train_worker(loop_config: dict) -> None:
     shards_requested = _request_dataset_shards(payload, train=early_batches is None)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
     model = task.build_model()
-    parallel = parallelize(model, cfg.scaling.strategy, cfg.loop.activation_checkpointing, device,
-                           _use_bf16(cfg.loop.precision, device))
+    parallel = parallelize(
+        model, cfg.scaling.strategy, cfg.loop.activation_checkpointing, device, _use_bf16(cfg.loop.precision, device)
+    )
     # After sharding: FSDP2 replaced the parameters with sharded ones, which the optimizer must hold.
     optimizer = build_optimizer(task.param_groups(model), cfg.optim, fused=device.type == "cuda")
     restored = _restore(model, optimizer, rank)
-    state, schedule_note = plan_schedule(restored.state if restored else TrainState(), cfg.loop.max_steps,
-                                         cfg.optim.restart_schedule)
+    state, schedule_note = plan_schedule(
+        restored.state if restored else TrainState(), cfg.loop.max_steps, cfg.optim.restart_schedule
+    )
     scheduler = warmup_cosine(optimizer, cfg.optim, state.schedule_steps, state.schedule_start, state.step)
     # Randomness from (seed, step, rank): a resumed run draws what a run reaching this step would.
     torch.manual_seed(seed_for(cfg.loop.seed, state.step, rank))
@@ -96,12 +104,27 @@ def train_worker(loop_config: dict) -> None:
 
     tracker = _open_tracker(payload, restored, state.step) if rank == 0 else None
     if rank == 0 and restored:
-        print(f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})"
-              + (f"; {schedule_note}" if schedule_note else ""), flush=True)
+        print(
+            f"[mmtrain] resumed {cfg.run.name} at step {state.step} (epoch {state.epoch})"
+            + (f"; {schedule_note}" if schedule_note else ""),
+            flush=True,
+        )
 
     consumption = Consumption()
-    hooks = _Hooks(cfg, task, model, optimizer, scheduler, device, rank, tracker, payload, consumption, state.step,
-                   parallel.strategy)
+    hooks = _Hooks(
+        cfg,
+        task,
+        model,
+        optimizer,
+        scheduler,
+        device,
+        rank,
+        tracker,
+        payload,
+        consumption,
+        state.step,
+        parallel.strategy,
+    )
     shards_requested.join()
     if early_batches is None:
         _begin_data(payload.ledger, restored, rank)
@@ -112,9 +135,21 @@ def train_worker(loop_config: dict) -> None:
 
     autocast = torch.bfloat16 if _use_bf16(cfg.loop.precision, device) else None
     try:
-        state = train(task, wrapped, optimizer, scheduler, state, batches, cfg.loop.max_steps, device,
-                      hooks.on_step, cfg.optim.grad_accum_steps, cfg.optim.grad_clip_norm, autocast,
-                      parallel.no_sync)
+        state = train(
+            task,
+            wrapped,
+            optimizer,
+            scheduler,
+            state,
+            batches,
+            cfg.loop.max_steps,
+            device,
+            hooks.on_step,
+            cfg.optim.grad_accum_steps,
+            cfg.optim.grad_clip_norm,
+            autocast,
+            parallel.no_sync,
+        )
         hooks.finish(state)
     except BaseException:
         if tracker:
@@ -127,8 +162,9 @@ def _request_dataset_shards(payload: WorkerPayload, train: bool) -> threading.Th
     coordinator is a Ray actor, a process that takes seconds to start on a small machine. Ray
     Train keeps the shards, so the later calls get these without waiting."""
     names = (["train"] if train else []) + (["eval"] if payload.eval is not None else [])
-    thread = threading.Thread(target=lambda: [ray.train.get_dataset_shard(name) for name in names],
-                              name="mmtrain-request-shards", daemon=True)
+    thread = threading.Thread(
+        target=lambda: [ray.train.get_dataset_shard(name) for name in names], name="mmtrain-request-shards", daemon=True
+    )
     thread.start()
     return thread
 
@@ -140,7 +176,9 @@ def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.d
     cfg = payload.config
     collate = trainer(payload.task).collate()  # numpy batches -> tensors (None: Ray's default)
     yield from ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=cfg.loop.batch_size_per_worker, drop_last=True, prefetch_batches=2,
+        batch_size=cfg.loop.batch_size_per_worker,
+        drop_last=True,
+        prefetch_batches=2,
         collate_fn=collate,
         # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
         pin_memory=device.type == "cuda",
@@ -175,13 +213,16 @@ def _restore(model, optimizer, rank: int) -> Restored | None:
                     print(f"[mmtrain] skipping checkpoint {candidate.path}: {problem}", flush=True)
                 continue
             state = load_checkpoint(directory, model, optimizer)
-            restored = Restored(state, load_config_dict(directory), load_tracking_run_id(directory),
-                                load_data_position(directory))
+            restored = Restored(
+                state, load_config_dict(directory), load_tracking_run_id(directory), load_data_position(directory)
+            )
         for group, peak in zip(optimizer.param_groups, peaks):
             group["initial_lr"] = peak
         return restored
-    raise ValueError(f"no intact checkpoint beside {checkpoint.path}: start a new run (another run.name) "
-                     "or restore the run directory from a backup")
+    raise ValueError(
+        f"no intact checkpoint beside {checkpoint.path}: start a new run (another run.name) "
+        "or restore the run directory from a backup"
+    )
 
 
 def _newest_first(checkpoint: ray.train.Checkpoint):
@@ -191,8 +232,16 @@ def _newest_first(checkpoint: ray.train.Checkpoint):
     yield checkpoint
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
     siblings = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
-    older = sorted((info.path for info in siblings if info.type == pafs.FileType.Directory
-                    and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+    older = sorted(
+        (
+            info.path
+            for info in siblings
+            if info.type == pafs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.base_name < name
+        ),
+        reverse=True,
+    )
     for path in older:
         yield ray.train.Checkpoint(path, filesystem=checkpoint.filesystem)
 
@@ -203,9 +252,14 @@ def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) 
     if payload.tracking_uri == TRACKING_OFF:
         return None
     cfg = payload.config
-    tracker = Tracker(payload.tracking_uri, cfg.tracking.experiment, cfg.run.name,
-                      tags={"mmtrain.task": payload.task}, parent_run_id=cfg.tracking.parent_run_id,
-                      resume_run_id=restored.tracking_run_id if restored else "")
+    tracker = Tracker(
+        payload.tracking_uri,
+        cfg.tracking.experiment,
+        cfg.run.name,
+        tags={"mmtrain.task": payload.task},
+        parent_run_id=cfg.tracking.parent_run_id,
+        resume_run_id=restored.tracking_run_id if restored else "",
+    )
     config = to_dict(cfg)
     if tracker.resumed:
         tracker.log_resume_changes(step, config_changes(restored.config, config))
@@ -230,8 +284,21 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 class _Hooks:
     """Logging, evaluation and checkpoint cadence around the loop: small predicates on the step."""
 
-    def __init__(self, cfg: RunConfig, task, model, optimizer, scheduler, device, rank, tracker, payload,
-                 consumption: Consumption, start_step: int, strategy: str):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task,
+        model,
+        optimizer,
+        scheduler,
+        device,
+        rank,
+        tracker,
+        payload,
+        consumption: Consumption,
+        start_step: int,
+        strategy: str,
+    ):
         self.cfg, self.task, self.model, self.strategy = cfg, task, model, strategy
         self.tracking_uri = payload.tracking_uri
         self.consumption, self.positions_taken_at = consumption, start_step
@@ -340,15 +407,17 @@ class _Hooks:
     def _train_metrics(self, state: TrainState, result: StepResult) -> dict:
         elapsed = time.perf_counter() - self.window_start
         world = dist.get_world_size() if dist.is_initialized() else 1
-        metrics = as_train({
-            "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
-            "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
-            "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
-            "samples_seen": state.samples_seen,
-            **self.task.step_metrics(self.model),
-            **{name: float(full_tensor(value)) for name, value in result.extra.items()},
-        })
+        metrics = as_train(
+            {
+                "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
+                "lr": self.scheduler.get_last_lr()[0],
+                "samples_per_s": self.window_samples * world / max(elapsed, 1e-9),
+                "data_wait_fraction": self.window_wait / max(elapsed, 1e-9),
+                "samples_seen": state.samples_seen,
+                **self.task.step_metrics(self.model),
+                **{name: float(full_tensor(value)) for name, value in result.extra.items()},
+            }
+        )
         metrics["epoch"] = state.epoch  # a fact about the run (an MLflow tag), not a training curve
         self.window_start, self.window_samples, self.window_wait, self.window_steps = time.perf_counter(), 0, 0.0, 0
         return metrics
@@ -358,8 +427,11 @@ class _Hooks:
         verdict = torch.zeros(1, device=self.device)  # NCCL (GPU workers) moves device tensors only
         if self.rank == 0 and self.ledger is not None:
             try:
-                check_bad_fraction(ray.get(self.ledger.summary.remote()), self.cfg.data.max_bad_fraction,
-                                   self.cfg.data.min_samples_for_bad_check)
+                check_bad_fraction(
+                    ray.get(self.ledger.summary.remote()),
+                    self.cfg.data.max_bad_fraction,
+                    self.cfg.data.min_samples_for_bad_check,
+                )
             except TooManyBadSamples as err:
                 self.data_error = str(err)
                 verdict[0] = 1
@@ -374,8 +446,9 @@ class _Hooks:
         if self.eval_assets is None:
             return {}
         self.model.eval()
-        batches = ray.train.get_dataset_shard("eval").iter_batches(batch_size=self.cfg.eval.batch_size,
-                                                                   batch_format="numpy")
+        batches = ray.train.get_dataset_shard("eval").iter_batches(
+            batch_size=self.cfg.eval.batch_size, batch_format="numpy"
+        )
         with full_parameters(self.model, self.strategy):  # ranks may run different numbers of forwards
             metrics = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
         self.task.train_mode(self.model)
@@ -391,10 +464,18 @@ class _Hooks:
         if not self.cfg.tracking.log_figures:
             return
         for name, spec in self.task.eval_pictures.items():
-            figure = heatmap(spec.matrix, spec.row_labels, spec.column_labels, f"{spec.title}, step {step}",
-                             spec.xlabel, spec.ylabel, annotate=spec.matrix.shape[0] <= 16)
-            self.tracker.log_figure_at_step(figure, f"figures/{name}_step{step:06d}.png",
-                                            VAL + name, step)  # the key puts it in the UI's val section
+            figure = heatmap(
+                spec.matrix,
+                spec.row_labels,
+                spec.column_labels,
+                f"{spec.title}, step {step}",
+                spec.xlabel,
+                spec.ylabel,
+                annotate=spec.matrix.shape[0] <= 16,
+            )
+            self.tracker.log_figure_at_step(
+                figure, f"figures/{name}_step{step:06d}.png", VAL + name, step
+            )  # the key puts it in the UI's val section
 
     def _data_position(self, state: TrainState) -> dict | None:
         """Every rank's trained-on positions since the last checkpoint, gathered into the ledger;
@@ -439,8 +520,16 @@ class _Hooks:
             return None
         # Every rank writes its shards into a directory of its own; Ray Train merges them in storage.
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
-        save_checkpoint(directory, self.model, self.optimizer, state, to_dict(self.cfg),
-                        self.tracker.run_id if self.tracker else "", position, self.task.frozen_sources())
+        save_checkpoint(
+            directory,
+            self.model,
+            self.optimizer,
+            state,
+            to_dict(self.cfg),
+            self.tracker.run_id if self.tracker else "",
+            position,
+            self.task.frozen_sources(),
+        )
         if before_report:
             before_report(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))

@@ -53,8 +53,7 @@ class ClipTask:
         return {
             contract.IMAGE: self.normalize(batch[contract.IMAGE], device),
             contract.INPUT_IDS: to_tensor(batch[contract.INPUT_IDS]).to(device, non_blocking=True).long(),
-            contract.ATTENTION_MASK: to_tensor(batch[contract.ATTENTION_MASK]).to(
-                device, non_blocking=True).long(),
+            contract.ATTENTION_MASK: to_tensor(batch[contract.ATTENTION_MASK]).to(device, non_blocking=True).long(),
         }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -62,8 +61,9 @@ class ClipTask:
         image_BE, text_BE = model(*_model_inputs(batch))
         return self._contrastive(unwrap(model), image_BE.float(), text_BE.float(), learn_temperature=True), {}
 
-    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
-                         no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+    def forward_backward(
+        self, model: nn.Module, micro_batches: list[dict], autocast: Autocast, no_sync: NoSync
+    ) -> tuple[torch.Tensor, dict]:
         if len(micro_batches) == 1:
             return accumulate_independently(self.loss, model, micro_batches, autocast, no_sync)
         return self._accumulate_with_cached_features(model, micro_batches, autocast, no_sync)
@@ -83,8 +83,8 @@ class ClipTask:
             with no_sync() if index < last and no_sync is not None else nullcontext():
                 with autocast():
                     image_BE, text_BE = model(*_model_inputs(batch))
-                all_images = torch.cat(images[:index] + [image_BE.float()] + images[index + 1:])
-                all_texts = torch.cat(texts[:index] + [text_BE.float()] + texts[index + 1:])
+                all_images = torch.cat(images[:index] + [image_BE.float()] + images[index + 1 :])
+                all_texts = torch.cat(texts[:index] + [text_BE.float()] + texts[index + 1 :])
                 # The temperature's gradient is taken once, in the last (synchronised) backward.
                 loss = self._contrastive(clip, all_images, all_texts, learn_temperature=index == last)
                 loss.backward()
@@ -118,13 +118,18 @@ class ClipTask:
 
     def _short_captions(self, batch: dict, count: int, width: int = 32) -> list[str]:
         rows = {key: to_tensor(batch[key])[:count] for key in (contract.INPUT_IDS, contract.ATTENTION_MASK)}
-        return [caption if len(caption) <= width else caption[:width - 1] + "…" for caption in self.captions(rows)]
+        return [caption if len(caption) <= width else caption[: width - 1] + "…" for caption in self.captions(rows)]
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part).
         `batches` are this rank's eval batches; `assets` an EvalAssets (classes, templates, tokenizer)."""
-        from training.tasks.clip_eval import (embed_eval_set, retrieval_recall, zero_shot_accuracy, zero_shot_classifier,
-                                       zero_shot_confusion)
+        from training.tasks.clip_eval import (
+            embed_eval_set,
+            retrieval_recall,
+            zero_shot_accuracy,
+            zero_shot_classifier,
+            zero_shot_confusion,
+        )
 
         model = unwrap(model)
         eval_cfg = self.cfg.eval
@@ -139,15 +144,26 @@ class ClipTask:
             captions = self._short_captions(first[0], shown) if first else []
             labels = captions if len(captions) == shown else [str(i) for i in range(shown)]
             self.eval_pictures["retrieval_similarity"] = HeatmapSpec(
-                (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(), [f"image of: {c}" for c in labels], labels,
-                "cosine similarity, first eval pairs (matches on the diagonal)", "caption", "image")
+                (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(),
+                [f"image of: {c}" for c in labels],
+                labels,
+                "cosine similarity, first eval pairs (matches on the diagonal)",
+                "caption",
+                "image",
+            )
         if eval_cfg.zero_shot and assets.classes:
-            classifier = zero_shot_classifier(model, assets.tokenizer, self.cfg.data.context_length,
-                                              assets.classes, assets.templates, device)
+            classifier = zero_shot_classifier(
+                model, assets.tokenizer, self.cfg.data.context_length, assets.classes, assets.templates, device
+            )
             metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
             self.eval_pictures["zero_shot_confusion"] = HeatmapSpec(
-                zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(), assets.classes, assets.classes,
-                "zero-shot confusion (counts)", "predicted class", "true class")
+                zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(),
+                assets.classes,
+                assets.classes,
+                "zero-shot confusion (counts)",
+                "predicted class",
+                "true class",
+            )
         return metrics
 
 

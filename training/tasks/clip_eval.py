@@ -24,20 +24,28 @@ def embed_eval_set(model, batches: Iterable[dict], device: torch.device, normali
     images, texts, labels = [], [], []
     for batch in batches:
         images.append(model.encode_image(normalize(batch[contract.IMAGE], device)).float())
-        texts.append(model.encode_text(to_tensor(batch[contract.INPUT_IDS]).to(device).long(),
-                                       to_tensor(batch[contract.ATTENTION_MASK]).to(device).long()).float())
+        texts.append(
+            model.encode_text(
+                to_tensor(batch[contract.INPUT_IDS]).to(device).long(),
+                to_tensor(batch[contract.ATTENTION_MASK]).to(device).long(),
+            ).float()
+        )
         labels.append(to_tensor(batch[contract.LABEL]).to(device))
     if not images:  # this rank got no eval data; it still takes part in the gather
         embed_dim = model.visual.proj.out_features
         images = texts = [torch.zeros((0, embed_dim), device=device)]
         labels = [torch.zeros(0, dtype=torch.long, device=device)]
-    return (all_gather_uneven(torch.cat(images)), all_gather_uneven(torch.cat(texts)),
-            all_gather_uneven(torch.cat(labels)))
+    return (
+        all_gather_uneven(torch.cat(images)),
+        all_gather_uneven(torch.cat(texts)),
+        all_gather_uneven(torch.cat(labels)),
+    )
 
 
 @torch.no_grad()
-def zero_shot_classifier(model, tokenizer_path: str, context_length: int, classes: list[str],
-                         templates: list[str], device: torch.device) -> torch.Tensor:
+def zero_shot_classifier(
+    model, tokenizer_path: str, context_length: int, classes: list[str], templates: list[str], device: torch.device
+) -> torch.Tensor:
     """One normalised text embedding per class, averaged over templates: [C, E]."""
     tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
     weights = []
@@ -56,8 +64,10 @@ def zero_shot_accuracy(image_NE: torch.Tensor, labels_N: torch.Tensor, classifie
     logits_NC = image_NE[keep] @ classifier_CE.T
     top = logits_NC.topk(min(5, classifier_CE.shape[0]), dim=1).indices
     labels = labels_N[keep].unsqueeze(1)
-    return {"zero_shot_top1": float((top[:, :1] == labels).any(1).float().mean()),
-            "zero_shot_top5": float((top == labels).any(1).float().mean())}
+    return {
+        "zero_shot_top1": float((top[:, :1] == labels).any(1).float().mean()),
+        "zero_shot_top5": float((top == labels).any(1).float().mean()),
+    }
 
 
 def zero_shot_confusion(image_NE: torch.Tensor, labels_N: torch.Tensor, classifier_CE: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, format: str | None = None
     if format not in (None, spec.export_format):
         wanted = next((other for other in TRAINERS.values() if other.export_format == format), None)
         exports = f"exports {wanted.name.upper()} runs" if wanted else "is no export format"
-        raise ValueError(f"{checkpoint} is a {spec.name.upper()} checkpoint; --format {format} {exports} "
-                         f"(use --format {spec.export_format})")
+        raise ValueError(
+            f"{checkpoint} is a {spec.name.upper()} checkpoint; --format {format} {exports} "
+            f"(use --format {spec.export_format})"
+        )
     return spec.export(checkpoint, out_dir), spec.export_loader

@@ -21,6 +21,7 @@ def _fields(cls) -> set[str]:
 def _own_keys(kind: str) -> set[str]:
     """Keys, top-level or under `model`, that only this trainer's config has (CLIP: loss,
     model.embed_dim, model.text; VLM: stage, lrs, max_length, model.lm, model.projector)."""
+
     def keys(cls) -> set[str]:
         model = typing.get_type_hints(cls)["model"]
         return _fields(cls) | {f"model.{name}" for name in _fields(model)}
@@ -50,8 +51,10 @@ def check_kind(config: dict, kind: str, what: str, command: str, instead: str = 
         return
     key = next(key for key in _keys_of(config) if key in _own_keys(found))
     use = f"`{instead.format(kind=found)}`" if instead else TRAINERS[found].commands
-    raise ConfigError(f"{what} belongs to the {found.upper()} trainer (it has `{key}`), and `{command}` takes "
-                      f"a {kind.upper()} one: use {use}")
+    raise ConfigError(
+        f"{what} belongs to the {found.upper()} trainer (it has `{key}`), and `{command}` takes "
+        f"a {kind.upper()} one: use {use}"
+    )
 
 
 def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):

@@ -29,8 +29,10 @@ def export_llava(checkpoint: Path, out_dir: Path) -> Path:
 
     cfg = from_dict(VlmRunConfig, load_config_dict(checkpoint))
     if cfg.model.projector.type != "mlp2x_gelu":
-        raise ValueError(f"model.projector.type={cfg.model.projector.type!r} has no LLaVA equivalent: LLaVA's "
-                         "projector is mlp2x_gelu (Linear -> GELU -> Linear); train with that type to export")
+        raise ValueError(
+            f"model.projector.type={cfg.model.projector.type!r} has no LLaVA equivalent: LLaVA's "
+            "projector is mlp2x_gelu (Linear -> GELU -> Linear); train with that type to export"
+        )
     task = VlmTask(cfg)
     model = task.build_model()
     load_checkpoint(Path(checkpoint), model)
@@ -43,11 +45,18 @@ def export_llava(checkpoint: Path, out_dir: Path) -> Path:
     lm = model.lm
     if hasattr(lm, "merge_and_unload"):  # LoRA (peft): the adapters folded into the LM's own weights
         lm = lm.merge_and_unload()
-    llava = LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=vision_config, text_config=lm.config, image_token_index=model.image_token_id,
-        vision_feature_layer=cfg.model.vision.feature_layer,
-        vision_feature_select_strategy="full" if tower.kind == "hf_siglip" else "default",
-        projector_hidden_act="gelu", image_seq_length=tower.num_patches, multimodal_projector_bias=True))
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=vision_config,
+            text_config=lm.config,
+            image_token_index=model.image_token_id,
+            vision_feature_layer=cfg.model.vision.feature_layer,
+            vision_feature_select_strategy="full" if tower.kind == "hf_siglip" else "default",
+            projector_hidden_act="gelu",
+            image_seq_length=tower.num_patches,
+            multimodal_projector_bias=True,
+        )
+    )
     _copy_vision(model.vision, llava.model.vision_tower, tower.kind)
     projector = llava.model.multi_modal_projector
     projector.linear_1.load_state_dict(model.projector[0].state_dict())
@@ -67,13 +76,19 @@ def _processor(task, cfg):
     from transformers import LlavaProcessor
 
     tower = task.tower
-    image_processor = eval_image_processor(tower.image_size, tower.image_mean, tower.image_std, tower.center_crop,
-                                           cfg.data.augment.eval_resize_ratio)
+    image_processor = eval_image_processor(
+        tower.image_size, tower.image_mean, tower.image_std, tower.center_crop, cfg.data.augment.eval_resize_ratio
+    )
     has_cls = tower.kind != "hf_siglip"
-    return LlavaProcessor(image_processor=image_processor, tokenizer=task.tokenizer, patch_size=tower.patch_size,
-                          vision_feature_select_strategy="default" if has_cls else "full",
-                          num_additional_image_tokens=1 if has_cls else 0, image_token=IMAGE_PLACEHOLDER,
-                          chat_template=task.tokenizer.chat_template)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=task.tokenizer,
+        patch_size=tower.patch_size,
+        vision_feature_select_strategy="default" if has_cls else "full",
+        num_additional_image_tokens=1 if has_cls else 0,
+        image_token=IMAGE_PLACEHOLDER,
+        chat_template=task.tokenizer.chat_template,
+    )
 
 
 def _own_vision_config(checkpoint: str):

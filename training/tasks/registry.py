@@ -54,21 +54,33 @@ class TrainerSpec:
 
 
 CLIP = TrainerSpec(
-    name="clip", config_class=ClipRunConfig, task_path="training.tasks.clip:ClipTask",
-    resolve_path="training.tasks.resolve:resolve_clip", eval_assets_path="training.tasks.resolve:clip_eval_assets",
+    name="clip",
+    config_class=ClipRunConfig,
+    task_path="training.tasks.clip:ClipTask",
+    resolve_path="training.tasks.resolve:resolve_clip",
+    eval_assets_path="training.tasks.resolve:clip_eval_assets",
     collate_path="",
-    export_format="hf", export_path="training.models.hf_clip:export_hf", export_loader="CLIPModel",
-    summary="CLIP-style contrastive dual encoder", eval_summary="zero-shot accuracy and retrieval recall",
-    commands="mmtrain train clip, eval clip, embed, search, classify or data filter")
+    export_format="hf",
+    export_path="training.models.hf_clip:export_hf",
+    export_loader="CLIPModel",
+    summary="CLIP-style contrastive dual encoder",
+    eval_summary="zero-shot accuracy and retrieval recall",
+    commands="mmtrain train clip, eval clip, embed, search, classify or data filter",
+)
 VLM = TrainerSpec(
-    name="vlm", config_class=VlmRunConfig, task_path="training.tasks.vlm:VlmTask",
-    resolve_path="training.tasks.resolve:resolve_vlm", eval_assets_path="training.tasks.resolve:vlm_eval_assets",
+    name="vlm",
+    config_class=VlmRunConfig,
+    task_path="training.tasks.vlm:VlmTask",
+    resolve_path="training.tasks.resolve:resolve_vlm",
+    eval_assets_path="training.tasks.resolve:vlm_eval_assets",
     collate_path="pipelines.collate:VlmCollate",
-    export_format="llava", export_path="training.tasks.llava_export:export_llava",
+    export_format="llava",
+    export_path="training.tasks.llava_export:export_llava",
     export_loader="LlavaForConditionalGeneration",
     summary="LLaVA-style VLM: frozen CLIP tower -> projector -> causal LM",
     eval_summary="held-out loss, perplexity and exact match of greedy answers",
-    commands="mmtrain train vlm, eval vlm, ask or caption")
+    commands="mmtrain train vlm, eval vlm, ask or caption",
+)
 
 TRAINERS: dict[str, TrainerSpec] = {spec.name: spec for spec in (CLIP, VLM)}
 

@@ -36,8 +36,10 @@ def resolve_clip(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None]:
         raise ValueError(f"model.text.vocab_size={text.vocab_size} is smaller than the tokenizer's {vocab}")
     model = dataclasses.replace(cfg.model, text=text)
     if model.vision.image_size != data.augment.image_size:
-        raise ValueError(f"model.vision.image_size={model.vision.image_size} but data.augment.image_size="
-                         f"{data.augment.image_size}; set them equal")
+        raise ValueError(
+            f"model.vision.image_size={model.vision.image_size} but data.augment.image_size="
+            f"{data.augment.image_size}; set them equal"
+        )
     cfg = dataclasses.replace(cfg, data=data, model=model)
 
     eval_assets = None
@@ -103,13 +105,17 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
 
     model = cfg.model
     if not model.vision.checkpoint:
-        raise ValueError("model.vision.checkpoint is empty: train a CLIP first (`mmtrain train clip --config "
-                         "conf/clip/synth.yaml`) and point at its run directory, or give a Hugging Face CLIP or "
-                         "SigLIP directory")
+        raise ValueError(
+            "model.vision.checkpoint is empty: train a CLIP first (`mmtrain train clip --config "
+            "conf/clip/synth.yaml`) and point at its run directory, or give a Hugging Face CLIP or "
+            "SigLIP directory"
+        )
     tower = tower_info(model.vision.checkpoint)
     if not (Path(model.lm.path) / "config.json").is_file():
-        raise ValueError(f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
-                         "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`")
+        raise ValueError(
+            f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
+            "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`"
+        )
     if cfg.stage == "conversations" and not cfg.init_from:
         raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")
     if cfg.init_from:
@@ -119,13 +125,18 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
     check_shards(cfg.data)
     asked = cfg.data.augment.image_size
     if asked not in (AugmentConfig().image_size, tower.image_size):  # set on purpose, and not what the tower takes
-        raise ValueError(f"data.augment.image_size={asked}, but the vision tower at {tower.path} takes "
-                         f"{tower.image_size}x{tower.image_size} images: remove the key (the tower decides) "
-                         f"or set it to {tower.image_size}")
+        raise ValueError(
+            f"data.augment.image_size={asked}, but the vision tower at {tower.path} takes "
+            f"{tower.image_size}x{tower.image_size} images: remove the key (the tower decides) "
+            f"or set it to {tower.image_size}"
+        )
     augment = dataclasses.replace(cfg.data.augment, image_size=tower.image_size, eval_center_crop=tower.center_crop)
     data = dataclasses.replace(cfg.data, augment=augment, with_conversations=True)
-    model = dataclasses.replace(model, vision=dataclasses.replace(model.vision, checkpoint=tower.path),
-                                lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())))
+    model = dataclasses.replace(
+        model,
+        vision=dataclasses.replace(model.vision, checkpoint=tower.path),
+        lm=dataclasses.replace(model.lm, path=str(Path(model.lm.path).resolve())),
+    )
     init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
     cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from)
     return cfg, (vlm_eval_assets(cfg) if data.eval_shards else None)

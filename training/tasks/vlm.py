@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 from pipelines import contract, position
-from pipelines.conversations import (IMAGE_PLACEHOLDER, ConversationEncoder, FirstExchange, first_exchange,
-                                     parse_conversation, supervised_positions, supervised_token_count)
+from pipelines.conversations import (
+    IMAGE_PLACEHOLDER,
+    ConversationEncoder,
+    FirstExchange,
+    first_exchange,
+    parse_conversation,
+    supervised_positions,
+    supervised_token_count,
+)
 from pipelines.stages import TokenizeConversations
 from training.checkpoint.store import latest_checkpoint, read_model_state
 from training.config.schema import VlmRunConfig
@@ -32,8 +39,10 @@ class VlmTask:
 
     def __init__(self, cfg: VlmRunConfig):
         if cfg.model.lm.lora.rank > 0 and cfg.lrs.lm == 0:
-            raise ValueError("model.lm.lora.rank > 0 trains LoRA adapters at lrs.lm, which is 0: set lrs.lm "
-                             "(e.g. 2e-4) or model.lm.lora.rank=0")
+            raise ValueError(
+                "model.lm.lora.rank > 0 trains LoRA adapters at lrs.lm, which is 0: set lrs.lm "
+                "(e.g. 2e-4) or model.lm.lora.rank=0"
+            )
         self.cfg = cfg
         self.tower = tower_info(cfg.model.vision.checkpoint)
         self.normalize = ImageNormalizer(self.tower.image_mean, self.tower.image_std)
@@ -48,9 +57,16 @@ class VlmTask:
 
     @staticmethod
     def text_stage(cfg: VlmRunConfig, ledger=None):
-        return (TokenizeConversations, dict(
-            lm_path=cfg.model.lm.path, num_image_tokens=tower_info(cfg.model.vision.checkpoint).num_patches,
-            max_length=cfg.max_length, captions=cfg.stage == "captions", ledger=ledger))
+        return (
+            TokenizeConversations,
+            dict(
+                lm_path=cfg.model.lm.path,
+                num_image_tokens=tower_info(cfg.model.vision.checkpoint).num_patches,
+                max_length=cfg.max_length,
+                captions=cfg.stage == "captions",
+                ledger=ledger,
+            ),
+        )
 
     def build_model(self) -> VisionLanguageModel:
         vision = load_vision_encoder(self.tower, self.cfg.model.vision.feature_layer)
@@ -58,8 +74,9 @@ class VlmTask:
         if self.lora:
             lm = add_lora(lm, self.cfg.model.lm.lora)
         projector_cfg = self.cfg.model.projector
-        projector = build_projector(projector_cfg.type, self.tower.width, lm.config.hidden_size,
-                                    projector_cfg.hidden_width)
+        projector = build_projector(
+            projector_cfg.type, self.tower.width, lm.config.hidden_size, projector_cfg.hidden_width
+        )
         image_token_id = self._tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         model = VisionLanguageModel(vision, projector, lm, image_token_id)
         if self.cfg.init_from:
@@ -80,8 +97,11 @@ class VlmTask:
         """Frozen modules and the paths their weights come from: checkpoints reference them there
         instead of copying them (LoRA's base LM included; its adapters are saved)."""
         sources = {"vision": self.tower.path, "lm": self.cfg.model.lm.path}
-        return {name: path for name, path in sources.items()
-                if getattr(self.cfg.lrs, name) == 0 or (name == "lm" and self.lora)}
+        return {
+            name: path
+            for name, path in sources.items()
+            if getattr(self.cfg.lrs, name) == 0 or (name == "lm" and self.lora)
+        }
 
     def train_mode(self, model: nn.Module) -> None:
         """Train mode for learning modules only: frozen ones stay in eval mode (no dropout)."""
@@ -98,7 +118,7 @@ class VlmTask:
     @staticmethod
     def _load_projector(model: VisionLanguageModel, checkpoint: Path) -> None:
         state = read_model_state(checkpoint)
-        projector_state = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+        projector_state = {k[len("projector.") :]: v for k, v in state.items() if k.startswith("projector.")}
         if not projector_state:
             raise ValueError(f"{checkpoint} holds no projector weights; init_from must be a VLM checkpoint")
         model.projector.load_state_dict(projector_state)
@@ -133,12 +153,19 @@ class VlmTask:
 
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         """The sum of the batch's supervised token losses."""
-        loss = model(batch[contract.IMAGE], batch[contract.INPUT_IDS], batch[contract.ATTENTION_MASK],
-                     batch[contract.LABELS], batch[contract.PREDICTING], reduction="sum")
+        loss = model(
+            batch[contract.IMAGE],
+            batch[contract.INPUT_IDS],
+            batch[contract.ATTENTION_MASK],
+            batch[contract.LABELS],
+            batch[contract.PREDICTING],
+            reduction="sum",
+        )
         return loss, {}
 
-    def forward_backward(self, model: nn.Module, micro_batches: list[dict], autocast: Autocast,
-                         no_sync: NoSync) -> tuple[torch.Tensor, dict]:
+    def forward_backward(
+        self, model: nn.Module, micro_batches: list[dict], autocast: Autocast, no_sync: NoSync
+    ) -> tuple[torch.Tensor, dict]:
         """One mean over every supervised token of the step (all micro-batches, all ranks)."""
         counts = [batch[contract.SUPERVISED_TOKENS] for batch in micro_batches]
         return accumulate_token_weighted(self.loss_sum, model, micro_batches, counts, autocast, no_sync)
@@ -184,22 +211,38 @@ class VlmTask:
                 continue
             prompts = [encoder.encode_prompt(exchange.prompt) for _, exchange in rows]
             images = prepared[contract.IMAGE][[row for row, _ in rows]]
-            answers = model.generate(images, prompts, self.cfg.eval.max_new_tokens, encoder.stop_ids,
-                                     encoder.pad_id)
+            answers = model.generate(images, prompts, self.cfg.eval.max_new_tokens, encoder.stop_ids, encoder.pad_id)
             for (row, exchange), answer_ids in zip(rows, answers):
                 answer = self._tokenizer.decode(answer_ids, skip_special_tokens=True)
                 correct = normalise(answer) == normalise(exchange.answer)
                 matches, asked = matches + correct, asked + 1
                 if len(table) < self.cfg.eval.table_rows:
-                    table.append({"key": str(batch[contract.KEY][row]), "question": exchange.question,
-                                  "expected": exchange.answer, "generated": answer, "correct": bool(correct)})
-        totals = torch.stack([loss_sum, tokens.float(),
-                              torch.tensor(float(matches), device=device), torch.tensor(float(asked), device=device)])
+                    table.append(
+                        {
+                            "key": str(batch[contract.KEY][row]),
+                            "question": exchange.question,
+                            "expected": exchange.answer,
+                            "generated": answer,
+                            "correct": bool(correct),
+                        }
+                    )
+        totals = torch.stack(
+            [
+                loss_sum,
+                tokens.float(),
+                torch.tensor(float(matches), device=device),
+                torch.tensor(float(asked), device=device),
+            ]
+        )
         all_reduce_sum(totals)
         self.eval_table = table
         loss = float(totals[0] / max(totals[1], 1))
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                "exact_match": float(totals[2] / max(totals[3], 1)), "questions": int(totals[3])}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "exact_match": float(totals[2] / max(totals[3], 1)),
+            "questions": int(totals[3]),
+        }
 
     @staticmethod
     def _first_questions(batch: dict, limits: tuple[int, ...], budget: int) -> list[tuple[int, FirstExchange]]:
@@ -223,5 +266,3 @@ class VlmTask:
 
 def normalise(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
-
-

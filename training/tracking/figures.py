@@ -38,8 +38,15 @@ def sample_grid(images_NHWC: np.ndarray, captions: list[str], columns: int = 4) 
     return figure
 
 
-def heatmap(matrix: np.ndarray, row_labels: list[str], column_labels: list[str], title: str,
-            xlabel: str, ylabel: str, annotate: bool = False) -> Figure:
+def heatmap(
+    matrix: np.ndarray,
+    row_labels: list[str],
+    column_labels: list[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    annotate: bool = False,
+) -> Figure:
     """A labelled heat map with a colour bar; `annotate` writes each cell's value (small matrices)."""
     rows, columns = matrix.shape
     figure = Figure(figsize=(max(5.0, 0.45 * columns + 3), max(4.0, 0.4 * rows + 2)), layout="constrained")
@@ -55,6 +62,7 @@ def heatmap(matrix: np.ndarray, row_labels: list[str], column_labels: list[str],
         threshold = (matrix.max() + matrix.min()) / 2
         for (row, column), value in np.ndenumerate(matrix):
             text = f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
-            axes.text(column, row, text, ha="center", va="center", fontsize=6,
-                      color="black" if value > threshold else "white")
+            axes.text(
+                column, row, text, ha="center", va="center", fontsize=6, color="black" if value > threshold else "white"
+            )
     return figure

@@ -48,16 +48,25 @@ def default_tracking_uri(configured: str, output_dir: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if "://" in output_dir:
-        raise ValueError(f"run.output_dir={output_dir} is remote, so there is no local sqlite store: set "
-                         "tracking.tracking_uri or MLFLOW_TRACKING_URI to an MLflow server")
+        raise ValueError(
+            f"run.output_dir={output_dir} is remote, so there is no local sqlite store: set "
+            "tracking.tracking_uri or MLFLOW_TRACKING_URI to an MLflow server"
+        )
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 class Tracker:
     """A thin wrapper over MlflowClient so that workers never touch MLflow's global state."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict | None = None,
-                 parent_run_id: str = "", resume_run_id: str = ""):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str,
+        tags: dict | None = None,
+        parent_run_id: str = "",
+        resume_run_id: str = "",
+    ):
         """Continue the run `resume_run_id` when the store has it, else open a new run."""
         from mlflow.tracking import MlflowClient
 
@@ -87,7 +96,7 @@ class Tracker:
     def _create_experiment(self, name: str, tracking_uri: str) -> str:
         artifact_location = None
         if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the database
-            artifact_location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            artifact_location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=artifact_location)
         except Exception:  # another process created it first
@@ -99,7 +108,7 @@ class Tracker:
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
         for start in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[start:start + 100])
+            self.client.log_batch(self.run_id, params=new[start : start + 100])
 
     def log_resume_changes(self, step: int, changes: dict[str, tuple]) -> None:
         """Params are immutable in MLflow, so a value changed on resume is recorded under its own
@@ -131,8 +140,7 @@ class Tracker:
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
         """Rows as an MLflow table artifact (the UI's artifact view shows it as a table)."""
         if rows:
-            self.client.log_table(self.run_id, {key: [row.get(key) for row in rows] for key in rows[0]},
-                                  artifact_file)
+            self.client.log_table(self.run_id, {key: [row.get(key) for row in rows] for key in rows[0]}, artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
