@@ -172,10 +172,11 @@ def test_export_hf_round_trip_equals_mmtrain(hf_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["text_config"]["eos_token_id"] == tokenizer.eos_token_id
 
 
-def test_a_vlm_checkpoint_is_not_exported_as_clip(tmp_path):
+def test_a_vlm_checkpoint_is_not_exported_as_clip(tmp_path, capsys):
     from jobs.cli import main
+    from training.checkpoint.store import save_checkpoint
+    from training.engine.loop import TrainState
 
-    (tmp_path / "model.pt").write_bytes(b"")
-    for name in ("state.json", "config.yaml"):
-        (tmp_path / name).write_text("stage: captions\n" if name == "config.yaml" else "{}")
-    assert main(["models", "export", str(tmp_path), str(tmp_path / "out"), "--format", "hf"]) == 2
+    save_checkpoint(tmp_path / "vlm", torch.nn.Linear(2, 2), None, TrainState(), {"stage": "captions"})
+    assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "hf"]) == 2
+    assert "is a VLM checkpoint; --format hf exports CLIP runs (use --format llava)" in capsys.readouterr().err

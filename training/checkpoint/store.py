@@ -19,7 +19,6 @@ a checkpoint directory:
     checksums.rank<R>.json   its own shards. A checkpoint missing one, or with a file that does not
                              match, is incomplete or damaged.
 
-Checkpoints written before this layout (model.pt / optimizer.pt state dicts) still load.
 
 No RNG state is saved: a run draws its randomness from (seed, step, rank) (training.engine.resume.seed_for),
 so every rank of a resumed run gets reproducible randomness of its own. The learning-rate schedule
@@ -47,7 +46,6 @@ from training.engine.distributed import world
 from training.engine.loop import TrainState
 
 WEIGHTS = "weights"
-LEGACY_MODEL = "model.pt"
 CHECKSUMS = "checksums.json"
 DATA_POSITION = "data_position.json"
 FROZEN = "frozen.json"
@@ -157,8 +155,7 @@ def _files(directory: Path) -> list[str]:
 def checkpoint_problem(directory: Path) -> str | None:
     """Why a checkpoint directory cannot be trusted (a missing, truncated, altered or malformed file),
     or None. Whatever the files hold, this returns a reason rather than raising, so a damaged
-    checkpoint is skipped for the newest intact one. Checkpoints written before checksums existed are
-    trusted if their model.pt is there."""
+    checkpoint is skipped for the newest intact one."""
     directory = Path(directory)
     try:
         return _problem(directory)
@@ -170,15 +167,10 @@ def _problem(directory: Path) -> str | None:
     for required in ("state.json", "config.yaml"):
         if not (directory / required).is_file():
             return f"no {required}"
-    legacy = (directory / LEGACY_MODEL).is_file()
-    if not legacy and not (directory / WEIGHTS / ".metadata").is_file():
+    if not (directory / WEIGHTS / ".metadata").is_file():
         return f"no {WEIGHTS}/.metadata"
     if not (directory / CHECKSUMS).is_file():
-        return (
-            None
-            if legacy and not (directory / "tracking.json").is_file()
-            else f"no {CHECKSUMS} (the write did not finish)"
-        )
+        return f"no {CHECKSUMS} (the write did not finish)"
     # A run reads its tower's and its own checkpoint several times (resolve, stages, workers): check a
     # directory once per process, again only when a file's size or modification time has changed.
     files = tuple(
@@ -306,10 +298,7 @@ def load_checkpoint(directory: Path, model, optimizer=None) -> TrainState:
     wrapped for this run's workers; every rank calls it. Frozen modules keep the weights the model
     was built with, once their sources are checked to be the ones the checkpoint was trained on."""
     directory = Path(directory)
-    if (directory / LEGACY_MODEL).is_file():
-        _load_legacy(directory, model, optimizer)
-    else:
-        _load_weights(directory, model, optimizer, check_frozen_sources(directory))
+    _load_weights(directory, model, optimizer, check_frozen_sources(directory))
     return read_train_state(directory)
 
 
@@ -349,19 +338,10 @@ def _saved_top_keys(directory: Path) -> set[str]:
     return {key.split(".", 1)[0] for key in metadata}
 
 
-def _load_legacy(directory: Path, model, optimizer) -> None:
-    model.load_state_dict(_load(directory / LEGACY_MODEL))
-    if optimizer is not None and (directory / "optimizer.pt").is_file():
-        optimizer.load_state_dict(_load(directory / "optimizer.pt"))
-
-
 def read_model_state(directory: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's saved model weights as full tensors in this process, whatever number of ranks
     wrote them (the frozen modules' weights are at their sources, see frozen.json)."""
-    directory = Path(directory)
-    if (directory / LEGACY_MODEL).is_file():
-        return _load(directory / LEGACY_MODEL)
-    return read_saved_tensors(directory, "model")
+    return read_saved_tensors(Path(directory), "model")
 
 
 def read_saved_tensors(directory: Path, part: str) -> dict[str, torch.Tensor]:
@@ -383,14 +363,11 @@ def read_saved_tensors(directory: Path, part: str) -> dict[str, torch.Tensor]:
 
 
 def weights_fingerprint(directory: Path) -> str:
-    """Which weights a checkpoint holds: a digest over its weight files' checksums (model.pt's own
-    sha256 for a checkpoint in the old layout)."""
+    """Which weights a checkpoint holds: a digest over its weight files' checksums."""
     directory = Path(directory)
     digests = {}
     for path in sorted(directory.glob("checksums*.json")):
         digests.update(json.loads(path.read_text()))
-    if (directory / LEGACY_MODEL).is_file():
-        return digests.get(LEGACY_MODEL) or _sha256(directory / LEGACY_MODEL)
     weights = sorted(
         (name, digest) for name, digest in digests.items() if name.startswith(WEIGHTS + "/") or name == FROZEN
     )
@@ -445,12 +422,8 @@ def load_data_position(directory: Path) -> dict | None:
     return position
 
 
-def _load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def is_checkpoint(path: Path) -> bool:
-    return (path / LEGACY_MODEL).is_file() or (path / WEIGHTS).is_dir()
+    return (path / WEIGHTS).is_dir()
 
 
 def latest_checkpoint(path: str | Path) -> Path:

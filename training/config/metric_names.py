@@ -34,13 +34,6 @@ def check_sweep_metric(metric: str) -> None:
     """A sweep ranks trials on a reported metric, so its name must be one this scheme reports."""
     if metric.startswith(PREFIXES):
         return
-    renamed = {"eval/": VAL, "data/": TRAIN_DATA}
-    for old, new in renamed.items():
-        if metric.startswith(old):
-            raise InvalidValue(
-                f"metric={metric!r} is now named {new + metric[len(old) :]!r} (evaluation "
-                f"metrics are {VAL}<name>, training ones {TRAIN}<name>)"
-            )
     raise InvalidValue(
         f"metric={metric!r} is not a reported metric: use {TRAIN}<name> (e.g. {LOSS}) "
         f"or {VAL}<name> (e.g. {VAL}zero_shot_top1, {VAL}loss)"
