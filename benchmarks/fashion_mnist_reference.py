@@ -125,7 +125,7 @@ def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     model.eval()
     with torch.no_grad():
         batches = ({name: value.numpy() for name, value in batch.items()} for batch in eval_loader)
-        metrics = task.evaluate(model, batches, torch.device("cpu"), assets)
+        metrics = task.evaluate(model, batches, torch.device("cpu"), assets).metrics
     return {"steps": state.step, "zero_shot_top1": metrics["zero_shot_top1"], "wall_s": time.perf_counter() - start}
 
 

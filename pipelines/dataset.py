@@ -26,14 +26,14 @@ from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 from pipelines.config import DataConfig
 from pipelines.ledger import check_bad_fraction
 from pipelines.datasource import EpochShardDatasource
-from pipelines.sources import resolve_shards
+from pipelines.sources import ShardList, resolve_shards
 from pipelines.stages import Tokenize, decode_and_augment
 from pipelines.tokenizer import resolve_tokenizer
 
 
 def build_dataset(
     cfg: DataConfig,
-    shard_specs: list[str],
+    shards: ShardList | list[str],
     *,
     train: bool,
     ledger=None,
@@ -44,8 +44,10 @@ def build_dataset(
     """The Ray Dataset for one split: `epochs` passes over the shards (training) or one in file
     order (eval). `ledger` (a SampleLedger handle) receives bad-sample counts and tells the reads
     what a resumed run has already used; `columns` keeps only those; `text_stage` replaces caption
-    tokenizing (class, constructor kwargs)."""
-    shards = resolve_shards(shard_specs, cfg.s3_endpoint)
+    tokenizing (class, constructor kwargs). `shards` are listed already (ShardList), or specs."""
+    specs = shards if isinstance(shards, list) else shards.specs
+    if not isinstance(shards, ShardList):
+        shards = resolve_shards(shards, cfg.s3_endpoint)
     seed = None
     if train:  # unseeded: a fresh seed, so each run still reshuffles every epoch
         seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else random.randrange(2**31)
@@ -66,7 +68,7 @@ def build_dataset(
     if text_stage is None:
         text_stage = (
             Tokenize,
-            dict(tokenizer_path=resolve_tokenizer(cfg, shard_specs), context_length=cfg.context_length, ledger=ledger),
+            dict(tokenizer_path=resolve_tokenizer(cfg, list(specs)), context_length=cfg.context_length, ledger=ledger),
         )
     return map_stages(
         dataset,

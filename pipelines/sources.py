@@ -26,6 +26,7 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst")
 class ShardList:
     paths: list[str]  # paths as `filesystem` understands them (no scheme)
     filesystem: pafs.FileSystem
+    specs: tuple[str, ...] = ()  # what they were listed from (a tokenizer.json may sit beside the first)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,7 +79,7 @@ def resolve_shards(specs: list[str] | str, s3_endpoint: str = "") -> ShardList:
                     f"shard spec {expanded!r} matched no shards ({', '.join(SHARD_SUFFIXES)}); check the path"
                 )
             paths.extend(found)
-    return ShardList(paths=list(dict.fromkeys(paths)), filesystem=filesystem)
+    return ShardList(paths=list(dict.fromkeys(paths)), filesystem=filesystem, specs=tuple(specs))
 
 
 def _expand_one(fs: pafs.FileSystem, path: str) -> list[str]:

@@ -59,8 +59,8 @@ def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
         contract.ATTENTION_MASK: np.array([e.attention_mask for e in encodings]),
     }
     task = ClipTask(cfg)
-    task.evaluate(task.build_model(), [batch], torch.device("cpu"), EvalAssets(tokenizer_path))
-    spec = task.eval_pictures["retrieval_similarity"]
+    evaluation = task.evaluate(task.build_model(), [batch], torch.device("cpu"), EvalAssets(tokenizer_path))
+    spec = evaluation.pictures["retrieval_similarity"]
     assert spec.column_labels[0] == "a red circle" and spec.row_labels[2] == "image of: a green triangle"
     assert spec.column_labels[1].startswith("two blue squares") and spec.column_labels[1].endswith("…")
     assert (

@@ -71,14 +71,15 @@ def test_every_conversation_style_is_asked_its_first_question(task_and_model):
         _numpy_batch(task, [STYLES["llava"], STYLES["system_first"]]),
         _numpy_batch(task, [STYLES["role_content"]]),
     ]
-    metrics = task.evaluate(model, batches, torch.device("cpu"))
+    evaluation = task.evaluate(model, batches, torch.device("cpu"))
+    metrics = evaluation.metrics
     assert metrics["questions"] == 3
-    assert [row["question"] for row in task.eval_table] == [
+    assert [row["question"] for row in evaluation.table] == [
         "<image>\nwhat colour?",
         "<image>\nwhat colour?",
         "<image>\nwhat shape?",
     ]
-    assert [row["expected"] for row in task.eval_table][:2] == ["red", "blue"]
+    assert [row["expected"] for row in evaluation.table][:2] == ["red", "blue"]
 
     # per token: the token-weighted mean over both batches, not the mean of the two batch means
     prepared = [task.prepare_batch(b, torch.device("cpu")) for b in batches]
@@ -101,8 +102,8 @@ def test_the_questions_asked_are_the_first_of_each_shard_on_any_split(task_and_m
     batch = _numpy_batch(task, conversations)
     batch[contract.POSITION] = pack(np.zeros(5, np.int64), np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]))
     assets = EvalAssets(questions_per_shard=(2, 1))  # shard 0's first 2, shard 1's first 1
-    whole = task.evaluate(model, [batch], torch.device("cpu"), assets)
+    whole = task.evaluate(model, [batch], torch.device("cpu"), assets).metrics
     assert whole["questions"] == 3
     halves = [{name: values[rows] for name, values in batch.items()} for rows in (slice(0, 2), slice(2, 5))]
-    asked = [task.evaluate(model, [half], torch.device("cpu"), assets)["questions"] for half in halves]
+    asked = [task.evaluate(model, [half], torch.device("cpu"), assets).metrics["questions"] for half in halves]
     assert asked == [2, 1]

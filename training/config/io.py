@@ -6,6 +6,7 @@ preset fails before any Ray worker starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -30,14 +31,25 @@ def load_config(
 ) -> T:
     """Read `path` (YAML) into `cls`, applying `key.sub=value` overrides, then `values`
     ({"key.sub": python value}, as a sweep samples them) on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        data = _load_yaml_file(path) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}")
+    return config_from_data(cls, read_config_file(path) if path is not None else {}, overrides, values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping, parsed once (a YAML error names the file and where)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = _load_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def config_from_data(
+    cls: type[T], data: dict[str, Any], overrides: list[str] = (), values: dict[str, Any] | None = None
+) -> T:
+    """`cls` from already parsed data, overrides and sampled values applied on top."""
+    data = copy.deepcopy(data)  # overrides write into nested sections: the caller's data stays as given
     for override in overrides:
         apply_override(data, override)
     for key, value in (values or {}).items():

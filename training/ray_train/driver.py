@@ -11,13 +11,13 @@ from pathlib import Path
 
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
-from pipelines.sources import resolve_shards
 from training.checkpoint.store import latest_checkpoint, load_config_dict
 from training.config.io import to_dict
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.ray_train.payload import WorkerPayload
 from training.tasks.protocol import EvalAssets
 from training.tasks.registry import TrainerSpec, trainer_of
+from training.tasks.resolve import RunShards, list_shards
 from training.engine.resume import check_resume_config, format_changes
 from training.tracking.tracker import default_experiment, default_tracking_uri
 
@@ -105,8 +105,9 @@ def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dic
     """Train a run config of any trainer: resolve what its data decides, check a resume, start Ray
     if needed, fit. Returns the final metrics (and "checkpoint")."""
     spec = trainer_of(cfg)
-    cfg, eval_assets = spec.resolve(cfg)
-    tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
+    shards = list_shards(cfg.data)  # the one listing of the run's shards, before Ray starts
+    cfg, eval_assets = spec.resolve(cfg, shards)
+    tracking_uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)  # resolved once, here
     cfg = dataclasses.replace(
         cfg,
         tracking=dataclasses.replace(
@@ -116,7 +117,7 @@ def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dic
     check_resume(cfg)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     make_output_dir(cfg.run.output_dir)
-    return fit(cfg, spec, eval_assets, tracking_uri, callbacks)
+    return fit(cfg, spec, eval_assets, shards, callbacks)
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -128,7 +129,7 @@ def fit(
     cfg: ClipRunConfig | VlmRunConfig,
     spec: TrainerSpec,
     eval_assets: EvalAssets | None,
-    tracking_uri: str,
+    shards: RunShards,
     callbacks: list = (),
 ) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
@@ -146,24 +147,23 @@ def fit(
 
     scaling = cfg.scaling
     limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
-    shards = resolve_shards(cfg.data.train_shards, cfg.data.s3_endpoint)
-    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards))
+    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train))
     task_type = spec.task
     datasets = {
         "train": build_dataset(
             cfg.data,
-            cfg.data.train_shards,
+            shards.train,
             train=True,
             ledger=ledger,
             columns=task_type.train_columns + (contract.POSITION,),
             text_stage=task_type.text_stage(cfg, ledger),
-            epochs=_stream_epochs(cfg, shards),
+            epochs=_stream_epochs(cfg, shards.train),
         )
     }
     if eval_assets is not None:
         datasets["eval"] = build_dataset(
             cfg.data,
-            cfg.data.eval_shards,
+            shards.eval,
             train=False,
             columns=task_type.eval_columns,
             text_stage=task_type.text_stage(cfg),
@@ -172,7 +172,7 @@ def fit(
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"payload": WorkerPayload(cfg, spec.name, tracking_uri, eval_assets, ledger)},
+        train_loop_config={"payload": WorkerPayload(cfg, eval_assets, ledger)},
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,

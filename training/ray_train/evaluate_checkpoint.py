@@ -43,5 +43,5 @@ def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], override
     )
     with torch.no_grad():
         batches = dataset.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy")
-        metrics = task.evaluate(model, batches, torch.device("cpu"), assets)
-    return metrics, task.eval_table
+        evaluation = task.evaluate(model, batches, torch.device("cpu"), assets)
+    return evaluation.metrics, evaluation.table

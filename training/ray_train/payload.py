@@ -12,7 +12,5 @@ from training.tasks.protocol import EvalAssets
 @dataclass(frozen=True)
 class WorkerPayload:
     config: ClipRunConfig | VlmRunConfig
-    task: str  # the trainer's name in training/tasks/registry.py
-    tracking_uri: str  # training.tracking.tracker.TRACKING_OFF for none
     eval: EvalAssets | None = None  # None: no eval data, no evaluation
     ledger: Any = None  # the SampleLedger actor that counts bad samples

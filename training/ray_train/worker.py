@@ -44,10 +44,10 @@ from training.engine.optim import build_optimizer, warmup_cosine
 from training.engine.parallelize import full_parameters, parallelize
 from training.tracking.progress import Progress
 from training.ray_train.payload import WorkerPayload
-from training.tasks.protocol import EvalAssets
+from training.tasks.protocol import EvalAssets, Evaluation
 from training.engine.resume import config_changes, plan_schedule, seed_for
 from training.tracking.tracker import TRACKING_OFF, Tracker, log_artifacts_to_run
-from training.tasks.registry import trainer
+from training.tasks.registry import trainer_of
 
 RunConfig = ClipRunConfig | VlmRunConfig
 
@@ -72,7 +72,7 @@ def train_worker(loop_config: dict) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow tables"
     payload: WorkerPayload = loop_config["payload"]
     cfg: RunConfig = payload.config
-    task = trainer(payload.task).task(cfg)
+    task = trainer_of(cfg).task(cfg)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
 
@@ -174,7 +174,7 @@ def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.d
     the shard is asked for at the first batch, so for a fresh run the thread that fetches that batch
     ahead also waits for Ray Train's dataset manager, not the thread that builds the model."""
     cfg = payload.config
-    collate = trainer(payload.task).collate()  # numpy batches -> tensors (None: Ray's default)
+    collate = trainer_of(payload.config).collate()  # numpy batches -> tensors (None: Ray's default)
     yield from ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=cfg.loop.batch_size_per_worker,
         drop_last=True,
@@ -249,14 +249,14 @@ def _newest_first(checkpoint: ray.train.Checkpoint):
 def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) -> Tracker | None:
     """Rank 0's MLflow run: the one the checkpoint's lineage logs to, else a new one. Config values
     changed on resume are recorded beside the originals (MLflow params cannot change)."""
-    if payload.tracking_uri == TRACKING_OFF:
+    if payload.config.tracking.tracking_uri == TRACKING_OFF:
         return None
     cfg = payload.config
     tracker = Tracker(
-        payload.tracking_uri,
+        payload.config.tracking.tracking_uri,
         cfg.tracking.experiment,
         cfg.run.name,
-        tags={"mmtrain.task": payload.task},
+        tags={"mmtrain.task": trainer_of(payload.config).name},
         parent_run_id=cfg.tracking.parent_run_id,
         resume_run_id=restored.tracking_run_id if restored else "",
     )
@@ -300,7 +300,7 @@ class _Hooks:
         strategy: str,
     ):
         self.cfg, self.task, self.model, self.strategy = cfg, task, model, strategy
-        self.tracking_uri = payload.tracking_uri
+        self.tracking_uri = payload.config.tracking.tracking_uri
         self.consumption, self.positions_taken_at = consumption, start_step
         self.optimizer, self.scheduler, self.device, self.rank = optimizer, scheduler, device, rank
         self.tracker, self.ledger = tracker, payload.ledger
@@ -450,20 +450,20 @@ class _Hooks:
             batch_size=self.cfg.eval.batch_size, batch_format="numpy"
         )
         with full_parameters(self.model, self.strategy):  # ranks may run different numbers of forwards
-            metrics = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
+            evaluation = self.task.evaluate(self.model, batches, self.device, self.eval_assets)
         self.task.train_mode(self.model)
         if self.tracker:
-            self._log_eval_artifacts(step)
-        return as_val(metrics)
+            self._log_eval_artifacts(step, evaluation)
+        return as_val(evaluation.metrics)
 
-    def _log_eval_artifacts(self, step: int) -> None:
+    def _log_eval_artifacts(self, step: int, evaluation: Evaluation) -> None:
         from training.tracking.figures import heatmap
 
-        if self.task.eval_table:  # appended at each evaluation; the step column tells them apart
-            self.tracker.log_table([{"step": step, **row} for row in self.task.eval_table], "eval_generations.json")
+        if evaluation.table:  # appended at each evaluation; the step column tells them apart
+            self.tracker.log_table([{"step": step, **row} for row in evaluation.table], "eval_generations.json")
         if not self.cfg.tracking.log_figures:
             return
-        for name, spec in self.task.eval_pictures.items():
+        for name, spec in evaluation.pictures.items():
             figure = heatmap(
                 spec.matrix,
                 spec.row_labels,

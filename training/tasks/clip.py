@@ -12,6 +12,7 @@ from torch import nn
 from pipelines import contract
 from training.config.schema import ClipRunConfig
 from training.engine.distributed import full_tensor
+from training.tasks.protocol import Evaluation
 from training.tracking.figures import HeatmapSpec
 from training.engine.loop import Autocast, NoSync, accumulate_independently
 from training.engine.losses import infonce_loss, siglip_loss
@@ -27,8 +28,6 @@ class ClipTask:
     def __init__(self, cfg: ClipRunConfig):
         self.cfg = cfg
         self.normalize = ImageNormalizer(cfg.model.vision.image_mean, cfg.model.vision.image_std)
-        self.eval_table: list[dict] = []  # CLIP has no generations to show
-        self.eval_pictures: dict[str, HeatmapSpec] = {}
         self._caption_tokenizer = None
 
     @staticmethod
@@ -135,15 +134,14 @@ class ClipTask:
         eval_cfg = self.cfg.eval
         first: list[dict] = []  # this rank's first batch: rank 0's rows lead the gathered eval set
         image_NE, text_NE, labels_N = embed_eval_set(model, _keep_first(batches, first), device, self.normalize)
-        metrics = {"eval_samples": image_NE.shape[0]}
-        self.eval_pictures = {}
+        metrics, pictures = {"eval_samples": image_NE.shape[0]}, {}
         if eval_cfg.retrieval:
             limit = eval_cfg.max_retrieval_samples
             metrics.update(retrieval_recall(image_NE[:limit], text_NE[:limit]))
             shown = min(16, image_NE.shape[0])
             captions = self._short_captions(first[0], shown) if first else []
             labels = captions if len(captions) == shown else [str(i) for i in range(shown)]
-            self.eval_pictures["retrieval_similarity"] = HeatmapSpec(
+            pictures["retrieval_similarity"] = HeatmapSpec(
                 (image_NE[:shown] @ text_NE[:shown].T).cpu().numpy(),
                 [f"image of: {c}" for c in labels],
                 labels,
@@ -156,7 +154,7 @@ class ClipTask:
                 model, assets.tokenizer, self.cfg.data.context_length, assets.classes, assets.templates, device
             )
             metrics.update(zero_shot_accuracy(image_NE, labels_N, classifier))
-            self.eval_pictures["zero_shot_confusion"] = HeatmapSpec(
+            pictures["zero_shot_confusion"] = HeatmapSpec(
                 zero_shot_confusion(image_NE, labels_N, classifier).cpu().numpy(),
                 assets.classes,
                 assets.classes,
@@ -164,7 +162,7 @@ class ClipTask:
                 "predicted class",
                 "true class",
             )
-        return metrics
+        return Evaluation(metrics, pictures=pictures)
 
 
 def _keep_first(batches: Iterable[dict], first: list[dict]):

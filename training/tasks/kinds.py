@@ -8,9 +8,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-import yaml
 
-from training.config.io import ConfigError, load_config
+from training.config.io import ConfigError, config_from_data, read_config_file
 from training.tasks.registry import TRAINERS
 
 
@@ -63,8 +62,6 @@ def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):
     from training.config.help import resolve_preset
 
     path = resolve_preset(path)
-    if path.is_file():
-        data = yaml.safe_load(path.read_text())
-        if isinstance(data, dict):
-            check_kind(data, kind, str(path), f"mmtrain train {kind}", f"mmtrain train {{kind}} --config {path}")
-    return load_config(TRAINERS[kind].config_class, path, overrides)
+    data = read_config_file(path)  # parsed once: the trainer check and the config read the same data
+    check_kind(data, kind, str(path), f"mmtrain train {kind}", f"mmtrain train {{kind}} --config {path}")
+    return config_from_data(TRAINERS[kind].config_class, data, overrides)

@@ -10,6 +10,17 @@ import torch
 from torch import nn
 
 from training.engine.loop import StepTask
+from training.tracking.figures import HeatmapSpec
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluation found: metrics (named without the val/ prefix), rows to show as a table
+    (the VLM's generations) and pictures to draw (CLIP's heat maps)."""
+
+    metrics: dict
+    table: list[dict] = field(default_factory=list)
+    pictures: dict[str, HeatmapSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,6 @@ class Task(StepTask, Protocol):
     train_columns: ClassVar[tuple[str, ...]]  # the batch contract's columns a training batch carries
     eval_columns: ClassVar[tuple[str, ...] | None]  # None: every column (the VLM keeps its conversations)
     normalize: object  # uint8 images -> the model's normalised input, on the device
-    eval_table: list[dict]  # rows shown as a table after an evaluation (generations)
-    eval_pictures: dict  # figures drawn after an evaluation (heat maps)
 
     def __init__(self, cfg) -> None: ...
 
@@ -47,4 +56,4 @@ class Task(StepTask, Protocol):
     def captions(self, batch: dict) -> list[str]: ...
     def evaluate(
         self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets: EvalAssets | None = None
-    ) -> dict: ...
+    ) -> Evaluation: ...

@@ -25,7 +25,7 @@ class TrainerSpec:
     name: str  # `mmtrain train NAME`, the `task` tag of its MLflow runs, a sweep's `trainer`
     config_class: type  # its run config
     task_path: str  # the Task class (training/tasks/protocol.py)
-    resolve_path: str  # cfg -> (cfg with what the data decides filled in, EvalAssets or None)
+    resolve_path: str  # (cfg, RunShards) -> (cfg with what the data decides filled in, EvalAssets or None)
     eval_assets_path: str  # cfg -> EvalAssets for evaluating a saved checkpoint on cfg.data.eval_shards
     collate_path: str  # Ray's collate for its training batches ("" = Ray's default)
     export_format: str  # `mmtrain models export --format`

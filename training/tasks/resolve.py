@@ -6,26 +6,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import AugmentConfig
-from pipelines.sources import count_shard_samples, resolve_shards
+from pipelines.sources import ShardList, count_shard_samples, resolve_shards
 from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.tasks.protocol import EvalAssets
 
 
-def resolve_clip(cfg: ClipRunConfig) -> tuple[ClipRunConfig, EvalAssets | None]:
+@dataclass(frozen=True)
+class RunShards:
+    """A run's shards, listed once (on s3, one LIST per prefix) and passed on to what reads them."""
+
+    train: ShardList
+    eval: ShardList | None
+
+
+def list_shards(data) -> RunShards:
+    """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
+    nothing listens fails in a second with the setting to fix, not minutes into a run."""
+    if not data.train_shards:
+        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
+    train = resolve_shards(data.train_shards, data.s3_endpoint)
+    return RunShards(train, resolve_shards(data.eval_shards, data.s3_endpoint) if data.eval_shards else None)
+
+
+def resolve_clip(cfg: ClipRunConfig, shards: RunShards | None = None) -> tuple[ClipRunConfig, EvalAssets | None]:
     """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
     if cfg.init_from:
         from training.models.hf_clip import pretrained_run_config
 
         cfg = pretrained_run_config(cfg)
     data = cfg.data
-    if not data.train_shards:
-        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
-    check_shards(data)
+    shards = shards or list_shards(data)
     tokenizer = resolve_tokenizer(data, data.train_shards)
     data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
     vocab = load_tokenizer(tokenizer).get_vocab_size()
@@ -58,23 +74,15 @@ def clip_eval_assets(cfg: ClipRunConfig) -> EvalAssets:
     return EvalAssets(cfg.data.tokenizer, classes, templates)
 
 
-def vlm_eval_assets(cfg: VlmRunConfig) -> EvalAssets:
+def vlm_eval_assets(cfg: VlmRunConfig, eval_shards: ShardList | None = None) -> EvalAssets:
     """Which eval samples are asked their first question: the first eval.max_generate_samples in
     shard order (counted from the tar headers)."""
-    counts = count_shard_samples(resolve_shards(cfg.data.eval_shards, cfg.data.s3_endpoint))
+    counts = count_shard_samples(eval_shards or resolve_shards(cfg.data.eval_shards, cfg.data.s3_endpoint))
     left, asked = cfg.eval.max_generate_samples, []
     for count in counts:
         asked.append(min(count, left))
         left -= asked[-1]
     return EvalAssets(questions_per_shard=tuple(asked))
-
-
-def check_shards(data) -> None:
-    """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
-    nothing listens fails in a second with the setting to fix, not minutes into a run."""
-    for specs in (data.train_shards, data.eval_shards):
-        if specs:
-            resolve_shards(specs, data.s3_endpoint)
 
 
 def classes_and_templates(cfg: ClipRunConfig) -> tuple[list[str], list[str]]:
@@ -98,7 +106,7 @@ def manifest_near(spec: str) -> dict:
     return json.loads(manifest.read_text()) if manifest.is_file() else {}
 
 
-def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
+def resolve_vlm(cfg: VlmRunConfig, shards: RunShards | None = None) -> tuple[VlmRunConfig, EvalAssets | None]:
     """Check the prerequisites (vision tower, LM directory) and match the data to the vision tower:
     its image size, its eval resize policy (centre crop or not) and, on the device, its normalisation."""
     from training.models.vision_encoder import tower_info
@@ -120,9 +128,7 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
         raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")
     if cfg.init_from:
         latest_checkpoint(cfg.init_from)  # fail now, not inside a worker
-    if not cfg.data.train_shards:
-        raise ValueError("data.train_shards is empty")
-    check_shards(cfg.data)
+    shards = shards or list_shards(cfg.data)
     asked = cfg.data.augment.image_size
     if asked not in (AugmentConfig().image_size, tower.image_size):  # set on purpose, and not what the tower takes
         raise ValueError(
@@ -139,4 +145,4 @@ def resolve_vlm(cfg: VlmRunConfig) -> tuple[VlmRunConfig, EvalAssets | None]:
     )
     init_from = str(latest_checkpoint(cfg.init_from).resolve()) if cfg.init_from else ""
     cfg = dataclasses.replace(cfg, data=data, model=model, init_from=init_from)
-    return cfg, (vlm_eval_assets(cfg) if data.eval_shards else None)
+    return cfg, (vlm_eval_assets(cfg, shards.eval) if shards.eval else None)

@@ -29,6 +29,7 @@ from training.models.language_model import add_lora, load_lm
 from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
 from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.vision_encoder import load_vision_encoder, tower_info
+from training.tasks.protocol import Evaluation
 from training.models.vlm import VisionLanguageModel, build_projector
 from training.engine.optim import exempt_from_weight_decay, param_groups
 
@@ -46,8 +47,6 @@ class VlmTask:
         self.cfg = cfg
         self.tower = tower_info(cfg.model.vision.checkpoint)
         self.normalize = ImageNormalizer(self.tower.image_mean, self.tower.image_std)
-        self.eval_table: list[dict] = []
-        self.eval_pictures: dict = {}  # the VLM shows a table of generations instead
         self._tokenizer = None
 
     @property
@@ -235,14 +234,14 @@ class VlmTask:
             ]
         )
         all_reduce_sum(totals)
-        self.eval_table = table
         loss = float(totals[0] / max(totals[1], 1))
-        return {
+        metrics = {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
             "exact_match": float(totals[2] / max(totals[3], 1)),
             "questions": int(totals[3]),
         }
+        return Evaluation(metrics, table)
 
     @staticmethod
     def _first_questions(batch: dict, limits: tuple[int, ...], budget: int) -> list[tuple[int, FirstExchange]]:
