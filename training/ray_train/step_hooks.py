@@ -1,0 +1,332 @@
+"""What happens around the loop's steps in a Ray Train worker, one concern per class: the window of
+training metrics, the bad-data guard, the validator, the checkpointer (which reports to Ray Train
+and ends the MLflow run), and StepHooks, the cadence that calls them (small predicates on the
+step, as torchtitan's trainer names its parts)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from pipelines import contract
+from pipelines.bad_samples import TooManyBadSamples
+from pipelines.ledger import check_bad_fraction
+from training.checkpoint.store import save_checkpoint
+from training.config.io import to_dict
+from training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.engine.consumption import Consumption
+from training.engine.distributed import full_tensor, global_mean
+from training.engine.loop import StepResult, TrainState, every
+from training.engine.parallelize import full_parameters
+from training.tasks.protocol import EvalAssets, Evaluation
+from training.tracking.progress import Progress
+from training.tracking.tracker import Tracker, log_artifacts_to_run
+
+RunConfig = ClipRunConfig | VlmRunConfig
+
+
+@dataclass
+class WorkerContext:
+    """What every part of a worker's step hooks shares."""
+
+    cfg: RunConfig
+    task: object  # training/tasks/protocol.py: Task
+    model: torch.nn.Module
+    device: torch.device
+    rank: int
+    tracker: Tracker | None  # rank 0's MLflow run; None elsewhere or with tracking off
+    ledger: object  # the SampleLedger actor (None in tests without one)
+
+
+class TrainWindow:
+    """The training metrics of the steps since the last log: loss, lr, throughput, data wait."""
+
+    def __init__(self, ctx: WorkerContext, scheduler):
+        self.ctx, self.scheduler = ctx, scheduler
+        self.start, self.samples, self.wait_s, self.steps = time.perf_counter(), 0, 0.0, 0
+
+    def add(self, result: StepResult) -> None:
+        self.samples += result.samples
+        self.wait_s += result.data_wait_s
+        self.steps += 1
+
+    def metrics(self, state: TrainState, result: StepResult) -> dict:
+        """The window's metrics; a new window starts."""
+        elapsed = time.perf_counter() - self.start
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        metrics = as_train(
+            {
+                "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
+                "lr": self.scheduler.get_last_lr()[0],
+                "samples_per_s": self.samples * world / max(elapsed, 1e-9),
+                "data_wait_fraction": self.wait_s / max(elapsed, 1e-9),
+                "samples_seen": state.samples_seen,
+                **self.ctx.task.step_metrics(self.ctx.model),
+                **{name: float(full_tensor(value)) for name, value in result.extra.items()},
+            }
+        )
+        metrics["epoch"] = state.epoch  # a fact about the run (an MLflow tag), not a training curve
+        self.start, self.samples, self.wait_s, self.steps = time.perf_counter(), 0, 0.0, 0
+        return metrics
+
+
+class DataQualityGuard:
+    """Stops every rank together once more samples are bad than data.max_bad_fraction allows."""
+
+    def __init__(self, ctx: WorkerContext):
+        self.ctx = ctx
+        self.error: str | None = None
+
+    def ok(self) -> bool:
+        """Rank 0 reads the ledger; every rank learns the verdict (a collective)."""
+        verdict = torch.zeros(1, device=self.ctx.device)  # NCCL (GPU workers) moves device tensors only
+        data = self.ctx.cfg.data
+        if self.ctx.rank == 0 and self.ctx.ledger is not None:
+            try:
+                check_bad_fraction(
+                    ray.get(self.ctx.ledger.summary.remote()), data.max_bad_fraction, data.min_samples_for_bad_check
+                )
+            except TooManyBadSamples as err:
+                self.error = str(err)
+                verdict[0] = 1
+        if dist.is_initialized():
+            dist.broadcast(verdict, src=0)
+        stop = bool(verdict[0])
+        if stop and self.error is None:
+            self.error = "stopped by rank 0: too many bad samples"
+        return not stop
+
+
+class Validator:
+    """The held-out evaluation, its table and pictures logged to the run."""
+
+    def __init__(self, ctx: WorkerContext, assets: EvalAssets | None, strategy: str):
+        self.ctx, self.assets, self.strategy = ctx, assets, strategy
+
+    def should_validate(self, step: int) -> bool:
+        return every(self.ctx.cfg.loop.eval_every, step)
+
+    def evaluate(self, step: int) -> dict:
+        """val/ metrics on every rank's share of the eval data ({} without eval data)."""
+        if self.assets is None:
+            return {}
+        ctx = self.ctx
+        ctx.model.eval()
+        batches = ray.train.get_dataset_shard("eval").iter_batches(
+            batch_size=ctx.cfg.eval.batch_size, batch_format="numpy"
+        )
+        with full_parameters(ctx.model, self.strategy):  # ranks may run different numbers of forwards
+            evaluation = ctx.task.evaluate(ctx.model, batches, ctx.device, self.assets)
+        ctx.task.train_mode(ctx.model)
+        if ctx.tracker:
+            self._log_artifacts(step, evaluation)
+        return as_val(evaluation.metrics)
+
+    def _log_artifacts(self, step: int, evaluation: Evaluation) -> None:
+        from training.tracking.figures import heatmap  # matplotlib: only where figures are drawn
+
+        tracker = self.ctx.tracker
+        if evaluation.table:  # appended at each evaluation; the step column tells them apart
+            tracker.log_table([{"step": step, **row} for row in evaluation.table], "eval_generations.json")
+        if not self.ctx.cfg.tracking.log_figures:
+            return
+        for name, spec in evaluation.pictures.items():
+            annotate = spec.matrix.shape[0] <= 16
+            title = f"{spec.title}, step {step}"
+            figure = heatmap(
+                spec.matrix, spec.row_labels, spec.column_labels, title, spec.xlabel, spec.ylabel, annotate
+            )
+            # the key puts it in the UI's val section
+            tracker.log_figure_at_step(figure, f"figures/{name}_step{step:06d}.png", VAL + name, step)
+
+
+class Checkpointer:
+    """Checkpoints with the run's data position, reported to Ray Train; the final one also into
+    the MLflow run (and, if asked, registered), which then ends."""
+
+    def __init__(self, ctx: WorkerContext, optimizer, consumption: Consumption, start_step: int):
+        self.ctx, self.optimizer = ctx, optimizer
+        self.consumption, self.positions_taken_at = consumption, start_step
+
+    def should_checkpoint(self, step: int) -> bool:
+        return every(self.ctx.cfg.loop.checkpoint_every, step)
+
+    def report(
+        self, state: TrainState, metrics: dict, checkpoint: bool, position: dict | None, before_report=None
+    ) -> None:
+        """ray.train.report on every rank (it is a barrier). With a checkpoint (and the data
+        position, data_position()), every rank writes its part into a local directory of its own
+        (Ray Train merges them in storage), deleted once persisted; `before_report` gets it on every
+        rank once written."""
+        if not checkpoint:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        ctx = self.ctx
+        directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
+        run_id = ctx.tracker.run_id if ctx.tracker else ""
+        frozen = ctx.task.frozen_sources()
+        save_checkpoint(directory, ctx.model, self.optimizer, state, to_dict(ctx.cfg), run_id, position, frozen)
+        if before_report:
+            before_report(directory)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def data_position(self, state: TrainState) -> dict | None:
+        """Every rank's trained-on positions since the last checkpoint, gathered into the ledger;
+        rank 0 gets the run's data position to save (None elsewhere), and state.epoch is brought up
+        to date. A collective: all ranks call it."""
+        ctx = self.ctx
+        batches = (state.step - self.positions_taken_at) * ctx.cfg.optim.grad_accum_steps
+        self.positions_taken_at = state.step
+        mine = self.consumption.take(batches)
+        gathered = [mine]
+        if dist.is_initialized():
+            gathered = [None] * dist.get_world_size() if ctx.rank == 0 else None
+            dist.gather_object(mine, gathered, dst=0)
+        if ctx.rank != 0 or ctx.ledger is None:
+            return None
+        # Wait for it: a call whose argument is in the object store may otherwise run after the next.
+        ray.get(ctx.ledger.consume.remote(np.concatenate(gathered)))
+        position, state.epoch = ray.get([ctx.ledger.position.remote(), ctx.ledger.epoch_in_progress.remote()])
+        return position
+
+    def finish_tracking(self, checkpoint_dir: Path) -> None:
+        """The final checkpoint into the MLflow run (each rank adds the shards it wrote), registered
+        in its standard format, and the run ended. Every rank calls it."""
+        tracker = self.ctx.tracker
+        run_id = [tracker.run_id if tracker else ""]
+        if dist.is_initialized():
+            dist.broadcast_object_list(run_id, src=0)
+        if tracker:
+            tracker.log_artifacts(checkpoint_dir, "checkpoint")
+        elif run_id[0]:
+            log_artifacts_to_run(self.ctx.cfg.tracking.tracking_uri, run_id[0], checkpoint_dir, "checkpoint")
+        if dist.is_initialized():
+            dist.barrier()  # every rank's shards are in the run
+        if tracker:
+            if self.ctx.cfg.tracking.register_model:
+                self._register(checkpoint_dir)
+            tracker.finish("FINISHED")
+
+    def _register(self, checkpoint_dir: Path) -> None:
+        """The final checkpoint in its standard format, as a new version of the registered model
+        (read back from the run's artifacts when other ranks wrote shards of it)."""
+        from training.tasks.export import export_checkpoint  # transformers: only when registering
+
+        tracker, name = self.ctx.tracker, self.ctx.cfg.tracking.register_model
+        with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as scratch:
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                checkpoint_dir = tracker.download_artifacts("checkpoint", Path(scratch) / "checkpoint")
+            export_dir = Path(scratch) / "export"
+            export_checkpoint(checkpoint_dir, export_dir)
+            version = tracker.register_model(name, export_dir)
+        print(f"[mmtrain] registered {name} version {version}", flush=True)
+
+
+class StepHooks:
+    """The loop's on_step and the run's finish: when to log, evaluate, check the data and checkpoint."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        window: TrainWindow,
+        guard: DataQualityGuard,
+        validator: Validator,
+        checkpointer: Checkpointer,
+        num_nodes: int,
+    ):
+        self.ctx, self.window, self.guard = ctx, window, guard
+        self.validator, self.checkpointer = validator, checkpointer
+        self.num_nodes = num_nodes
+        self.last_metrics: dict = {}
+        self.last_result: StepResult | None = None
+        self.created = time.perf_counter()
+        self.progress = Progress()
+
+    def show_first_batch(self, batches):
+        """Pass batches through; the first one is also logged as a picture of augmented samples."""
+        from training.tracking.figures import sample_grid  # matplotlib: only where figures are drawn
+
+        for index, batch in enumerate(batches):
+            if index == 0:
+                shown = {key: value if key in contract.PER_BATCH else value[:16] for key, value in batch.items()}
+                images = shown[contract.IMAGE].cpu().numpy()
+                grid = sample_grid(images, self.ctx.task.captions(shown))
+                self.ctx.tracker.log_figure(grid, "figures/train_samples.png")
+            yield batch
+
+    def on_step(self, state: TrainState, result: StepResult) -> bool:
+        loop = self.ctx.cfg.loop
+        self.last_result = result
+        self.window.add(result)
+        final = state.step >= loop.max_steps
+        metrics = {}
+        if self.window.steps == 1 and TRAIN + "time_to_first_step_s" not in self.last_metrics:
+            metrics[TRAIN + "time_to_first_step_s"] = time.perf_counter() - self.created  # data start-up included
+            metrics["num_nodes"] = self.num_nodes
+        if every(loop.log_every, state.step) or final:
+            metrics.update(self.window.metrics(state, result))
+            if not self.guard.ok():
+                self._report(state, metrics, checkpoint=False)
+                return False
+        if final:  # finish() reports these with the final evaluation and checkpoint, in one report
+            self.last_metrics.update(metrics)
+            return True
+        if self.validator.should_validate(state.step):
+            metrics.update(self.validator.evaluate(state.step))
+        checkpoint = self.checkpointer.should_checkpoint(state.step)
+        if checkpoint or any(is_val(key) for key in metrics):  # what Ray Train or a sweep acts on
+            self._report(state, metrics, checkpoint)
+        elif metrics:
+            self._log(state, metrics)
+        return True
+
+    def finish(self, state: TrainState) -> None:
+        ctx = self.ctx
+        if self.guard.error:
+            if ctx.tracker:
+                ctx.tracker.finish("FAILED")
+            return
+        metrics = dict(self.last_metrics)
+        if self.window.steps:  # the stream ended between log steps: the last window's figures
+            metrics.update(self.window.metrics(state, self.last_result))
+        metrics.update(self.validator.evaluate(state.step))
+        if ctx.rank == 0 and ctx.ledger is not None:  # bad-sample counts reach the run, by reason
+            summary = ray.get(ctx.ledger.summary.remote())
+            metrics[TRAIN_DATA + "good_samples"] = summary["good"]
+            metrics[TRAIN_DATA + "pool_actors_started"] = summary["actors_started"]
+            metrics.update({f"{TRAIN_DATA}bad/{reason}": count for reason, count in summary["bad"].items()})
+        # The MLflow run is complete before the last report: a sweep's scheduler may stop the
+        # trial as soon as it sees that report, and a killed trial cannot end its run.
+        self._report(state, metrics, checkpoint=True, before_report=self.checkpointer.finish_tracking)
+
+    def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None) -> None:
+        # The data position first: gathering it also brings state.epoch up to date for the log.
+        position = self.checkpointer.data_position(state) if checkpoint else None
+        metrics = self._log(state, metrics)
+        self.checkpointer.report(state, metrics, checkpoint, position, before_report)
+
+    def _log(self, state: TrainState, metrics: dict) -> dict:
+        """Metrics to MLflow and the progress line to the console, from the worker itself: a Ray
+        Train report is for checkpoints and what a sweep decides on (each waits for Train's
+        controller to take the one before)."""
+        ctx = self.ctx
+        metrics = {**metrics, "step": state.step, **({"epoch": state.epoch} if "epoch" in metrics else {})}
+        if self.guard.error:
+            metrics["data_error"] = self.guard.error
+        self.last_metrics.update({k: v for k, v in metrics.items() if not is_val(k)})
+        if ctx.tracker:
+            ctx.tracker.log_metrics(metrics, state.step)
+        if ctx.rank == 0 and any(k == LOSS or is_val(k) for k in metrics):
+            print(self.progress.line(state.step, ctx.cfg.loop.max_steps, metrics), flush=True)
+        return metrics
