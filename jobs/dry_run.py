@@ -112,7 +112,7 @@ def run_dry_run(args) -> int:
         load_config(VlmRunConfig, CONF / "vlm/stage1.yaml", vlm + [f"run.name={STAGE1_RUN}", "data.eval_shards=[]"])
     )
 
-    _step(steps, steps, "VLM stage 2: projector + LM on conversations, from the stage-1 projector")
+    _step(steps, steps, "VLM stage 2: projector, LM and tower on conversations, from the stage-1 projector")
     stage2 = run_training(
         load_config(
             VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [f"run.name={STAGE2_RUN}", f"init_from={runs / STAGE1_RUN}"]
