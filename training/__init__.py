@@ -1,1 +1,3 @@
-"""Models, losses, the training loop, checkpoints, evaluation, tracking and the Ray Train worker."""
+"""Training, one folder per concern: config/ (schema, loading), engine/ (the loop and parallelism in
+pure torch), models/, checkpoint/, tracking/ (MLflow, console, figures), tasks/ (what differs per
+trainer, and the registry of trainers) and ray_train/ (the driver, the worker, sweeps)."""

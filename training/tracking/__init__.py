@@ -1,1 +1,2 @@
-"""What a run reports: metric names, the console progress line, MLflow, figures."""
+"""What a run reports: MLflow (tracker.py), the console progress line, figures. Metric names live
+in training/config/metric_names.py (configs name them too)."""
