@@ -2,7 +2,7 @@
 console, MLflow, a sweep's `metric`.
 
 MLflow 3.17's UI draws one chart section per metric prefix (the name up to its last "/"), sections
-in code-point order and unprefixed metrics last (checked in headless Chromium). These prefixes put
+in code-point order and unprefixed metrics last (tools/mlflow_ui_check.py shows it). These prefixes put
 the training curves first, the input stream's counts next, the held-out evaluation after them:
 "train" < "train_data" < "val".
 """

@@ -13,7 +13,7 @@ TRACKING_OFF = "none"
 # Printed with each step line, but not curves: the step is every curve's x axis already, the epoch
 # and the node count are facts about the run (kept as run tags).
 NOT_CURVES = frozenset({"step", "epoch", "num_nodes"})
-# MLflow 3 records what an experiment is for in this tag. Its UI (3.17.2, checked in headless Chromium)
+# MLflow 3 records what an experiment is for in this tag. Its UI (3.17; tools/mlflow_ui_check.py)
 # still opens every experiment on the GenAI traces overview unless the link asks for the model-training
 # view (UI_VIEW), which the browser then remembers: experiment_link gives that link.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
