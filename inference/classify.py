@@ -12,6 +12,7 @@ from inference.pool import PoolOptions, run_summary, start_inference, write_mani
 from inference.index import load_rows
 from inference.trained import find_trained
 from training.tracking.figures import heatmap
+from training.tasks.resolve import manifest_near
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 CONFUSION_FIGURE = "_confusion_matrix.png"
@@ -86,6 +87,5 @@ def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray, num_classes:
 
 def data_templates(specs: list[str]) -> list[str]:
     """The caption templates `data synth`/`data convert` recorded beside the shards, if any."""
-    from training.tasks.resolve import manifest_near
 
     return list(manifest_near(specs[0]).get("templates") or [])

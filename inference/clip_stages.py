@@ -12,6 +12,7 @@ from inference.pool import source_columns
 from inference.trained import TrainedRun, autocast, inference_device, load_trained_model
 from pipelines import contract
 from training.engine.inputs import to_tensor
+from training.tasks.clip_eval import zero_shot_classifier
 
 
 class ClipEmbedder:
@@ -54,7 +55,6 @@ class ZeroShotClassifier(ClipEmbedder):
     with its probability (softmax over classes at the model's own temperature)."""
 
     def __init__(self, run: TrainedRun, shard_paths: list[str], classes: list[str], templates: list[str], counter=None):
-        from training.tasks.clip_eval import zero_shot_classifier
 
         super().__init__(run, shard_paths, counter)
         cfg = self._task.cfg

@@ -26,6 +26,7 @@ from pipelines.image_folder import image_files
 from pipelines.shard_writer import ShardInfo, _add_member, write_manifest
 from pipelines.sources import SHARD_SUFFIXES, ShardList
 from pipelines.tar_samples import iter_raw_samples
+from training.tasks.resolve import manifest_near
 
 
 def filter_shards(
@@ -150,7 +151,6 @@ def output_name(source: str) -> str:
 def carry_over_data_files(specs: list[str], out_dir: Path) -> dict:
     """The source's class names and caption templates (for zero-shot eval) and its tokenizer.json
     (so the filtered shards train as they are)."""
-    from training.tasks.resolve import manifest_near
 
     source = manifest_near(specs[0])
     first = Path(specs[0])

@@ -29,6 +29,7 @@ from pipelines.image_folder import ImageFolderDatasource, folder_labels, image_f
 from pipelines.ledger import SampleLedger
 from pipelines.sources import ShardList, resolve_shards
 from pipelines.stages import Tokenize
+from training.ray_train.driver import ensure_ray
 
 # What the model stage receives: the image and tokenized caption, and what the output rows keep.
 INFERENCE_COLUMNS = (
@@ -80,7 +81,6 @@ def start_inference(
 ) -> InferenceRun:
     """Lists the shards or image files (a mistyped path fails before Ray starts), starts Ray, composes
     the pipeline. `classes` label an image folder's files by their subfolder's name."""
-    from training.ray_train.driver import ensure_ray
 
     files = image_files(specs[0]) if len(specs) == 1 else []
     shards = None if files else resolve_shards(specs, run.cfg.data.s3_endpoint)

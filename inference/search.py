@@ -20,6 +20,7 @@ from inference.trained import TrainedRun, decode_image_file, find_trained, load_
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import Record, iter_records
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+import io
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,6 @@ def contact_sheet(
     hits: list[Hit], images: dict[tuple[str, str], bytes], title: str, path: Path, columns: int = 5
 ) -> Path:
     """The hits as a grid of thumbnails, each with rank, score and caption; the query as the title."""
-    import io
 
     rows = max(1, -(-len(hits) // columns))
     figure = Figure(figsize=(2.6 * columns, 3.0 * rows + 0.6), layout="constrained")

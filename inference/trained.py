@@ -18,6 +18,7 @@ from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.config.io import from_dict
 from training.tasks.kinds import check_kind
 from training.tasks.registry import trainer
+from pipelines.images import BadSample, decode_eval
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ def load_trained_model(run: TrainedRun, device: torch.device):
 
 def decode_image_file(image: str | Path, data) -> np.ndarray:
     """An image file as the eval pipeline decodes it (uint8 HWC); a clear error when it cannot be."""
-    from pipelines.images import BadSample, decode_eval
 
     try:
         return decode_eval(Path(image).read_bytes(), data.augment, data.max_image_pixels)

@@ -15,6 +15,10 @@ from pathlib import Path
 import torch
 
 from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from pipelines.tokenizer import load_tokenizer, pad_token_id
+from training.checkpoint.store import load_config_dict, read_model_state
+from training.config.io import from_dict
+from training.models.image_processors import eval_image_processor
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
 _BLOCK = (
@@ -253,12 +257,6 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     tokenizer files and preprocessor_config.json (nothing pickled)."""
     from tokenizers import Tokenizer
     from transformers import CLIPModel, PreTrainedTokenizerFast
-
-    from training.models.image_processors import eval_image_processor
-
-    from pipelines.tokenizer import load_tokenizer, pad_token_id
-    from training.checkpoint.store import load_config_dict, read_model_state
-    from training.config.io import from_dict
 
     cfg = from_dict(ClipRunConfig, load_config_dict(checkpoint))
     tokenizer = load_tokenizer(cfg.data.tokenizer)

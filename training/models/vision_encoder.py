@@ -15,6 +15,11 @@ from typing import Literal
 
 import torch
 from torch import nn
+from training.checkpoint.store import latest_checkpoint, load_config_dict
+from training.checkpoint.store import load_checkpoint
+from training.config.io import from_dict
+from training.config.schema import ClipRunConfig
+from training.models.clip import ClipModel
 
 TowerKind = Literal["mmtrain", "hf_clip", "hf_siglip"]
 
@@ -44,9 +49,6 @@ def tower_info(path: str | Path) -> TowerInfo:
     path = Path(path)
     if (path / "config.json").is_file():
         return _hf_tower_info(path)
-    from training.checkpoint.store import latest_checkpoint, load_config_dict
-    from training.config.schema import ClipRunConfig
-    from training.config.io import from_dict
 
     checkpoint = latest_checkpoint(path)
     vision = from_dict(ClipRunConfig, load_config_dict(checkpoint)).model.vision
@@ -117,10 +119,6 @@ def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
 
 
 def _own_tower(checkpoint: str) -> nn.Module:
-    from training.checkpoint.store import load_checkpoint, load_config_dict
-    from training.config.schema import ClipRunConfig
-    from training.config.io import from_dict
-    from training.models.clip import ClipModel
 
     clip_cfg = from_dict(ClipRunConfig, load_config_dict(Path(checkpoint)))
     clip = ClipModel(clip_cfg.model, clip_cfg.data.context_length, clip_cfg.loss)

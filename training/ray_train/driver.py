@@ -202,7 +202,7 @@ def fit(
 def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
     shards' sample count comes from their tar headers)."""
-    from pipelines.dataset import epochs_for
+    from pipelines.dataset import epochs_for  # Ray Data: loaded by commands that train, as in fit()
     from pipelines.sources import count_dataset_samples
 
     if cfg.loop.epochs:

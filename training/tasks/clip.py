@@ -19,6 +19,15 @@ from training.engine.losses import infonce_loss, siglip_loss
 from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
 from training.models.clip import ClipModel
 from training.engine.optim import exempt_from_weight_decay, param_groups
+from pipelines.tokenizer import load_tokenizer
+from training.models.hf_clip import load_pretrained
+from training.tasks.clip_eval import (
+    embed_eval_set,
+    retrieval_recall,
+    zero_shot_accuracy,
+    zero_shot_classifier,
+    zero_shot_confusion,
+)
 
 
 class ClipTask:
@@ -37,8 +46,6 @@ class ClipTask:
     def build_model(self) -> ClipModel:
         model = ClipModel(self.cfg.model, self.cfg.data.context_length, self.cfg.loss)
         if self.cfg.init_from:  # fine-tuning: start from a pretrained CLIPModel's weights
-            from training.models.hf_clip import load_pretrained
-
             load_pretrained(model, self.cfg.init_from)
         return model
 
@@ -108,7 +115,6 @@ class ClipTask:
 
     def captions(self, batch: dict) -> list[str]:
         """The caption text of each row of a training batch (for the sample grid)."""
-        from pipelines.tokenizer import load_tokenizer
 
         if self._caption_tokenizer is None:
             self._caption_tokenizer = load_tokenizer(self.cfg.data.tokenizer)
@@ -122,13 +128,6 @@ class ClipTask:
     def evaluate(self, model: nn.Module, batches: Iterable[dict], device: torch.device, assets) -> dict:
         """Zero-shot accuracy and retrieval recall over the whole eval set (all ranks take part).
         `batches` are this rank's eval batches; `assets` an EvalAssets (classes, templates, tokenizer)."""
-        from training.tasks.clip_eval import (
-            embed_eval_set,
-            retrieval_recall,
-            zero_shot_accuracy,
-            zero_shot_classifier,
-            zero_shot_confusion,
-        )
 
         model = unwrap(model)
         eval_cfg = self.cfg.eval

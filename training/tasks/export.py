@@ -8,10 +8,10 @@ from pathlib import Path
 
 from training.tasks.kinds import run_kind
 from training.tasks.registry import TRAINERS, TrainerSpec
+from training.checkpoint.store import load_config_dict
 
 
 def trainer_of_checkpoint(checkpoint: Path) -> TrainerSpec:
-    from training.checkpoint.store import load_config_dict
 
     kind = run_kind(load_config_dict(checkpoint))
     if kind is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from training.config.io import ConfigError, config_from_data, read_config_file
 from training.tasks.registry import TRAINERS
+from training.config.help import resolve_preset
 
 
 def _fields(cls) -> set[str]:
@@ -59,7 +60,6 @@ def check_kind(config: dict, kind: str, what: str, command: str, instead: str = 
 def load_run_config(kind: str, path: str | Path, overrides: list[str] = ()):
     """A preset for `mmtrain train KIND` (a path, or a preset under the project's conf/), refused with
     the right command when it is the other trainer's."""
-    from training.config.help import resolve_preset
 
     path = resolve_preset(path)
     data = read_config_file(path)  # parsed once: the trainer check and the config read the same data

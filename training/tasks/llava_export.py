@@ -17,15 +17,17 @@ from torch import nn
 
 from pipelines.conversations import IMAGE_PLACEHOLDER
 from training.models.image_processors import eval_image_processor
+from training.checkpoint.store import load_checkpoint, load_config_dict
+from training.config.io import from_dict
+from training.config.schema import ClipRunConfig
+from training.config.schema import VlmRunConfig
+from training.models.hf_clip import hf_config_from_model
+from training.models.hf_clip import vision_state_to_hf
+from training.tasks.vlm import VlmTask
 
 
 def export_llava(checkpoint: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from training.checkpoint.store import load_checkpoint, load_config_dict
-    from training.config.schema import VlmRunConfig
-    from training.config.io import from_dict
-    from training.tasks.vlm import VlmTask
 
     cfg = from_dict(VlmRunConfig, load_config_dict(checkpoint))
     if cfg.model.projector.type != "mlp2x_gelu":
@@ -92,10 +94,6 @@ def _processor(task, cfg):
 
 
 def _own_vision_config(checkpoint: str):
-    from training.checkpoint.store import load_config_dict
-    from training.config.schema import ClipRunConfig
-    from training.config.io import from_dict
-    from training.models.hf_clip import hf_config_from_model
 
     clip = from_dict(ClipRunConfig, load_config_dict(Path(checkpoint)))
     return hf_config_from_model(clip.model, clip.data.context_length, eos_token_id=0, pad_token_id=0).vision_config
@@ -105,8 +103,6 @@ def _copy_vision(encoder: nn.Module, target: nn.Module, kind: str) -> None:
     """The VLM's vision weights into LLaVA's vision tower (a CLIP or SigLIP vision model; transformers
     5 holds it without the `vision_model.` level, so names are matched with or without it)."""
     if kind == "mmtrain":
-        from training.models.hf_clip import vision_state_to_hf
-
         tower = encoder.tower
         state = vision_state_to_hf(tower.state_dict(), len(tower.transformer.blocks))
     else:

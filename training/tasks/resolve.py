@@ -15,6 +15,8 @@ from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.tasks.protocol import EvalAssets
+from training.models.hf_clip import pretrained_run_config
+from training.models.vision_encoder import tower_info
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,6 @@ def list_shards(data) -> RunShards:
 def resolve_clip(cfg: ClipRunConfig, shards: RunShards | None = None) -> tuple[ClipRunConfig, EvalAssets | None]:
     """Fill what the config leaves to the data: tokenizer path, vocab size, eval classes/templates."""
     if cfg.init_from:
-        from training.models.hf_clip import pretrained_run_config
-
         cfg = pretrained_run_config(cfg)
     data = cfg.data
     shards = shards or list_shards(data)
@@ -109,7 +109,6 @@ def manifest_near(spec: str) -> dict:
 def resolve_vlm(cfg: VlmRunConfig, shards: RunShards | None = None) -> tuple[VlmRunConfig, EvalAssets | None]:
     """Check the prerequisites (vision tower, LM directory) and match the data to the vision tower:
     its image size, its eval resize policy (centre crop or not) and, on the device, its normalisation."""
-    from training.models.vision_encoder import tower_info
 
     model = cfg.model
     if not model.vision.checkpoint:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import io
+import tempfile
+import time
 
 RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
@@ -119,7 +122,6 @@ class Tracker:
         """Numbers as curves over the step, except NOT_CURVES: those are run tags (`mmtrain.epoch`
         holds the latest value), so the UI's charts start with loss, lr and throughput."""
         from mlflow.entities import Metric, RunTag
-        import time
 
         now = int(time.time() * 1000)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -148,8 +150,6 @@ class Tracker:
     def log_figure_at_step(self, figure, artifact_file: str, key: str, step: int) -> None:
         """A figure rendered once and logged twice: the PNG `artifact_file` (for downloading) and
         MLflow's step-aware image `key` (an image chart with a step slider in the run's charts)."""
-        import io
-        import tempfile
 
         from PIL import Image
 
