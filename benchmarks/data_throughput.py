@@ -79,9 +79,9 @@ def run_mmtrain(
 ) -> dict:
     """`execution_per_epoch`: the pipeline as it was before one stream per run, a new Ray Data
     execution (and actor pool) for each epoch."""
+    from pipelines import contract
     from pipelines.config import AugmentConfig, DataConfig
     from pipelines.dataset import build_dataset, limit_data_resources
-    from pipelines import contract
 
     cfg = DataConfig(
         augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)),

@@ -30,10 +30,10 @@ from benchmarks.data_throughput import make_shards
 def make_checkpoint(shards: Path, preset: str, out: Path) -> Path:
     """A randomly initialised CLIP of a preset's shape, saved as a run saves a checkpoint."""
     from training.checkpoint.store import save_checkpoint
-    from training.tasks.clip import ClipTask
-    from training.config.schema import ClipRunConfig
     from training.config.io import load_config, to_dict
+    from training.config.schema import ClipRunConfig
     from training.engine.loop import TrainState
+    from training.tasks.clip import ClipTask
     from training.tasks.resolve import resolve_clip
 
     cfg = load_config(

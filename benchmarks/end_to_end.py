@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import device_name, write_report
 from benchmarks.trainer_throughput import measure
-from training.config.schema import ClipRunConfig
 from training.config.io import load_config
+from training.config.schema import ClipRunConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 

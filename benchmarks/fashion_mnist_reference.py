@@ -81,11 +81,11 @@ def _raw_columns(records, epoch: int) -> dict:
 
 def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     """Train and evaluate without Ray; the wall time of the whole function."""
-    from training.tasks.clip import ClipTask
-    from training.config.schema import ClipRunConfig
     from training.config.io import load_config
+    from training.config.schema import ClipRunConfig
     from training.engine.loop import TrainState, train
     from training.engine.optim import build_optimizer, warmup_cosine
+    from training.tasks.clip import ClipTask
     from training.tasks.resolve import resolve_clip
 
     start = time.perf_counter()

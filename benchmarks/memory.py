@@ -131,8 +131,8 @@ def _rank(rank: int, ranks: int, strategy: str, lm: str, tower: str, args, out: 
 
 def _measure(strategy: str, lm: str, tower: str, args, device: torch.device) -> dict:
     from training.checkpoint.store import save_checkpoint
-    from training.config.schema import VlmRunConfig
     from training.config.io import from_dict
+    from training.config.schema import VlmRunConfig
     from training.engine.loop import TrainState, train
     from training.engine.optim import build_optimizer, warmup_cosine
     from training.engine.parallelize import parallelize

@@ -21,13 +21,13 @@ import torch
 
 from benchmarks.trainer_throughput import CONF, synthetic_batches
 from benchmarks.vlm_throughput import random_tower_checkpoint, synthetic_vlm_batch
-from training.tasks.clip import ClipTask
-from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
 from training.config.io import from_dict, load_config
+from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
 from training.engine.loop import TrainState, train
-from training.models.language_model import make_tiny_lm
 from training.engine.optim import build_optimizer, warmup_cosine
+from training.models.language_model import make_tiny_lm
 from training.models.vision_encoder import tower_info
+from training.tasks.clip import ClipTask
 from training.tasks.vlm import VlmTask
 
 

@@ -18,14 +18,14 @@ import torch
 from benchmarks.common import H100_BF16_PEAK_FLOPS, device_name, forward_flops, write_report
 from benchmarks.step_profile import format_profile, profile_steps
 from pipelines import contract
+from pipelines.collate import VlmCollate
 from training.checkpoint.store import save_checkpoint
-from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
 from training.config.io import from_dict, load_config, to_dict
+from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
 from training.engine.loop import TrainState, train
+from training.engine.optim import build_optimizer, warmup_cosine
 from training.models.clip import ClipModel
 from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
-from training.engine.optim import build_optimizer, warmup_cosine
-from pipelines.collate import VlmCollate
 from training.models.vision_encoder import tower_info
 from training.tasks.vlm import VlmTask
 

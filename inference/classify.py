@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from inference.clip_stages import ZeroShotClassifier
-from inference.pool import PoolOptions, run_summary, start_inference, write_manifest, write_parquet
 from inference.index import load_rows
+from inference.pool import PoolOptions, run_summary, start_inference, write_manifest, write_parquet
 from inference.trained import find_trained
-from training.tracking.figures import heatmap
 from training.tasks.resolve import manifest_near
+from training.tracking.figures import heatmap
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 CONFUSION_FIGURE = "_confusion_matrix.png"

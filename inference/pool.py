@@ -24,10 +24,9 @@ from inference.progress import ProgressCounter, ProgressPrinter
 from inference.trained import TrainedRun
 from pipelines import contract, position
 from pipelines.dataset import build_dataset, map_stages
-from pipelines.sources import count_dataset_samples
 from pipelines.image_folder import ImageFolderDatasource, folder_labels, image_files
 from pipelines.ledger import SampleLedger
-from pipelines.sources import ShardList, resolve_shards
+from pipelines.sources import ShardList, count_dataset_samples, resolve_shards
 from pipelines.stages import Tokenize
 from training.ray_train.driver import ensure_ray
 

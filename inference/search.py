@@ -3,6 +3,7 @@ printed and drawn as a contact sheet (the images read back from their shards).""
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from inference.trained import TrainedRun, decode_image_file, find_trained, load_
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import Record, iter_records
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-import io
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import sys
 
 from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
 
-
 # Notices from Ray's own processes that the driver would print (Ray's RAY_DEDUP_LOGS_SKIP_REGEX
 # drops them there; they stay in the session logs): an error-level line from Ray's own actors
 # (Train's PreemptionWatcher, Ray Data's map workers) about restarts mmtrain does not rely on, and

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from training.config.schema import SweepConfig
 from training.config.io import load_config
+from training.config.schema import SweepConfig
 
 
 def add_parsers(subparsers) -> None:

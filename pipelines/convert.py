@@ -25,11 +25,11 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
+from pipelines import bad_samples
 from pipelines.contained_files import read_contained
 from pipelines.images import BadSample
 from pipelines.resize import shrink
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
-from pipelines import bad_samples
 from pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
 
 FORMATS = ("folder", "csv", "jsonl", "parquet", "idx")

@@ -24,8 +24,8 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 
 from pipelines.config import DataConfig
-from pipelines.ledger import check_bad_fraction
 from pipelines.datasource import EpochShardDatasource
+from pipelines.ledger import check_bad_fraction
 from pipelines.sources import ShardList, resolve_shards
 from pipelines.stages import Tokenize, decode_and_augment
 from pipelines.tokenizer import resolve_tokenizer

@@ -15,9 +15,9 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines import bad_samples
+from pipelines.contained_files import read_contained
 from pipelines.datasource import RAW_SCHEMA, ShardRead, shard_tables
 from pipelines.sources import SHARD_SUFFIXES
-from pipelines.contained_files import read_contained
 from pipelines.tar_samples import MAX_MEMBER_BYTES, Bad, Record
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})

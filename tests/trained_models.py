@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines import contract
 from pipelines.config import AugmentConfig, DataConfig
 from pipelines.images import decode_eval
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import Record, iter_records
 from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from pipelines import contract
 from training.checkpoint.store import save_checkpoint
-from training.tasks.clip import ClipTask
-from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
 from training.config.io import to_dict
+from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
 from training.engine.loop import TrainState
+from training.tasks.clip import ClipTask
 
 
 def tiny_clip_config(synth_dir: Path, image_size: int = 32) -> ClipRunConfig:

@@ -11,10 +11,10 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.integration.test_data_resume import wait_for_new_checkpoints
 from training.config.io import load_config
 from training.config.schema import ClipRunConfig
 from training.tracking.tracker import RUN_NAME_TAG
-from tests.integration.test_data_resume import wait_for_new_checkpoints
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -92,8 +92,8 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     training run on 2 workers over them finishes and reports them."""
     from jobs.data import write_tokenizer
     from pipelines.inspection import inspect_shards
-    from training.config.schema import ClipRunConfig
     from training.config.io import load_config
+    from training.config.schema import ClipRunConfig
     from training.ray_train.driver import run_training
 
     shards = tmp_path / "shards"

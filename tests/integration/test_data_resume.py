@@ -18,8 +18,8 @@ import pytest
 
 from pipelines.position import DataPosition
 from training.checkpoint.store import latest_checkpoint
-from training.config.schema import ClipRunConfig
 from training.config.io import load_config
+from training.config.schema import ClipRunConfig
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

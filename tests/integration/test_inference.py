@@ -17,8 +17,8 @@ from pipelines.inspection import inspect_shards, iter_shard_records
 from pipelines.sources import resolve_shards
 from pipelines.tar_samples import iter_records
 from tests.assets import good_members, write_tar
-from training.tasks.clip import ClipTask
 from tests.trained_models import decoded, save_clip, tiny_clip_config, train_tiny_clip
+from training.tasks.clip import ClipTask
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from pipelines import contract
-from training.checkpoint.store import read_model_state, read_saved_tensors
-from training.config.schema import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
-from training.config.io import load_config
 from tests.unit.test_loop_and_checkpoint import _cfg as tiny_clip_cfg
-from tests.unit.test_vlm import _cfg as tiny_vlm_cfg, make_parts
+from tests.unit.test_vlm import _cfg as tiny_vlm_cfg
+from tests.unit.test_vlm import make_parts
+from training.checkpoint.store import read_model_state, read_saved_tensors
+from training.config.io import load_config
+from training.config.schema import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.config.schema import SweepConfig
 from training.config.io import load_config
+from training.config.schema import SweepConfig
 from training.tracking.tracker import PARENT_RUN_TAG, RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration

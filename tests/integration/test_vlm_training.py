@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.config import AugmentConfig, DataConfig
 from training.checkpoint.store import save_checkpoint
-from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
 from training.config.io import load_config, to_dict
+from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
 from training.engine.loop import TrainState
 from training.models.clip import ClipModel
 from training.tracking.tracker import RUN_NAME_TAG
-from pipelines.config import AugmentConfig, DataConfig
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

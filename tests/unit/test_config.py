@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config.io import ConfigError, from_dict, load_config
 from pipelines.config import DataConfig
+from training.config.io import ConfigError, from_dict, load_config
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_take
 
     from jobs.cli import main
     from training.checkpoint.store import save_checkpoint
-    from training.config.schema import VlmRunConfig
     from training.config.io import to_dict
+    from training.config.schema import VlmRunConfig
     from training.engine.loop import TrainState
 
     repo = Path(__file__).resolve().parents[2]

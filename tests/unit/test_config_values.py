@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import Checked
-from training.config.schema import ClipRunConfig, SweepConfig, VlmRunConfig
 from training.config.io import ConfigError, load_config, parse_override_value
+from training.config.schema import ClipRunConfig, SweepConfig, VlmRunConfig
 
 NUMBERS = (int, float)
 

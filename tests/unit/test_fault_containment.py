@@ -136,9 +136,9 @@ def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offse
 
 
 def test_an_unreachable_shard_source_fails_before_ray_starts(monkeypatch):
-    from training.ray_train import driver as run
-    from training.config.schema import ClipRunConfig
     from training.config.io import from_dict
+    from training.config.schema import ClipRunConfig
+    from training.ray_train import driver as run
 
     def no_ray(*args):
         raise AssertionError("Ray was started before the shards were checked")

@@ -38,9 +38,9 @@ def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
 
     from pipelines import contract
     from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+    from tests.unit.test_loop_and_checkpoint import _cfg
     from training.tasks.clip import ClipTask
     from training.tasks.protocol import EvalAssets
-    from tests.unit.test_loop_and_checkpoint import _cfg
 
     tokenizer_path = str(synth_dir / "tokenizer.json")
     cfg = _cfg()

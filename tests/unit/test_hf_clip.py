@@ -14,11 +14,11 @@ from pipelines import contract
 from pipelines.stages import Tokenize
 from pipelines.tokenizer import train_bpe_tokenizer
 from training.checkpoint.store import save_checkpoint
-from training.tasks.clip import ClipTask
-from training.config.schema import ClipRunConfig
 from training.config.io import from_dict, to_dict
+from training.config.schema import ClipRunConfig
 from training.engine.loop import TrainState
 from training.models import hf_clip
+from training.tasks.clip import ClipTask
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a small green triangle", "three red circles"]
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

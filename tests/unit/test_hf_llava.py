@@ -7,7 +7,10 @@ import torch
 
 from jobs.cli import main
 from pipelines.conversations import ConversationEncoder
+from tests.unit.test_vision_encoders import save_hf_tower
+from tests.unit.test_vlm import make_parts
 from training.checkpoint.store import save_checkpoint
+from training.config.io import to_dict
 from training.config.schema import (
     LanguageModelConfig,
     LoraConfig,
@@ -17,11 +20,8 @@ from training.config.schema import (
     VlmModelConfig,
     VlmRunConfig,
 )
-from training.config.io import to_dict
 from training.engine.loop import TrainState
 from training.tasks.vlm import VlmTask
-from tests.unit.test_vision_encoders import save_hf_tower
-from tests.unit.test_vlm import make_parts
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from pipelines import contract
+from pipelines.config import AugmentConfig, DataConfig
 from training.checkpoint.store import load_checkpoint, save_checkpoint
-from training.tasks.clip import ClipTask
 from training.config.schema import ClipModelConfig, ClipRunConfig, LoopConfig, OptimConfig, TextConfig, VisionConfig
 from training.engine.loop import TrainState, train
 from training.engine.optim import build_optimizer, warmup_cosine
 from training.engine.resume import check_resume_config, plan_schedule, seed_for
-from pipelines.config import AugmentConfig, DataConfig
+from training.tasks.clip import ClipTask
 
 
 def _cfg():

@@ -10,13 +10,18 @@ import pytest
 import torch
 
 from pipelines.conversations import ConversationEncoder
+from tests.unit.test_loop_and_checkpoint import _batches as clip_batches
+from tests.unit.test_loop_and_checkpoint import _cfg as clip_cfg
+from tests.unit.test_loop_and_checkpoint import _setup as clip_setup
+from tests.unit.test_vlm import _batches as vlm_batches
+from tests.unit.test_vlm import _cfg as vlm_cfg
+from tests.unit.test_vlm import _train as vlm_train
+from tests.unit.test_vlm import make_parts
 from training.checkpoint.store import load_checkpoint, read_model_state, save_checkpoint
 from training.config.schema import LoraConfig, ModuleLearningRates
 from training.engine.loop import TrainState
 from training.engine.parallelize import checkpoint_blocks, parallelize, transformer_blocks
 from training.tasks.vlm import VlmTask
-from tests.unit.test_loop_and_checkpoint import _batches as clip_batches, _cfg as clip_cfg, _setup as clip_setup
-from tests.unit.test_vlm import _batches as vlm_batches, _cfg as vlm_cfg, _train as vlm_train, make_parts
 
 STAGE2 = ModuleLearningRates(vision=0, projector=1e-3, lm=1e-2)
 

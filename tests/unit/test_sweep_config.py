@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config.schema import SweepConfig
 from training.config.io import ConfigError, load_config
+from training.config.schema import SweepConfig
 from training.ray_train.sweep import (
     check_search_space,
     concurrency,

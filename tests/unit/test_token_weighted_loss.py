@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder
+from tests.unit.test_vlm import _cfg, make_parts
 from training.config.schema import ModuleLearningRates
 from training.tasks.vlm import VlmTask
-from tests.unit.test_vlm import _cfg, make_parts
 
 ANSWERS = [
     "red",

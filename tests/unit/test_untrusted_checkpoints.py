@@ -11,8 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.checkpoint.store import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.checkpoint.metadata import ALLOWED, UnsafeCheckpoint, load_metadata
+from training.checkpoint.store import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.engine.loop import TrainState
 
 

@@ -104,8 +104,8 @@ def test_a_feature_layer_outside_the_tower_is_refused(tmp_path):
 
 
 def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_path):
-    from training.config.schema import VlmRunConfig
     from training.config.io import from_dict
+    from training.config.schema import VlmRunConfig
     from training.models.language_model import make_tiny_lm
     from training.tasks.resolve import resolve_vlm
 

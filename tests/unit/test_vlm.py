@@ -4,28 +4,28 @@ import pytest
 import torch
 
 from pipelines import contract
+from pipelines.config import AugmentConfig, DataConfig
 from pipelines.conversations import ConversationEncoder
 from training.checkpoint.store import save_checkpoint
+from training.config.io import to_dict
 from training.config.schema import (
     ClipModelConfig,
     ClipRunConfig,
+    LanguageModelConfig,
     ModuleLearningRates,
     OptimConfig,
     TextConfig,
     VisionConfig,
+    VisionEncoderConfig,
     VlmModelConfig,
     VlmRunConfig,
-    VisionEncoderConfig,
-    LanguageModelConfig,
 )
-from training.config.io import to_dict
 from training.engine.loop import TrainState, train
+from training.engine.optim import build_optimizer, warmup_cosine
 from training.models.clip import ClipModel
 from training.models.language_model import make_tiny_lm
 from training.models.vlm import build_projector
-from training.engine.optim import build_optimizer, warmup_cosine
 from training.tasks.vlm import VlmTask
-from pipelines.config import AugmentConfig, DataConfig
 
 TEXTS = ["what colour are the shapes?", "red", "blue", "a photo of a red circle."] * 20
 

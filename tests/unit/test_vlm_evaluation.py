@@ -10,9 +10,9 @@ import torch
 
 from pipelines import contract
 from pipelines.conversations import ConversationEncoder, first_exchange
+from tests.unit.test_vlm import _cfg, make_parts
 from training.config.schema import ModuleLearningRates
 from training.tasks.vlm import VlmTask
-from tests.unit.test_vlm import _cfg, make_parts
 
 STYLES = {
     "llava": [{"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red"}],

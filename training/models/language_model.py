@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Iterable
 
@@ -9,7 +10,6 @@ import torch
 
 from pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
 from pipelines.tokenizer import train_bpe_tokenizer
-import importlib.util
 
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
@@ -108,7 +108,8 @@ def smollm2_gguf() -> Path:
 def add_lora(lm, cfg):
     """The LM with peft's LoRA adapters (a `LoraConfig` section) on `cfg.target_modules`: its own
     weights frozen, the adapters trainable. `merge_and_unload()` folds them back in for export."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
     missing = [name for name in cfg.target_modules if name not in present]

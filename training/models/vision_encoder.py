@@ -15,8 +15,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from training.checkpoint.store import latest_checkpoint, load_config_dict
-from training.checkpoint.store import load_checkpoint
+
+from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
 from training.config.io import from_dict
 from training.config.schema import ClipRunConfig
 from training.models.clip import ClipModel

@@ -14,13 +14,12 @@ from pipelines.bad_samples import TooManyBadSamples
 from training.checkpoint.store import latest_checkpoint, load_config_dict
 from training.config.io import to_dict
 from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.engine.resume import check_resume_config, format_changes
 from training.ray_train.payload import WorkerPayload
 from training.tasks.protocol import EvalAssets
 from training.tasks.registry import TrainerSpec, trainer_of
 from training.tasks.resolve import RunShards, list_shards
-from training.engine.resume import check_resume_config, format_changes
 from training.tracking.tracker import default_experiment, default_tracking_uri
-
 
 VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
 RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parents[2] / "pipelines" / "ray_data_logging.yaml"

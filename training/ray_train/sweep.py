@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from training.checkpoint.store import latest_checkpoint
-from training.config.schema import SweepConfig
 from training.config.io import ConfigError, flatten, load_config, to_dict
+from training.config.schema import SweepConfig
 from training.ray_train import driver
 from training.ray_train.driver import ensure_ray
 from training.tasks.registry import trainer

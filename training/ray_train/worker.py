@@ -18,7 +18,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from training.config.io import flatten, to_dict
 from training.checkpoint.store import (
     checkpoint_problem,
     load_checkpoint,
@@ -26,12 +25,14 @@ from training.checkpoint.store import (
     load_data_position,
     load_tracking_run_id,
 )
+from training.config.io import flatten, to_dict
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.engine.consumption import Consumption
 from training.engine.fetch_ahead import first_item_fetched_ahead
 from training.engine.loop import TrainState, train
 from training.engine.optim import build_optimizer, warmup_cosine
 from training.engine.parallelize import Parallelized, parallelize
+from training.engine.resume import config_changes, plan_schedule, seed_for
 from training.ray_train.payload import WorkerPayload
 from training.ray_train.step_hooks import (
     Checkpointer,
@@ -41,9 +42,8 @@ from training.ray_train.step_hooks import (
     Validator,
     WorkerContext,
 )
-from training.engine.resume import config_changes, plan_schedule, seed_for
-from training.tracking.tracker import TRACKING_OFF, Tracker
 from training.tasks.registry import trainer_of
+from training.tracking.tracker import TRACKING_OFF, Tracker
 
 RunConfig = ClipRunConfig | VlmRunConfig
 

@@ -10,16 +10,14 @@ import torch
 from torch import nn
 
 from pipelines import contract
+from pipelines.tokenizer import load_tokenizer
 from training.config.schema import ClipRunConfig
 from training.engine.distributed import full_tensor
-from training.tasks.protocol import Evaluation
-from training.tracking.figures import HeatmapSpec
+from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
 from training.engine.loop import Autocast, NoSync, accumulate_independently
 from training.engine.losses import infonce_loss, siglip_loss
-from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
-from training.models.clip import ClipModel
 from training.engine.optim import exempt_from_weight_decay, param_groups
-from pipelines.tokenizer import load_tokenizer
+from training.models.clip import ClipModel
 from training.models.hf_clip import load_pretrained
 from training.tasks.clip_eval import (
     embed_eval_set,
@@ -28,6 +26,8 @@ from training.tasks.clip_eval import (
     zero_shot_classifier,
     zero_shot_confusion,
 )
+from training.tasks.protocol import Evaluation
+from training.tracking.figures import HeatmapSpec
 
 
 class ClipTask:

@@ -8,10 +8,9 @@ import dataclasses
 import typing
 from pathlib import Path
 
-
+from training.config.help import resolve_preset
 from training.config.io import ConfigError, config_from_data, read_config_file
 from training.tasks.registry import TRAINERS
-from training.config.help import resolve_preset
 
 
 def _fields(cls) -> set[str]:

@@ -16,13 +16,11 @@ from pathlib import Path
 from torch import nn
 
 from pipelines.conversations import IMAGE_PLACEHOLDER
-from training.models.image_processors import eval_image_processor
 from training.checkpoint.store import load_checkpoint, load_config_dict
 from training.config.io import from_dict
-from training.config.schema import ClipRunConfig
-from training.config.schema import VlmRunConfig
-from training.models.hf_clip import hf_config_from_model
-from training.models.hf_clip import vision_state_to_hf
+from training.config.schema import ClipRunConfig, VlmRunConfig
+from training.models.hf_clip import hf_config_from_model, vision_state_to_hf
+from training.models.image_processors import eval_image_processor
 from training.tasks.vlm import VlmTask
 
 

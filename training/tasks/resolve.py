@@ -14,9 +14,9 @@ from pipelines.sources import ShardList, count_shard_samples, resolve_shards
 from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.tasks.protocol import EvalAssets
 from training.models.hf_clip import pretrained_run_config
 from training.models.vision_encoder import tower_info
+from training.tasks.protocol import EvalAssets
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ from pipelines.stages import TokenizeConversations
 from training.checkpoint.store import latest_checkpoint, read_model_state
 from training.config.schema import VlmRunConfig
 from training.engine.distributed import all_reduce_sum
-from training.models.language_model import add_lora, load_lm
-from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
 from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
-from training.models.vision_encoder import load_vision_encoder, tower_info
-from training.tasks.protocol import Evaluation
-from training.models.vlm import VisionLanguageModel, build_projector
+from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
 from training.engine.optim import exempt_from_weight_decay, param_groups
+from training.models.language_model import add_lora, load_lm
+from training.models.vision_encoder import load_vision_encoder, tower_info
+from training.models.vlm import VisionLanguageModel, build_projector
+from training.tasks.protocol import Evaluation
 
 
 class VlmTask:

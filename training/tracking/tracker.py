@@ -3,11 +3,11 @@ every checkpoint, a resumed run continues it, and a fresh start (even under an o
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import io
+import os
 import tempfile
 import time
+from pathlib import Path
 
 RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
