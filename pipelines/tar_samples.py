@@ -256,6 +256,8 @@ def _read_members(reader: _Reader, max_member_bytes: int, numbering: SampleNumbe
     a few slices. Like tarfile's ignore_zeros mode, zero blocks are skipped and a block that fails
     its checksum is skipped too, until the next valid header (counted once per damaged region).
     A header whose checksum holds but whose fields do not parse is counted as bad_header.
+    A state machine over the stream's blocks (pending long names and pax sizes, resynchronising),
+    so it reads best as one function.
     """
     members, files, resyncing = 0, 0, False
     long_name: Optional[str] = None  # from a GNU 'L' or pax 'path' record, for the next member

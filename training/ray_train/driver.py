@@ -139,34 +139,12 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.dataset import build_dataset, limit_data_resources
     from pipelines.ledger import SampleLedger
     from training.ray_train.dataset_split import TrainEqualEvalWhole
     from training.ray_train.worker import train_worker
 
     scaling = cfg.scaling
-    limit_data_resources(cfg.data, scaling.num_workers * scaling.cpus_per_worker)
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train))
-    task_type = spec.task
-    datasets = {
-        "train": build_dataset(
-            cfg.data,
-            shards.train,
-            train=True,
-            ledger=ledger,
-            columns=task_type.train_columns + (contract.POSITION,),
-            text_stage=task_type.text_stage(cfg, ledger),
-            epochs=_stream_epochs(cfg, shards.train),
-        )
-    }
-    if eval_assets is not None:
-        datasets["eval"] = build_dataset(
-            cfg.data,
-            shards.eval,
-            train=False,
-            columns=task_type.eval_columns,
-            text_stage=task_type.text_stage(cfg),
-        )
     output_dir = cfg.run.output_dir
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
@@ -187,7 +165,7 @@ def fit(
             # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
             logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets,
+        datasets=_datasets(cfg, spec, shards, ledger, with_eval=eval_assets is not None),
         dataset_config=TrainEqualEvalWhole(),
     )
     result = trainer.fit()
@@ -196,6 +174,29 @@ def fit(
         raise TooManyBadSamples(metrics["data_error"])
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     return metrics
+
+
+def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunShards, ledger, with_eval: bool):
+    """The run's one training stream (all its epochs) and, with eval data, the held-out set."""
+    from pipelines.dataset import build_dataset, limit_data_resources  # Ray Data, as in fit()
+
+    limit_data_resources(cfg.data, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    task = spec.task
+    train = build_dataset(
+        cfg.data,
+        shards.train,
+        train=True,
+        ledger=ledger,
+        columns=task.train_columns + (contract.POSITION,),
+        text_stage=task.text_stage(cfg, ledger),
+        epochs=_stream_epochs(cfg, shards.train),
+    )
+    if not with_eval:
+        return {"train": train}
+    evaluation = build_dataset(
+        cfg.data, shards.eval, train=False, columns=task.eval_columns, text_stage=task.text_stage(cfg)
+    )
+    return {"train": train, "eval": evaluation}
 
 
 def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:

@@ -209,10 +209,38 @@ def _metric_reporter(metric: str):
 
 def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     """Run (or with `resume`, continue) a sweep; returns the summary also saved as results.json."""
-    import ray
+    import ray  # Ray and Tune: loaded by the sweep command alone
+
+    base_config, base, tracking_uri, paths = _prepare(sweep, resume)
+    ensure_ray(sweep.ray_address, sweep.local_num_cpus)
+    per_trial = trial_resources(base, sweep)
+    trials = num_trials(sweep)
+    parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
+    parent = _parent_run(sweep, tracking_uri, paths, resume)
+    context = TrialContext(
+        sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id, sweep.data_cpus_per_trial, os.getcwd()
+    )
+    print(
+        f"[mmtrain] sweep {sweep.name}: {trials} trials of {sweep.trainer}, {parallel} at a time "
+        f"({per_trial} each), {'resuming' if resume else 'starting'} in {paths.root}",
+        flush=True,
+    )
+    interrupted = _fit(_tuner(sweep, base, context, paths, resume, parallel, trials))
+    summary = summarise(sweep, context, paths)
+    interrupted = interrupted or summary["unfinished"] > 0
+    close_runs(parent, summary, interrupted)
+    summary["interrupted"] = interrupted
+    (paths.root / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if summary["best"]:
+        best_cfg = trial_config(context, summary["best"]["params"], summary["best"]["trial_id"])
+        (paths.root / "best_config.yaml").write_text(yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
+    parent.log_artifact(paths.root / "results.json")
+    return summary
+
+
+def _prepare(sweep: SweepConfig, resume: bool):
+    """(base config path, base config, tracking URI, paths), after every check that needs no Ray."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     base_config = resolve_base_config(sweep.base_config)
     check_search_space(sweep, base_config)
@@ -235,12 +263,11 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
             "or choose another name (--set name=...)"
         )
     paths.trials.mkdir(parents=True, exist_ok=True)
+    return base_config, base, tracking_uri, paths
 
-    ensure_ray(sweep.ray_address, sweep.local_num_cpus)
-    per_trial = trial_resources(base, sweep)
-    trials = num_trials(sweep)
-    parallel = concurrency(ray.available_resources(), per_trial, trials, sweep.max_concurrent_trials)
-    # The sweep's MLflow run id lives beside its Tune state, so --resume continues the same parent run.
+
+def _parent_run(sweep: SweepConfig, tracking_uri: str, paths: SweepPaths, resume: bool) -> Tracker:
+    """The sweep's MLflow run; its id lives beside the Tune state, so --resume continues it."""
     parent_id_file = paths.root / "mlflow_run_id"
     parent = Tracker(
         tracking_uri,
@@ -251,61 +278,55 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
     )
     parent_id_file.write_text(parent.run_id)
     parent.log_params(flatten(to_dict(sweep)))
-    context = TrialContext(
-        sweep, str(base_config), str(paths.trials), tracking_uri, parent.run_id, sweep.data_cpus_per_trial, os.getcwd()
-    )
-    print(
-        f"[mmtrain] sweep {sweep.name}: {trials} trials of {sweep.trainer}, {parallel} at a time "
-        f"({per_trial} each), {'resuming' if resume else 'starting'} in {paths.root}",
-        flush=True,
-    )
+    return parent
+
+
+def _tuner(
+    sweep: SweepConfig, base, context: TrialContext, paths: SweepPaths, resume: bool, parallel: int, trials: int
+):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": DRIVER_CPUS})
     if resume:
-        tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        scheduler = FIFOScheduler()
-        if sweep.scheduler.type == "asha":
-            scheduler = ASHAScheduler(
-                time_attr="step",
-                max_t=base.loop.max_steps,
-                grace_period=sweep.scheduler.grace_period,
-                reduction_factor=sweep.scheduler.reduction_factor,
-            )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(sweep.search_space),
-            tune_config=tune.TuneConfig(
-                metric=sweep.metric,
-                mode=sweep.mode,
-                num_samples=sweep.num_samples,
-                scheduler=scheduler,
-                # TuneConfig.max_concurrent_trials is ignored with this generator
-                search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=parallel),
-            ),
-            # Tune's status tables (every 30 s) give way to one line per trial event (SweepProgress).
-            run_config=tune.RunConfig(
-                name=paths.tune.name, storage_path=str(paths.root), verbose=0, callbacks=[sweep_progress(sweep, trials)]
-            ),
+        return tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    scheduler = FIFOScheduler()
+    if sweep.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=base.loop.max_steps,
+            grace_period=sweep.scheduler.grace_period,
+            reduction_factor=sweep.scheduler.reduction_factor,
         )
-    interrupted = False
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` closes runs like Ctrl-C
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(sweep.search_space),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            scheduler=scheduler,
+            # TuneConfig.max_concurrent_trials is ignored with this generator
+            search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=parallel),
+        ),
+        # Tune's status tables (every 30 s) give way to one line per trial event (SweepProgress).
+        run_config=tune.RunConfig(
+            name=paths.tune.name, storage_path=str(paths.root), verbose=0, callbacks=[sweep_progress(sweep, trials)]
+        ),
+    )
+
+
+def _fit(tuner) -> bool:
+    """Run the trials; True when Ctrl-C or a `kill` (SIGTERM, closed like Ctrl-C) stopped them."""
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         tuner.fit()
+        return False
     except KeyboardInterrupt:
-        interrupted = True
+        return True
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary = summarise(sweep, context, paths)
-    interrupted = interrupted or summary["unfinished"] > 0
-    close_runs(parent, summary, interrupted)
-    summary["interrupted"] = interrupted
-    (paths.root / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    if summary["best"]:
-        best_cfg = trial_config(context, summary["best"]["params"], summary["best"]["trial_id"])
-        (paths.root / "best_config.yaml").write_text(yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
-    parent.log_artifact(paths.root / "results.json")
-    return summary
 
 
 def sweep_progress(sweep: SweepConfig, total: int):
