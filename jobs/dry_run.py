@@ -41,10 +41,8 @@ def run_dry_run(args) -> int:
     import ray
 
     from jobs.data import write_tokenizer
-    from pipelines.inspection import iter_captions
     from pipelines.synth import write_synth
-    from training.config.schema import ClipRunConfig, VlmRunConfig
-    from training.models.language_model import make_tiny_lm
+    from training.config.schema import ClipRunConfig
     from training.ray_train.driver import run_training
     from training.ray_train.sweep import format_table
 
@@ -94,6 +92,25 @@ def run_dry_run(args) -> int:
         )
         sweep = _start_sweep(shards, runs, out / "sweep.log", ray.get_runtime_context().gcs_address)
 
+    stage1, stage2 = _train_vlm(shards, data_dir, runs, steps)
+
+    summary = None
+    if sweep:
+        print(f"[dry-run] at {time.monotonic() - _STARTED:.0f} s: waiting for the sweep to finish", flush=True)
+        summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
+        print(format_table(summary))
+
+    _print_summary(out, data_dir, runs, clip, stage1, stage2, summary)
+    return 0
+
+
+def _train_vlm(shards: list[str], data_dir: Path, runs: Path, steps: int) -> tuple[dict, dict]:
+    """VLM stage 1 and stage 2 on the dry run's CLIP tower with a tiny LM: (stage 1, stage 2) metrics."""
+    from pipelines.inspection import iter_captions
+    from training.config.schema import VlmRunConfig
+    from training.models.language_model import make_tiny_lm
+    from training.ray_train.driver import run_training
+
     _step(steps - 1, steps, "VLM stage 1: projector on captions (CLIP tower and a tiny LM frozen)")
     lm_dir = make_tiny_lm(data_dir / "tiny-lm", iter_captions([str(data_dir)]), vocab_size=512, hidden_size=64)
     vlm = shards + [
@@ -118,13 +135,12 @@ def run_dry_run(args) -> int:
             VlmRunConfig, CONF / "vlm/stage2.yaml", vlm + [f"run.name={STAGE2_RUN}", f"init_from={runs / STAGE1_RUN}"]
         )
     )
+    return stage1, stage2
 
-    summary = None
-    if sweep:
-        print(f"[dry-run] at {time.monotonic() - _STARTED:.0f} s: waiting for the sweep to finish", flush=True)
-        summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
-        print(format_table(summary))
 
+def _print_summary(
+    out: Path, data_dir: Path, runs: Path, clip: dict, stage1: dict, stage2: dict, summary: dict | None
+) -> None:
     print(f"\n== dry run finished in {time.monotonic() - _STARTED:.0f} s (since the command started) ==")
     print(f"data:           {data_dir}")
     print(
@@ -155,7 +171,6 @@ def run_dry_run(args) -> int:
         "                mmtrain data synth data/synth && mmtrain train clip --config conf/clip/tiny.yaml"
         "   # the presets read data/synth"
     )
-    return 0
 
 
 def clear_previous_runs(runs: Path) -> list[str]:
