@@ -44,7 +44,6 @@ def run_dry_run(args) -> int:
     from pipelines.synth import write_synth
     from training.config.schema import ClipRunConfig
     from training.ray_train.driver import run_training
-    from training.ray_train.sweep import format_table
 
     out = args.out.resolve()
     data_dir, runs = out / "data", out / "runs"
@@ -98,6 +97,8 @@ def run_dry_run(args) -> int:
     if sweep:
         print(f"[dry-run] at {time.monotonic() - _STARTED:.0f} s: waiting for the sweep to finish", flush=True)
         summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
+        from training.ray_train.sweep import format_table  # Ray Tune: only with --sweep
+
         print(format_table(summary))
 
     _print_summary(out, data_dir, runs, clip, stage1, stage2, summary)

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import pyarrow
+import pyarrow.csv
+import pyarrow.parquet
 from PIL import Image
 
 from pipelines import bad_samples
@@ -229,8 +232,6 @@ def _read_table(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Exa
 
 def _table_rows(src: Path, options: ConvertOptions) -> tuple[Iterator[dict | str], list[str]]:
     """(rows, column names) of a table; JSONL is read line by line, so one bad line is one skip."""
-    import pyarrow.csv
-    import pyarrow.parquet
 
     if options.format == "jsonl":
         return _jsonl_rows(src, options.limits.max_metadata_bytes + MAX_MEMBER_BYTES)

@@ -132,7 +132,7 @@ class TokenizeConversations:
         ledger=None,
         columns: tuple[str, ...] | None = None,
     ):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # transformers: only VLM pipelines load it
 
         _count_actor(ledger)
         self._encoder = ConversationEncoder(

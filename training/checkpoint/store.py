@@ -37,8 +37,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from pipelines.position import DataPosition
 from training.checkpoint.metadata import load_metadata
@@ -71,7 +74,6 @@ def save_checkpoint(
     `frozen_sources` maps a module prefix ("lm") to the path its frozen weights were loaded from:
     those weights are referenced by digest, not written (trainable parameters inside, such as
     LoRA adapters, are)."""
-    import torch.distributed.checkpoint as dcp
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,6 @@ def _quiet_single_process():
 
 
 def _state_to_save(model, optimizer, frozen_sources: dict[str, str]) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(model, optimizer or [])
     from_source = _from_source(model, model_state, frozen_sources)
@@ -316,8 +317,6 @@ def read_train_state(directory: Path) -> TrainState:
 
 
 def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, str]) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state = _state_to_save(model, optimizer, frozen_sources)
     if optimizer is not None and "optimizer" not in _saved_top_keys(directory):
@@ -347,8 +346,6 @@ def read_model_state(directory: Path) -> dict[str, torch.Tensor]:
 def read_saved_tensors(directory: Path, part: str) -> dict[str, torch.Tensor]:
     """Every tensor under `part` ("model", or "optimizer": its moments by parameter name) of a
     checkpoint, whole, in this process; keys without the part's prefix."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = CheckpointReader(str(Path(directory) / WEIGHTS))
     metadata = reader.read_metadata().state_dict_metadata
@@ -381,7 +378,6 @@ class CheckpointReader(FileSystemReader):
     (training/checkpoint/metadata.py): a checkpoint from elsewhere cannot run code when it is opened."""
 
     def read_metadata(self, *args, **kwargs):
-        from torch.distributed.checkpoint.metadata import StorageMeta
 
         path = self._get_metadata_path(kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as metadata_file:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from training.engine.distributed import world
 from training.engine.loop import NoSync
@@ -42,7 +45,6 @@ def parallelize(
     model.to(device)
     if world()[1] == 1:
         return Parallelized(model, None, "single")
-    from torch.nn.parallel import DistributedDataParallel
 
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Parallelized(wrapped, wrapped.no_sync, "ddp")
@@ -76,7 +78,6 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
     (state-dict names unchanged): a frozen module stays in eval mode (no dropout), where HF's own
     checkpointing is off, yet gradients still pass through it (stage 1's LM) and its activations
     would all be kept. Returns the blocks as now called."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     own_checkpointing = [
         module
@@ -112,7 +113,6 @@ def shard(model: nn.Module, blocks: list[nn.Module], bf16: bool) -> None:
     the blocks gather their parameters in bf16; the root keeps fp32 parameters, as DDP does (bf16
     autocast still runs its matmuls in bf16): CLIP's temperature and SigLIP's bias live there, and
     exp(logit_scale) from a bf16 copy was 14.24 where fp32 gives 14.29."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     for block in blocks:
@@ -140,7 +140,6 @@ def full_parameters(model: nn.Module, strategy: str):
     if strategy != "fsdp":
         yield
         return
-    from torch.distributed.fsdp import FSDPModule
 
     sharded = [module for module in model.modules() if isinstance(module, FSDPModule)]
     inner = [module for module in sharded if module is not model]

@@ -67,7 +67,7 @@ def pretrained_run_config(cfg: ClipRunConfig) -> ClipRunConfig:
 
 def load_hf_config(directory: Path):
     """The directory's CLIPConfig; a clear error for anything else."""
-    from transformers import AutoConfig, CLIPConfig
+    from transformers import AutoConfig, CLIPConfig  # transformers: a run of our own CLIP never loads it
 
     if not (Path(directory) / "config.json").is_file():
         raise ValueError(f"init_from={directory} is not a Hugging Face model directory (no config.json)")
@@ -96,7 +96,7 @@ def image_statistics(directory: Path) -> tuple[tuple[float, ...], tuple[float, .
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The safetensors weights of an HF directory (one file, or shards listed in an index)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # only for Hugging Face checkpoints
 
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
@@ -145,7 +145,7 @@ def model_config_from_hf(hf_config) -> ClipModelConfig:
 
 def hf_config_from_model(cfg: ClipModelConfig, context_length: int, eos_token_id: int, pad_token_id: int):
     """A transformers CLIPConfig for our model section."""
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig  # transformers: a run of our own CLIP never loads it
 
     vision, text = cfg.vision, cfg.text
     return CLIPConfig(
@@ -255,8 +255,8 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
 def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     """A CLIP checkpoint as a directory transformers loads: config.json, model.safetensors,
     tokenizer files and preprocessor_config.json (nothing pickled)."""
-    from tokenizers import Tokenizer
-    from transformers import CLIPModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer  # only when exporting
+    from transformers import CLIPModel, PreTrainedTokenizerFast  # transformers: a run of our own CLIP never loads it
 
     cfg = from_dict(ClipRunConfig, load_config_dict(checkpoint))
     tokenizer = load_tokenizer(cfg.data.tokenizer)

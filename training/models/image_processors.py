@@ -14,7 +14,7 @@ BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as transformers' processors take 
 
 
 def eval_image_processor(image_size: int, mean, std, center_crop: bool, resize_ratio: float):
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
+    from transformers import CLIPImageProcessor, SiglipImageProcessor  # transformers: only when exporting
 
     if not center_crop:
         return SiglipImageProcessor(

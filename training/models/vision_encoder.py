@@ -66,7 +66,7 @@ def tower_info(path: str | Path) -> TowerInfo:
 
 
 def _hf_tower_info(path: Path) -> TowerInfo:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: only for Hugging Face towers
 
     config = AutoConfig.from_pretrained(path)
     kind = {
@@ -111,7 +111,7 @@ def load_vision_encoder(info: TowerInfo, feature_layer: int) -> nn.Module:
         raise ValueError(f"model.vision.feature_layer={feature_layer} is outside the tower's {depth} blocks")
     if info.kind == "mmtrain":
         return OwnTowerPatches(_own_tower(info.path), blocks)
-    from transformers import CLIPVisionModel, SiglipVisionModel
+    from transformers import CLIPVisionModel, SiglipVisionModel  # transformers: only for Hugging Face towers
 
     model_class = CLIPVisionModel if info.kind == "hf_clip" else SiglipVisionModel
     tower = model_class.from_pretrained(info.path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)

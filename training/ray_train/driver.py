@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
+from pipelines.sources import count_dataset_samples
 from training.checkpoint.store import latest_checkpoint, load_config_dict
 from training.config.io import to_dict
 from training.config.schema import ClipRunConfig, VlmRunConfig
@@ -32,7 +33,7 @@ def verbose() -> bool:
 def ensure_ray(address: str, local_num_cpus: int) -> None:
     """Connect to `address`, or start a local instance with more logical CPUs than cores so that
     Ray Data and Train workers can share a small machine (they starve each other otherwise)."""
-    import ray
+    import ray  # Ray's core: only commands that run on Ray import it (the driver's importers need not)
 
     if ray.is_initialized():
         return
@@ -203,7 +204,6 @@ def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
     shards' sample count comes from their tar headers)."""
     from pipelines.dataset import epochs_for  # Ray Data: loaded by commands that train, as in fit()
-    from pipelines.sources import count_dataset_samples
 
     if cfg.loop.epochs:
         return cfg.loop.epochs

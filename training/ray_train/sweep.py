@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
+from ray.tune import ExperimentAnalysis
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from training.checkpoint.store import latest_checkpoint
 from training.config.io import ConfigError, flatten, load_config, to_dict
@@ -88,7 +93,6 @@ def resolve_base_config(path: str) -> Path:
 
 def search_space(spec: dict) -> dict:
     """{"loss.kind": {"choice": [...]}, ...} -> Tune domains, with errors that name the key."""
-    from ray import tune
 
     space = {}
     for key, entry in spec.items():
@@ -186,7 +190,6 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
 
 def run_trial(params: dict, context: TrialContext) -> None:
     """One trial, inside a Tune worker: fit the trainer; its evaluations report to Tune."""
-    from ray import tune
 
     if Path(context.working_dir).is_dir():  # relative data paths in presets mean the sweep's working dir
         os.chdir(context.working_dir)
@@ -197,7 +200,6 @@ def run_trial(params: dict, context: TrialContext) -> None:
 def _metric_reporter(metric: str):
     """A Train callback that forwards to Tune only the reports carrying the sweep metric: ASHA
     ranks trials on it, and Tune rejects a result that lacks it."""
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     class ReportMetricToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
@@ -240,7 +242,6 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> dict:
 
 def _prepare(sweep: SweepConfig, resume: bool):
     """(base config path, base config, tracking URI, paths), after every check that needs no Ray."""
-    from ray import tune
 
     base_config = resolve_base_config(sweep.base_config)
     check_search_space(sweep, base_config)
@@ -284,9 +285,6 @@ def _parent_run(sweep: SweepConfig, tracking_uri: str, paths: SweepPaths, resume
 def _tuner(
     sweep: SweepConfig, base, context: TrialContext, paths: SweepPaths, resume: bool, parallel: int, trials: int
 ):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": DRIVER_CPUS})
     if resume:
@@ -332,7 +330,6 @@ def _fit(tuner) -> bool:
 def sweep_progress(sweep: SweepConfig, total: int):
     """A Tune callback (in the driver) printing a line per trial event: started (with its sampled
     values), each evaluation's metric, and done/stopped/failed with the counts so far and the best."""
-    from ray import tune
 
     class SweepProgress(tune.Callback):
         def __init__(self):
@@ -384,7 +381,6 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def summarise(sweep: SweepConfig, context: TrialContext, paths: SweepPaths) -> dict:
     """The trial table (params, metric, status, checkpoint) and the best trial, from Tune's state."""
-    from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(paths.tune), default_metric=sweep.metric, default_mode=sweep.mode)
     rows = []

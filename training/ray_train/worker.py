@@ -12,11 +12,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train.v2._internal.execution import context as train_context
 
 from training.checkpoint.store import (
     checkpoint_problem,
@@ -152,8 +154,6 @@ def _build(cfg: RunConfig, task, device: torch.device, rank: int) -> Built:
 def _quiet_loggers() -> None:
     # Ray Train logs every report at INFO with all its metrics (its logger is named by file path);
     # mmtrain prints its own progress line.
-    from ray.train.v2._internal.execution import context as train_context
-
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow tables"
 
@@ -228,8 +228,6 @@ def _restore(model, optimizer, rank: int) -> Restored | None:
 
 def _newest_first(checkpoint: ray.train.Checkpoint):
     """`checkpoint`, then the older checkpoint_* directories beside it, newest first."""
-    import pyarrow.fs as pafs
-
     yield checkpoint
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
     siblings = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))

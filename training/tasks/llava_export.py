@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
+from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from pipelines.conversations import IMAGE_PLACEHOLDER
 from training.checkpoint.store import load_checkpoint, load_config_dict
@@ -25,7 +26,6 @@ from training.tasks.vlm import VlmTask
 
 
 def export_llava(checkpoint: Path, out_dir: Path) -> Path:
-    from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
 
     cfg = from_dict(VlmRunConfig, load_config_dict(checkpoint))
     if cfg.model.projector.type != "mlp2x_gelu":
@@ -73,7 +73,6 @@ def _processor(task, cfg):
     """The LlavaProcessor that turns (images, text) into what mmtrain trained on: one <image> in the
     text expanded to the tower's patch count (its CLS dropped by the "default" strategy; SigLIP has
     none), images preprocessed as the eval path does, the LM's chat template."""
-    from transformers import LlavaProcessor
 
     tower = task.tower
     image_processor = eval_image_processor(

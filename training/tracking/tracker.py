@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 # tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
@@ -26,7 +28,7 @@ UI_VIEW = "workflowType=machine_learning"
 def experiment_link(tracking_uri: str, experiment: str, ui_port: int = 5000) -> str:
     """The MLflow UI address of an experiment's runs: on the tracking server itself, or on
     `mlflow ui` started over a local store; "" when tracking is off or the experiment is not there."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # MLflow: loaded by a tracked run's rank 0 alone
 
     if not tracking_uri or tracking_uri == TRACKING_OFF:
         return ""
@@ -71,7 +73,7 @@ class Tracker:
         resume_run_id: str = "",
     ):
         """Continue the run `resume_run_id` when the store has it, else open a new run."""
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # MLflow: loaded by a tracked run's rank 0 alone
 
         tags = {**(tags or {}), **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})}
         self.client = MlflowClient(tracking_uri)
@@ -88,7 +90,7 @@ class Tracker:
             self.run_id = run.info.run_id
 
     def _exists(self, run_id: str) -> bool:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # MLflow: loaded by a tracked run's rank 0 alone
 
         try:
             self.client.get_run(run_id)
@@ -106,7 +108,7 @@ class Tracker:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # MLflow: loaded by a tracked run's rank 0 alone
 
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
@@ -121,7 +123,7 @@ class Tracker:
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Numbers as curves over the step, except NOT_CURVES: those are run tags (`mmtrain.epoch`
         holds the latest value), so the UI's charts start with loss, lr and throughput."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag  # MLflow: loaded by a tracked run's rank 0 alone
 
         now = int(time.time() * 1000)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -151,8 +153,6 @@ class Tracker:
         """A figure rendered once and logged twice: the PNG `artifact_file` (for downloading) and
         MLflow's step-aware image `key` (an image chart with a step slider in the run's charts)."""
 
-        from PIL import Image
-
         png = io.BytesIO()
         figure.savefig(png, format="png")
         with tempfile.TemporaryDirectory(prefix="mmtrain-figure-") as scratch:
@@ -165,7 +165,7 @@ class Tracker:
     def register_model(self, name: str, directory: str | Path) -> int:
         """Log `directory` as the run's `model` artifacts and register them as a new version of the
         registered model `name` (created on first use); returns the version number."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # MLflow: loaded by a tracked run's rank 0 alone
 
         self.log_artifacts(directory, "model")
         try:
@@ -181,7 +181,7 @@ class Tracker:
 
 def log_artifacts_to_run(tracking_uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
     """Files into another process's run (a rank other than 0 adds its checkpoint shards)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # MLflow: loaded by a tracked run's rank 0 alone
 
     MlflowClient(tracking_uri).log_artifacts(run_id, str(directory), artifact_path)
 
