@@ -16,7 +16,13 @@ from pipelines.tokenizer import train_bpe_tokenizer
 def add_parsers(subparsers) -> None:
     data = subparsers.add_parser("data", help="make, convert and inspect WebDataset shards")
     commands = data.add_subparsers(dest="data_command", required=True)
+    _add_synth(commands)
+    _add_convert(commands)
+    _add_inspect_and_tokenizer(commands)
+    add_filter_parser(commands)
 
+
+def _add_synth(commands) -> None:
     synth = commands.add_parser("synth", help="write the synthetic shapes dataset")
     synth.add_argument("out_dir", type=Path)
     synth.add_argument("--train", type=int, default=4000, help="training samples (default 4000)")
@@ -26,6 +32,8 @@ def add_parsers(subparsers) -> None:
     synth.add_argument("--shard-samples", type=int, default=1000)
     synth.set_defaults(handler=run_synth)
 
+
+def _add_convert(commands) -> None:
     conv = commands.add_parser("convert", help="convert images + captions into shards")
     conv.add_argument("src", type=Path, help="a folder, a .csv/.jsonl/.parquet file, or a folder of IDX files")
     conv.add_argument("out_dir", type=Path)
@@ -64,6 +72,8 @@ def add_parsers(subparsers) -> None:
     conv.add_argument("--workers", type=int, default=0, help="processes that resize (default: one per core)")
     conv.set_defaults(handler=run_convert)
 
+
+def _add_inspect_and_tokenizer(commands) -> None:
     insp = commands.add_parser("inspect", help="count samples and bad samples by reason")
     insp.add_argument("shards", nargs="+", help="dirs, globs, brace patterns or s3:// URIs")
     insp.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -77,7 +87,6 @@ def add_parsers(subparsers) -> None:
     tok.add_argument("--vocab-size", type=int, default=4096)
     tok.add_argument("--s3-endpoint", default="")
     tok.set_defaults(handler=run_tokenizer)
-    add_filter_parser(commands)
 
 
 def run_synth(args) -> int:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from training.config.io import load_config
+from training.tasks.registry import TRAINERS
 from training.tracking.tracker import default_experiment, experiment_link
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -55,14 +56,7 @@ def run_dry_run(args) -> int:
         "data.workers=1",
     ]
 
-    cleared = clear_previous_runs(runs)
-    if cleared:
-        print(
-            f"[dry-run] starting over: removed the last dry run's {', '.join(cleared)} in {runs} "
-            "(its MLflow runs stay in the store)",
-            flush=True,
-        )
-
+    _start_over(runs)
     steps = 5 if args.sweep else 4
     _step(1, steps, f"synthesising the shapes dataset in {data_dir}")
     write_synth(data_dir, num_train=1024, num_val=128, image_size=32, shard_size=256)
@@ -70,13 +64,8 @@ def run_dry_run(args) -> int:
 
     _step(2, steps, "training CLIP (tiny) with 2 Ray Train workers, then zero-shot + retrieval evaluation")
     # 8 logical CPUs: the sweep's trials and the VLM stages share the local instance below.
-    clip = run_training(
-        load_config(
-            ClipRunConfig,
-            CONF / "clip/tiny.yaml",
-            shards + [f"run.name={CLIP_RUN}", "loop.max_steps=24", "run.local_num_cpus=8"],
-        )
-    )
+    overrides = shards + [f"run.name={CLIP_RUN}", "loop.max_steps=24", "run.local_num_cpus=8"]
+    clip = run_training(load_config(ClipRunConfig, CONF / "clip/tiny.yaml", overrides))
 
     # The summary's MLflow links need the MLflow client (about 2 s to import here): it loads while the
     # VLM trains, when this process only waits for Ray.
@@ -103,6 +92,16 @@ def run_dry_run(args) -> int:
 
     _print_summary(out, data_dir, runs, clip, stage1, stage2, summary)
     return 0
+
+
+def _start_over(runs: Path) -> None:
+    cleared = clear_previous_runs(runs)
+    if cleared:
+        print(
+            f"[dry-run] starting over: removed the last dry run's {', '.join(cleared)} in {runs} "
+            "(its MLflow runs stay in the store)",
+            flush=True,
+        )
 
 
 def _train_vlm(shards: list[str], data_dir: Path, runs: Path, steps: int) -> tuple[dict, dict]:
@@ -161,7 +160,7 @@ def _print_summary(
         )
     print(f"checkpoints:    {runs}/<run name>/checkpoint_*")
     print(f"MLflow UI:      mlflow ui --backend-store-uri sqlite:///{runs}/mlflow.db --port 5000, then open")
-    for trainer, is_sweep in (("clip", False), ("vlm", False)) + ((("clip", True),) if summary else ()):
+    for trainer, is_sweep in [(name, False) for name in TRAINERS] + ([("clip", True)] if summary else []):
         name = default_experiment("", trainer, is_sweep)
         print(f"                {experiment_link(f'sqlite:///{runs}/mlflow.db', name)}   ({name})")
     print(
