@@ -75,10 +75,10 @@ def _same_batches_under_each_strategy(config: dict) -> None:
     from training.engine.loop import TrainState, train
     from training.engine.optim import build_optimizer, warmup_cosine
     from training.engine.parallelize import full_parameters, parallelize
-    from training.tasks.registry import task_class
+    from training.tasks.registry import trainer
 
     rank, cfg, out = ray.train.get_context().get_world_rank(), config["cfg"], Path(config["out"])
-    task = task_class(config["task"])(cfg)
+    task = trainer(config["task"]).task(cfg)
     losses = {}
     for strategy in ("ddp", "fsdp"):
         torch.manual_seed(0)

@@ -94,7 +94,3 @@ def trainer(name: str) -> TrainerSpec:
 def trainer_of(cfg) -> TrainerSpec:
     """The spec whose config class `cfg` is."""
     return next(spec for spec in TRAINERS.values() if isinstance(cfg, spec.config_class))
-
-
-def task_class(name: str) -> type:
-    return trainer(name).task

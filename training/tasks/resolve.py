@@ -41,7 +41,8 @@ def resolve_clip(cfg: ClipRunConfig, shards: RunShards | None = None) -> tuple[C
     if cfg.init_from:
         cfg = pretrained_run_config(cfg)
     data = cfg.data
-    shards = shards or list_shards(data)
+    if shards is None:  # called alone (not by the driver, which listed them): fail on a bad path now
+        list_shards(data)
     tokenizer = resolve_tokenizer(data, data.train_shards)
     data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
     vocab = load_tokenizer(tokenizer).get_vocab_size()
