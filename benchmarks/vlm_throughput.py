@@ -46,7 +46,8 @@ def synthetic_vlm_batch(ids, labels, batch_size: int, image_size: int, device: t
     """A batch as Ray delivers one to a training worker: collated on the host (VlmCollate finds the
     supervised positions there), then copied to the device."""
     host = {
-        contract.IMAGE: torch.randint(0, 255, (batch_size, image_size, image_size, 3), dtype=torch.uint8),
+        contract.IMAGE: torch.randint(0, 255, (batch_size, 1, image_size, image_size, 3), dtype=torch.uint8),
+        contract.NUM_IMAGES: torch.ones(batch_size, dtype=torch.int32),
         contract.INPUT_IDS: ids.cpu(),
         contract.ATTENTION_MASK: torch.ones_like(ids).cpu(),
         contract.LABELS: labels.cpu(),
@@ -124,7 +125,6 @@ def main() -> None:
             lambda: model(
                 prepared[contract.IMAGE],
                 prepared[contract.INPUT_IDS],
-                prepared[contract.ATTENTION_MASK],
                 prepared[contract.LABELS],
                 prepared[contract.PREDICTING],
             )

@@ -36,9 +36,15 @@ def add_parsers(subparsers) -> None:
     )
     classify.set_defaults(handler=run_classify)
 
-    ask = subparsers.add_parser("ask", help="ask a trained VLM about one image")
+    ask = subparsers.add_parser("ask", help="ask a trained VLM about an image (or several)")
     ask.add_argument("--checkpoint", required=True, metavar="VLM_RUN", help="a VLM run directory or checkpoint")
-    ask.add_argument("--image", type=Path, required=True, help="an image file")
+    ask.add_argument(
+        "--image",
+        type=Path,
+        required=True,
+        action="append",
+        help="an image file; repeat for several, shown in order (place them with <image> in the question)",
+    )
     ask.add_argument("question", help='e.g. "How many shapes are there?"')
     ask.add_argument("--max-new-tokens", type=int, default=0, help="default: the run's eval.max_new_tokens")
     ask.set_defaults(handler=run_ask)
@@ -136,7 +142,7 @@ def run_ask(args) -> int:
     from inference.vlm_stages import Answerer
 
     run = find_trained(args.checkpoint, "vlm", "ask")
-    answer = Answerer(run, args.question, args.max_new_tokens).answer_file(args.image)
+    answer = Answerer(run, args.question, args.max_new_tokens, len(args.image)).answer_files(args.image)
     print(answer or "(the model answered with an end of turn at once: an empty answer)")
     return 0
 

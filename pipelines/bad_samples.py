@@ -10,7 +10,9 @@ MISSING_CAPTION = "missing_caption"
 EMPTY_CAPTION = "empty_caption"
 BAD_METADATA = "bad_metadata"  # the .json member is not JSON, or its label is not an int64
 BAD_CONVERSATION = "bad_conversation"  # "conversations" is not a list of {from, value} string turns
-IMAGE_PLACEHOLDERS = "image_placeholders"  # a conversation without exactly one <image> placeholder
+IMAGE_PLACEHOLDERS = "image_placeholders"  # a conversation whose <image> placeholders do not match its images
+IMAGE_NUMBERING = "image_numbering"  # numbered images (0.jpg, 1.jpg, ...) with a gap, or beside an unnumbered one
+TOO_MANY_IMAGES = "too_many_images"  # VLM: more images than data.max_images_per_sample
 DUPLICATE_MEMBER = "duplicate_member"  # two members of one sample with the same extension
 MEMBERS_NOT_ADJACENT = "members_not_adjacent"  # a key seen earlier in the shard: a sample's members must be adjacent
 BAD_HEADER = "bad_header"  # a header whose fields cannot be read (size not a number, absurd size)
@@ -43,6 +45,8 @@ ALL = (
     IMAGE_TRUNCATED,
     BAD_CONVERSATION,
     IMAGE_PLACEHOLDERS,
+    IMAGE_NUMBERING,
+    TOO_MANY_IMAGES,
     DUPLICATE_MEMBER,
     MEMBERS_NOT_ADJACENT,
     BAD_HEADER,

@@ -16,16 +16,24 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import contract
 from pipelines.conversations import supervised_positions, supervised_token_count
+from pipelines.packing import filled_image_slots, segment_position_ids
 
 
 class VlmCollate(NumpyBatchCollateFn):
     """The contract's columns as tensors, plus contract.PREDICTING and contract.SUPERVISED_TOKENS
-    from the labels."""
+    from the labels and contract.IMAGE_INDEX from the image counts. Position ids travel on only when
+    some row is packed: one sequence per row needs none, and no mask."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        batch = dict(batch)
+        position_ids = segment_position_ids(batch.pop(contract.POSITION_IDS, None))
         with warnings.catch_warnings():  # Ray's arrays are read-only; these tensors are never written
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
+            if position_ids is not None:
+                tensors[contract.POSITION_IDS] = torch.as_tensor(position_ids)
         tensors[contract.PREDICTING] = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
         tensors[contract.SUPERVISED_TOKENS] = torch.tensor(supervised_token_count(batch[contract.LABELS]))
+        slots = batch[contract.IMAGE].shape[1]
+        tensors[contract.IMAGE_INDEX] = torch.from_numpy(filled_image_slots(batch[contract.NUM_IMAGES], slots))
         return tensors

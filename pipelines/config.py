@@ -107,6 +107,21 @@ class AugmentConfig(Checked):
 
 
 @dataclass(frozen=True)
+class PackingConfig(Checked):
+    """VLM training rows that hold several samples (pipelines/packing.py); max_tokens 0 = one sample per row."""
+
+    RANGES = {"max_tokens": at_least(0), "max_images": at_least(0), "max_samples": at_least(0)}
+
+    max_tokens: int = 0  # a packed row's length; at least the VLM's max_length
+    max_images: int = 0  # images per packed row; 0 = as many as max_tokens holds
+    max_samples: int = 0  # samples per packed row; 0 = max_tokens / 16
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_tokens > 0
+
+
+@dataclass(frozen=True)
 class DataConfig(Checked):
     RANGES = {
         "context_length": at_least(1),
@@ -114,6 +129,7 @@ class DataConfig(Checked):
         "max_caption_bytes": at_least(1),
         "max_metadata_bytes": at_least(1),
         "max_conversation_turns": at_least(1),
+        "max_images_per_sample": at_least(1),
         "max_bad_fraction": within(0, 1),
         "min_samples_for_bad_check": at_least(0),
         "shuffle_seed": at_least(0),
@@ -131,7 +147,10 @@ class DataConfig(Checked):
     eval_shards: list[str] = field(default_factory=list)
     tokenizer: str = ""  # tokenizer.json or an HF model directory; "" = <first shard dir>/tokenizer.json
     context_length: int = 32
-    with_conversations: bool = False  # carry the LLaVA conversation column (VLM data)
+    # VLM data: carry the LLaVA conversation column, and each row's images in image slots
+    with_conversations: bool = False
+    max_images_per_sample: int = 1  # VLM: a sample with more images is skipped and counted
+    packing: PackingConfig = field(default_factory=PackingConfig)  # VLM training only
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_image_pixels: int = 64_000_000  # read from the image header before decoding
     # Bounds on a sample's text, checked before parsing or tokenizing; a sample over one is skipped and counted.

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGE = "image"  # uint8 [B, H, W, C]
+IMAGE = "image"  # uint8 [B, H, W, C]; VLM data: [B, M, H, W, C], M image slots per row
+NUM_IMAGES = "num_images"  # int32 [B], VLM data: the image slots each row fills (the rest are unset)
 INPUT_IDS = "input_ids"  # int32 [B, L], right-padded with the tokenizer's pad id
 ATTENTION_MASK = "attention_mask"  # uint8 [B, L], 1 on real tokens, 0 on padding
 LABEL = "label"  # int64 [B], class index, -1 when the sample has none
 KEY = "key"  # str [B], the sample's key inside its shard
-POSITION = "position"  # int64 [B], (epoch, shard, sample number) packed (pipelines/position.py)
+POSITION = "position"  # int64 [B], (epoch, shard, sample number) packed (pipelines/position.py);
+# packed VLM rows (pipelines/packing.py): [B, S], the positions of a row's samples, -1 past the last
+POSITION_IDS = "position_ids"  # int32 [B, L], VLM: each token's place in its own sample (restarts per packed sample)
 CONVERSATION = "conversation"  # str [B], LLaVA-format turns as JSON (VLM data only)
 LABELS = "labels"  # int32 [B, L], next-token targets, -100 where no loss (VLM only)
 # int64 [K], made from LABELS at collation (pipelines/collate.py): the positions whose next token is
@@ -23,7 +26,10 @@ PREDICTING = "predicting_positions"
 # int64 [], made from LABELS at collation: how many next-token targets the batch supervises. The VLM's
 # loss divides by the sum of these over the step's micro-batches and ranks (a token-weighted mean).
 SUPERVISED_TOKENS = "supervised_tokens"
-PER_BATCH = (PREDICTING, SUPERVISED_TOKENS)  # describe the whole batch, not one value per row
+# int64 [N], made from NUM_IMAGES at collation: the flat indices (into B x M) of the filled image slots,
+# in placeholder order. Selecting them by a mask on the device would make the host wait for it.
+IMAGE_INDEX = "image_index"
+PER_BATCH = (PREDICTING, SUPERVISED_TOKENS, IMAGE_INDEX)  # describe the whole batch, not one value per row
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),
@@ -37,7 +43,7 @@ NDIM = {IMAGE: 4, INPUT_IDS: 2, ATTENTION_MASK: 2, LABEL: 1, LABELS: 2, KEY: 1, 
 
 TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)  # what iter_torch_batches can carry
 TRAIN_COLUMNS = TENSOR_COLUMNS + (KEY, POSITION)
-VLM_TENSOR_COLUMNS = TENSOR_COLUMNS + (LABELS,)
+VLM_TENSOR_COLUMNS = (IMAGE, NUM_IMAGES, INPUT_IDS, ATTENTION_MASK, LABELS, POSITION_IDS)
 
 # Normalisation applied on the device by the trainer (CLIP's published statistics).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -28,7 +28,7 @@ CAPTION_PROMPT = IMAGE_PLACEHOLDER
 
 
 class PlaceholderMismatch(ValueError):
-    """A sample's <image> placeholders do not match its one image."""
+    """A sample's <image> placeholders do not match its images."""
 
 
 @dataclass
@@ -104,15 +104,16 @@ class ConversationEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.renderer = ChatRenderer(tokenizer, self.end_of_turn)
 
-    def encode(self, conversation: list[dict], key: str = "") -> EncodedConversation | str:
-        """The encoding, or the bad-sample reason when truncation cuts the image block
-        (IMAGE_TRUNCATED) or leaves no supervised token (NO_SUPERVISED_TOKENS)."""
+    def encode(self, conversation: list[dict], key: str = "", images: int = 1) -> EncodedConversation | str:
+        """The encoding, or the bad-sample reason when truncation cuts into an image's block
+        (IMAGE_TRUNCATED) or leaves no supervised token (NO_SUPERVISED_TOKENS). Each of the
+        sample's `images` has one <image> placeholder (0 for a text-only conversation)."""
         messages = to_messages(conversation)
         placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
-        if placeholders != 1:
+        if placeholders != images:
             raise PlaceholderMismatch(
-                f"sample {key!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholders for 1 image; "
-                f"put exactly one {IMAGE_PLACEHOLDER} in its first human turn"
+                f"sample {key!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholders for {images} images; "
+                f"put one {IMAGE_PLACEHOLDER} per image where the image belongs"
             )
         rendered = self.renderer.render(messages)
         token_ids, offsets = self.renderer.tokenize(rendered)
@@ -130,8 +131,8 @@ class ConversationEncoder:
         repeats = np.where(is_image, self.num_image_tokens, 1)  # the placeholder becomes the image's tokens
         input_ids = np.repeat(token_ids, repeats).tolist()[: self.max_length]
         labels = np.repeat(labels_T, repeats).tolist()[: self.max_length]
-        if input_ids.count(self.image_token_id) != self.num_image_tokens:
-            return bad_samples.IMAGE_TRUNCATED  # the model needs every image position or none
+        if input_ids.count(self.image_token_id) != self.num_image_tokens * images:
+            return bad_samples.IMAGE_TRUNCATED  # the model needs every position of every image
         if all(label == IGNORE_INDEX for label in labels):
             return bad_samples.NO_SUPERVISED_TOKENS
         return EncodedConversation(input_ids, labels)

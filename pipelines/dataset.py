@@ -102,6 +102,7 @@ def map_stages(
             max_pixels=cfg.max_image_pixels,
             keep_conversation=cfg.with_conversations,
             ledger=ledger,
+            image_slots=cfg.max_images_per_sample if cfg.with_conversations else 0,
         ),
         batch_size=None,
         num_cpus=cpus,

@@ -39,7 +39,8 @@ LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are cou
 RAW_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
-        ("image_bytes", pa.binary()),
+        ("image_bytes", pa.binary()),  # the first image; b"" for a text-only sample
+        ("more_images", pa.list_(pa.binary())),  # a multi-image sample's others, in placeholder order
         ("caption", pa.string()),
         ("label", pa.int64()),
         ("conversation", pa.string()),
@@ -184,9 +185,12 @@ def shard_tables(
                     record.offset,
                     record.reason,
                 )
-            row = (record.key, b"", "", -1, "[]", record.reason, seed)
+            row = (record.key, b"", [], "", -1, "[]", record.reason, seed)
         else:
-            row = (record.key, record.image_bytes, record.caption, record.label, record.conversation, "", seed)
+            row = (
+                *(record.key, record.image_bytes, list(record.more_images)),
+                *(record.caption, record.label, record.conversation, "", seed),
+            )
         for name, value in zip(RAW_SCHEMA.names, row + (read.epoch, read.shard, record.index, record.offset)):
             columns[name].append(value)
         if len(columns["key"]) >= rows_per_block:

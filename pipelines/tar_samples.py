@@ -47,15 +47,23 @@ class RawSample:
 
 @dataclass
 class Record:
-    """A usable sample: image bytes, caption, and what its .json metadata said."""
+    """A usable sample: image bytes, caption, and what its .json metadata said.
+
+    A sample holds one image (`key.jpg`), several (`key.0.jpg`, `key.1.jpg`, ...: a multi-image
+    conversation, one <image> placeholder each, in that order) or none (a text-only conversation)."""
 
     key: str
-    image_bytes: bytes
+    image_bytes: bytes  # the first image; b"" for a text-only sample
     caption: str
     label: int = -1
     conversation: str = "[]"
     index: int = -1  # the sample's number in the shard
     offset: int = 0  # byte offset of its first header
+    more_images: tuple[bytes, ...] = ()  # the second image on, in placeholder order
+
+    @property
+    def images(self) -> tuple[bytes, ...]:
+        return ((self.image_bytes,) if self.image_bytes else ()) + self.more_images
 
 
 @dataclass
@@ -413,27 +421,50 @@ def to_record(sample: RawSample, limits: TextLimits = TextLimits()) -> Record | 
     if sample.bad_reason:
         return sample.bad_reason
     fields = sample.fields
-    image_ext = next((e for e in IMAGE_EXTENSIONS if e in fields), None)
-    if image_ext is None:
-        return bad_samples.MISSING_IMAGE
-    caption_bytes = fields.get("txt")
-    if caption_bytes is None:
-        return bad_samples.MISSING_CAPTION
+    images = sample_images(fields)
+    if isinstance(images, str):
+        return images
+    caption_bytes = fields.get("txt", b"")
     if len(caption_bytes) > limits.max_caption_bytes:
         return bad_samples.CAPTION_TOO_LONG
     caption = caption_bytes.decode("utf-8", errors="replace").strip()
-    if not caption:
-        return bad_samples.EMPTY_CAPTION
     label, conversation = -1, []
     if "json" in fields:
-        meta = parse_metadata(fields["json"], limits)
+        meta = parse_metadata(fields["json"], limits, len(images))
         if isinstance(meta, str):
             return meta
         label, conversation = meta
-    return Record(sample.key, fields[image_ext], caption, label, json.dumps(conversation), sample.index, sample.offset)
+    if not conversation:  # an image-caption pair: both are needed
+        if not images:
+            return bad_samples.MISSING_IMAGE
+        if "txt" not in fields:
+            return bad_samples.MISSING_CAPTION
+        if not caption:
+            return bad_samples.EMPTY_CAPTION
+    first, more = (images[0], images[1:]) if images else (b"", ())
+    return Record(sample.key, first, caption, label, json.dumps(conversation), sample.index, sample.offset, more)
 
 
-def parse_metadata(text: bytes | str, limits: TextLimits = TextLimits()) -> tuple[int, list] | str:
+NUMBERED_IMAGE = re.compile(r"^(\d{1,3})\.(" + "|".join(IMAGE_EXTENSIONS) + r")$")
+
+
+def sample_images(fields: dict[str, bytes]) -> tuple[bytes, ...] | str:
+    """A sample's images in order: one `jpg` (or png, ...) member, or members numbered `0.jpg`,
+    `1.jpg`, ... from 0 without gaps (the reason the sample is bad otherwise); () when it has none."""
+    numbered = {}
+    for ext, data in fields.items():
+        match = NUMBERED_IMAGE.match(ext)
+        if match:
+            numbered[int(match.group(1))] = data
+    single = [ext for ext in IMAGE_EXTENSIONS if ext in fields]
+    if numbered:
+        if single or sorted(numbered) != list(range(len(numbered))):
+            return bad_samples.IMAGE_NUMBERING
+        return tuple(numbered[i] for i in range(len(numbered)))
+    return (fields[single[0]],) if single else ()
+
+
+def parse_metadata(text: bytes | str, limits: TextLimits = TextLimits(), images: int = 1) -> tuple[int, list] | str:
     """(label, conversation) from a sample's JSON metadata, or the reason it cannot be used."""
     if len(text) > limits.max_metadata_bytes:
         return bad_samples.METADATA_TOO_LARGE
@@ -441,11 +472,11 @@ def parse_metadata(text: bytes | str, limits: TextLimits = TextLimits()) -> tupl
         meta = json.loads(text)
     except (ValueError, RecursionError):
         return bad_samples.BAD_METADATA
-    reason = metadata_problem(meta, limits)
+    reason = metadata_problem(meta, limits, images)
     return reason if reason else (int(meta.get("label", -1)), meta.get("conversations", []))
 
 
-def metadata_problem(meta, limits: TextLimits = TextLimits()) -> str | None:
+def metadata_problem(meta, limits: TextLimits = TextLimits(), images: int = 1) -> str | None:
     """Why parsed metadata cannot be used, or None. Shared by the reader and `data convert`, so a
     shard that convert writes is one the reader accepts."""
     if not isinstance(meta, dict):
@@ -455,13 +486,13 @@ def metadata_problem(meta, limits: TextLimits = TextLimits()) -> str | None:
         return bad_samples.BAD_METADATA  # not a number, or NaN
     if label in (float("inf"), float("-inf")) or int(label) != label or not -(2**63) <= int(label) < 2**63:
         return bad_samples.BAD_METADATA  # 1e400, 2**70, 2.5: no int64 class index
-    return conversation_problem(meta.get("conversations", []), limits.max_turns)
+    return conversation_problem(meta.get("conversations", []), limits.max_turns, images)
 
 
-def conversation_problem(conversation, max_turns: int = TextLimits.max_turns) -> str | None:
+def conversation_problem(conversation, max_turns: int = TextLimits.max_turns, images: int = 1) -> str | None:
     """Why a LLaVA conversation cannot be used (None when it can): it must be a list of turns, each
-    a mapping with a known speaker (human, gpt, system, ...) and string text, and hold exactly one
-    <image> placeholder (or be empty)."""
+    a mapping with a known speaker (human, gpt, system, ...) and string text, and hold one <image>
+    placeholder per image of the sample (or be empty)."""
     if not isinstance(conversation, list):
         return bad_samples.BAD_CONVERSATION
     if len(conversation) > max_turns:
@@ -475,6 +506,6 @@ def conversation_problem(conversation, max_turns: int = TextLimits.max_turns) ->
         if not isinstance(speaker, str) or speaker not in ROLES or not isinstance(text, str):
             return bad_samples.BAD_CONVERSATION
         placeholders += text.count(IMAGE_PLACEHOLDER)
-    if conversation and placeholders != 1:
+    if conversation and placeholders != images:
         return bad_samples.IMAGE_PLACEHOLDERS
     return None

@@ -21,6 +21,7 @@ def test_stages_produce_the_contract(tmp_path):
                 (
                     record.key,
                     record.image_bytes,
+                    list(record.more_images),
                     record.caption,
                     record.label,
                     record.conversation,

@@ -40,7 +40,8 @@ def _rows(task) -> dict:
     ]
     generator = torch.Generator().manual_seed(7)
     return {
-        contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+        contract.IMAGE: torch.randint(0, 255, (4, 1, 16, 16, 3), dtype=torch.uint8, generator=generator),
+        contract.NUM_IMAGES: torch.ones(4, dtype=torch.int32),
         contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
         contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
         contract.LABELS: torch.tensor([r[2] for r in rows]),

@@ -1,5 +1,6 @@
 """VLM assembly, freezing, per-module learning rates and stage-1 -> stage-2 hand-over, without Ray."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,7 +79,8 @@ def _batches(task, encoder):
                 for _ in range(4)
             ]
             yield {
-                contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+                contract.IMAGE: torch.randint(0, 255, (4, 1, 16, 16, 3), dtype=torch.uint8, generator=generator),
+                contract.NUM_IMAGES: torch.ones(4, dtype=torch.int32),
                 contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
                 contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
                 contract.LABELS: torch.tensor([r[2] for r in rows]),
@@ -247,7 +249,10 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     labels[2, 20] = ids[2, 20]  # a lone supervised token in one row: its position must still get logits
     images = torch.randn(3, 3, 16, 16)
 
-    positions = VlmCollate()({contract.LABELS: labels.numpy()})[contract.PREDICTING]
+    collated = VlmCollate()(
+        {contract.LABELS: labels.numpy(), contract.IMAGE: np.zeros((3, 1, 16, 16, 3)), contract.NUM_IMAGES: np.ones(3)}
+    )
+    positions = collated[contract.PREDICTING]
     supervised_anywhere = (labels[:, 1:] != -100).any(0)
     assert positions.tolist() == supervised_anywhere.nonzero().flatten().tolist()
     assert 0 < len(positions) < ids.shape[1] - 1  # the image and prompt positions get no logits
@@ -258,7 +263,8 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
         loss.backward()
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    ours, our_grads = loss_and_grads(lambda: model(images, ids, mask, labels, positions))
+    # no attention mask: with right padding, causal attention never reaches a pad from a real token
+    ours, our_grads = loss_and_grads(lambda: model(images, ids, labels, positions))
     full, full_grads = loss_and_grads(
         lambda: model.lm(inputs_embeds=model.embed(images, ids), attention_mask=mask, labels=labels).loss
     )
@@ -266,7 +272,7 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     assert our_grads.keys() == full_grads.keys() and any(name.startswith("projector.") for name in our_grads)
     for name, grad in our_grads.items():
         assert torch.allclose(grad, full_grads[name], atol=1e-6), name
-    assert torch.allclose(model(images, ids, mask, labels), ours, atol=1e-6)  # positions found when not given
+    assert torch.allclose(model(images, ids, labels), ours, atol=1e-6)  # positions found when not given
 
 
 def test_weight_decay_spares_the_lms_token_embeddings(parts):

@@ -56,7 +56,8 @@ def _numpy_batch(task, conversations):
     rows = [encoder.pad(encoder.encode(c)) for c in conversations]
     rng = np.random.default_rng(0)
     return {
-        contract.IMAGE: rng.integers(0, 255, (len(rows), 16, 16, 3), dtype=np.uint8),
+        contract.IMAGE: rng.integers(0, 255, (len(rows), 1, 16, 16, 3), dtype=np.uint8),
+        contract.NUM_IMAGES: np.ones(len(rows), np.int32),
         contract.INPUT_IDS: np.array([r[0] for r in rows], np.int32),
         contract.ATTENTION_MASK: np.array([r[1] for r in rows], np.uint8),
         contract.LABELS: np.array([r[2] for r in rows], np.int32),

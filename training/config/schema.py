@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.config import ANY_FINITE, Checked, DataConfig, above, at_least, within
+from pipelines.config import ANY_FINITE, Checked, DataConfig, InvalidValue, above, at_least, within
 from pipelines.contract import IMAGE_MEAN, IMAGE_STD
 from training.config.metric_names import check_sweep_metric
 
@@ -286,6 +286,20 @@ class VlmRunConfig(Checked):
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: VlmEvalConfig = field(default_factory=VlmEvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        packing = self.data.packing
+        if packing.enabled and packing.max_tokens < self.max_length:
+            raise InvalidValue(
+                f"data.packing.max_tokens={packing.max_tokens} is shorter than max_length={self.max_length}: "
+                "a packed row must hold the longest sample (raise it, or set max_tokens=0 to not pack)"
+            )
+        if packing.enabled and 0 < packing.max_images < self.data.max_images_per_sample:
+            raise InvalidValue(
+                f"data.packing.max_images={packing.max_images} holds fewer images than "
+                f"data.max_images_per_sample={self.data.max_images_per_sample}: raise it, or 0 for as many as fit"
+            )
 
 
 # --- Ray Tune sweeps ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """LLaVA-style VLM: vision encoder (patch features) -> projector -> Hugging Face causal LM.
 
-Shapes: B = batch, P = image patches, V = vision width, D = LM width, L = sequence length.
+Shapes: B = batch rows, N = the batch's images, P = image patches, V = vision width, D = LM width,
+L = sequence length.
 """
 
 from __future__ import annotations
@@ -44,33 +45,48 @@ class VisionLanguageModel(nn.Module):
         embeddings = self.lm.get_input_embeddings().weight
         return {name for name, param in self.named_parameters() if param is embeddings}
 
-    def image_features(self, images_BCHW: torch.Tensor) -> torch.Tensor:
-        """Projected patch features: [B, P, D]."""
-        return self.projector(self.vision(images_BCHW))
+    def image_features(self, images_NCHW: torch.Tensor) -> torch.Tensor:
+        """Projected patch features: [N, P, D]."""
+        return self.projector(self.vision(images_NCHW))
 
-    def embed(self, images_BCHW: torch.Tensor, input_ids_BL: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with each image's features written over its image-token positions.
-        The data stage guarantees every row holds exactly P image tokens (it drops rows whose
-        truncation cut the image block); checking it here would make the host wait on the GPU."""
+    def embed(self, images_NCHW: torch.Tensor, input_ids_BL: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the images' features written over the image-token positions: the
+        N images of the batch in row order, each image's P features over the next P image tokens
+        (a row holds as many images as its <image> placeholders: none, one or several).
+        The data stage guarantees the rows hold N x P image tokens (it drops rows whose truncation
+        cut an image block); checking it here would make the host wait on the GPU."""
         embeds_BLD = self.lm.get_input_embeddings()(input_ids_BL)
-        features_BPD = self.image_features(images_BCHW).to(embeds_BLD.dtype)
+        if images_NCHW.shape[0] == 0:
+            # Text-only rows: the tower and projector still join the graph (with weight 0), so
+            # DDP finds a gradient for each of their parameters, as LLaVA does for text-only batches.
+            unused = self.image_features(images_NCHW.new_zeros((1, *images_NCHW.shape[1:])))
+            return embeds_BLD + unused.sum().to(embeds_BLD.dtype) * 0
+        features_NPD = self.image_features(images_NCHW).to(embeds_BLD.dtype)
         is_image_BL = input_ids_BL == self.image_token_id
-        return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_BPD)
+        return embeds_BLD.masked_scatter(is_image_BL.unsqueeze(-1), features_NPD)
 
     def forward(
-        self, images_BCHW, input_ids_BL, attention_mask_BL, labels_BL, predicting_K=None, reduction: str = "mean"
+        self, images_NCHW, input_ids_BL, labels_BL, predicting_K=None, position_ids_BL=None, reduction: str = "mean"
     ):
         """Next-token loss over the supervised tokens (their mean, or with reduction="sum" their sum,
         which the trainer divides by the step's global token count), as the LM's own loss, but with
         logits only at `predicting_K`: the positions whose next token has a label in some row
         (contract.PREDICTING, made on the host at collation; computed here from host labels when not
         given). The image and prompt positions carry no label: full-vocabulary fp32 logits there
-        would be computed, stored and thrown away."""
+        would be computed, stored and thrown away.
+
+        Rows are right-padded, so a causal LM needs no attention mask: no real token attends to a
+        later pad. Packed rows (pipelines/packing.py) come with `position_ids_BL`, restarting at each
+        sample; from them transformers masks attention to each sample's own tokens (reading one
+        flag from the device to detect them)."""
         if predicting_K is None:
             predicting_K = torch.from_numpy(supervised_positions(labels_BL.cpu().numpy()))
-        embeds = self.embed(images_BCHW, input_ids_BL)
+        embeds = self.embed(images_NCHW, input_ids_BL)
         logits_BKV = self.lm(
-            inputs_embeds=embeds, attention_mask=attention_mask_BL, logits_to_keep=predicting_K.to(embeds.device)
+            inputs_embeds=embeds,
+            position_ids=position_ids_BL,
+            use_cache=False,
+            logits_to_keep=predicting_K.to(embeds.device),
         ).logits
         targets_BK = labels_BL[:, 1:].index_select(1, predicting_K.to(labels_BL.device))
         return F.cross_entropy(
@@ -79,13 +95,14 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, images_BCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
+        self, images_NCHW: torch.Tensor, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
     ) -> list[list[int]]:
-        """Greedy answers for a batch: prompts of any lengths are left-padded (every row's last prompt
+        """Greedy answers for a batch: `images_NCHW` are the prompts' images in order (as many per
+        prompt as its image blocks). Prompts of any lengths are left-padded (every row's last prompt
         token is then at the same place, where generation continues) and the LM's own `generate`
         decodes with its KV cache, taking positions from the attention mask. Each answer ends before
         its first stop token. The same tokens as generating each row alone, in one batched pass."""
-        device = images_BCHW.device
+        device = images_NCHW.device
         length = max(len(prompt) for prompt in prompts)
         ids_BL = torch.full((len(prompts), length), pad_id, dtype=torch.long)
         mask_BL = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -97,7 +114,7 @@ class VisionLanguageModel(nn.Module):
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=pad_id
         )
         new_BN = self.lm.generate(
-            inputs_embeds=self.embed(images_BCHW, ids_BL), attention_mask=mask_BL, generation_config=config
+            inputs_embeds=self.embed(images_NCHW, ids_BL), attention_mask=mask_BL, generation_config=config
         )
         return [_until_stop(row, stop_ids) for row in new_BN.tolist()]
 

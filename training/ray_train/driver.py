@@ -189,7 +189,7 @@ def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunS
         train=True,
         ledger=ledger,
         columns=task.train_columns + (contract.POSITION,),
-        text_stage=task.text_stage(cfg, ledger),
+        text_stage=task.text_stage(cfg, ledger, train=True),
         epochs=_stream_epochs(cfg, shards.train),
     )
     if not with_eval:

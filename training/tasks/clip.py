@@ -40,7 +40,7 @@ class ClipTask:
         self._caption_tokenizer = None
 
     @staticmethod
-    def text_stage(cfg: ClipRunConfig, ledger=None):
+    def text_stage(cfg: ClipRunConfig, ledger=None, train: bool = False):
         return None  # the pipeline's default: captions -> token ids with the caption tokenizer
 
     def build_model(self) -> ClipModel:

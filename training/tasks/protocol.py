@@ -46,8 +46,9 @@ class Task(StepTask, Protocol):
     def __init__(self, cfg) -> None: ...
 
     @staticmethod
-    def text_stage(cfg, ledger=None) -> tuple[type, dict] | None:
-        """The Ray Data text stage (callable class, its arguments), or None for captions -> tokens."""
+    def text_stage(cfg, ledger=None, train: bool = False) -> tuple[type, dict] | None:
+        """The Ray Data text stage (callable class, its arguments), or None for captions -> tokens;
+        `train`: for the training stream (which may pack rows), not evaluation."""
 
     def build_model(self) -> nn.Module: ...
     def frozen_sources(self) -> dict[str, str]: ...

@@ -21,6 +21,7 @@ from pipelines.conversations import (
     supervised_positions,
     supervised_token_count,
 )
+from pipelines.packing import filled_image_slots, pack_budget, segment_position_ids
 from pipelines.stages import TokenizeConversations
 from training.checkpoint.store import latest_checkpoint, read_model_state
 from training.config.schema import VlmRunConfig
@@ -55,15 +56,20 @@ class VlmTask:
         return self._tokenizer
 
     @staticmethod
-    def text_stage(cfg: VlmRunConfig, ledger=None):
+    def text_stage(cfg: VlmRunConfig, ledger=None, train: bool = False):
+        image_tokens = tower_info(cfg.model.vision.checkpoint).num_patches
+        packing = cfg.data.packing
         return (
             TokenizeConversations,
             dict(
                 lm_path=cfg.model.lm.path,
-                num_image_tokens=tower_info(cfg.model.vision.checkpoint).num_patches,
+                num_image_tokens=image_tokens,
                 max_length=cfg.max_length,
                 captions=cfg.stage == "captions",
                 ledger=ledger,
+                pack=pack_budget(packing, image_tokens, cfg.data.max_images_per_sample)
+                if train and packing.enabled
+                else None,
             ),
         )
 
@@ -133,9 +139,23 @@ class VlmTask:
         return groups
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
-        out = {contract.IMAGE: self.normalize(batch[contract.IMAGE], device)}
-        for column in (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS):
+        """Tensors on the device. Numpy batches (evaluation) get the per-batch columns collation
+        makes for training batches (pipelines/collate.py) here, from the host arrays."""
+        image_index = batch.get(contract.IMAGE_INDEX)
+        if image_index is None:
+            image_index = torch.from_numpy(
+                filled_image_slots(batch[contract.NUM_IMAGES], batch[contract.IMAGE].shape[1])
+            )
+        if contract.POSITION_IDS in batch and not isinstance(batch[contract.POSITION_IDS], torch.Tensor):
+            batch = {**batch, contract.POSITION_IDS: segment_position_ids(batch[contract.POSITION_IDS])}
+        images = to_tensor(batch[contract.IMAGE]).to(device, non_blocking=True)
+        images = images.flatten(0, 1).index_select(0, image_index.to(device, non_blocking=True))
+        out = {contract.IMAGE: self.normalize(images, device)}
+        for column in (contract.INPUT_IDS, contract.LABELS):
             out[column] = to_tensor(batch[column]).to(device, non_blocking=True).long()
+        position_ids = batch.get(contract.POSITION_IDS)
+        if position_ids is not None:  # packed rows (collation drops it for one sequence per row)
+            out[contract.POSITION_IDS] = to_tensor(position_ids).to(device, non_blocking=True).long()
         predicting = batch.get(contract.PREDICTING)
         if predicting is None:  # numpy batches (evaluation): the labels are still on the host
             predicting = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
@@ -155,9 +175,9 @@ class VlmTask:
         loss = model(
             batch[contract.IMAGE],
             batch[contract.INPUT_IDS],
-            batch[contract.ATTENTION_MASK],
             batch[contract.LABELS],
             batch[contract.PREDICTING],
+            position_ids_BL=batch.get(contract.POSITION_IDS),
             reduction="sum",
         )
         return loss, {}
@@ -209,7 +229,8 @@ class VlmTask:
             if not rows:
                 continue
             prompts = [encoder.encode_prompt(exchange.prompt) for _, exchange in rows]
-            images = prepared[contract.IMAGE][[row for row, _ in rows]]
+            shown = [(row, sum(m["content"].count(IMAGE_PLACEHOLDER) for m in ex.prompt)) for row, ex in rows]
+            images = prepared[contract.IMAGE][self._images_of(shown, batch[contract.NUM_IMAGES])]
             answers = model.generate(images, prompts, self.cfg.eval.max_new_tokens, encoder.stop_ids, encoder.pad_id)
             for (row, exchange), answer_ids in zip(rows, answers):
                 answer = self._tokenizer.decode(answer_ids, skip_special_tokens=True)
@@ -242,6 +263,14 @@ class VlmTask:
             "questions": int(totals[3]),
         }
         return Evaluation(metrics, table)
+
+    @staticmethod
+    def _images_of(shown: list[tuple[int, int]], num_images_B: np.ndarray) -> torch.Tensor:
+        """Where the images each prompt shows are among the batch's images: for (row, k), the row's
+        first k (a prompt up to the first reply shows the images placed before it)."""
+        starts = np.cumsum(num_images_B) - num_images_B
+        index = [np.arange(starts[row], starts[row] + k) for row, k in shown]
+        return torch.from_numpy(np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64))
 
     @staticmethod
     def _first_questions(batch: dict, limits: tuple[int, ...], budget: int) -> list[tuple[int, FirstExchange]]:
