@@ -21,12 +21,16 @@ from pipelines.packing import filled_image_slots, segment_position_ids
 
 class VlmCollate(NumpyBatchCollateFn):
     """The contract's columns as tensors, plus contract.PREDICTING and contract.SUPERVISED_TOKENS
-    from the labels and contract.IMAGE_INDEX from the image counts. Position ids travel on only when
-    some row is packed: one sequence per row needs none, and no mask."""
+    from the labels, contract.IMAGE_INDEX from the image counts and contract.TOKENS from the mask.
+    Position ids travel on only when some row is packed: one sequence per row needs none, and no
+    mask. Sample positions are flattened to the batch's samples (a packed row holds several)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         batch = dict(batch)
         position_ids = segment_position_ids(batch.pop(contract.POSITION_IDS, None))
+        if contract.POSITION in batch:  # packed rows list their samples' positions, -1 past the last
+            positions = np.asarray(batch[contract.POSITION]).reshape(-1)
+            batch[contract.POSITION] = positions[positions >= 0]
         with warnings.catch_warnings():  # Ray's arrays are read-only; these tensors are never written
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensors = {name: torch.as_tensor(values) for name, values in batch.items()}
@@ -34,6 +38,7 @@ class VlmCollate(NumpyBatchCollateFn):
                 tensors[contract.POSITION_IDS] = torch.as_tensor(position_ids)
         tensors[contract.PREDICTING] = torch.from_numpy(supervised_positions(batch[contract.LABELS]))
         tensors[contract.SUPERVISED_TOKENS] = torch.tensor(supervised_token_count(batch[contract.LABELS]))
+        tensors[contract.TOKENS] = torch.tensor(int(np.count_nonzero(batch[contract.ATTENTION_MASK])))
         slots = batch[contract.IMAGE].shape[1]
         tensors[contract.IMAGE_INDEX] = torch.from_numpy(filled_image_slots(batch[contract.NUM_IMAGES], slots))
         return tensors

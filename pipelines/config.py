@@ -120,6 +120,11 @@ class PackingConfig(Checked):
     def enabled(self) -> bool:
         return self.max_tokens > 0
 
+    @property
+    def samples_per_row(self) -> int:
+        """The most samples one training row holds (1 unpacked)."""
+        return (self.max_samples or max(1, self.max_tokens // 16)) if self.enabled else 1
+
 
 @dataclass(frozen=True)
 class DataConfig(Checked):

@@ -29,7 +29,9 @@ SUPERVISED_TOKENS = "supervised_tokens"
 # int64 [N], made from NUM_IMAGES at collation: the flat indices (into B x M) of the filled image slots,
 # in placeholder order. Selecting them by a mask on the device would make the host wait for it.
 IMAGE_INDEX = "image_index"
-PER_BATCH = (PREDICTING, SUPERVISED_TOKENS, IMAGE_INDEX)  # describe the whole batch, not one value per row
+# int64 [], made at collation: the batch's real (not padding) tokens, for tokens/s and the padding fraction.
+TOKENS = "tokens"
+PER_BATCH = (PREDICTING, SUPERVISED_TOKENS, IMAGE_INDEX, TOKENS)  # describe the whole batch, not one value per row
 
 DTYPES = {
     IMAGE: np.dtype(np.uint8),

@@ -36,7 +36,7 @@ def pack_budget(packing, image_tokens: int, max_images_per_sample: int) -> PackB
     """A row's budget from data.packing (pipelines.config.PackingConfig): max_images 0 takes as many
     images as the row's tokens hold, `image_tokens` each; max_samples 0 one per 16 tokens."""
     images = packing.max_images or max(max_images_per_sample, packing.max_tokens // max(image_tokens, 1))
-    return PackBudget(packing.max_tokens, images, packing.max_samples or max(1, packing.max_tokens // 16))
+    return PackBudget(packing.max_tokens, images, packing.samples_per_row)
 
 
 def pack_rows(

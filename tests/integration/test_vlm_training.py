@@ -53,7 +53,9 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
         load_config(
             VlmRunConfig,
             REPO / "conf/vlm/stage2.yaml",
-            common + ["loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"],
+            common
+            + ["loop.max_steps=24", f"init_from={out / 'vlm-stage1'}", "lrs.lm=3.0e-3", "lrs.projector=3.0e-3"]
+            + ["data.packing.max_tokens=192", "loop.batch_size_per_worker=6"],  # packed rows, ~16 samples
         )
     )
     assert stage2["step"] == 24
@@ -65,6 +67,14 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert losses[-1] < losses[0], losses
     assert "eval_generations.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # packed: fewer padding tokens than one sample per 64-token row leaves, and samples counted, not rows
+    stage1_run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'vlm-stage1'")[
+        0
+    ]
+    padding = {name: r.data.metrics["train/padding_fraction"] for name, r in (("1", stage1_run), ("2", run))}
+    assert padding["2"] < padding["1"], padding
+    assert run.data.metrics["train/tokens_per_s"] > 0
+    assert run.data.metrics["train/samples_per_s"] > 2 * run.data.metrics["train/tokens_per_s"] / 192
     assert run.data.params["stage"] == "conversations"
 
 

@@ -250,7 +250,12 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     images = torch.randn(3, 3, 16, 16)
 
     collated = VlmCollate()(
-        {contract.LABELS: labels.numpy(), contract.IMAGE: np.zeros((3, 1, 16, 16, 3)), contract.NUM_IMAGES: np.ones(3)}
+        {
+            contract.LABELS: labels.numpy(),
+            contract.ATTENTION_MASK: mask.numpy(),
+            contract.IMAGE: np.zeros((3, 1, 16, 16, 3)),
+            contract.NUM_IMAGES: np.ones(3),
+        }
     )
     positions = collated[contract.PREDICTING]
     supervised_anywhere = (labels[:, 1:] != -100).any(0)

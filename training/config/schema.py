@@ -198,6 +198,13 @@ class ClipRunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def __post_init__(self):
+        if self.data.packing.enabled:
+            raise InvalidValue(
+                "data.packing packs conversations for VLM training; CLIP's rows are one image and one "
+                "caption each: remove data.packing (or set data.packing.max_tokens=0)"
+            )
+
 
 # --- VLM (LLaVA-style) -------------------------------------------------------------------------
 

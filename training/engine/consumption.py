@@ -19,9 +19,10 @@ class Consumption:
         self._pending: list[torch.Tensor] = []  # one per batch handed to the loop, oldest first
 
     def watch(self, batches: Iterable[dict]) -> Iterator[dict]:
-        """Pass batches through, taking each one's position column out."""
+        """Pass batches through, noting each one's position column (the loop counts a batch's
+        samples by it)."""
         for batch in batches:
-            self._pending.append(batch.pop(contract.POSITION))
+            self._pending.append(batch[contract.POSITION])
             yield batch
 
     def take(self, batches_trained: int) -> np.ndarray:
@@ -30,4 +31,5 @@ class Consumption:
         taken, self._pending = self._pending[:batches_trained], self._pending[batches_trained:]
         if not taken:
             return np.zeros(0, np.int64)
-        return torch.cat([t.reshape(-1) for t in taken]).cpu().numpy().astype(np.int64)
+        positions = torch.cat([t.reshape(-1) for t in taken]).cpu().numpy().astype(np.int64)
+        return positions[positions >= 0]  # packed rows pad their positions with -1

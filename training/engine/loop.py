@@ -14,6 +14,7 @@ from typing import Callable, ContextManager, Iterable, Protocol
 import torch
 from torch import nn
 
+from pipelines import contract
 from training.engine.distributed import all_reduce_sum, world
 
 
@@ -21,7 +22,9 @@ from training.engine.distributed import all_reduce_sum, world
 class TrainState:
     step: int = 0
     epoch: int = 0  # the oldest epoch not yet wholly trained on (set from the data position at checkpoints)
-    samples_seen: int = 0  # by all ranks (a resumed run on another worker count continues the count)
+    # by all ranks (a resumed run on another worker count continues the count); with packed rows, whose
+    # sample counts differ between ranks, rank 0's count times the world size
+    samples_seen: int = 0
     # The learning-rate schedule in force: warmup + cosine over `schedule_steps` optimizer steps from
     # `schedule_start`. Saved, so a resumed run keeps its schedule when loop.max_steps changes.
     schedule_start: int = 0
@@ -51,10 +54,12 @@ class StepTask(Protocol):
 @dataclass
 class StepResult:
     loss: torch.Tensor  # a detached scalar; float() it only when logging (avoids a device sync per step)
-    samples: int
+    samples: int  # this rank's samples (a packed row holds several)
     data_wait_s: float  # time spent waiting for this step's batches, every fetch included
     step_s: float
     extra: dict  # scalar tensors, like loss: read them (float()) only when logging
+    tokens: torch.Tensor | None = None  # VLM: this rank's real (not padding) tokens, on the device
+    token_slots: int = 0  # VLM: rows x length of this rank's batches (real tokens and padding)
 
 
 def every(interval: int, step: int) -> bool:
@@ -152,8 +157,19 @@ def _optimizer_step(
     if grad_clip_norm > 0:
         extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm).detach()
     optimizer.step()
-    samples = sum(len(next(iter(batch.values()))) for batch in raw)
-    return StepResult(loss.detach(), samples, 0.0, time.perf_counter() - start, extra)
+    samples = sum(_samples_in(batch) for batch in raw)
+    result = StepResult(loss.detach(), samples, 0.0, time.perf_counter() - start, extra)
+    if contract.TOKENS in raw[0]:  # summed on the device; read only when logging
+        result.tokens = sum(batch[contract.TOKENS] for batch in raw)
+        result.token_slots = sum(batch[contract.INPUT_IDS].numel() for batch in raw)
+    return result
+
+
+def _samples_in(batch: dict) -> int:
+    """A batch's samples: its positions when it has them (a packed row holds several; collation
+    keeps only real ones, so the count is a shape the host knows), else its rows."""
+    column = batch.get(contract.POSITION)
+    return len(column) if column is not None else len(next(iter(batch.values())))
 
 
 def accumulate_token_weighted(

@@ -210,6 +210,7 @@ def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     start = time.perf_counter()
     samples = count_dataset_samples(shards)
     global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
+    global_batch *= cfg.data.packing.samples_per_row  # packed rows: as many as they may hold (a bound)
     epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
     print(
         f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "

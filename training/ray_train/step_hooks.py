@@ -25,7 +25,7 @@ from training.config.io import to_dict
 from training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.engine.consumption import Consumption
-from training.engine.distributed import full_tensor, global_mean
+from training.engine.distributed import all_reduce_sum, full_tensor, global_mean
 from training.engine.loop import StepResult, TrainState, every
 from training.engine.parallelize import full_parameters
 from training.tasks.protocol import EvalAssets, Evaluation
@@ -49,26 +49,46 @@ class WorkerContext:
 
 
 class TrainWindow:
-    """The training metrics of the steps since the last log: loss, lr, throughput, data wait."""
+    """The training metrics of the steps since the last log: loss, lr, throughput, data wait, and for
+    the VLM tokens/s and the padding fraction."""
 
     def __init__(self, ctx: WorkerContext, scheduler):
         self.ctx, self.scheduler = ctx, scheduler
+        self._restart()
+
+    def _restart(self) -> None:
         self.start, self.samples, self.wait_s, self.steps = time.perf_counter(), 0, 0.0, 0
+        self.tokens, self.token_slots = None, 0  # tokens: summed on the device, read when logging
 
     def add(self, result: StepResult) -> None:
         self.samples += result.samples
         self.wait_s += result.data_wait_s
         self.steps += 1
+        if result.tokens is not None:
+            self.tokens = result.tokens if self.tokens is None else self.tokens + result.tokens
+            self.token_slots += result.token_slots
+
+    def _throughput(self, elapsed: float) -> dict:
+        """Every rank's samples (and tokens) over the window: ranks' packed rows hold different counts."""
+        device = self.ctx.device
+        tokens = self.tokens.float() if self.tokens is not None else torch.zeros((), device=device)
+        host = torch.tensor([float(self.samples), float(self.token_slots)], device=device)
+        totals = all_reduce_sum(torch.cat([host, tokens.reshape(1).to(device)]))
+        samples, slots, tokens = totals.tolist()
+        metrics = {"samples_per_s": samples / max(elapsed, 1e-9)}
+        if self.tokens is not None:
+            metrics["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+            metrics["padding_fraction"] = 1 - tokens / max(slots, 1)
+        return metrics
 
     def metrics(self, state: TrainState, result: StepResult) -> dict:
         """The window's metrics; a new window starts."""
         elapsed = time.perf_counter() - self.start
-        world = dist.get_world_size() if dist.is_initialized() else 1
         metrics = as_train(
             {
                 "loss": float(global_mean(result.loss)),  # every rank's batch, not rank 0's slice
                 "lr": self.scheduler.get_last_lr()[0],
-                "samples_per_s": self.samples * world / max(elapsed, 1e-9),
+                **self._throughput(elapsed),
                 "data_wait_fraction": self.wait_s / max(elapsed, 1e-9),
                 "samples_seen": state.samples_seen,
                 **self.ctx.task.step_metrics(self.ctx.model),
@@ -76,7 +96,7 @@ class TrainWindow:
             }
         )
         metrics["epoch"] = state.epoch  # a fact about the run (an MLflow tag), not a training curve
-        self.start, self.samples, self.wait_s, self.steps = time.perf_counter(), 0, 0.0, 0
+        self._restart()
         return metrics
 
 
@@ -261,6 +281,10 @@ class StepHooks:
             if index == 0:
                 shown = {key: value if key in contract.PER_BATCH else value[:16] for key, value in batch.items()}
                 images = shown[contract.IMAGE].cpu().numpy()
+                if images.ndim == 5:  # VLM rows: each row's first image (black for a text-only row)
+                    images = np.where(
+                        shown[contract.NUM_IMAGES].cpu().numpy()[:, None, None, None] > 0, images[:, 0], 0
+                    )
                 grid = sample_grid(images, self.ctx.task.captions(shown))
                 self.ctx.tracker.log_figure(grid, "figures/train_samples.png")
             yield batch
