@@ -35,7 +35,9 @@ def _add_synth(commands) -> None:
 
 def _add_convert(commands) -> None:
     conv = commands.add_parser("convert", help="convert images + captions into shards")
-    conv.add_argument("src", type=Path, help="a folder, a .csv/.jsonl/.parquet file, or a folder of IDX files")
+    conv.add_argument(
+        "src", type=Path, help="a folder, a .csv/.jsonl/.parquet file, a LLaVA .json/.jsonl, or a folder of IDX files"
+    )
     conv.add_argument("out_dir", type=Path)
     conv.add_argument("--format", required=True, choices=FORMATS)
     conv.add_argument("--split", default="train", help="split name for folder/table sources")

@@ -2,7 +2,9 @@
 
 Formats:
   folder   images with sidecar captions: cat.jpg + cat.txt (+ optional cat.json)
-  csv      a table with an image column (path or bytes) and a caption column; also jsonl, parquet
+  csv      a table with an image column (path or bytes) and a caption column; also jsonl, parquet;
+           a jsonl or parquet table with a `conversations` or `messages` column converts as llava
+  llava    LLaVA / ShareGPT conversations: a JSON array or JSONL (pipelines/convert_conversations.py)
   idx      MNIST-style IDX files (train-images-idx3-ubyte[.gz] + labels, t10k-* as the test split)
            with class names from --classes and captions from --template
 
@@ -23,19 +25,18 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-import pyarrow
-import pyarrow.csv
-import pyarrow.parquet
 from PIL import Image
 
 from pipelines import bad_samples
 from pipelines.contained_files import read_contained
+from pipelines.convert_conversations import conversation_example, is_conversation_table, read_llava_json
 from pipelines.images import BadSample
 from pipelines.resize import shrink
 from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
+from pipelines.table_rows import ext_of, sniff_ext, table_rows
 from pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
 
-FORMATS = ("folder", "csv", "jsonl", "parquet", "idx")
+FORMATS = ("folder", "csv", "jsonl", "parquet", "llava", "idx")
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -57,6 +58,11 @@ class Example:
     image_ext: str
     caption: str
     meta: Optional[dict] = None
+    more_images: tuple[tuple[bytes, str], ...] = ()  # (bytes, ext) of a multi-image sample's others
+
+    @property
+    def images(self) -> list[tuple[bytes, str]]:
+        return ([(self.image, self.image_ext)] if self.image else []) + list(self.more_images)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class ConvertOptions:
     # system file into a shard.
     image_root: Optional[Path] = None
     limits: TextLimits = TextLimits()  # captions and metadata the reader would refuse are not written
+    max_json_bytes: int = 4 << 30  # a LLaVA JSON array is read whole (665k rows: ~1 GB); JSONL streams
 
 
 def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callable[[int], None] | None = None) -> dict:
@@ -101,6 +108,7 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
         "csv": _read_table,
         "jsonl": _read_table,
         "parquet": _read_table,
+        "llava": _read_llava,
         "idx": _read_idx,
     }[options.format]
     writers: dict[str, ShardWriter] = {}
@@ -133,7 +141,12 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
 def as_sample(item: Example, limits: TextLimits) -> dict | str:
     """The shard sample for an example, or the reason the reader would refuse it: the reader itself
     judges it (to_record), so convert never writes a sample that training would skip."""
-    sample = {"__key__": item.key, item.image_ext: item.image, "txt": encode_text(item.caption)}
+    images = item.images
+    if len(images) == 1:
+        sample = {"__key__": item.key, images[0][1]: images[0][0]}
+    else:  # several images are numbered in placeholder order (0.jpg, 1.png, ...); a text-only sample has none
+        sample = {"__key__": item.key, **{f"{number}.{ext}": data for number, (data, ext) in enumerate(images)}}
+    sample["txt"] = encode_text(item.caption)
     if item.meta is not None:
         try:
             sample["json"] = encode_json(item.meta)
@@ -166,13 +179,18 @@ def _shrink_example(item: Example | str, options: ConvertOptions) -> tuple[Examp
     """(the example, with its image scaled down where it was larger, or a skip reason; whether it was resized)"""
     if isinstance(item, str):  # a skip reason from the reader
         return item, False
-    try:
-        smaller = shrink(item.image, options.resize, options.quality, options.max_pixels)
-    except BadSample as err:
-        return err.reason, False
-    if smaller is None:
+    images, resized = [], False
+    for data, ext in item.images:
+        try:
+            smaller = shrink(data, options.resize, options.quality, options.max_pixels)
+        except BadSample as err:
+            return err.reason, False
+        images.append((data, ext) if smaller is None else (smaller, "jpg"))
+        resized |= smaller is not None
+    if not images:
         return item, False
-    return replace(item, image=smaller, image_ext="jpg"), True
+    (image, image_ext), *more = images
+    return replace(item, image=image, image_ext=image_ext, more_images=tuple(more)), resized
 
 
 def _read_folder(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
@@ -209,11 +227,37 @@ def _folder_example(image_path: Path, src: Path, root: Path, options: ConvertOpt
     except UnicodeDecodeError:
         return bad_samples.UNREADABLE_CAPTION
     key = image_path.relative_to(src).with_suffix("").as_posix().replace(".", "_")
-    return Example(options.split, key, image, _ext(image_path.suffix), caption_text, meta)
+    return Example(options.split, key, image, ext_of(image_path.suffix), caption_text, meta)
+
+
+def _read_llava(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
+    rows = read_llava_json(src, options.max_json_bytes)
+    yield from _conversation_examples(rows, Path(options.image_root or src.parent).resolve(), options)
+
+
+def _conversation_examples(rows, root: Path, options: ConvertOptions) -> Iterator[Example | str]:
+    for index, row in enumerate(rows):
+        if isinstance(row, str):  # a line or item that is not a JSON object
+            yield row
+            continue
+        try:
+            found = conversation_example(row, root)
+        except OSError:
+            found = bad_samples.UNREADABLE_FILE
+        if isinstance(found, str):
+            yield found
+            continue
+        images, turns, caption = found
+        (image, ext), *more = images or [(b"", "")]
+        meta = {"conversations": turns, **({"id": str(row["id"])} if "id" in row else {})}
+        yield Example(options.split, f"{index:09d}", image, ext, caption, meta, tuple(more))
 
 
 def _read_table(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Example | str]:
-    rows, columns = _table_rows(src, options)
+    rows, columns = table_rows(src, options.format, options.limits.max_metadata_bytes + MAX_MEMBER_BYTES)
+    if options.format != "csv" and is_conversation_table(columns):
+        yield from _conversation_examples(rows, Path(options.image_root or src.parent).resolve(), options)
+        return
     image_col = options.image_column or _pick(columns, IMAGE_COLUMNS, "--image-column")
     caption_col = options.caption_column or _pick(columns, CAPTION_COLUMNS, "--caption-column")
     for name in filter(None, (image_col, caption_col, options.label_column)):
@@ -230,38 +274,6 @@ def _read_table(src: Path, options: ConvertOptions, extra: dict) -> Iterator[Exa
             yield bad_samples.UNREADABLE_FILE
 
 
-def _table_rows(src: Path, options: ConvertOptions) -> tuple[Iterator[dict | str], list[str]]:
-    """(rows, column names) of a table; JSONL is read line by line, so one bad line is one skip."""
-
-    if options.format == "jsonl":
-        return _jsonl_rows(src, options.limits.max_metadata_bytes + MAX_MEMBER_BYTES)
-    load = pyarrow.csv.read_csv if options.format == "csv" else pyarrow.parquet.read_table
-    try:
-        table = load(str(src))
-    except (OSError, ValueError, pyarrow.ArrowException) as err:
-        raise ValueError(f"{src} cannot be read as {options.format} ({err})") from None
-    return iter(table.to_pylist()), table.column_names
-
-
-def _jsonl_rows(src: Path, max_line_bytes: int) -> tuple[Iterator[dict | str], list[str]]:
-    def rows():
-        with open(src, "rb") as file:
-            for line in iter(lambda: file.readline(max_line_bytes + 1), b""):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line) if len(line) <= max_line_bytes else None
-                except (ValueError, RecursionError):
-                    row = None
-                yield row if isinstance(row, dict) else bad_samples.BAD_METADATA
-                if len(line) > max_line_bytes and not line.endswith(b"\n"):  # drop the rest of that line
-                    while (rest := file.readline(1 << 20)) and not rest.endswith(b"\n"):
-                        pass
-
-    first = next((row for row in rows() if isinstance(row, dict)), {})
-    return rows(), list(first)
-
-
 def _table_example(
     index: int, row: dict, image_col: str, caption_col: str, root: Path, options: ConvertOptions
 ) -> Example | str:
@@ -275,9 +287,9 @@ def _table_example(
         image_bytes = read_contained(path, root, MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
         if isinstance(image_bytes, str):
             return image_bytes
-        ext = _ext(path.suffix)
+        ext = ext_of(path.suffix)
     elif isinstance(image, (bytes, bytearray)):
-        image_bytes, ext = bytes(image), _sniff_ext(image)
+        image_bytes, ext = bytes(image), sniff_ext(image)
     else:
         return bad_samples.MISSING_IMAGE
     caption = row.get(caption_col)
@@ -341,15 +353,3 @@ def _pick(columns: list[str], candidates: tuple[str, ...], flag: str) -> str:
         if name in columns:
             return name
     raise ValueError(f"could not guess which column to use; pass {flag} (columns: {columns})")
-
-
-def _ext(suffix: str) -> str:
-    ext = suffix.lower().lstrip(".")
-    return "jpg" if ext == "jpeg" else ext
-
-
-def _sniff_ext(data: bytes) -> str:
-    try:
-        return _ext(Image.open(io.BytesIO(data)).format or "jpg")
-    except Exception:  # bad bytes still get written; the pipeline counts them as not_an_image
-        return "jpg"

@@ -112,3 +112,70 @@ def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, k
     saved = load_config(VlmRunConfig, Path(metrics["checkpoint"]) / "config.yaml")
     assert saved.model.vision.checkpoint == str(tower.resolve())
     assert saved.data.augment.image_size == 32 and saved.data.augment.eval_center_crop == (kind == "clip")
+
+
+def test_llava_json_with_multi_image_and_text_only_rows_trains_packed_and_answers(
+    ray_local, synth_dir, tmp_path, capsys
+):
+    """LLaVA JSON rows with one image, two and none -> `data convert` -> stage 2, packed, on Ray Train
+    -> `mmtrain ask` about two images at once."""
+    import json
+
+    from jobs.cli import main
+    from pipelines.inspection import iter_captions
+    from pipelines.tar_samples import iter_records
+    from tests.unit.test_vision_encoders import save_hf_tower
+    from training.checkpoint.store import latest_checkpoint
+    from training.models.language_model import make_tiny_lm
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with open(synth_dir / "train-00000.tar", "rb") as stream:
+        for record in list(iter_records(stream))[:12]:
+            (images / f"{record.key}.jpg").write_bytes(record.image_bytes)
+    names = sorted(path.name for path in images.iterdir())
+    rows = []
+    for index in range(48):
+        kind = index % 3
+        row = {"id": str(index), "conversations": [{"from": "human", "value": "how many shapes?"}]}
+        if kind == 1:
+            row["image"] = names[index % 12]
+            row["conversations"][0]["value"] = "<image>\nhow many shapes?"
+        elif kind == 2:
+            row["image"] = [names[index % 12], names[(index + 1) % 12]]
+            row["conversations"][0]["value"] = "<image>\n<image>\nhow many shapes in both?"
+        row["conversations"].append({"from": "gpt", "value": ["none", "one", "two"][kind]})
+        rows.append(row)
+    (tmp_path / "mix.json").write_text(json.dumps(rows))
+    data = tmp_path / "data"
+    convert = ["data", "convert", str(tmp_path / "mix.json"), str(data), "--format", "llava"]
+    assert main(convert + ["--image-root", str(images), "--shard-samples", "24"]) == 0
+
+    tower = save_hf_tower(tmp_path / "tower", "clip", image_size=32, full=True)
+    lm = make_tiny_lm(tmp_path / "lm", list(iter_captions([str(synth_dir)])) + ["how many shapes in both?"] * 5)
+    out = tmp_path / "runs"
+    common = [f"run.output_dir={out}", f"model.vision.checkpoint={tower}", f"model.lm.path={lm}", "max_length=128"]
+    common += [
+        "data.eval_shards=[]",
+        "loop.batch_size_per_worker=4",
+        "scaling.num_workers=1",
+        "tracking.tracking_uri=none",
+    ]
+    stage1 = ["run.name=captions", f"data.train_shards=[{synth_dir}/train-*.tar]", "loop.max_steps=2"]
+    stage2 = [
+        "run.name=mixed",
+        f"init_from={out / 'captions'}",
+        f"data.train_shards=[{data}/train-*.tar]",
+        "data.max_images_per_sample=2",
+        "data.packing.max_tokens=256",
+        "loop.max_steps=4",
+    ]
+    for preset, overrides in (("stage1", stage1), ("stage2", stage2)):
+        train = ["train", "vlm", "--config", str(REPO / f"conf/vlm/{preset}.yaml")]
+        assert main(train + [arg for o in common + overrides for arg in ("--set", o)]) == 0
+    state = json.loads((latest_checkpoint(out / "mixed") / "state.json").read_text())
+    assert state["step"] == 4 and state["samples_seen"] > 2 * 4 * 4  # packed rows: several samples each
+    capsys.readouterr()
+    ask = ["ask", "--checkpoint", str(out / "mixed"), "--image", str(images / names[0])]
+    assert main(ask + ["--image", str(images / names[1]), "<image> <image> how many shapes in both?"]) == 0
+    assert capsys.readouterr().out.strip()
