@@ -107,6 +107,22 @@ class AugmentConfig(Checked):
 
 
 @dataclass(frozen=True)
+class SourceConfig(Checked):
+    """One dataset of a mixture: its shards and its share of each epoch."""
+
+    RANGES = {"weight": above(0)}
+
+    shards: list[str] = field(default_factory=list)  # dirs, globs, brace patterns, s3:// URIs
+    weight: float = 1.0  # relative: the weights of a mixture need not sum to 1
+    name: str = ""  # in metrics (train_data/source/NAME/...); "" = source0, source1, ...
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.shards:
+            raise InvalidValue("shards is empty: list the source's shards (dir, glob, brace pattern or s3://)")
+
+
+@dataclass(frozen=True)
 class PackingConfig(Checked):
     """VLM training rows that hold several samples (pipelines/packing.py); max_tokens 0 = one sample per row."""
 
@@ -149,6 +165,8 @@ class DataConfig(Checked):
     }
 
     train_shards: list[str] = field(default_factory=list)  # dirs, globs, brace patterns, s3:// URIs
+    # or a mixture by weight (pipelines/mixture.py): [{shards: [...], weight: 2.0, name: vqa}, ...]
+    sources: list[SourceConfig] = field(default_factory=list)
     eval_shards: list[str] = field(default_factory=list)
     tokenizer: str = ""  # tokenizer.json or an HF model directory; "" = <first shard dir>/tokenizer.json
     context_length: int = 32
@@ -179,6 +197,16 @@ class DataConfig(Checked):
     tokenize_actors: int = 0  # unused since the stages were fused; still read from saved configs
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use at once; 0 = leave one CPU per train worker
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for an S3-compatible server; "" = AWS
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sources and self.train_shards:
+            raise InvalidValue("train_shards and sources are both set: train on one list of shards, or a mixture")
+
+    @property
+    def train_specs(self) -> list[str]:
+        """The training shards' specs (a mixture's first source's): where a tokenizer.json may sit."""
+        return self.train_shards or (self.sources[0].shards if self.sources else [])
 
     @property
     def text_limits(self) -> TextLimits:

@@ -63,6 +63,7 @@ def build_dataset(
         rows_per_block=cfg.decode_batch_size,
         ledger=ledger,
         limits=cfg.text_limits,
+        mix=shards.mix if train else None,
     )
     dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cfg.cpus_per_worker)
     if text_stage is None:

@@ -30,6 +30,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines import bad_samples
+from pipelines.mixture import WHOLE, MixturePlan
 from pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
 from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
@@ -63,6 +64,8 @@ class ShardRead:
     epoch: int
     seed: Optional[int]  # None: file order and unseeded augmentation (eval, or data.shuffle_seed=null)
     shuffle_buffer: int  # samples held for the in-shard shuffle; 0 = file order
+    take: int = WHOLE  # a mixture's partial copy: samples this epoch reads of the shard (a random subset)
+    copy: int = 0  # a mixture's pass over the shard (pipelines/mixture.py): each draws its own augmentation
 
 
 class EpochShardDatasource(Datasource):
@@ -77,6 +80,7 @@ class EpochShardDatasource(Datasource):
         rows_per_block: int = 256,
         ledger=None,
         limits: TextLimits = TextLimits(),
+        mix: Optional[MixturePlan] = None,
     ):
         if len(paths) >= MAX_SHARDS or epochs > MAX_EPOCHS:
             raise ValueError(
@@ -88,6 +92,8 @@ class EpochShardDatasource(Datasource):
         self._seed, self._shuffle_buffer = seed, shuffle_buffer
         self._rows_per_block, self._ledger = rows_per_block, ledger
         self._limits = limits
+        self._takes = mix.takes if mix is not None else (WHOLE,) * len(paths)
+        self._copies = mix.copies if mix is not None else (0,) * len(paths)
 
     def get_name(self) -> str:
         return "ReadShards"
@@ -102,7 +108,12 @@ class EpochShardDatasource(Datasource):
             order = range(len(self._paths))
             if self._seed is not None:
                 order = np.random.default_rng([self._seed, epoch]).permutation(len(self._paths))
-            reads += [ShardRead(self._paths[i], int(i), epoch, self._seed, self._shuffle_buffer) for i in order]
+            reads += [
+                ShardRead(
+                    self._paths[i], int(i), epoch, self._seed, self._shuffle_buffer, self._takes[i], self._copies[i]
+                )
+                for i in order
+            ]
         return reads
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
@@ -123,15 +134,31 @@ class EpochShardDatasource(Datasource):
 def read_shard(
     read: ShardRead, filesystem: pafs.FileSystem, rows_per_block: int, ledger=None, limits: TextLimits = TextLimits()
 ) -> Iterator[pa.Table]:
-    """One (epoch, shard)'s rows, passing over what the ledger says this epoch already used."""
-    skip, done = ray.get(ledger.plan.remote(read.epoch, read.shard)) if ledger is not None else (None, False)
+    """One (epoch, shard)'s rows, passing over what the ledger says this epoch already used; a
+    mixture's partial copy stops once its `take` samples of the epoch are read (a resumed read
+    counts those already used)."""
+    skip, done = ray.get(ledger.plan.remote(read.epoch, read.shard, read.take)) if ledger is not None else (None, False)
     if done:  # every sample of this shard was trained on (or bad) this epoch: nothing to open
         return
     with filesystem.open_input_file(read.path) as stream:  # random access: skipped samples are sought past
         records = iter_records(stream, skip=_Mask(skip) if skip is not None and skip.any() else None, limits=limits)
         if read.seed is not None and read.shuffle_buffer:
-            records = shuffled(records, read.shuffle_buffer, np.random.default_rng([read.seed, read.epoch, read.shard]))
+            rng = np.random.default_rng([read.seed, read.epoch, read.shard])
+            records = shuffled(records, read.shuffle_buffer, rng)
+        if read.take != WHOLE:  # the shard's count is not learned from a read that stops early
+            used = int(skip.sum()) if skip is not None else 0
+            yield from shard_tables(_first(records, read.take - used), read, rows_per_block)
+            return
         yield from shard_tables(records, read, rows_per_block, on_count=ledger)
+
+
+def _first(records: Iterable[Record | Bad], samples: int) -> Iterator[Record | Bad]:
+    """Records up to the `samples`-th sample (a bad stretch of the shard is no sample)."""
+    for record in records:
+        if samples <= 0:
+            return
+        samples -= record.index >= 0
+        yield record
 
 
 class _Mask:
@@ -168,7 +195,7 @@ def shard_tables(
     """A shard's records as RAW_SCHEMA blocks; the first few bad ones are named in the log with the
     shard and byte offset. `on_count` (the ledger) learns the shard's sample count at the end."""
     columns = {name: [] for name in RAW_SCHEMA.names}
-    first_seed = _shard_seed(read.seed, read.epoch, os.path.basename(read.path))
+    first_seed = _shard_seed(read.seed, read.epoch, os.path.basename(read.path), read.copy)
     bad, count = 0, 0
     for record in records:
         seed = -1 if first_seed < 0 or record.index < 0 else (first_seed + record.index) % 2**62
@@ -206,8 +233,9 @@ def shard_tables(
         on_count.shard_counted.remote(read.shard, count)
 
 
-def _shard_seed(seed: int | None, epoch: int, shard_name: str) -> int:
+def _shard_seed(seed: int | None, epoch: int, shard_name: str, copy: int = 0) -> int:
     if seed is None:
         return -1
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{shard_name}".encode(), digest_size=8).digest()
+    name = f"{shard_name}#{copy}" if copy else shard_name  # a mixture's second pass draws other crops
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2

@@ -9,6 +9,7 @@ import numpy as np
 import ray
 
 from pipelines.bad_samples import TooManyBadSamples
+from pipelines.mixture import WHOLE, MixturePlan, per_source
 from pipelines.position import BadSample, DataPosition
 
 
@@ -22,8 +23,10 @@ class SampleLedger:
     position, or None for a fresh run), so no read task runs before the resume point is known.
     """
 
-    def __init__(self, wait_for_begin: bool = False, num_shards: int = 0):
+    def __init__(self, wait_for_begin: bool = False, num_shards: int = 0, mix: MixturePlan | None = None):
         self._num_shards = num_shards
+        self._mix = mix  # a mixture's plan: partial shard copies, and each copy's source for the summary
+        self._takes = mix.takes if mix is not None else (WHOLE,) * num_shards
         self._position = DataPosition()
         self._good = 0
         self._actors_started = 0
@@ -36,10 +39,11 @@ class SampleLedger:
         self._good = self._position.total_consumed()  # samples read again after a resume are counted again
         self._ready.set()
 
-    async def plan(self, epoch: int, shard: int) -> tuple[np.ndarray, bool]:
-        """(bitmap of samples to pass over, whether nothing is left to read) for one (epoch, shard)."""
+    async def plan(self, epoch: int, shard: int, take: int = WHOLE) -> tuple[np.ndarray, bool]:
+        """(bitmap of samples to pass over, whether nothing is left to read) for one (epoch, shard),
+        of which the epoch reads `take` samples (a mixture's partial copy) or all."""
         await self._ready.wait()
-        return self._position.skip(epoch, shard), self._position.shard_done(epoch, shard)
+        return self._position.skip(epoch, shard), self._position.shard_done(epoch, shard, take)
 
     def record(self, good: int, bad: list[BadSample]) -> None:
         self._good += good
@@ -61,13 +65,26 @@ class SampleLedger:
     def epoch_in_progress(self) -> int:
         """The oldest epoch with samples left to train on."""
         epoch = 0
-        while self._num_shards and all(self._position.shard_done(epoch, s) for s in range(self._num_shards)):
+        while self._num_shards and all(
+            self._position.shard_done(epoch, s, self._takes[s]) for s in range(self._num_shards)
+        ):
             epoch += 1
         return epoch
 
     def summary(self) -> dict:
         bad = self._position.bad_counts()
-        return {"good": self._good, "bad": bad, "bad_total": sum(bad.values()), "actors_started": self._actors_started}
+        summary = {
+            "good": self._good,
+            "bad": bad,
+            "bad_total": sum(bad.values()),
+            "actors_started": self._actors_started,
+        }
+        if self._mix is not None:  # each source's samples trained on, and bad, over the run
+            summary["sources"] = {
+                "samples": per_source(self._position.consumed_per_shard(), self._mix),
+                "bad": per_source(self._position.bad_per_shard(), self._mix),
+            }
+        return summary
 
 
 def bad_fraction(summary: dict) -> float:

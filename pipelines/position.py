@@ -92,13 +92,30 @@ class DataPosition:
             bitmap[bad] = True
         return bitmap
 
-    def shard_done(self, epoch: int, shard: int) -> bool:
-        """True when every sample of the shard is known consumed or bad for `epoch` (nothing to read)."""
+    def shard_done(self, epoch: int, shard: int, take: int = -1) -> bool:
+        """True when every sample of the shard (or, with take >= 0, that many of them: a mixture's
+        partial copy) is known consumed or bad for `epoch`: nothing is left to read."""
+        if take >= 0:
+            return int(self.skip(epoch, shard).sum()) >= take
         count = self.samples_per_shard.get(shard)
         return count is not None and int(self.skip(epoch, shard)[:count].sum()) >= count
 
     def consumed_count(self, epoch: int) -> int:
         return int(sum(bitmap.sum() for bitmap in self.consumed.get(epoch, {}).values()))
+
+    def consumed_per_shard(self) -> dict[int, int]:
+        """Samples trained on per shard, over every epoch."""
+        totals: dict[int, int] = {}
+        for shards in self.consumed.values():
+            for shard, bitmap in shards.items():
+                totals[shard] = totals.get(shard, 0) + int(bitmap.sum())
+        return totals
+
+    def bad_per_shard(self) -> dict[int, int]:
+        totals: dict[int, int] = {}
+        for sample in self.bad.values():
+            totals[sample.shard] = totals.get(sample.shard, 0) + 1
+        return totals
 
     def total_consumed(self) -> int:
         return sum(self.consumed_count(epoch) for epoch in self.consumed)

@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 import braceexpand
 import pyarrow.fs as pafs
 
+from pipelines.config import SourceConfig
+from pipelines.mixture import MixturePlan, plan_mixture, source_names
 from pipelines.tar_samples import count_samples
 
 GLOB_CHARS = set("*?[")
@@ -27,6 +29,7 @@ class ShardList:
     paths: list[str]  # paths as `filesystem` understands them (no scheme)
     filesystem: pafs.FileSystem
     specs: tuple[str, ...] = ()  # what they were listed from (a tokenizer.json may sit beside the first)
+    mix: MixturePlan | None = None  # a mixture's shard copies (pipelines/mixture.py); None: each shard once
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,8 +100,8 @@ def _expand_one(fs: pafs.FileSystem, path: str) -> list[str]:
 
 
 def count_dataset_samples(shards: ShardList) -> int:
-    """Samples in the shards (good or bad), from their tar headers."""
-    return sum(count_shard_samples(shards))
+    """Samples an epoch reads (good or bad), from the shards' tar headers or a mixture's plan."""
+    return shards.mix.epoch_samples if shards.mix is not None else sum(count_shard_samples(shards))
 
 
 def count_shard_samples(shards: ShardList) -> list[int]:
@@ -114,3 +117,16 @@ def count_shard_samples(shards: ShardList) -> list[int]:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(count, shards.paths))
+
+
+def resolve_mixture(sources: list[SourceConfig], s3_endpoint: str = "") -> ShardList:
+    """The run's shard list for a mixture: every shard copy of the plan, in plan order. The sources'
+    shards are listed and counted (from their tar headers) once, here."""
+    names = source_names(sources)
+    listed = [resolve_shards(source.shards, s3_endpoint) for source in sources]
+    filesystem = listed[0].filesystem
+    if any(type(shards.filesystem) is not type(filesystem) for shards in listed):
+        raise ValueError("data.sources mix filesystems (local and s3://): keep a mixture's shards on one")
+    plan = plan_mixture([count_shard_samples(shards) for shards in listed], [s.weight for s in sources], names)
+    paths = [path for shards in listed for path in shards.paths]
+    return ShardList([paths[i] for i in plan.shard_of], filesystem, listed[0].specs, mix=plan)

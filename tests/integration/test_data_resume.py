@@ -185,3 +185,70 @@ def test_a_killed_driver_resumes_exactly_and_on_fewer_workers(synth_dir, tmp_pat
     ):
         assert chatter not in log.read_text(), chatter
     _assert_each_sample_once_per_epoch(run_dir)
+
+
+MIXTURE = (
+    "data.sources=[{{shards: [{0}/train-*.tar], weight: 8, name: big}}, "
+    "{{shards: [{0}/val-*.tar], weight: 3, name: small}}]"
+)
+
+
+def test_a_mixture_streams_its_weights_over_10000_samples(ray_local, synth_dir):
+    """256 samples at weight 8 and 64 at weight 3: an epoch reads the small source 96 times in 352,
+    its whole shard once and then half of it; over 10,000 streamed samples the ratio holds to 1%."""
+    import numpy as np
+
+    from pipelines import contract, position
+    from pipelines.dataset import build_dataset
+    from training.tasks.resolve import list_shards
+
+    overrides = ["data.train_shards=[]", "data.eval_shards=[]", MIXTURE.format(synth_dir)]
+    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", overrides)
+    assert [s.weight for s in cfg.data.sources] == [8, 3]
+    shards = list_shards(cfg.data).train
+    assert shards.mix.targets == (256, 96)
+    dataset = build_dataset(cfg.data, shards, train=True, columns=(contract.POSITION,), epochs=30)
+    seen = []
+    for batch in dataset.iter_batches(batch_size=1000, batch_format="numpy"):
+        seen.append(batch[contract.POSITION])
+        if sum(len(s) for s in seen) >= 10_000:
+            break
+    _, shard, _ = position.unpack(np.concatenate(seen)[:10_000])
+    small = np.isin(shard, [i for i, source in enumerate(shards.mix.source_of) if source == 1]).mean()
+    assert abs(small - 3 / 11) < 0.01, small
+
+
+def test_a_killed_driver_resumes_a_mixture_at_its_exact_ratio(synth_dir, tmp_path):
+    """Kill the driver after a checkpoint and run the command again: every epoch still reads each
+    source exactly its share (256 + 96 samples), nothing twice, and MLflow gets each source's count."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir, log = tmp_path / "mixture", tmp_path / "train.log"
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = _overrides(synth_dir, tmp_path, "mixture")[:-1] + [f"tracking.tracking_uri={tracking}"]
+    overrides = [o for o in overrides if not o.startswith("data.train_shards")] + ["data.train_shards=[]"]
+    overrides.append(MIXTURE.format(synth_dir))
+    proc = _start(synth_dir, tmp_path, log, overrides)
+    try:
+        wait_for_new_checkpoints(proc, run_dir, 1, log)
+        time.sleep(random.uniform(0, 2))
+    finally:
+        _stop(proc)
+    proc = _start(synth_dir, tmp_path, log, overrides)
+    try:
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "[mmtrain] resumed mixture at step" in log.read_text()
+    position = DataPosition.from_json(json.loads((latest_checkpoint(run_dir) / "data_position.json").read_text()))
+    small_shards = {4 + copy for copy in range(2)}  # after the 4 big shards: the val shard, twice
+    for epoch in range(EPOCHS):
+        assert position.repeated.get(epoch, 0) == 0
+        per_shard = {shard: int(bitmap.sum()) for shard, bitmap in position.consumed[epoch].items()}
+        assert sum(n for s, n in per_shard.items() if s not in small_shards) == 256, per_shard
+        assert sum(n for s, n in per_shard.items() if s in small_shards) == 96, per_shard
+    client = MlflowClient(tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id])
+    assert run.data.metrics["train_data/source/big/samples"] == EPOCHS * 256
+    assert run.data.metrics["train_data/source/small/samples"] == EPOCHS * 96
+    assert json.loads((latest_checkpoint(run_dir) / "state.json").read_text())["epoch"] == EPOCHS

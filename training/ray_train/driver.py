@@ -145,7 +145,7 @@ def fit(
     from training.ray_train.worker import train_worker
 
     scaling = cfg.scaling
-    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train))
+    ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train), mix=shards.train.mix)
     output_dir = cfg.run.output_dir
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(

@@ -325,14 +325,19 @@ class StepHooks:
         if self.window.steps:  # the stream ended between log steps: the last window's figures
             metrics.update(self.window.metrics(state, self.last_result))
         metrics.update(self.validator.evaluate(state.step))
+        # The data position first: its hand-over tells the ledger every sample trained on.
+        position = self.checkpointer.data_position(state)
         if ctx.rank == 0 and ctx.ledger is not None:  # bad-sample counts reach the run, by reason
             summary = ray.get(ctx.ledger.summary.remote())
             metrics[TRAIN_DATA + "good_samples"] = summary["good"]
             metrics[TRAIN_DATA + "pool_actors_started"] = summary["actors_started"]
             metrics.update({f"{TRAIN_DATA}bad/{reason}": count for reason, count in summary["bad"].items()})
+            for kind, counts in summary.get("sources", {}).items():  # a mixture: each source's share
+                metrics.update({f"{TRAIN_DATA}source/{name}/{kind}": count for name, count in counts.items()})
         # The MLflow run is complete before the last report: a sweep's scheduler may stop the
         # trial as soon as it sees that report, and a killed trial cannot end its run.
-        self._report(state, metrics, checkpoint=True, before_report=self.checkpointer.finish_tracking)
+        metrics = self._log(state, metrics)
+        self.checkpointer.report(state, metrics, True, position, before_report=self.checkpointer.finish_tracking)
 
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None) -> None:
         # The data position first: gathering it also brings state.epoch up to date for the log.

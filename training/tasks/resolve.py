@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import AugmentConfig
-from pipelines.sources import ShardList, count_shard_samples, resolve_shards
+from pipelines.sources import ShardList, count_shard_samples, resolve_mixture, resolve_shards
 from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from training.checkpoint.store import latest_checkpoint
 from training.config.schema import ClipRunConfig, VlmRunConfig
@@ -30,9 +30,15 @@ class RunShards:
 def list_shards(data) -> RunShards:
     """List the train and eval shards now, before Ray starts: a mistyped path or an S3 endpoint where
     nothing listens fails in a second with the setting to fix, not minutes into a run."""
-    if not data.train_shards:
-        raise ValueError("data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://)")
-    train = resolve_shards(data.train_shards, data.s3_endpoint)
+    if data.sources:
+        train = resolve_mixture(data.sources, data.s3_endpoint)
+    elif not data.train_shards:
+        raise ValueError(
+            "data.train_shards is empty: point it at shards (dir, glob, brace pattern or s3://), "
+            "or give data.sources (a mixture)"
+        )
+    else:
+        train = resolve_shards(data.train_shards, data.s3_endpoint)
     return RunShards(train, resolve_shards(data.eval_shards, data.s3_endpoint) if data.eval_shards else None)
 
 
@@ -43,7 +49,7 @@ def resolve_clip(cfg: ClipRunConfig, shards: RunShards | None = None) -> tuple[C
     data = cfg.data
     if shards is None:  # called alone (not by the driver, which listed them): fail on a bad path now
         list_shards(data)
-    tokenizer = resolve_tokenizer(data, data.train_shards)
+    tokenizer = resolve_tokenizer(data, data.train_specs)
     data = dataclasses.replace(data, tokenizer=str(Path(tokenizer).resolve()) if "://" not in tokenizer else tokenizer)
     vocab = load_tokenizer(tokenizer).get_vocab_size()
     text = cfg.model.text
