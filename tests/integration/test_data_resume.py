@@ -68,18 +68,9 @@ def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_
     _assert_each_sample_once_per_epoch(tmp_path / "epochs")
 
 
-def _start(synth_dir, out, log_path, overrides):
-    args = [
-        sys.executable,
-        "-m",
-        "jobs.cli",
-        "train",
-        "clip",
-        "--config",
-        str(REPO / "conf/clip/tiny.yaml"),
-        "--set",
-        "run.local_num_cpus=6",
-    ]
+def _start(synth_dir, out, log_path, overrides, trainer="clip", preset="conf/clip/tiny.yaml"):
+    args = [sys.executable, "-m", "jobs.cli", "train", trainer, "--config", str(REPO / preset)]
+    args += ["--set", "run.local_num_cpus=6"]
     for override in overrides:
         args += ["--set", override]
     return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -252,3 +243,38 @@ def test_a_killed_driver_resumes_a_mixture_at_its_exact_ratio(synth_dir, tmp_pat
     assert run.data.metrics["train_data/source/big/samples"] == EPOCHS * 256
     assert run.data.metrics["train_data/source/small/samples"] == EPOCHS * 96
     assert json.loads((latest_checkpoint(run_dir) / "state.json").read_text())["epoch"] == EPOCHS
+
+
+def test_a_killed_worker_resumes_packed_vlm_rows_exactly(synth_dir, tmp_path):
+    """Packed rows (several samples each) through a killed worker: a sample counts as trained on only
+    when its row was stepped on, so no sample of any epoch is trained twice and the first epoch is
+    trained whole (the stream's last rows may not fill a batch)."""
+    from pipelines.inspection import iter_captions
+    from tests.integration.test_clip_training import _train_workers_of
+    from tests.unit.test_vision_encoders import save_hf_tower
+    from training.models.language_model import make_tiny_lm
+
+    tower = save_hf_tower(tmp_path / "tower", "clip", image_size=32, full=True)
+    lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
+    overrides = [o for o in _overrides(synth_dir, tmp_path, "packed", batch=4) if not o.startswith("loop.epochs")]
+    overrides += [f"model.vision.checkpoint={tower}", f"model.lm.path={lm}", "loop.epochs=2", "max_length=64"]
+    overrides += ["data.packing.max_tokens=160", "loop.checkpoint_every=3"]
+    log = tmp_path / "train.log"
+    proc = _start(synth_dir, tmp_path, log, overrides, trainer="vlm", preset="conf/vlm/stage1.yaml")
+    try:
+        wait_for_new_checkpoints(proc, tmp_path / "packed", 1, log)
+        time.sleep(random.uniform(0, 1))
+        workers = _train_workers_of(proc.pid)
+        assert workers, "no Ray Train worker process found to kill"
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "[mmtrain] resumed packed at step" in log.read_text()
+    checkpoint = latest_checkpoint(tmp_path / "packed")
+    position = DataPosition.from_json(json.loads((checkpoint / "data_position.json").read_text()))
+    assert not any(position.repeated.values()), position.repeated
+    for shard in range(SHARDS):
+        assert position.consumed[0][shard][:PER_SHARD].all(), shard
+    steps = json.loads((checkpoint / "state.json").read_text())["step"]
+    assert steps * 2 * 4 < position.total_consumed()  # rows held several samples each
