@@ -18,6 +18,18 @@ from pipelines import contract
 from pipelines.conversations import supervised_positions, supervised_token_count
 from pipelines.packing import filled_image_slots, segment_position_ids
 
+TOKEN_COLUMNS = (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS, contract.POSITION_IDS)
+
+
+def trim_padding(batch: dict) -> dict:
+    """Rows cut to the batch's longest: the data stage pads each row to max_length, and the columns
+    past every row's last token would be computed and thrown away (host arrays only)."""
+    mask = np.asarray(batch[contract.ATTENTION_MASK])
+    longest = int(mask.any(axis=0).nonzero()[0][-1]) + 1 if mask.any() else mask.shape[1]
+    if longest == mask.shape[1]:
+        return batch
+    return {name: values[:, :longest] if name in TOKEN_COLUMNS else values for name, values in batch.items()}
+
 
 class VlmCollate(NumpyBatchCollateFn):
     """The contract's columns as tensors, plus contract.PREDICTING and contract.SUPERVISED_TOKENS
@@ -25,8 +37,12 @@ class VlmCollate(NumpyBatchCollateFn):
     Position ids travel on only when some row is packed: one sequence per row needs none, and no
     mask. Sample positions are flattened to the batch's samples (a packed row holds several)."""
 
+    def __init__(self, trim: bool = True):
+        super().__init__()
+        self.trim = trim  # False: rows as long as the data stage made them (benchmarks compare)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        batch = dict(batch)
+        batch = trim_padding(dict(batch)) if self.trim else dict(batch)
         position_ids = segment_position_ids(batch.pop(contract.POSITION_IDS, None))
         if contract.POSITION in batch:  # packed rows list their samples' positions, -1 past the last
             positions = np.asarray(batch[contract.POSITION]).reshape(-1)

@@ -67,12 +67,8 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert losses[-1] < losses[0], losses
     assert "eval_generations.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    # packed: fewer padding tokens than one sample per 64-token row leaves, and samples counted, not rows
-    stage1_run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'vlm-stage1'")[
-        0
-    ]
-    padding = {name: r.data.metrics["train/padding_fraction"] for name, r in (("1", stage1_run), ("2", run))}
-    assert padding["2"] < padding["1"], padding
+    # packed: rows of 192 tokens hold ~3 samples each, little padding left; samples counted, not rows
+    assert run.data.metrics["train/padding_fraction"] < 0.2, run.data.metrics["train/padding_fraction"]
     assert run.data.metrics["train/tokens_per_s"] > 0
     assert run.data.metrics["train/samples_per_s"] > 2 * run.data.metrics["train/tokens_per_s"] / 192
     assert run.data.params["stage"] == "conversations"
