@@ -19,6 +19,12 @@ def add_parsers(subparsers) -> None:
     )
     gguf.add_argument("out_dir", type=Path)
     gguf.set_defaults(handler=run_import_gguf)
+    prepare = commands.add_parser(
+        "prepare-lm", help="a Hugging Face causal-LM directory -> a copy with the <image> token the VLM needs"
+    )
+    prepare.add_argument("lm_dir", type=Path, help="e.g. a `huggingface-cli download lmsys/vicuna-7b-v1.5` directory")
+    prepare.add_argument("out_dir", type=Path)
+    prepare.set_defaults(handler=run_prepare_lm)
     tiny = commands.add_parser("tiny-lm", help="a tiny random Llama with a BPE tokenizer trained on shards")
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument(
@@ -48,6 +54,13 @@ def run_import_gguf(args) -> int:
 
     print(f"importing {args.gguf_file} (dequantising; this takes a while once) ...", flush=True)
     print(f"wrote {import_gguf(args.gguf_file, args.out_dir)}")
+    return 0
+
+
+def run_prepare_lm(args) -> int:
+    from training.models.language_model import prepare_lm
+
+    print(f"wrote {prepare_lm(args.lm_dir, args.out_dir)}: set model.lm.path to it")
     return 0
 
 

@@ -90,8 +90,8 @@ class ConversationEncoder:
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
         if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
             raise ValueError(
-                f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token; make the LM directory "
-                "with `mmtrain models tiny-lm` or `mmtrain models import-gguf`, which add it"
+                f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token: `mmtrain models prepare-lm LM_DIR OUT` "
+                "adds it to a Hugging Face LM (tiny-lm and import-gguf make LMs that have it)"
             )
         if tokenizer.chat_template is None:
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE

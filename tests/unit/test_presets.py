@@ -33,3 +33,19 @@ def test_vlm_presets_load(path):
     cfg = load_config(VlmRunConfig, path)
     assert cfg.stage in ("captions", "conversations")
     assert (cfg.stage == "conversations") == bool(cfg.init_from)
+
+
+def test_the_llava15_presets_carry_the_papers_recipe():
+    """LLaVA-1.5 (Liu et al. 2023, table 9): global batch 256 / 128, lr 1e-3 / 2e-5, no weight decay,
+    3% warmup of one epoch, the tower frozen; on FSDP with bf16 and activation checkpointing."""
+    from training.config.schema import VlmRunConfig
+
+    stage1, stage2 = (load_config(VlmRunConfig, CONF / "vlm" / f"llava15_stage{n}.yaml") for n in (1, 2))
+    for cfg, batch, lrs, samples in ((stage1, 256, (0, 1e-3, 0), 558_128), (stage2, 128, (0, 2e-5, 2e-5), 665_298)):
+        assert cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps == batch
+        assert (cfg.lrs.vision, cfg.lrs.projector, cfg.lrs.lm) == lrs and cfg.optim.weight_decay == 0
+        assert cfg.loop.epochs == 1 and cfg.loop.max_steps == -(-samples // batch)
+        assert abs(cfg.optim.warmup_steps - 0.03 * cfg.loop.max_steps) <= 1
+        assert cfg.scaling.strategy == "fsdp" and cfg.loop.precision == "bf16"
+        assert cfg.loop.activation_checkpointing == "blocks" and cfg.model.projector.type == "mlp2x_gelu"
+    assert [source.name for source in stage2.data.sources] == ["llava665k"]

@@ -304,3 +304,34 @@ def test_the_sample_grid_shows_the_question_with_the_answer(parts):
     encoder = ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=32)
     batch = next(_batches(task, encoder))
     assert task.captions(batch)[0] == "Q: what colour are the shapes? A: red"
+
+
+def test_prepare_lm_gives_a_hugging_face_lm_the_image_token(tmp_path):
+    """A causal LM as the hub ships it (no <image>, no pad token) -> `mmtrain models prepare-lm` -> an
+    LM the VLM trains with: the token added with its embedding row, outputs on old tokens unchanged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from jobs.cli import main
+    from pipelines.tokenizer import train_bpe_tokenizer
+
+    raw = train_bpe_tokenizer(TEXTS, 200, special_tokens=("</s>",), wrap=False, lowercase=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hub")
+    tokenizer.save_pretrained(tmp_path / "hub")
+    with pytest.raises(ValueError, match="prepare-lm"):
+        ConversationEncoder(AutoTokenizer.from_pretrained(tmp_path / "hub"), 4, 32)
+
+    assert main(["models", "prepare-lm", str(tmp_path / "hub"), str(tmp_path / "lm")]) == 0
+    prepared = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    encoder = ConversationEncoder(prepared, 4, 256)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    assert model.get_input_embeddings().weight.shape[0] == len(prepared) == len(tokenizer) + 1
+    assert prepared.pad_token is not None
+    encoded = encoder.encode([{"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red"}])
+    assert encoded.input_ids.count(encoder.image_token_id) == 4
+    ids = torch.tensor([tokenizer("a photo of a red circle.")["input_ids"]])
+    original = AutoModelForCausalLM.from_pretrained(tmp_path / "hub")
+    assert torch.allclose(model(ids).logits[..., : len(tokenizer)], original(ids).logits, atol=1e-5)

@@ -85,12 +85,27 @@ def import_gguf(gguf_file: Path, out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     del loaded
+    return _save_with_image_token(model, tokenizer, Path(out_dir))
+
+
+def prepare_lm(lm_dir: Path, out_dir: Path) -> Path:
+    """A Hugging Face causal-LM directory (Vicuna, Llama, Qwen, ...) -> a copy with the <image> token
+    the VLM needs (its embedding row added) and a pad token; weights keep their dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers: only where an LM is built
+
+    if not (Path(lm_dir) / "config.json").is_file():
+        raise ValueError(f"{lm_dir} is no Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir, trust_remote_code=False, dtype="auto")
+    return _save_with_image_token(model, tokenizer, Path(out_dir))
+
+
+def _save_with_image_token(model, tokenizer, out_dir: Path) -> Path:
     if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
         model.resize_token_embeddings(len(tokenizer))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
