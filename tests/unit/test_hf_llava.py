@@ -136,3 +136,42 @@ def test_the_exported_processor_alone_gives_mmtrains_tokens_pixels_and_answer(pa
         )
     theirs = [t for t in generated[0, len(prompt) :].tolist() if t not in encoder.stop_ids]
     assert len(ours) >= 3 and theirs == ours
+
+
+def test_a_two_image_question_generates_the_same_through_the_exported_processor(parts, tmp_path):
+    """Multi-image: two <image> placeholders, two images, through AutoProcessor and
+    LlavaForConditionalGeneration, give mmtrain's tokens, pixels and answer."""
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    root, lm = parts
+    task, model = _saved_vlm(tmp_path / "vlm", root / "clip", lm)
+    out = tmp_path / "llava"
+    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    processor = AutoProcessor.from_pretrained(out)
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+
+    arrays = np.random.default_rng(1).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    question = [{"from": "human", "value": "<image>\n<image>\nwhat colour?"}, {"from": "gpt", "value": "red"}]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": question[0]["value"]}], add_generation_prompt=True, tokenize=False
+    )
+    inputs = processor(images=[Image.fromarray(a) for a in arrays], text=text, return_tensors="pt")
+    encoder = ConversationEncoder(task._tokenizer, task.tower.num_patches, 64)
+    prompt = encoder.encode_prompt(question)
+    assert inputs["input_ids"][0].tolist() == prompt
+    assert prompt.count(encoder.image_token_id) == 2 * task.tower.num_patches
+    pixels = task.normalize(torch.from_numpy(arrays), torch.device("cpu"))
+    assert torch.allclose(inputs["pixel_values"], pixels, atol=1e-6)
+    model.eval()
+    ours = model.generate(pixels, [prompt], 8, encoder.stop_ids, encoder.pad_id)[0]
+    with torch.no_grad():
+        generated = llava.generate(
+            **inputs,
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=sorted(encoder.stop_ids),
+            pad_token_id=encoder.pad_id,
+        )
+    theirs = [t for t in generated[0, len(prompt) :].tolist() if t not in encoder.stop_ids]
+    assert len(ours) >= 3 and theirs == ours

@@ -108,3 +108,42 @@ def test_the_questions_asked_are_the_first_of_each_shard_on_any_split(task_and_m
     halves = [{name: values[rows] for name, values in batch.items()} for rows in (slice(0, 2), slice(2, 5))]
     asked = [task.evaluate(model, [half], torch.device("cpu"), assets).metrics["questions"] for half in halves]
     assert asked == [2, 1]
+
+
+def test_multi_image_and_text_only_rows_are_asked_with_their_own_images(task_and_model):
+    """Rows with two images, none, one, and a second image placed after the first reply: each is
+    asked with the images its prompt shows, as generating that row alone with them would answer."""
+    task, model = task_and_model
+    rows = [
+        ([{"from": "human", "value": "<image>\n<image>\nsame colour?"}, {"from": "gpt", "value": "no"}], 2),
+        ([{"from": "human", "value": "what is two and two?"}, {"from": "gpt", "value": "four"}], 0),
+        (STYLES["llava"], 1),
+        (
+            [
+                {"from": "human", "value": "<image>\nwhat colour?"},
+                {"from": "gpt", "value": "red"},
+                {"from": "human", "value": "<image>\nand this one?"},
+                {"from": "gpt", "value": "blue"},
+            ],
+            2,
+        ),
+    ]
+    encoder = ConversationEncoder(task.tokenizer, task.tower.num_patches, 128)
+    padded = [encoder.pad(encoder.encode(turns, images=n)) for turns, n in rows]
+    rng = np.random.default_rng(5)
+    batch = {
+        contract.IMAGE: rng.integers(0, 255, (len(rows), 2, 16, 16, 3), dtype=np.uint8),
+        contract.NUM_IMAGES: np.array([n for _, n in rows], np.int32),
+        contract.INPUT_IDS: np.array([r[0] for r in padded], np.int32),
+        contract.ATTENTION_MASK: np.array([r[1] for r in padded], np.uint8),
+        contract.LABELS: np.array([r[2] for r in padded], np.int32),
+        contract.KEY: np.array([f"k{i}" for i in range(len(rows))]),
+        contract.CONVERSATION: np.array([json.dumps(turns) for turns, _ in rows]),
+    }
+    evaluation = task.evaluate(model, [batch], torch.device("cpu"))
+    assert evaluation.metrics["questions"] == 4
+    for row, ((turns, _), shown) in enumerate(zip(rows, (2, 0, 1, 1))):
+        pixels = task.normalize(torch.from_numpy(batch[contract.IMAGE][row, :shown]), torch.device("cpu"))
+        prompt = encoder.encode_prompt(first_exchange(turns).prompt)
+        alone = model.generate(pixels, [prompt], task.cfg.eval.max_new_tokens, encoder.stop_ids, encoder.pad_id)[0]
+        assert evaluation.table[row]["generated"] == task.tokenizer.decode(alone, skip_special_tokens=True)
