@@ -42,7 +42,8 @@ def inspect_shards(
                 bad[record] += 1
                 continue
             try:
-                open_image(record.image_bytes, max_pixels).load()
+                for image in record.images:  # several for a multi-image conversation, none for text-only
+                    open_image(image, max_pixels).load()
                 good += 1
                 labels[record.label] += 1
             except BadSample as err:

@@ -71,7 +71,7 @@ def _check_llava(records, manifest):
     assert json.loads(system.conversation)[1]["value"] == f"{IMAGE_PLACEHOLDER}\nColour?"  # placed before the question
 
 
-def test_llava_json_array_and_jsonl_convert_every_row_kind(tmp_path):
+def test_llava_json_array_and_jsonl_convert_every_row_kind(tmp_path, capsys):
     root = _image_root(tmp_path)
     (tmp_path / "mix.json").write_text(json.dumps(LLAVA_ROWS))
     (tmp_path / "mix.jsonl").write_text("\n".join(json.dumps(row) for row in LLAVA_ROWS) + "\nnot json\n")
@@ -83,6 +83,10 @@ def test_llava_json_array_and_jsonl_convert_every_row_kind(tmp_path):
         if name.endswith("jsonl"):
             assert manifest["skipped"].pop("bad_metadata") == 1  # the line that is not JSON
         _check_llava(records, manifest)
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "mix_json"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total"]["good"] == 4 and not report["total"]["bad"]  # multi-image and text-only are good
 
 
 def test_sharegpt_messages_with_typed_content_and_parquet_image_bytes(tmp_path):
