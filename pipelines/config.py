@@ -130,7 +130,10 @@ class PackingConfig(Checked):
 
     max_tokens: int = 0  # a packed row's length; at least the VLM's max_length
     max_images: int = 0  # images per packed row; 0 = as many as max_tokens holds
-    max_samples: int = 0  # samples per packed row; 0 = max_tokens / 16
+    # Samples per packed row; 0 = max_tokens / 16. A run of loop.max_steps (not loop.epochs) plans its
+    # stream for rows this full, and the pipeline reads ahead through the plan: near max_tokens / the
+    # mean sample's tokens saves reading samples that are never trained on.
+    max_samples: int = 0
 
     @property
     def enabled(self) -> bool:
