@@ -94,6 +94,7 @@ class EpochShardDatasource(Datasource):
         self._limits = limits
         self._takes = mix.takes if mix is not None else (WHOLE,) * len(paths)
         self._copies = mix.copies if mix is not None else (0,) * len(paths)
+        self._sources = np.asarray(mix.source_of) if mix is not None else None
 
     def get_name(self) -> str:
         return "ReadShards"
@@ -105,9 +106,7 @@ class EpochShardDatasource(Datasource):
         """Every read of the run, epoch by epoch; the shard order is reshuffled each epoch."""
         reads = []
         for epoch in range(self._epochs):
-            order = range(len(self._paths))
-            if self._seed is not None:
-                order = np.random.default_rng([self._seed, epoch]).permutation(len(self._paths))
+            order = self._order(epoch)
             reads += [
                 ShardRead(
                     self._paths[i], int(i), epoch, self._seed, self._shuffle_buffer, self._takes[i], self._copies[i]
@@ -115,6 +114,21 @@ class EpochShardDatasource(Datasource):
                 for i in order
             ]
         return reads
+
+    def _order(self, epoch: int):
+        """An epoch's shard order: a permutation by (seed, epoch). A mixture's sources are spread
+        evenly over the epoch (each source's copies in random order, at random offsets within even
+        slots), so the stream carries every source throughout and the batch blend waits little."""
+        if self._seed is None:
+            return range(len(self._paths))
+        rng = np.random.default_rng([self._seed, epoch])
+        if self._sources is None:
+            return rng.permutation(len(self._paths))
+        times = np.empty(len(self._paths))
+        for source in np.unique(self._sources):
+            members = rng.permutation(np.flatnonzero(self._sources == source))
+            times[members] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+        return np.argsort(times, kind="stable")
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         filesystem, rows_per_block, ledger, limits = self._filesystem, self._rows_per_block, self._ledger, self._limits

@@ -150,7 +150,7 @@ def fit(
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"payload": WorkerPayload(cfg, eval_assets, ledger)},
+        train_loop_config={"payload": WorkerPayload(cfg, eval_assets, ledger, shards.train.mix)},
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,

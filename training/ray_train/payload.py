@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.mixture import MixturePlan
 from training.config.schema import ClipRunConfig, VlmRunConfig
 from training.tasks.protocol import EvalAssets
 
@@ -14,3 +15,4 @@ class WorkerPayload:
     config: ClipRunConfig | VlmRunConfig
     eval: EvalAssets | None = None  # None: no eval data, no evaluation
     ledger: Any = None  # the SampleLedger actor that counts bad samples
+    mix: MixturePlan | None = None  # a mixture's plan: batches are blended to its weights

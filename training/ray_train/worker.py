@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from ray.train.v2._internal.execution import context as train_context
 
+from pipelines.blend import SourceBlend
 from training.checkpoint.store import (
     checkpoint_problem,
     load_checkpoint,
@@ -176,6 +178,10 @@ def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.d
     ahead also waits for Ray Train's dataset manager, not the thread that builds the model."""
     cfg = payload.config
     collate = trainer_of(payload.config).collate()  # numpy batches -> tensors (None: Ray's default)
+    shuffle_seed = None if cfg.data.shuffle_seed is None else seed_for(cfg.data.shuffle_seed, step, rank)
+    if payload.mix is not None:
+        yield from _blended_batches(payload, collate, shuffle_seed, device)
+        return
     yield from ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=cfg.loop.batch_size_per_worker,
         drop_last=True,
@@ -184,8 +190,26 @@ def _train_batches(payload: WorkerPayload, step: int, rank: int, device: torch.d
         # Ray copies each batch to the GPU in its prefetch thread; from pinned memory that copy is async.
         pin_memory=device.type == "cuda",
         local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
-        local_shuffle_seed=None if cfg.data.shuffle_seed is None else seed_for(cfg.data.shuffle_seed, step, rank),
+        local_shuffle_seed=shuffle_seed,
     )
+
+
+def _blended_batches(payload: WorkerPayload, collate, shuffle_seed, device: torch.device):
+    """A mixture's batches, each taking every source's share of its rows (pipelines/blend.py): Ray's
+    numpy batches are regrouped here, then collated and moved to the device."""
+    cfg, mix = payload.config, payload.mix
+    size = cfg.loop.batch_size_per_worker
+    rows = ray.train.get_dataset_shard("train").iter_batches(
+        batch_size=size,
+        batch_format="numpy",
+        prefetch_batches=2,
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
+        local_shuffle_seed=shuffle_seed,
+    )
+    blend = SourceBlend(np.asarray(mix.source_of), np.asarray(mix.targets, np.float64), size)
+    for batch in blend(rows):
+        tensors = collate(batch) if collate is not None else {k: torch.as_tensor(v) for k, v in batch.items()}
+        yield {name: value.to(device, non_blocking=True) for name, value in tensors.items()}
 
 
 def _begin_data(ledger, restored: Restored | None, rank: int) -> None:
