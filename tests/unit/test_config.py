@@ -120,6 +120,12 @@ def test_config_show_prints_every_key_with_default_and_help_from_any_directory(t
     assert "  max_steps: 7  # [default: 200]" in shown
     assert "  read_shuffle_buffer: 512  # samples each read task holds" in shown
     assert main(["config", "show", "vlm/stage1"]) == 0 and "stage: captions" in capsys.readouterr().out
+    assert main(["config", "show", "vlm/llava15_stage2"]) == 0  # a mixture: sections inside a list
+    (tmp_path / "shown.yaml").write_text(capsys.readouterr().out)
+    from training.config.io import load_config
+    from training.config.schema import VlmRunConfig
+
+    assert load_config(VlmRunConfig, tmp_path / "shown.yaml").data.sources[0].name == "llava665k"
     assert main(["train", "clip", "--config", "clip/nope"]) == 2
     assert "does not exist here or under" in capsys.readouterr().err
 

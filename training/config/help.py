@@ -71,7 +71,10 @@ def _default(item: dataclasses.Field):
 
 
 def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+    """Plain YAML data: tuples as lists, config sections inside a list (data.sources) as mappings."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _yaml(value) -> str:
