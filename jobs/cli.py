@@ -24,6 +24,7 @@ RAY_NOTICES = "|".join(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mmtrain {_version()}")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     dry_run.add_parsers(subparsers)
     config_cmd.add_parsers(subparsers)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmtrain")
+    except PackageNotFoundError:  # run from a clone that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The CLIP trainer on Ray Train: 2 CPU workers on real shards, MLflow in a real sqlite store,
 a resumed re-run, and a worker killed mid-run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -158,9 +159,14 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     checkpoint = run_training(cfg)["checkpoint"]
     assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
-    assert (
-        main(["eval", "clip", "--checkpoint", str(out / "ev"), "--data", str(synth_dir / "val-*.tar"), "--json"]) == 0
+    # --json from a fresh process (its own Ray instance): stdout is the JSON alone, messages go to stderr
+    command = [sys.executable, "-m", "jobs.cli", "eval", "clip", "--checkpoint", str(out / "ev")]
+    done = subprocess.run(
+        command + ["--data", str(synth_dir / "val-*.tar"), "--json"], cwd=REPO, capture_output=True, text=True
     )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "top1" in str(json.loads(done.stdout)) and "[mmtrain] Ray started locally" in done.stderr
+    assert "Token authentication is enabled" not in done.stderr  # set, not defaulted: no notice
 
 
 def _train_workers_of(pid):

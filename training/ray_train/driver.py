@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         # report and a failed worker are each noticed up to 2 s late. Polling a local instance's
         # few workers 4x as often costs next to nothing.
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        # Ray enables token authentication for a new local instance and warns that it did, unless
+        # the mode is set: setting it to what Ray chose keeps the protection and drops the notice.
+        env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "token")
         # In this process's environment, not a runtime env: the local instance's processes inherit
         # it, and a job with a runtime env starts every worker through Ray's setup_worker.py, a
         # second Python start-up per process (~0.5 s of CPU each, dozens of processes per run).
@@ -80,6 +84,7 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         print(
             f"[mmtrain] Ray {'at ' + connect_to if connect_to else 'started locally'}: {dashboard}Ray's own logs "
             "in /tmp/ray/session_latest/logs on the head node (--verbose prints them here)",
+            file=sys.stderr,  # a message, not output: `--json` commands print JSON alone on stdout
             flush=True,
         )
 
