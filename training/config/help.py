@@ -44,17 +44,19 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def describe(config, indent: int = 0) -> list[str]:
-    """YAML lines for a config dataclass: `key: value  # help [default: x]`."""
+def describe(config, indent: int = 0, defaults=None) -> list[str]:
+    """YAML lines for a config dataclass: `key: value  # help [default: x]`. `defaults`: the section
+    as its parent makes it (the VLM's `run` is named vlm, not the section's own default)."""
     lines, pad = [], "  " * indent
     helps = field_help(type(config))
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
+        default = getattr(defaults, item.name) if defaults is not None else _default(item)
         if dataclasses.is_dataclass(value):
             help_text = f"  # {helps[item.name]}" if helps.get(item.name) else ""
-            lines += [f"{pad}{item.name}:{help_text}"] + describe(value, indent + 1)
+            section_default = default if dataclasses.is_dataclass(default) else None
+            lines += [f"{pad}{item.name}:{help_text}"] + describe(value, indent + 1, section_default)
             continue
-        default = _default(item)
         note = helps.get(item.name, "")
         if default is not dataclasses.MISSING and _plain(default) != _plain(value):
             note = f"{note} [default: {_yaml(default)}]".strip()
