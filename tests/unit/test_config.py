@@ -160,3 +160,18 @@ def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert f"shard spec '{shards}' matched no shards" in err and "tokenizer" not in err
     assert ray_starts == []
+
+
+def test_a_key_the_trainer_ignores_is_refused_with_what_to_set_and_not_shown(capsys):
+    """The VLM learns at lrs.*, so optim.lr would be a silent no-op; the fused pipeline reads no
+    tokenize_* key. Set, they are refused naming what to set; `config show` leaves them out."""
+    from jobs.cli import main
+
+    assert main(["config", "show", "vlm/stage1", "--set", "optim.lr=1e-3"]) == 2
+    assert "optim.lr=0.001 does nothing for this trainer; set lrs.projector" in capsys.readouterr().err
+    assert main(["config", "show", "clip/tiny", "--set", "data.tokenize_actors=2"]) == 2
+    assert "data.tokenize_actors=2 does nothing" in capsys.readouterr().err
+    assert main(["config", "show", "vlm/stage1"]) == 0
+    shown = capsys.readouterr().out
+    assert "  lr:" not in shown and "tokenize_actors" not in shown and "warmup_steps" in shown
+    assert main(["config", "show", "clip/tiny"]) == 0 and "  lr:" in capsys.readouterr().out

@@ -44,18 +44,23 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def describe(config, indent: int = 0, defaults=None) -> list[str]:
+def describe(config, indent: int = 0, defaults=None, unused=None, path: str = "") -> list[str]:
     """YAML lines for a config dataclass: `key: value  # help [default: x]`. `defaults`: the section
-    as its parent makes it (the VLM's `run` is named vlm, not the section's own default)."""
+    as its parent makes it (the VLM's `run` is named vlm, not the section's own default). Keys the
+    trainer does not read (its UNUSED_KEYS) are left out."""
     lines, pad = [], "  " * indent
     helps = field_help(type(config))
+    unused = getattr(config, "UNUSED_KEYS", {}) if unused is None else unused
     for item in dataclasses.fields(config):
+        if path + item.name in unused:
+            continue
         value = getattr(config, item.name)
         default = getattr(defaults, item.name) if defaults is not None else _default(item)
         if dataclasses.is_dataclass(value):
             help_text = f"  # {helps[item.name]}" if helps.get(item.name) else ""
             section_default = default if dataclasses.is_dataclass(default) else None
-            lines += [f"{pad}{item.name}:{help_text}"] + describe(value, indent + 1, section_default)
+            inner = describe(value, indent + 1, section_default, unused, f"{path}{item.name}.")
+            lines += [f"{pad}{item.name}:{help_text}"] + inner
             continue
         note = helps.get(item.name, "")
         if default is not dataclasses.MISSING and _plain(default) != _plain(value):

@@ -9,6 +9,27 @@ from pipelines.config import ANY_FINITE, Checked, DataConfig, InvalidValue, abov
 from pipelines.contract import IMAGE_MEAN, IMAGE_STD
 from training.config.metric_names import check_sweep_metric
 
+# Keys a trainer does not read, with what to set instead: set to anything but their default, they are
+# refused, and `config show` leaves them out (the data keys stay readable in configs saved before).
+UNUSED_BY_ANY = {
+    "data.tokenize_batch_size": "nothing: read, decode and tokenize run fused (data.workers sizes the pool)",
+    "data.tokenize_actors": "nothing: read, decode and tokenize run fused (data.workers sizes the pool)",
+}
+UNUSED_BY_VLM = {
+    **UNUSED_BY_ANY,
+    "optim.lr": "lrs.projector, lrs.lm and lrs.vision: the VLM learns at one rate per module (0 freezes it)",
+}
+
+
+def refuse_unused(config, unused: dict[str, str]) -> None:
+    """InvalidValue for a key in `unused` set to other than its default."""
+    for key, instead in unused.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value != getattr(type(getattr(config, section))(), name):
+            raise InvalidValue(f"{key}={value!r} does nothing for this trainer; set {instead}")
+
+
 Activation = Literal["gelu", "quick_gelu"]  # quick_gelu: x * sigmoid(1.702 x), OpenAI CLIP's
 
 
@@ -198,7 +219,10 @@ class ClipRunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    UNUSED_KEYS = UNUSED_BY_ANY
+
     def __post_init__(self):
+        refuse_unused(self, self.UNUSED_KEYS)
         if self.data.packing.enabled:
             raise InvalidValue(
                 "data.packing packs conversations for VLM training; CLIP's rows are one image and one "
@@ -294,8 +318,11 @@ class VlmRunConfig(Checked):
     eval: VlmEvalConfig = field(default_factory=VlmEvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    UNUSED_KEYS = UNUSED_BY_VLM
+
     def __post_init__(self):
         super().__post_init__()
+        refuse_unused(self, self.UNUSED_KEYS)
         packing = self.data.packing
         if packing.enabled and packing.max_tokens < self.max_length:
             raise InvalidValue(
