@@ -300,6 +300,23 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, 
         latest_checkpoint(newer)
 
 
+def test_checkpoints_are_named_by_step_and_the_newest_step_is_latest(tmp_path):
+    """checkpoint_000500_<time>: a higher step wins over a later time, two saves at one step keep
+    both (the later is newest), names from before (Ray's timestamps) count as older, and RUN/latest
+    resolves to the newest."""
+    from training.checkpoint.store import checkpoint_name, latest_checkpoint
+
+    task, model, optimizer, _ = _setup(_cfg())
+    names = ["checkpoint_2026-12-31_00-00-00.000000", checkpoint_name(1000), checkpoint_name(500)]
+    time.sleep(0.01)
+    names.append(checkpoint_name(1000))  # the same step again: a resumed run that ended at once
+    assert names[1].startswith("checkpoint_001000_") and names[1] != names[3]
+    for name in names:
+        save_checkpoint(tmp_path / name, model, optimizer, TrainState(step=1), {})
+    assert latest_checkpoint(tmp_path).name == names[3]
+    assert latest_checkpoint(tmp_path / "latest").name == names[3]
+
+
 def test_a_checkpoint_saved_again_into_its_directory_is_intact(tmp_path):
     from training.checkpoint.store import checkpoint_problem
 

@@ -31,6 +31,8 @@ import contextlib
 import functools
 import hashlib
 import json
+import re
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -422,10 +424,30 @@ def is_checkpoint(path: Path) -> bool:
     return (path / WEIGHTS).is_dir()
 
 
+STEP_NAME = re.compile(r"^checkpoint_(\d{6,})_")
+
+
+def checkpoint_name(step: int) -> str:
+    """`checkpoint_000500_<time>`: named by step, and unique when two attempts of a run save at the
+    same step (a resumed run that ends at once saves again)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.gmtime(now // 10**9))
+    return f"checkpoint_{step:06d}_{stamp}.{now % 10**9:09d}"
+
+
+def _age(path: Path) -> tuple:
+    """Sorts checkpoints oldest first: by step, then time; a name without a step (Ray's own
+    timestamp, from before checkpoints were named by step) before any that has one."""
+    match = STEP_NAME.match(path.name)
+    return (1, int(match.group(1)), path.name) if match else (0, 0, path.name)
+
+
 def latest_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory itself, or the newest intact `checkpoint_*` inside a run directory
-    (a damaged newer one is skipped, saying which and why)."""
+    (a damaged newer one is skipped, saying which and why). `RUN/latest` is the run's newest."""
     path = Path(path)
+    if path.name == "latest" and not path.exists():
+        path = path.parent
     if is_checkpoint(path):
         problem = checkpoint_problem(path)
         if problem:
@@ -433,7 +455,7 @@ def latest_checkpoint(path: str | Path) -> Path:
                 f"checkpoint {path} is damaged: {problem}; give the run directory to use its newest intact checkpoint"
             )
         return path
-    for candidate in sorted((p for p in path.glob("checkpoint_*") if p.is_dir()), reverse=True):
+    for candidate in sorted((p for p in path.glob("checkpoint_*") if p.is_dir()), key=_age, reverse=True):
         problem = checkpoint_problem(candidate)
         if problem is None:
             return candidate

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pipelines import contract
 from pipelines.bad_samples import TooManyBadSamples
 from pipelines.ledger import check_bad_fraction
-from training.checkpoint.store import save_checkpoint
+from training.checkpoint.store import checkpoint_name, save_checkpoint
 from training.config.io import to_dict
 from training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
 from training.config.schema import ClipRunConfig, VlmRunConfig
@@ -198,7 +198,13 @@ class Checkpointer:
         save_checkpoint(directory, ctx.model, self.optimizer, state, to_dict(ctx.cfg), run_id, position, frozen)
         if before_report:
             before_report(directory)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+        name = checkpoint_name(state.step) if ctx.rank == 0 else None
+        if dist.is_initialized():  # one name on every rank: Ray Train merges their parts under it
+            shared = [name]
+            dist.broadcast_object_list(shared, src=0)
+            name = shared[0]
+        saved = ray.train.Checkpoint.from_directory(str(directory))
+        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=name)
         shutil.rmtree(directory, ignore_errors=True)
 
     def data_position(self, state: TrainState) -> dict | None:
