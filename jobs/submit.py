@@ -92,10 +92,19 @@ def add_parsers(subparsers) -> None:
 
 def _add_address(parser) -> None:
     parser.add_argument(
+        "--ray-address",
         "--address",
-        default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
-        help=f"the head's dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})",
+        dest="address",
+        default=_default_address(),
+        help="the head's dashboard address (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS when it "
+        f"is an http:// one, as `ray job submit` reads them, else {DEFAULT_ADDRESS})",
     )
+
+
+def _default_address() -> str:
+    ray_address = os.environ.get("RAY_ADDRESS", "")
+    fallback = ray_address if ray_address.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+    return os.environ.get("RAY_API_SERVER_ADDRESS", fallback)
 
 
 def job_client(address: str):
@@ -212,7 +221,7 @@ def run_submit(args) -> int:
         shutil.rmtree(package.directory, ignore_errors=True)
     print(f"submitted {job_id} to {args.address}: {command}")
     if not args.follow:
-        print(f"follow it with: mmtrain job logs {job_id} --follow --address {args.address}")
+        print(f"follow it with: mmtrain job logs {job_id} --follow --ray-address {args.address}")
         return 0
     return follow(client, job_id)
 
