@@ -70,14 +70,14 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
         # report and a failed worker are each noticed up to 2 s late. Polling a local instance's
         # few workers 4x as often costs next to nothing.
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        # Ray enables token authentication for a new local instance and warns that it did, unless
-        # the mode is set: setting it to what Ray chose keeps the protection and drops the notice.
-        env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "token")
         # In this process's environment, not a runtime env: the local instance's processes inherit
         # it, and a job with a runtime env starts every worker through Ray's setup_worker.py, a
         # second Python start-up per process (~0.5 s of CPU each, dozens of processes per run).
         for key, value in env.items():
             os.environ.setdefault(key, value)
+        # Ray enables token authentication for a new local instance and warns that it did: the
+        # protection stays, the notice (meant for a cluster's operator) is dropped.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenNotice())
         context = ray.init(address="local", num_cpus=cpus, **quiet)
     if not loud:
         dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
@@ -87,6 +87,11 @@ def ensure_ray(address: str, local_num_cpus: int) -> None:
             file=sys.stderr,  # a message, not output: `--json` commands print JSON alone on stdout
             flush=True,
         )
+
+
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
