@@ -53,16 +53,21 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def check_batch(batch: dict, image_size: int, context_length: int) -> None:
-    """Raise AssertionError if a numpy batch breaks the contract (used by tests and debug runs)."""
+    """Raise AssertionError if a numpy batch breaks the contract (used by tests and debug runs).
+    VLM data (a NUM_IMAGES column) carries image slots, [B, M, H, W, C]."""
     for column in TRAIN_COLUMNS:
         assert column in batch, f"batch lacks column {column!r}: has {sorted(batch)}"
+    slots = NUM_IMAGES in batch
     for column, dtype in DTYPES.items():
         if column not in batch:
             continue
         array = np.asarray(batch[column])
         assert array.dtype == dtype, f"{column}: dtype {array.dtype}, contract says {dtype}"
-        assert array.ndim == NDIM[column], f"{column}: {array.ndim} dims, contract says {NDIM[column]}"
-    batch_size, height, width, channels = batch[IMAGE].shape
+        ndim = NDIM[column] + (column == IMAGE and slots)
+        assert array.ndim == ndim, f"{column}: {array.ndim} dims, contract says {ndim}"
+    batch_size, *_, height, width, channels = batch[IMAGE].shape
     assert (height, width, channels) == (image_size, image_size, 3), batch[IMAGE].shape
     assert batch[INPUT_IDS].shape == (batch_size, context_length), batch[INPUT_IDS].shape
     assert batch[ATTENTION_MASK].shape == (batch_size, context_length)
+    if slots:
+        assert (0 <= np.asarray(batch[NUM_IMAGES])).all() and (batch[NUM_IMAGES] <= batch[IMAGE].shape[1]).all()

@@ -33,7 +33,7 @@ def test_output_matches_contract(ray_local, synth_dir):
     cfg = _cfg(with_conversations=True)
     batch = build_dataset(cfg, [str(synth_dir / "train-*.tar")], train=True).take_batch(8)
     contract.check_batch(batch, image_size=32, context_length=16)
-    assert contract.CONVERSATION in batch
+    assert contract.CONVERSATION in batch and batch[contract.IMAGE].shape[1:] == (1, 32, 32, 3)  # VLM slots
     eval_batch = build_dataset(
         cfg, [str(synth_dir / "val-*.tar")], train=False, columns=contract.TENSOR_COLUMNS
     ).take_batch(4)

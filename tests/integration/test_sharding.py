@@ -50,7 +50,8 @@ def _vlm_batches(task, rank: int):
             for row in range(4)
         ]
         yield {
-            contract.IMAGE: torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=generator),
+            contract.IMAGE: torch.randint(0, 255, (4, 1, 16, 16, 3), dtype=torch.uint8, generator=generator),
+            contract.NUM_IMAGES: torch.ones(4, dtype=torch.int32),
             contract.INPUT_IDS: torch.tensor([r[0] for r in rows]),
             contract.ATTENTION_MASK: torch.tensor([r[1] for r in rows]),
             contract.LABELS: torch.tensor([r[2] for r in rows]),
@@ -61,7 +62,7 @@ BATCHES = {"clip": _clip_batches, "vlm": _vlm_batches}
 # The model's own forward (the CLIP task's loss gathers features across ranks, a collective).
 FORWARD_INPUTS = {
     "clip": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK),
-    "vlm": (contract.IMAGE, contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS, contract.PREDICTING),
+    "vlm": (contract.IMAGE, contract.INPUT_IDS, contract.LABELS, contract.PREDICTING),
 }
 
 
