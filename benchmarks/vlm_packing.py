@@ -111,8 +111,8 @@ def timed_tokens(task, model, cfg, batches, steps: int, warmup: int, device, tri
     measured = collated[warmup : warmup + steps]
     real = sum(int(batch[contract.TOKENS]) for batch in measured)
     slots = sum(batch[contract.INPUT_IDS].numel() for batch in measured)
-    samples = sum(int(batch[contract.NUM_IMAGES].numel()) for batch in measured)
-    return {"seconds": seconds, "tokens_per_s": real / seconds, "padding_fraction": 1 - real / slots, "rows": samples}
+    rows = sum(len(batch[contract.INPUT_IDS]) for batch in measured)
+    return {"seconds": seconds, "tokens_per_s": real / seconds, "padding_fraction": 1 - real / slots, "rows": rows}
 
 
 def main() -> None:

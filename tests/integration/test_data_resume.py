@@ -68,6 +68,21 @@ def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_
     _assert_each_sample_once_per_epoch(tmp_path / "epochs")
 
 
+def _kill_a_worker_and_finish(proc, run_dir: Path, log: Path, delay: float) -> None:
+    """SIGKILL one Ray Train worker `delay` s after a new checkpoint; the run must still finish."""
+    from tests.integration.test_clip_training import _train_workers_of
+
+    try:
+        wait_for_new_checkpoints(proc, run_dir, 1, log)
+        time.sleep(delay)
+        workers = _train_workers_of(proc.pid)
+        assert workers, "no Ray Train worker process found to kill"
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+
+
 def _start(synth_dir, out, log_path, overrides, trainer="clip", preset="conf/clip/tiny.yaml"):
     args = [sys.executable, "-m", "jobs.cli", "train", trainer, "--config", str(REPO / preset)]
     args += ["--set", "run.local_num_cpus=6"]
@@ -119,21 +134,11 @@ def _stop(proc) -> None:
 
 
 def test_a_killed_worker_resumes_mid_epoch_and_loses_or_repeats_nothing(synth_dir, tmp_path):
-    from tests.integration.test_clip_training import _train_workers_of
-
     seed = random.randrange(10**6)
     delay = random.Random(seed).uniform(0, 2)  # somewhere after a checkpoint, mid-epoch
     log = tmp_path / "train.log"
     proc = _start(synth_dir, tmp_path, log, _overrides(synth_dir, tmp_path, "worker"))
-    try:
-        wait_for_new_checkpoints(proc, tmp_path / "worker", 1, log)
-        time.sleep(delay)
-        workers = _train_workers_of(proc.pid)
-        assert workers, "no Ray Train worker process found to kill"
-        os.kill(workers[-1].pid, signal.SIGKILL)
-        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
-    finally:
-        _stop(proc)
+    _kill_a_worker_and_finish(proc, tmp_path / "worker", log, delay)
     assert "[mmtrain] resumed worker at step" in log.read_text(), f"seed {seed}"
     _assert_each_sample_once_per_epoch(tmp_path / "worker")
 
@@ -253,7 +258,6 @@ def test_a_killed_worker_resumes_packed_vlm_rows_exactly(synth_dir, tmp_path):
     when its row was stepped on, so no sample of any epoch is trained twice and the first epoch is
     trained whole (the stream's last rows may not fill a batch)."""
     from pipelines.inspection import iter_captions
-    from tests.integration.test_clip_training import _train_workers_of
     from tests.unit.test_vision_encoders import save_hf_tower
     from training.models.language_model import make_tiny_lm
 
@@ -264,15 +268,7 @@ def test_a_killed_worker_resumes_packed_vlm_rows_exactly(synth_dir, tmp_path):
     overrides += ["data.packing.max_tokens=160", "loop.checkpoint_every=3"]
     log = tmp_path / "train.log"
     proc = _start(synth_dir, tmp_path, log, overrides, trainer="vlm", preset="conf/vlm/stage1.yaml")
-    try:
-        wait_for_new_checkpoints(proc, tmp_path / "packed", 1, log)
-        time.sleep(random.uniform(0, 1))
-        workers = _train_workers_of(proc.pid)
-        assert workers, "no Ray Train worker process found to kill"
-        os.kill(workers[-1].pid, signal.SIGKILL)
-        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
-    finally:
-        _stop(proc)
+    _kill_a_worker_and_finish(proc, tmp_path / "packed", log, random.uniform(0, 1))
     assert "[mmtrain] resumed packed at step" in log.read_text()
     checkpoint = latest_checkpoint(tmp_path / "packed")
     position = DataPosition.from_json(json.loads((checkpoint / "data_position.json").read_text()))
