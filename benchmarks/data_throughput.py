@@ -31,8 +31,8 @@ def make_shards(out: Path, samples: int, size: int, per_shard: int = 500) -> Pat
     """Photo-like JPEGs (smooth gradients + noise + shapes) with captions, made on every core."""
     from multiprocessing import Pool
 
-    from pipelines.shard_writer import ShardWriter, write_manifest
-    from pipelines.tokenizer import train_bpe_tokenizer
+    from mmtrain.pipelines.shard_writer import ShardWriter, write_manifest
+    from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
     if (out / "manifest.json").is_file():
         return out
@@ -79,9 +79,9 @@ def run_mmtrain(
 ) -> dict:
     """`execution_per_epoch`: the pipeline as it was before one stream per run, a new Ray Data
     execution (and actor pool) for each epoch."""
-    from pipelines import contract
-    from pipelines.config import AugmentConfig, DataConfig
-    from pipelines.dataset import build_dataset, limit_data_resources
+    from mmtrain.pipelines import contract
+    from mmtrain.pipelines.config import AugmentConfig, DataConfig
+    from mmtrain.pipelines.dataset import build_dataset, limit_data_resources
 
     cfg = DataConfig(
         augment=AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0)),
@@ -112,9 +112,9 @@ def run_dataloader(
     import torch
     import webdataset as wds
 
-    from pipelines.config import AugmentConfig
-    from pipelines.images import decode_train
-    from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+    from mmtrain.pipelines.config import AugmentConfig
+    from mmtrain.pipelines.images import decode_train
+    from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
     cfg = AugmentConfig(image_size=image_size, crop_scale=(0.08, 1.0))
     tokenizer = configure_fixed_length(load_tokenizer(shards / "tokenizer.json"), 32)
@@ -179,7 +179,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.images import DECODER
+    from mmtrain.pipelines.images import DECODER
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     shards = make_shards(args.shards, args.samples, args.source_size)

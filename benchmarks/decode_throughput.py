@@ -18,9 +18,9 @@ import numpy as np
 
 from benchmarks.common import write_report
 from benchmarks.data_throughput import make_shards
-from pipelines import images
-from pipelines.config import AugmentConfig
-from pipelines.resize import shrink
+from mmtrain.pipelines import images
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.resize import shrink
 
 
 def cpu_us_per_image(jpegs: list[bytes], cfg: AugmentConfig, decoder: str) -> float:

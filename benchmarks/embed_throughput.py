@@ -29,12 +29,12 @@ from benchmarks.data_throughput import make_shards
 
 def make_checkpoint(shards: Path, preset: str, out: Path) -> Path:
     """A randomly initialised CLIP of a preset's shape, saved as a run saves a checkpoint."""
-    from training.checkpoint.store import save_checkpoint
-    from training.config.io import load_config, to_dict
-    from training.config.schema import ClipRunConfig
-    from training.engine.loop import TrainState
-    from training.tasks.clip import ClipTask
-    from training.tasks.resolve import resolve_clip
+    from mmtrain.training.checkpoint.store import save_checkpoint
+    from mmtrain.training.config.io import load_config, to_dict
+    from mmtrain.training.config.schema import ClipRunConfig
+    from mmtrain.training.engine.loop import TrainState
+    from mmtrain.training.tasks.clip import ClipTask
+    from mmtrain.training.tasks.resolve import resolve_clip
 
     cfg = load_config(
         ClipRunConfig,
@@ -54,9 +54,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
         self.paths, self.cfg = paths, cfg
 
     def __iter__(self):
-        from pipelines.images import BadSample, decode_eval
-        from pipelines.tar_samples import Record, iter_records
-        from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+        from mmtrain.pipelines.images import BadSample, decode_eval
+        from mmtrain.pipelines.tar_samples import Record, iter_records
+        from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
         info = torch.utils.data.get_worker_info()
         mine = self.paths[info.id :: info.num_workers] if info else self.paths
@@ -78,7 +78,7 @@ def run_reference(checkpoint: Path, shards: Path, out: Path, batch_size: int, wo
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from inference.trained import find_trained, load_trained_model
+    from mmtrain.inference.trained import find_trained, load_trained_model
 
     started = time.perf_counter()
     run = find_trained(checkpoint, "clip", "embed")
@@ -111,8 +111,8 @@ def run_reference(checkpoint: Path, shards: Path, out: Path, batch_size: int, wo
 def run_mmtrain(
     checkpoint: Path, shards: Path, out: Path, batch_size: int, actors: int, gpus: float, data_workers: int
 ) -> dict:
-    from inference.embed import embed
-    from inference.pool import PoolOptions
+    from mmtrain.inference.embed import embed
+    from mmtrain.inference.pool import PoolOptions
 
     started = time.perf_counter()
     manifest = embed(
@@ -127,7 +127,7 @@ def run_mmtrain(
 
 def model_only_rate(checkpoint: Path, batch_size: int, steps: int = 20) -> dict:
     """The model alone on synthetic uint8 images (bf16 on a GPU): the ceiling for images/s."""
-    from inference.trained import autocast, find_trained, inference_device, load_trained_model
+    from mmtrain.inference.trained import autocast, find_trained, inference_device, load_trained_model
 
     device = inference_device()
     run = find_trained(checkpoint, "clip", "embed")
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embed_throughput.json"))
     args = parser.parse_args()
 
-    from training.ray_train.driver import ensure_ray
+    from mmtrain.training.ray_train.driver import ensure_ray
 
     shards = make_shards(args.shards / "shards", args.samples, args.source_size)
     checkpoint = make_checkpoint(shards, args.preset, args.shards / "run")

@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import device_name, write_report
 from benchmarks.trainer_throughput import measure
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     use_gpu = torch.cuda.is_available()
     out_dir = tempfile.mkdtemp(prefix="mmtrain-e2e-")
@@ -88,7 +88,7 @@ def main() -> None:
         )
     metrics = run_training(cfg)
     if synthetic is None:  # the same model and batch on synthetic in-memory data, for the ratio
-        from training.tasks.resolve import resolve_clip
+        from mmtrain.training.tasks.resolve import resolve_clip
 
         resolved, _ = resolve_clip(cfg)
         synthetic = measure(

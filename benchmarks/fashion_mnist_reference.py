@@ -35,8 +35,8 @@ class ShardSamples(torch.utils.data.IterableDataset):
         self.cfg, self.paths, self.train, self.tokenizer, self.epochs = cfg, paths, train, tokenizer, epochs
 
     def __iter__(self):
-        from pipelines.stages import Tokenize, decode_and_augment
-        from pipelines.tar_samples import Record, iter_records
+        from mmtrain.pipelines.stages import Tokenize, decode_and_augment
+        from mmtrain.pipelines.tar_samples import Record, iter_records
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
@@ -81,12 +81,12 @@ def _raw_columns(records, epoch: int) -> dict:
 
 def run_reference(workers: int, overrides: list[str] = ()) -> dict:
     """Train and evaluate without Ray; the wall time of the whole function."""
-    from training.config.io import load_config
-    from training.config.schema import ClipRunConfig
-    from training.engine.loop import TrainState, train
-    from training.engine.optim import build_optimizer, warmup_cosine
-    from training.tasks.clip import ClipTask
-    from training.tasks.resolve import resolve_clip
+    from mmtrain.training.config.io import load_config
+    from mmtrain.training.config.schema import ClipRunConfig
+    from mmtrain.training.engine.loop import TrainState, train
+    from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+    from mmtrain.training.tasks.clip import ClipTask
+    from mmtrain.training.tasks.resolve import resolve_clip
 
     start = time.perf_counter()
     cfg = load_config(ClipRunConfig, PRESET, ["tracking.tracking_uri=none", *overrides])
@@ -135,7 +135,7 @@ def run_mmtrain(run_dir: Path, overrides: list[str] = ()) -> dict:
     command = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "mmtrain",
         "train",
         "clip",
         "--config",

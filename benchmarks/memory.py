@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.vlm_throughput import random_tower_checkpoint
-    from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
+    from mmtrain.training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
 
     scratch = Path(tempfile.mkdtemp(prefix="mmtrain-memory-"))
     lm = make_tiny_lm(scratch / "lm", ["a photo of a cat"] * 10, vocab_size=300, **SMOLLM2_135M_SHAPE)
@@ -130,13 +130,13 @@ def _rank(rank: int, ranks: int, strategy: str, lm: str, tower: str, args, out: 
 
 
 def _measure(strategy: str, lm: str, tower: str, args, device: torch.device) -> dict:
-    from training.checkpoint.store import save_checkpoint
-    from training.config.io import from_dict
-    from training.config.schema import VlmRunConfig
-    from training.engine.loop import TrainState, train
-    from training.engine.optim import build_optimizer, warmup_cosine
-    from training.engine.parallelize import parallelize
-    from training.tasks.vlm import VlmTask
+    from mmtrain.training.checkpoint.store import save_checkpoint
+    from mmtrain.training.config.io import from_dict
+    from mmtrain.training.config.schema import VlmRunConfig
+    from mmtrain.training.engine.loop import TrainState, train
+    from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+    from mmtrain.training.engine.parallelize import parallelize
+    from mmtrain.training.tasks.vlm import VlmTask
 
     lora_rank = 16 if strategy.startswith("lora") else 0
     cfg = from_dict(

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.common import write_report
 from benchmarks.data_throughput import make_shards
-from pipelines.tar_samples import iter_raw_samples, split_key
+from mmtrain.pipelines.tar_samples import iter_raw_samples, split_key
 
 
 def read_ours(path: str) -> int:

@@ -29,7 +29,7 @@ def time_to_first_step(run_dir: Path, max_steps: int) -> dict:
     command = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "mmtrain",
         "train",
         "clip",
         "--config",
@@ -46,6 +46,8 @@ def time_to_first_step(run_dir: Path, max_steps: int) -> dict:
         f"loop.checkpoint_every={max_steps}",
         "--set",
         "data.eval_shards=[]",
+        "--set",
+        "run.resume=auto",  # the first command starts the run, the second continues it
     ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

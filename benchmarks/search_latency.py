@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_report
-from inference import index as vector_index
+from mmtrain.inference import index as vector_index
 
 
 def unit_vectors(count: int, dim: int, seed: int, clusters: int = 0) -> np.ndarray:

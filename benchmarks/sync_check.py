@@ -21,14 +21,14 @@ import torch
 
 from benchmarks.trainer_throughput import CONF, synthetic_batches
 from benchmarks.vlm_throughput import random_tower_checkpoint, synthetic_vlm_batch
-from training.config.io import from_dict, load_config
-from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.models.language_model import make_tiny_lm
-from training.models.vision_encoder import tower_info
-from training.tasks.clip import ClipTask
-from training.tasks.vlm import VlmTask
+from mmtrain.training.config.io import from_dict, load_config
+from mmtrain.training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.models.language_model import make_tiny_lm
+from mmtrain.training.models.vision_encoder import tower_info
+from mmtrain.training.tasks.clip import ClipTask
+from mmtrain.training.tasks.vlm import VlmTask
 
 
 @contextmanager

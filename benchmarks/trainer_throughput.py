@@ -18,12 +18,12 @@ import torch
 
 from benchmarks.common import H100_BF16_PEAK_FLOPS, device_name, forward_flops, write_report
 from benchmarks.step_profile import format_profile, profile_steps
-from pipelines import contract
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.tasks.clip import ClipTask
+from mmtrain.pipelines import contract
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.tasks.clip import ClipTask
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 

@@ -26,17 +26,17 @@ import torch
 
 from benchmarks.common import device_name, write_report
 from benchmarks.vlm_throughput import random_tower_checkpoint
-from pipelines import contract
-from pipelines.collate import VlmCollate
-from pipelines.conversations import IGNORE_INDEX
-from pipelines.packing import PackBudget, assemble, pack_rows
-from training.config.io import from_dict
-from training.config.schema import ModuleLearningRates, VlmRunConfig
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
-from training.models.vision_encoder import tower_info
-from training.tasks.vlm import VlmTask
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.collate import VlmCollate
+from mmtrain.pipelines.conversations import IGNORE_INDEX
+from mmtrain.pipelines.packing import PackBudget, assemble, pack_rows
+from mmtrain.training.config.io import from_dict
+from mmtrain.training.config.schema import ModuleLearningRates, VlmRunConfig
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
+from mmtrain.training.models.vision_encoder import tower_info
+from mmtrain.training.tasks.vlm import VlmTask
 
 TEXT_MEDIAN, TEXT_SIGMA, TEXT_ONLY = 150, 0.9, 0.06
 

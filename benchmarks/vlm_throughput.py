@@ -17,17 +17,17 @@ import torch
 
 from benchmarks.common import H100_BF16_PEAK_FLOPS, device_name, forward_flops, write_report
 from benchmarks.step_profile import format_profile, profile_steps
-from pipelines import contract
-from pipelines.collate import VlmCollate
-from training.checkpoint.store import save_checkpoint
-from training.config.io import from_dict, load_config, to_dict
-from training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.models.clip import ClipModel
-from training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
-from training.models.vision_encoder import tower_info
-from training.tasks.vlm import VlmTask
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.collate import VlmCollate
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import from_dict, load_config, to_dict
+from mmtrain.training.config.schema import ClipRunConfig, ModuleLearningRates, VlmRunConfig
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.models.clip import ClipModel
+from mmtrain.training.models.language_model import SMOLLM2_135M_SHAPE, make_tiny_lm
+from mmtrain.training.models.vision_encoder import tower_info
+from mmtrain.training.tasks.vlm import VlmTask
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "clip"
 

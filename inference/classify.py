@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.clip_stages import ZeroShotClassifier
-from inference.index import load_rows
-from inference.pool import PoolOptions, run_summary, start_inference, write_manifest, write_parquet
-from inference.trained import find_trained
-from training.tasks.resolve import manifest_near
-from training.tracking.figures import heatmap
+from mmtrain.inference.clip_stages import ZeroShotClassifier
+from mmtrain.inference.index import load_rows
+from mmtrain.inference.pool import PoolOptions, run_summary, start_inference, write_manifest, write_parquet
+from mmtrain.inference.trained import find_trained
+from mmtrain.training.tasks.resolve import manifest_near
+from mmtrain.training.tracking.figures import heatmap
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 CONFUSION_FIGURE = "_confusion_matrix.png"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from inference.pool import source_columns
-from inference.trained import TrainedRun, autocast, inference_device, load_trained_model
-from pipelines import contract
-from training.engine.inputs import to_tensor
-from training.tasks.clip_eval import zero_shot_classifier
+from mmtrain.inference.pool import source_columns
+from mmtrain.inference.trained import TrainedRun, autocast, inference_device, load_trained_model
+from mmtrain.pipelines import contract
+from mmtrain.training.engine.inputs import to_tensor
+from mmtrain.training.tasks.clip_eval import zero_shot_classifier
 
 
 class ClipEmbedder:

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference.clip_stages import ClipEmbedder
-from inference.index import INDEX_FILE, build_index, embedding_matrix, load_rows, save_index
-from inference.pool import PoolOptions, parquet_files, run_summary, start_inference, write_manifest, write_parquet
-from inference.trained import find_trained
+from mmtrain.inference.clip_stages import ClipEmbedder
+from mmtrain.inference.index import INDEX_FILE, build_index, embedding_matrix, load_rows, save_index
+from mmtrain.inference.pool import (
+    PoolOptions,
+    parquet_files,
+    run_summary,
+    start_inference,
+    write_manifest,
+    write_parquet,
+)
+from mmtrain.inference.trained import find_trained
 
 MANIFEST_KIND = "mmtrain-embeddings"
 

@@ -18,15 +18,15 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from inference.clip_stages import ClipEmbedder
-from inference.pool import PoolOptions, run_summary, start_inference
-from inference.progress import ProgressPrinter
-from inference.trained import find_trained
-from pipelines.image_folder import image_files
-from pipelines.shard_writer import ShardInfo, _add_member, write_manifest
-from pipelines.sources import SHARD_SUFFIXES, ShardList
-from pipelines.tar_samples import iter_raw_samples
-from training.tasks.resolve import manifest_near
+from mmtrain.inference.clip_stages import ClipEmbedder
+from mmtrain.inference.pool import PoolOptions, run_summary, start_inference
+from mmtrain.inference.progress import ProgressPrinter
+from mmtrain.inference.trained import find_trained
+from mmtrain.pipelines.image_folder import image_files
+from mmtrain.pipelines.shard_writer import ShardInfo, _add_member, write_manifest
+from mmtrain.pipelines.sources import SHARD_SUFFIXES, ShardList
+from mmtrain.pipelines.tar_samples import iter_raw_samples
+from mmtrain.training.tasks.resolve import manifest_near
 
 
 def filter_shards(
@@ -48,7 +48,7 @@ def filter_shards(
     if len(specs) == 1 and image_files(specs[0]):
         raise ValueError(
             f"--data {specs[0]} is a folder of images: `data filter` writes shards from shards; "
-            "make shards first with `mmtrain data convert FOLDER SHARDS --format folder`"
+            "make shards first with `mmtrain data convert FOLDER --format folder --out SHARDS`"
         )
     inference = start_inference(run, specs, ClipEmbedder, {}, options)
     with ProgressPrinter(inference.counter, inference.total_samples, "score"):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from inference.pool import parquet_files
+from mmtrain.inference.pool import parquet_files
 
 INDEX_FILE = "_image.faiss"  # "_": Parquet readers of the directory skip it
 IVF_THRESHOLD = 200_000

@@ -20,15 +20,15 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from inference.progress import ProgressCounter, ProgressPrinter
-from inference.trained import TrainedRun
-from pipelines import contract, position
-from pipelines.dataset import build_dataset, map_stages
-from pipelines.image_folder import ImageFolderDatasource, folder_labels, image_files
-from pipelines.ledger import SampleLedger
-from pipelines.sources import ShardList, count_dataset_samples, resolve_shards
-from pipelines.stages import Tokenize
-from training.ray_train.driver import ensure_ray
+from mmtrain.inference.progress import ProgressCounter, ProgressPrinter
+from mmtrain.inference.trained import TrainedRun
+from mmtrain.pipelines import contract, position
+from mmtrain.pipelines.dataset import build_dataset, map_stages
+from mmtrain.pipelines.image_folder import ImageFolderDatasource, folder_labels, image_files
+from mmtrain.pipelines.ledger import SampleLedger
+from mmtrain.pipelines.sources import ShardList, count_dataset_samples, resolve_shards
+from mmtrain.pipelines.stages import Tokenize
+from mmtrain.training.ray_train.driver import ensure_ray
 
 # What the model stage receives: the image and tokenized caption, and what the output rows keep.
 INFERENCE_COLUMNS = (

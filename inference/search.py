@@ -14,13 +14,13 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from inference.embed import MANIFEST_KIND
-from inference.index import load_index, load_rows, search
-from inference.pool import MANIFEST
-from inference.trained import TrainedRun, decode_image_file, find_trained, load_trained_model
-from pipelines.sources import resolve_shards
-from pipelines.tar_samples import Record, iter_records
-from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.inference.embed import MANIFEST_KIND
+from mmtrain.inference.index import load_index, load_rows, search
+from mmtrain.inference.pool import MANIFEST
+from mmtrain.inference.trained import TrainedRun, decode_image_file, find_trained, load_trained_model
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.tar_samples import Record, iter_records
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.images import BadSample, decode_eval
-from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
-from training.config.io import from_dict
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.tasks.kinds import check_kind
-from training.tasks.registry import trainer
+from mmtrain.pipelines.images import BadSample, decode_eval
+from mmtrain.training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
+from mmtrain.training.config.io import from_dict
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.tasks.kinds import check_kind
+from mmtrain.training.tasks.registry import trainer
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.pool import (
+from mmtrain.inference.pool import (
     PoolOptions,
     parquet_files,
     run_summary,
@@ -17,7 +17,7 @@ from inference.pool import (
     write_manifest,
     write_parquet,
 )
-from inference.trained import (
+from mmtrain.inference.trained import (
     TrainedRun,
     autocast,
     decode_image_file,
@@ -25,9 +25,9 @@ from inference.trained import (
     inference_device,
     load_trained_model,
 )
-from pipelines import contract
-from pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
-from pipelines.stages import SelectColumns
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.conversations import CAPTION_PROMPT, IMAGE_PLACEHOLDER, ConversationEncoder
+from mmtrain.pipelines.stages import SelectColumns
 
 CAPTION_COLUMNS = (contract.IMAGE, contract.NUM_IMAGES, contract.LABEL, contract.KEY, contract.POSITION, "caption")
 

@@ -1,4 +1,5 @@
-"""The `mmtrain` command."""
+"""mmtrain: multimodal (CLIP and LLaVA-style) training on Ray. `mmtrain COMMAND --help` shows a
+command's options, their defaults and an example; --verbose goes anywhere on the line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import argparse
 import os
 import sys
 
-from jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
+from mmtrain.jobs import config_cmd, data, dry_run, models, submit, sweep, train, use
+from mmtrain.jobs.examples import EXAMPLES
+from mmtrain.jobs.options import Parser
+from mmtrain.version import __version__
 
 # Notices from Ray's own processes that the driver would print (Ray's RAY_DEDUP_LOGS_SKIP_REGEX
 # drops them there; they stay in the session logs): an error-level line from Ray's own actors
@@ -22,9 +26,12 @@ RAY_NOTICES = "|".join(
 )
 
 
+GLOBAL_FLAGS = ("--verbose",)  # accepted anywhere on the line (before a `--`), not only before the command
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmtrain", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"mmtrain {_version()}")
+    parser = Parser(prog="mmtrain", description=__doc__, epilog="example:\n  mmtrain dry-run")
+    parser.add_argument("--version", action="version", version=f"mmtrain {__version__}")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -39,20 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_parsers(subparsers)
     dry_run.add_parsers(subparsers)
     config_cmd.add_parsers(subparsers)
+    for words, command in commands(parser):
+        command.epilog = f"example:\n  {EXAMPLES[words]}"
     return parser
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def commands(parser: argparse.ArgumentParser, words: str = ""):
+    """(words after `mmtrain`, parser) for every command that runs something."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        yield words, parser
+    for group in groups:
+        for name, sub in group.choices.items():
+            yield from commands(sub, f"{words} {name}".strip())
 
-    try:
-        return version("mmtrain")
-    except PackageNotFoundError:  # run from a clone that was never installed
-        return "(not installed)"
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """`mmtrain train clip ... --verbose` means `mmtrain --verbose train clip ...`; after `--` (the
+    command `submit` sends to the cluster) nothing moves."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [arg for arg in argv[:end] if arg in GLOBAL_FLAGS]
+    return flags + [arg for arg in argv[:end] if arg not in GLOBAL_FLAGS] + argv[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hoist_global_flags(sys.argv[1:] if argv is None else argv))
     if args.verbose:
         os.environ["MMTRAIN_VERBOSE"] = "1"  # training.ray_train.driver.VERBOSE
     # Ray Data's per-operator progress bars flood logs; mmtrain prints its own step progress. (Set

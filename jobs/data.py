@@ -7,10 +7,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines.convert import DEFAULT_TEMPLATES, FORMATS, ConvertOptions, convert
-from pipelines.inspection import format_report, inspect_shards, iter_captions
-from pipelines.synth import write_synth
-from pipelines.tokenizer import train_bpe_tokenizer
+from mmtrain.jobs.options import (
+    add_checkpoint,
+    add_data,
+    add_json,
+    add_out,
+    add_pool_options,
+    add_s3_endpoint,
+    pool_options,
+)
+from mmtrain.pipelines.convert import DEFAULT_TEMPLATES, FORMATS, ConvertOptions, convert
+from mmtrain.pipelines.inspection import format_report, inspect_shards, iter_captions
+from mmtrain.pipelines.synth import write_synth
+from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
 
 def add_parsers(subparsers) -> None:
@@ -24,12 +33,12 @@ def add_parsers(subparsers) -> None:
 
 def _add_synth(commands) -> None:
     synth = commands.add_parser("synth", help="write the synthetic shapes dataset")
-    synth.add_argument("out_dir", type=Path)
-    synth.add_argument("--train", type=int, default=4000, help="training samples (default 4000)")
-    synth.add_argument("--val", type=int, default=500, help="held-out samples (default 500)")
-    synth.add_argument("--image-size", type=int, default=64)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--shard-samples", type=int, default=1000)
+    add_out(synth, "directory for the shards, manifest.json and tokenizer.json")
+    synth.add_argument("--train", type=int, default=4000, help="training samples")
+    synth.add_argument("--val", type=int, default=500, help="held-out samples")
+    synth.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="the random seed: the same seed writes the same shards")
+    synth.add_argument("--shard-samples", type=int, default=1000, help="samples per shard at most")
     synth.set_defaults(handler=run_synth)
 
 
@@ -38,9 +47,17 @@ def _add_convert(commands) -> None:
     conv.add_argument(
         "src", type=Path, help="a folder, a .csv/.jsonl/.parquet file, a LLaVA .json/.jsonl, or a folder of IDX files"
     )
-    conv.add_argument("out_dir", type=Path)
-    conv.add_argument("--format", required=True, choices=FORMATS)
+    add_out(conv, "directory for the shards, manifest.json and tokenizer.json")
+    conv.add_argument("--format", required=True, choices=FORMATS, help="what SRC is: " + ", ".join(FORMATS))
     conv.add_argument("--split", default="train", help="split name for folder/table sources")
+    conv.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this fraction of the samples as the `val` split (chosen by a hash of each sample's key, "
+        "so a re-run holds out the same ones); 0 = none",
+    )
     conv.add_argument("--classes", type=Path, help="class names, one per line (idx format)")
     conv.add_argument(
         "--template",
@@ -49,9 +66,9 @@ def _add_convert(commands) -> None:
         help="caption template with {} for the class name; repeatable "
         f"(default: {len(DEFAULT_TEMPLATES)} CLIP-style templates)",
     )
-    conv.add_argument("--image-column", default="")
-    conv.add_argument("--caption-column", default="")
-    conv.add_argument("--label-column", default="")
+    conv.add_argument("--image-column", default="", help="a table's image column (default: found by name)")
+    conv.add_argument("--caption-column", default="", help="a table's caption column (default: found by name)")
+    conv.add_argument("--label-column", default="", help="a table's class-label column (default: found by name)")
     conv.add_argument(
         "--image-root",
         type=Path,
@@ -61,7 +78,7 @@ def _add_convert(commands) -> None:
     )
     conv.add_argument("--shard-samples", type=int, default=10_000, help="samples per shard at most")
     conv.add_argument("--shard-mb", type=float, default=256, help="MiB per shard at most")
-    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--seed", type=int, default=0, help="the seed of the shuffle that spreads samples over shards")
     conv.add_argument(
         "--resize",
         type=int,
@@ -70,34 +87,36 @@ def _add_convert(commands) -> None:
         help="scale images down to this shorter side and store them as JPEG, so training "
         "decodes fewer pixels (e.g. 256 for 224px training); default: keep the bytes",
     )
-    conv.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images (default 95)")
+    conv.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images")
     conv.add_argument("--workers", type=int, default=0, help="processes that resize (default: one per core)")
     conv.set_defaults(handler=run_convert)
 
 
 def _add_inspect_and_tokenizer(commands) -> None:
     insp = commands.add_parser("inspect", help="count samples and bad samples by reason")
-    insp.add_argument("shards", nargs="+", help="dirs, globs, brace patterns or s3:// URIs")
-    insp.add_argument("--json", action="store_true", help="print the report as JSON")
-    insp.add_argument("--max-pixels", type=int, default=64_000_000)
-    insp.add_argument("--s3-endpoint", default="")
+    add_data(insp)
+    add_json(insp)
+    insp.add_argument(
+        "--max-pixels", type=int, default=64_000_000, help="an image above this is counted bad (decompression bombs)"
+    )
+    add_s3_endpoint(insp)
     insp.set_defaults(handler=run_inspect)
 
     tok = commands.add_parser("tokenizer", help="train a BPE tokenizer on the shards' captions")
-    tok.add_argument("shards", nargs="+")
-    tok.add_argument("--out", type=Path, required=True)
-    tok.add_argument("--vocab-size", type=int, default=4096)
-    tok.add_argument("--s3-endpoint", default="")
+    add_data(tok)
+    add_out(tok, "the tokenizer.json to write")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    add_s3_endpoint(tok)
     tok.set_defaults(handler=run_tokenizer)
 
 
 def run_synth(args) -> int:
     with tqdm(total=args.train + args.val, desc="synth", unit="sample") as bar:
         splits = write_synth(
-            args.out_dir, args.train, args.val, args.image_size, args.seed, args.shard_samples, progress=bar.update
+            args.out, args.train, args.val, args.image_size, args.seed, args.shard_samples, progress=bar.update
         )
-    write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
-    print(f"wrote {splits} samples to {args.out_dir} (+ manifest.json, tokenizer.json)")
+    write_tokenizer([str(args.out)], args.out / "tokenizer.json")
+    print(f"wrote {splits} samples to {args.out} (+ manifest.json, tokenizer.json)")
     return 0
 
 
@@ -137,14 +156,14 @@ def run_convert(args) -> int:
     )
     bar = FirstUpdateBar(desc="convert", unit="sample")
     try:
-        manifest = convert(args.src, args.out_dir, options, progress=bar.update)
+        manifest = convert(args.src, args.out, options, progress=bar.update)
     finally:
         bar.close()
-    write_tokenizer([str(args.out_dir)], args.out_dir / "tokenizer.json")
+    write_tokenizer([str(args.out)], args.out / "tokenizer.json")
     skipped = manifest.get("skipped") or {}
     resized = manifest.get("resize", {}).get("resized")
     print(
-        f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out_dir}"
+        f"wrote {manifest['splits']} samples in {len(manifest['shards'])} shards to {args.out}"
         f"{f' ({resized} resized to a {args.resize}px shorter side)' if resized is not None else ''}"
         f"{f'; skipped {skipped}' if skipped else ''} (+ manifest.json, tokenizer.json)"
     )
@@ -152,13 +171,13 @@ def run_convert(args) -> int:
 
 
 def run_inspect(args) -> int:
-    report = inspect_shards(args.shards, args.max_pixels, args.s3_endpoint)
+    report = inspect_shards(args.data, args.max_pixels, args.s3_endpoint)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def run_tokenizer(args) -> int:
-    vocab = write_tokenizer(args.shards, args.out, args.vocab_size, args.s3_endpoint)
+    vocab = write_tokenizer(args.data, args.out, args.vocab_size, args.s3_endpoint)
     print(f"wrote {args.out} ({vocab} tokens)")
     return 0
 
@@ -172,22 +191,18 @@ def write_tokenizer(shards: list[str], out: Path, vocab_size: int = 4096, s3_end
 
 def add_filter_parser(commands) -> None:
     filt = commands.add_parser("filter", help="keep only samples whose image-caption CLIP score passes")
-    filt.add_argument("--checkpoint", required=True, metavar="CLIP_RUN", help="a CLIP run directory or checkpoint")
-    filt.add_argument("--data", nargs="+", required=True, help="shards: dirs, globs, brace patterns or s3:// URIs")
-    filt.add_argument("--out", type=Path, required=True, help="directory for the filtered shards and manifest.json")
+    add_checkpoint(filt, "a CLIP run directory or checkpoint")
+    add_data(filt)
+    add_out(filt, "directory for the filtered shards and manifest.json")
     threshold = filt.add_mutually_exclusive_group(required=True)
     threshold.add_argument("--min-score", type=float, help="keep samples whose CLIP score (cosine) is at least S")
     threshold.add_argument("--keep-fraction", type=float, help="keep the best-scoring fraction F of the samples")
-    filt.add_argument("--actors", type=int, default=2, help="model replicas in the Ray Data actor pool (default 2)")
-    filt.add_argument("--gpus-per-actor", type=float, default=0.0)
-    filt.add_argument("--batch-size", type=int, default=128)
-    filt.add_argument("--ray-address", default="")
+    add_pool_options(filt)
     filt.set_defaults(handler=run_filter)
 
 
 def run_filter(args) -> int:
-    from inference.filter import filter_shards
-    from jobs.use import pool_options
+    from mmtrain.inference.filter import filter_shards
 
     manifest = filter_shards(
         args.checkpoint, args.data, args.out, pool_options(args), args.min_score, args.keep_fraction

@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from training.config.io import load_config
-from training.tasks.registry import TRAINERS
-from training.tracking.tracker import default_experiment, experiment_link
+from mmtrain.training.config.io import load_config
+from mmtrain.training.tasks.registry import TRAINERS
+from mmtrain.training.tracking.tracker import default_experiment, experiment_link
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 _STARTED = time.monotonic()  # this module is imported as the command starts
@@ -41,10 +41,10 @@ def add_parsers(subparsers) -> None:
 def run_dry_run(args) -> int:
     import ray
 
-    from jobs.data import write_tokenizer
-    from pipelines.synth import write_synth
-    from training.config.schema import ClipRunConfig
-    from training.ray_train.driver import run_training
+    from mmtrain.jobs.data import write_tokenizer
+    from mmtrain.pipelines.synth import write_synth
+    from mmtrain.training.config.schema import ClipRunConfig
+    from mmtrain.training.ray_train.driver import run_training
 
     out = args.out.resolve()
     data_dir, runs = out / "data", out / "runs"
@@ -86,7 +86,7 @@ def run_dry_run(args) -> int:
     if sweep:
         print(f"[dry-run] at {time.monotonic() - _STARTED:.0f} s: waiting for the sweep to finish", flush=True)
         summary = _finish_sweep(sweep, runs / "sweeps" / SWEEP / "results.json", out / "sweep.log")
-        from training.ray_train.sweep import format_table  # Ray Tune: only with --sweep
+        from mmtrain.training.ray_train.sweep import format_table  # Ray Tune: only with --sweep
 
         print(format_table(summary))
 
@@ -106,10 +106,10 @@ def _start_over(runs: Path) -> None:
 
 def _train_vlm(shards: list[str], data_dir: Path, runs: Path, steps: int) -> tuple[dict, dict]:
     """VLM stage 1 and stage 2 on the dry run's CLIP tower with a tiny LM: (stage 1, stage 2) metrics."""
-    from pipelines.inspection import iter_captions
-    from training.config.schema import VlmRunConfig
-    from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_training
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.training.config.schema import VlmRunConfig
+    from mmtrain.training.models.language_model import make_tiny_lm
+    from mmtrain.training.ray_train.driver import run_training
 
     _step(steps - 1, steps, "VLM stage 1: projector on captions (CLIP tower and a tiny LM frozen)")
     lm_dir = make_tiny_lm(data_dir / "tiny-lm", iter_captions([str(data_dir)]), vocab_size=512, hidden_size=64)
@@ -168,7 +168,7 @@ def _print_summary(
         f'--out {out}/embeddings && mmtrain search --index {out}/embeddings "a red circle"'
     )
     print(
-        "                mmtrain data synth data/synth && mmtrain train clip --config conf/clip/tiny.yaml"
+        "                mmtrain data synth --out data/synth && mmtrain train clip --config clip/tiny"
         "   # the presets read data/synth"
     )
 
@@ -205,7 +205,7 @@ def _start_sweep(shards: list[str], runs: Path, log_path: Path, ray_address: str
         f"ray_address={ray_address}",
         f"overrides={trial!r}",
     ]
-    args = [sys.executable, "-m", "jobs.cli", "sweep", "--config", str(CONF / "sweep/clip_temperature.yaml")]
+    args = [sys.executable, "-m", "mmtrain", "sweep", "--config", str(CONF / "sweep/clip_temperature.yaml")]
     args += [item for setting in settings for item in ("--set", setting)]
     with log_path.open("w") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)

@@ -16,13 +16,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
+from mmtrain.jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
 
 # Outside a git checkout, only these travel.
 ALLOWED = (
+    "mmtrain/",
     "pipelines/",
     "training/",
     "jobs/",
+    "inference/",
     "conf/",
     "benchmarks/",
     "tests/",

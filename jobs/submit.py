@@ -2,7 +2,7 @@
 Jobs SDK. The only module that imports it.
 
 The project's code and presets travel as the job's working_dir (jobs/package.py: what git tracks,
-never data or credentials), the cluster's Python runs `python -m jobs.cli <your arguments>`, and
+never data or credentials), the cluster's Python runs `python -m mmtrain <your arguments>`, and
 non-secret settings travel as environment variables so the job's runs land in your tracking server.
 Secrets do not travel unless named with --env: the Jobs API shows a job's environment to anyone who
 can list jobs, so the cluster's own credentials (instance profile, the nodes' environment) serve.
@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from jobs.package import MAX_PACKAGE_MB, build_package
+from mmtrain.jobs.package import MAX_PACKAGE_MB, build_package
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -39,7 +39,7 @@ def add_parsers(subparsers) -> None:
         "submit",
         help="run an mmtrain command on a Ray cluster (Ray Jobs)",
         description="Submit `mmtrain ARGS...` as a Ray job, e.g. "
-        "mmtrain submit --address http://HEAD:8265 --follow -- train clip --config conf/clip/tiny.yaml",
+        "mmtrain submit --ray-address http://HEAD:8265 --follow -- train clip --config clip/tiny",
     )
     _add_address(submit)
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -81,7 +81,7 @@ def add_parsers(subparsers) -> None:
     for name, summary in (("status", "a job's state"), ("logs", "a job's logs"), ("stop", "stop a job")):
         command = commands.add_parser(name, help=summary)
         _add_address(command)
-        command.add_argument("job_id")
+        command.add_argument("job_id", help="the id `mmtrain submit` printed (or --submission-id)")
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="stream until the job ends")
         command.set_defaults(handler=run_job_command)
@@ -186,12 +186,10 @@ def check_authentication(address: str, insecure: bool) -> None:
 def entrypoint(python: str, mmtrain_args: list[str]) -> str:
     args = mmtrain_args[1:] if mmtrain_args[:1] == ["--"] else mmtrain_args
     if not args:
-        raise ValueError(
-            "nothing to run: give the mmtrain command after --, e.g. -- train clip --config conf/clip/tiny.yaml"
-        )
+        raise ValueError("nothing to run: give the mmtrain command after --, e.g. -- train clip --config clip/tiny")
     if args[0] in ("submit", "job"):
         raise ValueError(f"`mmtrain {args[0]}` runs here, not on the cluster")
-    return f"{python} -m jobs.cli {shlex.join(args)}"
+    return f"{python} -m mmtrain {shlex.join(args)}"
 
 
 def run_submit(args) -> int:

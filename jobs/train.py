@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shlex
 
-from training.tasks.kinds import load_run_config
-from training.tasks.registry import TRAINERS
+from mmtrain.jobs.options import SHARDS_HELP, add_checkpoint, add_data, add_json, add_ray_address, add_set
+from mmtrain.training.tasks.kinds import load_run_config
+from mmtrain.training.tasks.registry import TRAINERS
 
 
 def add_parsers(subparsers) -> None:
@@ -14,45 +15,83 @@ def add_parsers(subparsers) -> None:
     trainers = train.add_subparsers(dest="trainer", required=True)
     for spec in TRAINERS.values():
         parser = trainers.add_parser(spec.name, help=spec.summary)
+        add_config(parser, spec.name)
+        add_set(parser)
+        parser.add_argument("--train-data", nargs="+", metavar="SHARDS", help="sets data.train_shards: " + SHARDS_HELP)
+        parser.add_argument("--val-data", nargs="+", metavar="SHARDS", help="sets data.eval_shards: " + SHARDS_HELP)
         parser.add_argument(
-            "--config",
-            type=Path,
-            required=True,
-            help=f"a YAML file, or a preset under conf/{spec.name}/ (`mmtrain config show "
-            f"{spec.name}/NAME` lists every key)",
+            "--resume",
+            action="store_true",
+            help="continue the run (run.name) from its latest checkpoint; without it a run that has "
+            "checkpoints is refused (run.resume=never)",
         )
-        parser.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set loop.max_steps=100 (repeatable)",
-        )
+        add_ray_address(parser)
         parser.set_defaults(handler=run_train, kind=spec.name)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint on eval shards")
     evaluators = evaluate.add_subparsers(dest="trainer", required=True)
     for spec in TRAINERS.values():
         parser = evaluators.add_parser(spec.name, help=spec.eval_summary)
-        parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint or run directory")
-        parser.add_argument("--data", nargs="+", required=True, help="eval shards")
-        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        parser.add_argument("--json", action="store_true")
+        add_checkpoint(parser)
+        add_data(parser, "eval shards: " + SHARDS_HELP)
+        add_set(parser, "override a key of the run's config, e.g. --set eval.batch_size=64 (repeatable)")
+        add_json(parser)
         parser.set_defaults(handler=run_eval, kind=spec.name)
 
 
-def run_train(args) -> int:
-    from training.ray_train.driver import run_training
+def add_config(parser, trainer: str) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="PRESET",
+        help=f"a YAML file, or a preset under conf/: {trainer}/NAME "
+        f"(`mmtrain config show {trainer}/NAME` lists every key)",
+    )
 
-    cfg = load_run_config(args.kind, args.config, args.set)
-    metrics = run_training(cfg)
+
+def command_overrides(args) -> list[str]:
+    """The --set values, then what the shorthand options set (they win: they are the more specific)."""
+    overrides = list(args.set)
+    if args.train_data:
+        overrides.append(f"data.train_shards=[{','.join(args.train_data)}]")
+    if args.val_data:
+        overrides.append(f"data.eval_shards=[{','.join(args.val_data)}]")
+    if args.ray_address:
+        overrides.append(f"run.ray_address={args.ray_address}")
+    if args.resume:
+        overrides.append("run.resume=must")
+    return overrides
+
+
+def run_train(args) -> int:
+    from mmtrain.training.ray_train.driver import ResumeRefused, run_training
+
+    cfg = load_run_config(args.kind, args.config, command_overrides(args))
+    try:
+        metrics = run_training(cfg)
+    except ResumeRefused as refused:
+        raise ValueError(f"{refused}\n{two_ways_on(args, refused.run_name)}") from None
     print_summary(metrics)
     print_mlflow_link(cfg, args.kind)
     return 0
 
 
+def two_ways_on(args, run_name: str) -> str:
+    """The commands that would work, as this one was typed but for the option that decides."""
+    typed = ["mmtrain", "train", args.kind, "--config", str(args.config)]
+    for item in args.set:
+        typed += ["--set", item]
+    for option, values in (("--train-data", args.train_data), ("--val-data", args.val_data)):
+        typed += [option, *values] if values else []
+    typed += ["--ray-address", args.ray_address] if args.ray_address else []
+    command = shlex.join(typed)
+    if args.resume:
+        return f"  to start afresh:  {command} --set run.name={run_name}-2"
+    return f"  to continue it:   {command} --resume\n  to start afresh:  {command} --set run.name={run_name}-2"
+
+
 def run_eval(args) -> int:
-    from training.ray_train.evaluate_checkpoint import evaluate_checkpoint
+    from mmtrain.training.ray_train.evaluate_checkpoint import evaluate_checkpoint
 
     metrics, table = evaluate_checkpoint(args.kind, args.checkpoint, args.data, args.set)
     if args.json:
@@ -67,7 +106,7 @@ def run_eval(args) -> int:
 
 def print_mlflow_link(cfg, trainer: str) -> None:
     """Where the run is in the MLflow UI (a local store needs `mlflow ui` started first)."""
-    from training.tracking.tracker import default_experiment, default_tracking_uri, experiment_link
+    from mmtrain.training.tracking.tracker import default_experiment, default_tracking_uri, experiment_link
 
     uri = default_tracking_uri(cfg.tracking.tracking_uri, cfg.run.output_dir)
     link = experiment_link(uri, default_experiment(cfg.tracking.experiment, trainer))

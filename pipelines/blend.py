@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipelines import contract, position
+from mmtrain.pipelines import contract, position
 
 
 class SourceBlend:

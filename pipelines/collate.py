@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines import contract
-from pipelines.conversations import supervised_positions, supervised_token_count
-from pipelines.packing import filled_image_slots, segment_position_ids
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.conversations import supervised_positions, supervised_token_count
+from mmtrain.pipelines.packing import filled_image_slots, segment_position_ids
 
 TOKEN_COLUMNS = (contract.INPUT_IDS, contract.ATTENTION_MASK, contract.LABELS, contract.POSITION_IDS)
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-from pipelines.tar_samples import TextLimits
+from mmtrain.pipelines.tar_samples import TextLimits
 
 
 class InvalidValue(ValueError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from pipelines import bad_samples
+from mmtrain.pipelines import bad_samples
 
 
 def read_contained(path: Path, root: Path, max_bytes: int, too_large: str) -> bytes | str:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import bad_samples
-from pipelines.chat_rendering import IMAGE_PLACEHOLDER, ChatRenderer, overlaps, sentinel
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.chat_rendering import IMAGE_PLACEHOLDER, ChatRenderer, overlaps, sentinel
 
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -90,7 +90,7 @@ class ConversationEncoder:
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
         if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
             raise ValueError(
-                f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token: `mmtrain models prepare-lm LM_DIR OUT` "
+                f"the LM tokenizer has no {IMAGE_PLACEHOLDER} token: `mmtrain models prepare-lm LM_DIR --out OUT` "
                 "adds it to a Hugging Face LM (tiny-lm and import-gguf make LMs that have it)"
             )
         if tokenizer.chat_template is None:

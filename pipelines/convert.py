@@ -27,14 +27,14 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from pipelines import bad_samples
-from pipelines.contained_files import read_contained
-from pipelines.convert_conversations import conversation_example, is_conversation_table, read_llava_json
-from pipelines.images import BadSample
-from pipelines.resize import shrink
-from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
-from pipelines.table_rows import ext_of, sniff_ext, table_rows
-from pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.contained_files import read_contained
+from mmtrain.pipelines.convert_conversations import conversation_example, is_conversation_table, read_llava_json
+from mmtrain.pipelines.images import BadSample
+from mmtrain.pipelines.resize import shrink
+from mmtrain.pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
+from mmtrain.pipelines.table_rows import ext_of, sniff_ext, table_rows
+from mmtrain.pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
 
 FORMATS = ("folder", "csv", "jsonl", "parquet", "llava", "idx")
 DEFAULT_TEMPLATES = (

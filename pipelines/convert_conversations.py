@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pipelines import bad_samples
-from pipelines.chat_rendering import IMAGE_PLACEHOLDER
-from pipelines.contained_files import read_contained
-from pipelines.conversations import ROLES
-from pipelines.table_rows import ext_of, jsonl_rows, sniff_ext
-from pipelines.tar_samples import MAX_MEMBER_BYTES
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.chat_rendering import IMAGE_PLACEHOLDER
+from mmtrain.pipelines.contained_files import read_contained
+from mmtrain.pipelines.conversations import ROLES
+from mmtrain.pipelines.table_rows import ext_of, jsonl_rows, sniff_ext
+from mmtrain.pipelines.tar_samples import MAX_MEMBER_BYTES
 
 CONVERSATION_COLUMNS = ("conversations", "messages")
 IMAGE_KEYS = ("image", "images")

@@ -23,12 +23,12 @@ from typing import Optional
 import ray
 from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 
-from pipelines.config import DataConfig
-from pipelines.datasource import EpochShardDatasource
-from pipelines.ledger import check_bad_fraction
-from pipelines.sources import ShardList, resolve_shards
-from pipelines.stages import Tokenize, decode_and_augment
-from pipelines.tokenizer import resolve_tokenizer
+from mmtrain.pipelines.config import DataConfig
+from mmtrain.pipelines.datasource import EpochShardDatasource
+from mmtrain.pipelines.ledger import check_bad_fraction
+from mmtrain.pipelines.sources import ShardList, resolve_shards
+from mmtrain.pipelines.stages import Tokenize, decode_and_augment
+from mmtrain.pipelines.tokenizer import resolve_tokenizer
 
 
 def build_dataset(

@@ -29,10 +29,10 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines import bad_samples
-from pipelines.mixture import WHOLE, MixturePlan
-from pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
-from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.mixture import WHOLE, MixturePlan
+from mmtrain.pipelines.position import MAX_EPOCHS, MAX_SAMPLES_PER_SHARD, MAX_SHARDS
+from mmtrain.pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
 logger = logging.getLogger("mmtrain.data")
 LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted

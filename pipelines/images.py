@@ -21,8 +21,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from pipelines import bad_samples
-from pipelines.config import AugmentConfig
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.config import AugmentConfig
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels, right/bottom exclusive
 

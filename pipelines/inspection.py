@@ -6,10 +6,10 @@ import json
 from collections import Counter
 from typing import Iterator
 
-from pipelines import bad_samples
-from pipelines.images import BadSample, open_image
-from pipelines.sources import ShardList, resolve_shards
-from pipelines.tar_samples import Bad, Record, TextLimits, iter_records
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.images import BadSample, open_image
+from mmtrain.pipelines.sources import ShardList, resolve_shards
+from mmtrain.pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
 
 def iter_shard_records(shards: ShardList, path: str, limits: TextLimits = TextLimits()) -> Iterator[Record | str]:

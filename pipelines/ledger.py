@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import ray
 
-from pipelines.bad_samples import TooManyBadSamples
-from pipelines.mixture import WHOLE, MixturePlan, per_source
-from pipelines.position import BadSample, DataPosition
+from mmtrain.pipelines.bad_samples import TooManyBadSamples
+from mmtrain.pipelines.mixture import WHOLE, MixturePlan, per_source
+from mmtrain.pipelines.position import BadSample, DataPosition
 
 
 @ray.remote(num_cpus=0)

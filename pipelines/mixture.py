@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import InvalidValue, SourceConfig
+from mmtrain.pipelines.config import InvalidValue, SourceConfig
 
 WHOLE = -1  # a copy that reads its whole shard
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import contract
-from pipelines.conversations import IGNORE_INDEX
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.conversations import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

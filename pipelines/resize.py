@@ -12,8 +12,8 @@ import io
 
 from PIL import Image
 
-from pipelines import bad_samples
-from pipelines.images import BadSample, eight_bit, open_image
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.images import BadSample, eight_bit, open_image
 
 
 def shrink(data: bytes, shorter_side: int, quality: int, max_pixels: int) -> bytes | None:

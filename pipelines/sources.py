@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 import braceexpand
 import pyarrow.fs as pafs
 
-from pipelines.config import SourceConfig
-from pipelines.mixture import MixturePlan, plan_mixture, source_names
-from pipelines.tar_samples import count_samples
+from mmtrain.pipelines.config import SourceConfig
+from mmtrain.pipelines.mixture import MixturePlan, plan_mixture, source_names
+from mmtrain.pipelines.tar_samples import count_samples
 
 GLOB_CHARS = set("*?[")
 # What a directory's shards are named; pyarrow decompresses .gz, .bz2 and .zst as it reads.

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines import bad_samples, contract, position
-from pipelines.config import AugmentConfig
-from pipelines.conversations import (
+from mmtrain.pipelines import bad_samples, contract, position
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.conversations import (
     ConversationEncoder,
     PlaceholderMismatch,
     caption_conversation,
     parse_conversation,
 )
-from pipelines.images import BadSample, decode_eval, decode_train
-from pipelines.packing import PackBudget, assemble, pack_rows
-from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.pipelines.images import BadSample, decode_eval, decode_train
+from mmtrain.pipelines.packing import PackBudget, assemble, pack_rows
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
 
 
 def decode_and_augment(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
+from mmtrain.pipelines.shard_writer import ShardWriter, encode_json, encode_text, write_manifest
 
 COLOURS = {
     "red": (220, 40, 40),

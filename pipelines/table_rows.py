@@ -13,7 +13,7 @@ import pyarrow.csv
 import pyarrow.parquet
 from PIL import Image
 
-from pipelines import bad_samples
+from mmtrain.pipelines import bad_samples
 
 
 def table_rows(src: Path, fmt: str, max_line_bytes: int) -> tuple[Iterator[dict | str], list[str]]:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import IO, Container, Iterator, NamedTuple, Optional
 
-from pipelines import bad_samples
-from pipelines.conversations import IMAGE_PLACEHOLDER, ROLES
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.conversations import IMAGE_PLACEHOLDER, ROLES
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"}

@@ -47,7 +47,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_file():
         raise ValueError(
             f"no tokenizer at {path}: point data.tokenizer at a tokenizer.json or an HF model "
-            "directory, or make one with `mmtrain data tokenizer SHARDS --out tokenizer.json`"
+            "directory, or make one with `mmtrain data tokenizer --data SHARDS --out tokenizer.json`"
         )
     return Tokenizer.from_file(str(path))
 
@@ -80,5 +80,5 @@ def resolve_tokenizer(cfg, shard_specs: list[str]) -> str:
             return str(candidate)
     raise ValueError(
         f"no tokenizer for {first}: set data.tokenizer to a tokenizer.json or HF model directory "
-        "(make one with `mmtrain data tokenizer SHARDS --out tokenizer.json`)"
+        "(make one with `mmtrain data tokenizer --data SHARDS --out tokenizer.json`)"
     )

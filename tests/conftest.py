@@ -11,12 +11,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic dataset (train + val shards, manifest, tokenizer), made once."""
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
     out = tmp_path_factory.mktemp("synth")
     assert (
         main(
-            ["data", "synth", str(out), "--train", "256", "--val", "64", "--shard-samples", "64", "--image-size", "32"]
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--train",
+                "256",
+                "--val",
+                "64",
+                "--shard-samples",
+                "64",
+                "--image-size",
+                "32",
+            ]
         )
         == 0
     )

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import contract
-from pipelines.config import AugmentConfig, DataConfig
-from pipelines.images import decode_eval
-from pipelines.sources import resolve_shards
-from pipelines.tar_samples import Record, iter_records
-from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from training.checkpoint.store import save_checkpoint
-from training.config.io import to_dict
-from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
-from training.engine.loop import TrainState
-from training.tasks.clip import ClipTask
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.config import AugmentConfig, DataConfig
+from mmtrain.pipelines.images import decode_eval
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.tar_samples import Record, iter_records
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.tasks.clip import ClipTask
 
 
 def tiny_clip_config(synth_dir: Path, image_size: int = 32) -> ClipRunConfig:
@@ -83,11 +83,11 @@ def train_tiny_clip(synth_dir: Path, run_dir: Path, steps: int = 150, batch_size
 def save_tiny_vlm(tower_checkpoint: Path, shards: Path, run_dir: Path) -> Path:
     """An untrained VLM on `tower_checkpoint` with a tiny LM, its weights scaled up so that its
     answers differ from image to image; saved (with its resolved config) as a run saves it."""
-    from pipelines.inspection import iter_captions
-    from training.config.schema import LanguageModelConfig, VisionEncoderConfig, VlmModelConfig, VlmRunConfig
-    from training.models.language_model import make_tiny_lm
-    from training.tasks.resolve import resolve_vlm
-    from training.tasks.vlm import VlmTask
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.training.config.schema import LanguageModelConfig, VisionEncoderConfig, VlmModelConfig, VlmRunConfig
+    from mmtrain.training.models.language_model import make_tiny_lm
+    from mmtrain.training.tasks.resolve import resolve_vlm
+    from mmtrain.training.tasks.vlm import VlmTask
 
     lm = make_tiny_lm(Path(run_dir) / "lm", iter_captions([str(shards)]), vocab_size=400, hidden_size=64)
     cfg = VlmRunConfig(

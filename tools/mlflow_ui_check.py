@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from training.tracking.tracker import UI_VIEW as VIEW  # the view the link mmtrain prints asks for
+from mmtrain.training.tracking.tracker import UI_VIEW as VIEW  # the view the link mmtrain prints asks for
 
 
 def pages(client: MlflowClient, experiment: str, base: str) -> dict[str, str]:

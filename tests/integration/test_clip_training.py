@@ -12,10 +12,11 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.ray_train.driver import ResumeRefused
+from mmtrain.training.tracking.tracker import RUN_NAME_TAG
 from tests.integration.test_data_resume import wait_for_new_checkpoints
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig
-from training.tracking.tracker import RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def _mlflow_run(out, name):
 
 
 def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 30))
@@ -72,9 +73,13 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     shards = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint/weights")}
     assert {"checkpoint/weights/__0_0.distcp", "checkpoint/weights/__1_0.distcp"} <= shards  # both ranks'
 
-    # Re-running the same command with the same run name resumes instead of starting over.
-    more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 40))
-    resumed = run_training(more)
+    # The same run name again is refused, naming both ways on; with run.resume=must it continues.
+    more = _overrides(synth_dir, out, "learn", 40)
+    with pytest.raises(
+        ResumeRefused, match=r"'learn' already has checkpoints .* at step 30\). Continue it with --resume"
+    ):
+        run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", more))
+    resumed = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", more + ["run.resume=must"]))
     assert resumed["step"] == 40
     client, run = _mlflow_run(out, "learn")  # still one MLflow run, continued
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
@@ -106,7 +111,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
 
 
 def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     cfg = load_config(
@@ -118,7 +123,8 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
     wider = load_config(
         ClipRunConfig,
         REPO / "conf/clip/tiny.yaml",
-        _overrides(synth_dir, out, "shape", 4) + ["tracking.tracking_uri=none", "model.embed_dim=48"],
+        _overrides(synth_dir, out, "shape", 4)
+        + ["tracking.tracking_uri=none", "model.embed_dim=48", "run.resume=must"],
     )
     with pytest.raises(ValueError, match=r"model.embed_dim: \d+ -> 48.*another run.name"):
         run_training(wider)
@@ -126,7 +132,7 @@ def test_resume_refuses_a_model_change(ray_local, synth_dir, tmp_path):
 
 def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, synth_dir, tmp_path, capsys):
     """Before: a truncated weights file in the latest checkpoint failed every restart without naming it."""
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     args = _overrides(synth_dir, out, "trunc", 10) + [
@@ -140,14 +146,14 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
     shard = newest / "weights" / "__0_0.distcp"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 3])
-    more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12"])
+    more = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", args + ["loop.max_steps=12", "run.resume=must"])
     assert run_training(more)["step"] == 12  # the worker resumed from the step-5 checkpoint and went on
     assert f"skipping checkpoint {newest}: weights/__0_0.distcp does not match its checksum" in capsys.readouterr().out
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
-    from jobs.cli import main
-    from training.ray_train.driver import run_training
+    from mmtrain.jobs.cli import main
+    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     # tracking off: the run trains and checkpoints without touching MLflow
@@ -160,7 +166,7 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
     # --json from a fresh process (its own Ray instance): stdout is the JSON alone, messages go to stderr
-    command = [sys.executable, "-m", "jobs.cli", "eval", "clip", "--checkpoint", str(out / "ev")]
+    command = [sys.executable, "-m", "mmtrain", "eval", "clip", "--checkpoint", str(out / "ev")]
     done = subprocess.run(
         command + ["--data", str(synth_dir / "val-*.tar"), "--json"], cwd=REPO, capture_output=True, text=True
     )
@@ -187,7 +193,7 @@ def test_killed_worker_resumes_from_checkpoint(synth_dir, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "mmtrain",
         "train",
         "clip",
         "--config",
@@ -227,8 +233,8 @@ def test_a_run_from_pretrained_weights_registers_its_exported_model(
     import mlflow.artifacts
     from transformers import CLIPModel
 
+    from mmtrain.training.ray_train.driver import run_training
     from tests.unit.test_hf_clip import save_hf_clip
-    from training.ray_train.driver import run_training
 
     pretrained = save_hf_clip(tmp_path / "pretrained")
     args = _overrides(synth_dir, tmp_path / "runs", "registered", 4) + [

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs.submit import job_client
+from mmtrain.jobs.submit import job_client
+from mmtrain.training.tracking.tracker import RUN_NAME_TAG
 from tests.assets import free_port, free_ports
-from training.tracking.tracker import RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def ray_head():
 def test_submit_refuses_a_cluster_without_token_authentication(synth_dir, tmp_path):
     with _ray_head("disabled") as address:
         submit = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "submit", "--address", address, "--"]
+            [sys.executable, "-m", "mmtrain", "submit", "--address", address, "--"]
             + _train_args(synth_dir, tmp_path / "runs", "refused"),
             cwd=REPO,
             capture_output=True,
@@ -138,7 +138,7 @@ def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "jobs.cli",
+            "mmtrain",
             "submit",
             "--address",
             ray_head,
@@ -163,7 +163,7 @@ def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
     assert client.get_metric_history(run.info.run_id, "train/loss")
 
     status = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "job", "status", "mmtrain-test-job", "--address", ray_head],
+        [sys.executable, "-m", "mmtrain", "job", "status", "mmtrain-test-job", "--address", ray_head],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -171,13 +171,13 @@ def test_submitted_job_succeeds_and_tracks(ray_head, synth_dir, tmp_path):
     )
     assert "mmtrain-test-job: SUCCEEDED" in status.stdout, status.stdout + status.stderr
     listing = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "job", "list", "--address", ray_head],
+        [sys.executable, "-m", "mmtrain", "job", "list", "--address", ray_head],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert "mmtrain-test-job  SUCCEEDED  python -m jobs.cli train clip" in listing.stdout
+    assert "mmtrain-test-job  SUCCEEDED  python -m mmtrain train clip" in listing.stdout
 
 
 def test_two_workers_on_two_nodes(synth_dir, tmp_path):
@@ -193,7 +193,7 @@ def test_two_workers_on_two_nodes(synth_dir, tmp_path):
         cluster.wait_for_nodes()
         out = tmp_path / "runs"
         train = subprocess.run(
-            [sys.executable, "-m", "jobs.cli"]
+            [sys.executable, "-m", "mmtrain"]
             + _train_args(synth_dir, out, "two-nodes")
             + ["--set", f"run.ray_address={cluster.address}", "--set", "scaling.placement_strategy=SPREAD"],
             cwd=REPO,

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import ray
 
-from pipelines import bad_samples, contract
-from pipelines.bad_samples import TooManyBadSamples
-from pipelines.config import AugmentConfig, DataConfig
-from pipelines.dataset import build_dataset, check_data_quality
-from pipelines.datasource import EpochShardDatasource
-from pipelines.ledger import SampleLedger
-from pipelines.position import unpack
-from pipelines.sources import resolve_shards
+from mmtrain.pipelines import bad_samples, contract
+from mmtrain.pipelines.bad_samples import TooManyBadSamples
+from mmtrain.pipelines.config import AugmentConfig, DataConfig
+from mmtrain.pipelines.dataset import build_dataset, check_data_quality
+from mmtrain.pipelines.datasource import EpochShardDatasource
+from mmtrain.pipelines.ledger import SampleLedger
+from mmtrain.pipelines.position import unpack
+from mmtrain.pipelines.sources import resolve_shards
 from tests.assets import free_port, write_bad_shards, write_malformed_shards
 
 pytestmark = pytest.mark.integration
@@ -90,11 +90,11 @@ def test_every_malformed_input_counts_the_same_in_inspect_the_pipeline_and_a_tra
     """Inputs that each once failed a whole run (Ray retried, then gave up, never naming the shard)
     are skipped and counted by reason, the same in `data inspect` and the Ray Data pipeline, and a
     training run on 2 workers over them finishes and reports them."""
-    from jobs.data import write_tokenizer
-    from pipelines.inspection import inspect_shards
-    from training.config.io import load_config
-    from training.config.schema import ClipRunConfig
-    from training.ray_train.driver import run_training
+    from mmtrain.jobs.data import write_tokenizer
+    from mmtrain.pipelines.inspection import inspect_shards
+    from mmtrain.training.config.io import load_config
+    from mmtrain.training.config.schema import ClipRunConfig
+    from mmtrain.training.ray_train.driver import run_training
 
     shards = tmp_path / "shards"
     expected = write_malformed_shards(shards)
@@ -170,7 +170,7 @@ def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(ray_lo
 
 
 def _tokenizer(tmp_path):
-    from pipelines.tokenizer import train_bpe_tokenizer
+    from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
     path = tmp_path / "tokenizer.json"
     train_bpe_tokenizer(["a red square number 1"] * 10, vocab_size=300).save(str(path))

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.position import DataPosition
-from training.checkpoint.store import latest_checkpoint
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig
+from mmtrain.pipelines.position import DataPosition
+from mmtrain.training.checkpoint.store import latest_checkpoint
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
 
 
 def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     cfg = load_config(
         ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, tmp_path, "epochs") + ["data.workers=2"]
@@ -84,8 +84,8 @@ def _kill_a_worker_and_finish(proc, run_dir: Path, log: Path, delay: float) -> N
 
 
 def _start(synth_dir, out, log_path, overrides, trainer="clip", preset="conf/clip/tiny.yaml"):
-    args = [sys.executable, "-m", "jobs.cli", "train", trainer, "--config", str(REPO / preset)]
-    args += ["--set", "run.local_num_cpus=6"]
+    args = [sys.executable, "-m", "mmtrain", "train", trainer, "--config", str(REPO / preset)]
+    args += ["--set", "run.local_num_cpus=6", "--set", "run.resume=auto"]  # re-run as a restarted job would be
     for override in overrides:
         args += ["--set", override]
     return subprocess.Popen(args, cwd=REPO, stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -195,10 +195,10 @@ def test_a_mixture_streams_its_weights_over_10000_samples(ray_local, synth_dir):
     blends it, gives each source its share to the row over 10,000 samples."""
     import numpy as np
 
-    from pipelines import contract, position
-    from pipelines.blend import SourceBlend
-    from pipelines.dataset import build_dataset
-    from training.tasks.resolve import list_shards
+    from mmtrain.pipelines import contract, position
+    from mmtrain.pipelines.blend import SourceBlend
+    from mmtrain.pipelines.dataset import build_dataset
+    from mmtrain.training.tasks.resolve import list_shards
 
     overrides = ["data.train_shards=[]", "data.eval_shards=[]", MIXTURE.format(synth_dir)]
     cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", overrides)
@@ -257,9 +257,9 @@ def test_a_killed_worker_resumes_packed_vlm_rows_exactly(synth_dir, tmp_path):
     """Packed rows (several samples each) through a killed worker: a sample counts as trained on only
     when its row was stepped on, so no sample of any epoch is trained twice and the first epoch is
     trained whole (the stream's last rows may not fill a batch)."""
-    from pipelines.inspection import iter_captions
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.training.models.language_model import make_tiny_lm
     from tests.unit.test_vision_encoders import save_hf_tower
-    from training.models.language_model import make_tiny_lm
 
     tower = save_hf_tower(tmp_path / "tower", "clip", image_size=32, full=True)
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)

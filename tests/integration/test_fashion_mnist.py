@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main
+from mmtrain.jobs.cli import main
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +30,7 @@ def test_convert_fashion_mnist(tmp_path):
                 "data",
                 "convert",
                 str(fashion_mnist_dir()),
+                "--out",
                 str(out),
                 "--format",
                 "idx",

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from jobs.cli import main
-from pipelines import contract
-from pipelines.images import BadSample, open_image
-from pipelines.inspection import inspect_shards, iter_shard_records
-from pipelines.sources import resolve_shards
-from pipelines.tar_samples import iter_records
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.images import BadSample, open_image
+from mmtrain.pipelines.inspection import inspect_shards, iter_shard_records
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.tar_samples import iter_records
+from mmtrain.training.tasks.clip import ClipTask
 from tests.assets import good_members, write_tar
 from tests.trained_models import decoded, save_clip, tiny_clip_config, train_tiny_clip
-from training.tasks.clip import ClipTask
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,7 @@ def shapes(tmp_path_factory):
             [
                 "data",
                 "synth",
+                "--out",
                 str(out),
                 "--train",
                 "2048",
@@ -124,7 +125,7 @@ def test_embed_over_two_actors_writes_each_good_sample_exactly_once(embedded, mi
 
 
 def test_text_search_finds_the_captions_image_and_a_random_model_does_not(ray_local, clip_run, shapes, tmp_path):
-    from inference.search import search_index
+    from mmtrain.inference.search import search_index
 
     out = tmp_path / "val-index"
     assert (
@@ -160,7 +161,7 @@ def random_model_recall(shapes: Path, tmp_path: Path) -> float:
 
 
 def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tmp_path, capsys):
-    from inference.search import search_index
+    from mmtrain.inference.search import search_index
 
     out = tmp_path / "index"
     assert (
@@ -187,7 +188,7 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
 
     sheet = tmp_path / "sheet.png"
     capsys.readouterr()
-    assert main(["search", "--index", str(out), record.caption, "-k", "6", "--sheet", str(sheet)]) == 0
+    assert main(["search", "--index", str(out), record.caption, "-k", "6", "--out", str(sheet)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("\n") >= 7 and "contact sheet" in printed
     from PIL import Image
@@ -205,7 +206,7 @@ def test_image_search_contact_sheet_and_refusals(ray_local, clip_run, shapes, tm
 
 
 def test_classify_agrees_with_eval_clip(ray_local, clip_run, shapes, tmp_path):
-    from training.ray_train.evaluate_checkpoint import evaluate_checkpoint
+    from mmtrain.training.ray_train.evaluate_checkpoint import evaluate_checkpoint
 
     out = tmp_path / "preds.parquet"
     val = str(shapes / "val-00000.tar")
@@ -269,8 +270,8 @@ def test_filter_keeps_exactly_the_samples_at_or_above_the_threshold(
 
 
 def test_caption_in_the_actor_pool_equals_asking_one_image_at_a_time(ray_local, clip_run, shapes, tmp_path, capsys):
-    from inference.trained import find_trained
-    from inference.vlm_stages import Answerer
+    from mmtrain.inference.trained import find_trained
+    from mmtrain.inference.vlm_stages import Answerer
     from tests.trained_models import save_tiny_vlm
 
     vlm = save_tiny_vlm(clip_run, shapes / "val-00000.tar", tmp_path / "vlm-run")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import contract
+from mmtrain.pipelines import contract
+from mmtrain.training.checkpoint.store import read_model_state, read_saved_tensors
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
 from tests.unit.test_loop_and_checkpoint import _cfg as tiny_clip_cfg
 from tests.unit.test_vlm import _cfg as tiny_vlm_cfg
 from tests.unit.test_vlm import make_parts
-from training.checkpoint.store import read_model_state, read_saved_tensors
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig, LoopConfig, ModuleLearningRates, OptimConfig
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _clip_batches(task, rank: int):
 
 
 def _vlm_batches(task, rank: int):
-    from pipelines.conversations import ConversationEncoder
+    from mmtrain.pipelines.conversations import ConversationEncoder
 
     encoder = ConversationEncoder(task.tokenizer, num_image_tokens=4, max_length=32)
     generator = torch.Generator().manual_seed(100 + rank)
@@ -71,12 +71,12 @@ def _same_batches_under_each_strategy(config: dict) -> None:
     under DDP then under FSDP2 with the real loop; each strategy's checkpoint written by all ranks."""
     import ray.train
 
-    from training.checkpoint.store import save_checkpoint
-    from training.engine.distributed import global_mean
-    from training.engine.loop import TrainState, train
-    from training.engine.optim import build_optimizer, warmup_cosine
-    from training.engine.parallelize import full_parameters, parallelize
-    from training.tasks.registry import trainer
+    from mmtrain.training.checkpoint.store import save_checkpoint
+    from mmtrain.training.engine.distributed import global_mean
+    from mmtrain.training.engine.loop import TrainState, train
+    from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+    from mmtrain.training.engine.parallelize import full_parameters, parallelize
+    from mmtrain.training.tasks.registry import trainer
 
     rank, cfg, out = ray.train.get_context().get_world_rank(), config["cfg"], Path(config["out"])
     task = trainer(config["task"]).task(cfg)
@@ -167,7 +167,7 @@ def test_fsdp_trains_vlm_stage2_as_ddp_does(ray_local, tmp_path):
 def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     """Saved by 2 FSDP workers, resumed by 1 (DDP, the global batch kept): the resumed run starts
     from exactly the saved weights and optimizer state, and its checkpoint holds them."""
-    from training.ray_train.driver import run_training
+    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     common = [
@@ -201,7 +201,8 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
             ClipRunConfig,
             REPO / "conf/clip/tiny.yaml",
             common
-            + ["scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"],
+            + ["scaling.strategy=ddp", "scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]"]
+            + ["run.resume=must"],
         )
     )
     assert resumed["step"] == 6 and resumed["checkpoint"] != sharded["checkpoint"]
@@ -213,7 +214,7 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
     # One process reads the whole model from the sharded checkpoint: export to transformers' CLIPModel.
     from transformers import CLIPModel
 
-    from training.tasks.export import export_checkpoint
+    from mmtrain.training.tasks.export import export_checkpoint
 
     exported, _ = export_checkpoint(Path(sharded["checkpoint"]), tmp_path / "hf")
     weights = read_model_state(sharded["checkpoint"])
@@ -227,7 +228,8 @@ def test_an_fsdp_run_resumes_on_one_worker(ray_local, synth_dir, tmp_path):
             ClipRunConfig,
             REPO / "conf/clip/tiny.yaml",
             common
-            + ["scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"],
+            + ["scaling.num_workers=1", "loop.batch_size_per_worker=32", "data.eval_shards=[]", "loop.max_steps=8"]
+            + ["run.resume=must"],
         )
     )
     assert further["step"] == 8 and further["train/samples_seen"] == 6 * 2 * 16 + 2 * 32
@@ -239,7 +241,7 @@ def test_evaluation_sees_every_sample_once_on_any_worker_count(ray_local):
 
     import ray
 
-    from training.ray_train.dataset_split import TrainEqualEvalWhole
+    from mmtrain.training.ray_train.dataset_split import TrainEqualEvalWhole
 
     splits = TrainEqualEvalWhole().configure({"train": ray.data.range(10), "eval": ray.data.range(7)}, 3, None, None)
     seen = [[] for _ in splits]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.config.io import load_config
-from training.config.schema import SweepConfig
-from training.tracking.tracker import PARENT_RUN_TAG, RUN_NAME_TAG
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import SweepConfig
+from mmtrain.training.tracking.tracker import PARENT_RUN_TAG, RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def _trial_overrides(synth_dir, steps):
 
 
 def test_asha_stops_weak_trials_and_runs_nest_in_a_server(ray_local, synth_dir, tmp_path, mlflow_server, capsys):
-    from training.ray_train.sweep import run_sweep
+    from mmtrain.training.ray_train.sweep import run_sweep
 
     # The sweep metric is the reported learning rate: deterministic, so ASHA's decisions are too.
     # Trials run one at a time in grid order: the first (lr 1e-3) sets the rung, the two with a
@@ -102,7 +102,7 @@ def test_killed_sweep_driver_resumes(synth_dir, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "mmtrain",
         "sweep",
         "--config",
         str(REPO / "conf/sweep/clip_temperature.yaml"),

@@ -5,22 +5,22 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import AugmentConfig, DataConfig
-from training.checkpoint.store import save_checkpoint
-from training.config.io import load_config, to_dict
-from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
-from training.engine.loop import TrainState
-from training.models.clip import ClipModel
-from training.tracking.tracker import RUN_NAME_TAG
+from mmtrain.pipelines.config import AugmentConfig, DataConfig
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import load_config, to_dict
+from mmtrain.training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig, VlmRunConfig
+from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.models.clip import ClipModel
+from mmtrain.training.tracking.tracker import RUN_NAME_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
-    from pipelines.inspection import iter_captions
-    from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_training
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.training.models.language_model import make_tiny_lm
+    from mmtrain.training.ray_train.driver import run_training
 
     clip_cfg = ClipRunConfig(
         data=DataConfig(context_length=8, augment=AugmentConfig(image_size=32)),
@@ -78,10 +78,10 @@ def test_stage1_then_stage2(ray_local, synth_dir, tmp_path):
 def test_stage1_on_a_hugging_face_vision_tower(ray_local, synth_dir, tmp_path, kind):
     """A CLIP or SigLIP directory as transformers saves it feeds VLM stage 1 on Ray Train: its image
     size and normalisation reach the pipeline and the device, and only the projector learns."""
-    from pipelines.inspection import iter_captions
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.training.models.language_model import make_tiny_lm
+    from mmtrain.training.ray_train.driver import run_training
     from tests.unit.test_vision_encoders import save_hf_tower
-    from training.models.language_model import make_tiny_lm
-    from training.ray_train.driver import run_training
 
     tower = save_hf_tower(tmp_path / "tower", kind, image_size=32, full=kind == "clip")
     lm = make_tiny_lm(tmp_path / "lm", iter_captions([str(synth_dir)]), vocab_size=400, hidden_size=64)
@@ -117,12 +117,12 @@ def test_llava_json_with_multi_image_and_text_only_rows_trains_packed_and_answer
     -> `mmtrain ask` about two images at once."""
     import json
 
-    from jobs.cli import main
-    from pipelines.inspection import iter_captions
-    from pipelines.tar_samples import iter_records
+    from mmtrain.jobs.cli import main
+    from mmtrain.pipelines.inspection import iter_captions
+    from mmtrain.pipelines.tar_samples import iter_records
+    from mmtrain.training.checkpoint.store import latest_checkpoint
+    from mmtrain.training.models.language_model import make_tiny_lm
     from tests.unit.test_vision_encoders import save_hf_tower
-    from training.checkpoint.store import latest_checkpoint
-    from training.models.language_model import make_tiny_lm
 
     images = tmp_path / "images"
     images.mkdir()
@@ -144,7 +144,7 @@ def test_llava_json_with_multi_image_and_text_only_rows_trains_packed_and_answer
         rows.append(row)
     (tmp_path / "mix.json").write_text(json.dumps(rows))
     data = tmp_path / "data"
-    convert = ["data", "convert", str(tmp_path / "mix.json"), str(data), "--format", "llava"]
+    convert = ["data", "convert", str(tmp_path / "mix.json"), "--out", str(data), "--format", "llava"]
     assert main(convert + ["--image-root", str(images), "--shard-samples", "24"]) == 0
 
     tower = save_hf_tower(tmp_path / "tower", "clip", image_size=32, full=True)

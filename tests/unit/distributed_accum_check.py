@@ -11,13 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmtrain.training.engine.distributed import global_mean
 from tests.unit.distributed_loss_check import spawn_two
-from training.engine.distributed import global_mean
 
 
 def task_and_model(kind):
+    from mmtrain.training.tasks.clip import ClipTask
     from tests.unit.test_loop_and_checkpoint import _cfg
-    from training.tasks.clip import ClipTask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kind=kind))

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from training.engine.losses import infonce_loss, siglip_loss
+from mmtrain.training.engine.losses import infonce_loss, siglip_loss
 
 BATCH, DIM, EMB = 6, 10, 8
 

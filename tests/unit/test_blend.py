@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines import contract, position
-from pipelines.blend import SourceBlend
+from mmtrain.pipelines import contract, position
+from mmtrain.pipelines.blend import SourceBlend
 
 
 def _stream(blocks: list[tuple[int, int]], shards_of_source: list[list[int]]):

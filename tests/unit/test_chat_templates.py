@@ -7,9 +7,9 @@ tokens are those of the template's own rendering of the conversation."""
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from pipelines.chat_rendering import IMAGE_PLACEHOLDER
-from pipelines.conversations import IGNORE_INDEX, ConversationEncoder
-from pipelines.tokenizer import train_bpe_tokenizer
+from mmtrain.pipelines.chat_rendering import IMAGE_PLACEHOLDER
+from mmtrain.pipelines.conversations import IGNORE_INDEX, ConversationEncoder
+from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"

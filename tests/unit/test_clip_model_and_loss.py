@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from mmtrain.training.config.schema import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
+from mmtrain.training.engine.optim import exempt_from_weight_decay, param_groups, warmup_cosine
+from mmtrain.training.models.clip import ClipModel
 from tests.unit import distributed_loss_check as check
-from training.config.schema import ClipModelConfig, LossConfig, OptimConfig, TextConfig, VisionConfig
-from training.engine.optim import exempt_from_weight_decay, param_groups, warmup_cosine
-from training.models.clip import ClipModel
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -57,7 +57,7 @@ def test_the_rsync_to_every_node_excludes_what_a_job_package_excludes(cluster):
     """file_mounts rsync untracked files too (.gitignore filters, but a .env need not be listed there)."""
     import fnmatch
 
-    from jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
+    from mmtrain.jobs.package_excludes import SECRET_DIRECTORIES, SECRET_FILE_PATTERNS
 
     excluded = set(cluster["rsync_exclude"])
     mounted = {Path(source).name for source in cluster["file_mounts"].values()}

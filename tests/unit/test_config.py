@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import DataConfig
-from training.config.io import ConfigError, from_dict, load_config
+from mmtrain.pipelines.config import DataConfig
+from mmtrain.training.config.io import ConfigError, from_dict, load_config
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def test_frozen():
 def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, message):
     from pathlib import Path
 
-    from training.config.schema import ClipRunConfig
+    from mmtrain.training.config.schema import ClipRunConfig
 
     preset = Path(__file__).resolve().parents[2] / "conf/clip/tiny.yaml"
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -80,7 +80,7 @@ def test_values_that_cannot_work_are_refused_at_load_with_the_key(override, mess
 
 
 def test_module_learning_rates_may_not_be_negative():
-    from training.config.schema import VlmRunConfig
+    from mmtrain.training.config.schema import VlmRunConfig
 
     with pytest.raises(ConfigError, match=r"lrs\.lm=-1\.0: must be at least 0"):
         from_dict(VlmRunConfig, {"lrs": {"lm": -1.0}})
@@ -89,11 +89,11 @@ def test_module_learning_rates_may_not_be_negative():
 def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_takes_it(tmp_path, capsys):
     import torch
 
-    from jobs.cli import main
-    from training.checkpoint.store import save_checkpoint
-    from training.config.io import to_dict
-    from training.config.schema import VlmRunConfig
-    from training.engine.loop import TrainState
+    from mmtrain.jobs.cli import main
+    from mmtrain.training.checkpoint.store import save_checkpoint
+    from mmtrain.training.config.io import to_dict
+    from mmtrain.training.config.schema import VlmRunConfig
+    from mmtrain.training.engine.loop import TrainState
 
     repo = Path(__file__).resolve().parents[2]
     assert main(["train", "clip", "--config", str(repo / "conf/vlm/stage1.yaml")]) == 2
@@ -111,21 +111,21 @@ def test_a_preset_or_checkpoint_of_the_other_trainer_names_the_command_that_take
 
 
 def test_config_show_prints_every_key_with_default_and_help_from_any_directory(tmp_path, monkeypatch, capsys):
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
     monkeypatch.chdir(tmp_path)  # presets resolve under the project's conf/, not the working directory
     assert main(["config", "show", "clip/tiny", "--set", "loop.max_steps=7"]) == 0
     shown = capsys.readouterr().out
-    assert "  name: clip-tiny  # the same name re-run resumes from its last checkpoint [default: clip]" in shown
+    assert "  name: clip-tiny  # the run's directory under output_dir, and its MLflow run name [default: clip]" in shown
     assert "  max_steps: 7  # [default: 200]" in shown
     assert "  read_shuffle_buffer: 512  # samples each read task holds" in shown
     assert main(["config", "show", "vlm/stage1"]) == 0
     shown = capsys.readouterr().out
-    assert "stage: captions" in shown and "resumes from its last checkpoint [default: vlm]" in shown  # the VLM's own
+    assert "stage: captions" in shown and "its MLflow run name [default: vlm]" in shown  # the VLM's own
     assert main(["config", "show", "vlm/llava15_stage2"]) == 0  # a mixture: sections inside a list
     (tmp_path / "shown.yaml").write_text(capsys.readouterr().out)
-    from training.config.io import load_config
-    from training.config.schema import VlmRunConfig
+    from mmtrain.training.config.io import load_config
+    from mmtrain.training.config.schema import VlmRunConfig
 
     assert load_config(VlmRunConfig, tmp_path / "shown.yaml").data.sources[0].name == "llava665k"
     assert main(["train", "clip", "--config", "clip/nope"]) == 2
@@ -136,11 +136,11 @@ def test_config_show_prints_every_key_with_default_and_help_from_any_directory(t
 def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, spec):
     """A shard directory that does not exist (it once reported a missing tokenizer) or a mistyped
     glob (it once started Ray first): the shards are named, and Ray is never started."""
-    import training.ray_train.driver
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
+    from mmtrain.training.ray_train import driver
 
     ray_starts = []
-    monkeypatch.setattr(training.ray_train.driver, "ensure_ray", lambda *args: ray_starts.append(args))
+    monkeypatch.setattr(driver, "ensure_ray", lambda *args: ray_starts.append(args))
     shards = spec.format(tmp=tmp_path)
     assert (
         main(
@@ -165,7 +165,7 @@ def test_missing_shards_are_named_before_ray_starts(tmp_path, capsys, monkeypatc
 def test_a_key_the_trainer_ignores_is_refused_with_what_to_set_and_not_shown(capsys):
     """The VLM learns at lrs.*, so optim.lr would be a silent no-op; the fused pipeline reads no
     tokenize_* key. Set, they are refused naming what to set; `config show` leaves them out."""
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
     assert main(["config", "show", "vlm/stage1", "--set", "optim.lr=1e-3"]) == 2
     assert "optim.lr=0.001 does nothing for this trainer; set lrs.projector" in capsys.readouterr().err

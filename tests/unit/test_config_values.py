@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import Checked
-from training.config.io import ConfigError, load_config, parse_override_value
-from training.config.schema import ClipRunConfig, SweepConfig, VlmRunConfig
+from mmtrain.pipelines.config import Checked
+from mmtrain.training.config.io import ConfigError, load_config, parse_override_value
+from mmtrain.training.config.schema import ClipRunConfig, SweepConfig, VlmRunConfig
 
 NUMBERS = (int, float)
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from pipelines import bad_samples
-from pipelines.conversations import IGNORE_INDEX, ConversationEncoder, PlaceholderMismatch, caption_conversation
-from training.models.language_model import make_tiny_lm
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.conversations import IGNORE_INDEX, ConversationEncoder, PlaceholderMismatch, caption_conversation
+from mmtrain.training.models.language_model import make_tiny_lm
 
 TEXTS = [
     "what colour are the shapes?",
@@ -136,7 +136,7 @@ def test_end_of_turn_comes_from_the_template_not_the_eos_token(tokenizer):
 
 
 def test_no_synthetic_sample_is_fully_masked(tokenizer):
-    from pipelines.synth import make_sample
+    from mmtrain.pipelines.synth import make_sample
 
     encoder = ConversationEncoder(tokenizer, num_image_tokens=64, max_length=112)
     for index in range(200):

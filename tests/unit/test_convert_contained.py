@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from pipelines import convert as convert_module
-from pipelines.convert import ConvertOptions, convert
-from pipelines.tar_samples import Bad, iter_records
+from mmtrain.pipelines import convert as convert_module
+from mmtrain.pipelines.convert import ConvertOptions, convert
+from mmtrain.pipelines.tar_samples import Bad, iter_records
 from tests.assets import jpeg_bytes
 
 

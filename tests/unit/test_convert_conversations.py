@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from jobs.cli import main
-from pipelines.chat_rendering import IMAGE_PLACEHOLDER
-from pipelines.tar_samples import Record, iter_records
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines.chat_rendering import IMAGE_PLACEHOLDER
+from mmtrain.pipelines.tar_samples import Record, iter_records
 
 
 def _png(colour: int) -> bytes:
@@ -77,14 +77,24 @@ def test_llava_json_array_and_jsonl_convert_every_row_kind(tmp_path, capsys):
     (tmp_path / "mix.jsonl").write_text("\n".join(json.dumps(row) for row in LLAVA_ROWS) + "\nnot json\n")
     for name in ("mix.json", "mix.jsonl"):
         out = tmp_path / name.replace(".", "_")
-        args = ["data", "convert", str(tmp_path / name), str(out), "--format", "llava", "--image-root", str(root)]
+        args = [
+            "data",
+            "convert",
+            str(tmp_path / name),
+            "--out",
+            str(out),
+            "--format",
+            "llava",
+            "--image-root",
+            str(root),
+        ]
         assert main(args) == 0
         records, manifest = _converted(out)
         if name.endswith("jsonl"):
             assert manifest["skipped"].pop("bad_metadata") == 1  # the line that is not JSON
         _check_llava(records, manifest)
     capsys.readouterr()
-    assert main(["data", "inspect", str(tmp_path / "mix_json"), "--json"]) == 0
+    assert main(["data", "inspect", "--data", str(tmp_path / "mix_json"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["total"]["good"] == 4 and not report["total"]["bad"]  # multi-image and text-only are good
 
@@ -97,7 +107,7 @@ def test_sharegpt_messages_with_typed_content_and_parquet_image_bytes(tmp_path):
         {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
     ]
     (tmp_path / "chat.jsonl").write_text(json.dumps({"images": ["coco/a.png"], "messages": messages}) + "\n")
-    args = ["data", "convert", str(tmp_path / "chat.jsonl"), str(tmp_path / "b"), "--format", "jsonl"]
+    args = ["data", "convert", str(tmp_path / "chat.jsonl"), "--out", str(tmp_path / "b"), "--format", "jsonl"]
     assert main(args + ["--image-root", str(root)]) == 0
     (record,) = _converted(tmp_path / "b")[0].values()
     turns = json.loads(record.conversation)
@@ -114,6 +124,9 @@ def test_sharegpt_messages_with_typed_content_and_parquet_image_bytes(tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "hf.parquet")
-    assert main(["data", "convert", str(tmp_path / "hf.parquet"), str(tmp_path / "c"), "--format", "parquet"]) == 0
+    assert (
+        main(["data", "convert", str(tmp_path / "hf.parquet"), "--out", str(tmp_path / "c"), "--format", "parquet"])
+        == 0
+    )
     records = sorted(_converted(tmp_path / "c")[0].values(), key=lambda r: r.key)
     assert [r.images for r in records] == [(_png(9), _png(99)), ()]

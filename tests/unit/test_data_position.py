@@ -6,9 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from pipelines.datasource import ShardRead, shard_tables, shuffled
-from pipelines.position import BadSample, DataPosition, pack, unpack
-from pipelines.tar_samples import Bad, count_samples, iter_records
+from mmtrain.pipelines.datasource import ShardRead, shard_tables, shuffled
+from mmtrain.pipelines.position import BadSample, DataPosition, pack, unpack
+from mmtrain.pipelines.tar_samples import Bad, count_samples, iter_records
 from tests.assets import good_members, png_bytes, write_bad_shards, write_malformed_shards, write_tar
 
 
@@ -113,7 +113,7 @@ def test_the_in_shard_shuffle_is_a_function_of_its_seed():
 
 
 def _record(index):
-    from pipelines.tar_samples import Record
+    from mmtrain.pipelines.tar_samples import Record
 
     return Record(str(index), b"", "caption", index=index)
 
@@ -128,7 +128,7 @@ def test_rows_carry_epoch_shard_and_sample_number(tmp_path):
 
 def test_samples_past_what_a_position_can_name_are_skipped_and_counted(tmp_path, monkeypatch):
     """A shard with more samples than positions can number loses only those samples, counted."""
-    from pipelines import datasource
+    from mmtrain.pipelines import datasource
 
     monkeypatch.setattr(datasource, "MAX_SAMPLES_PER_SHARD", 8)
     data = _tar_bytes(tmp_path, "s.tar", 12)

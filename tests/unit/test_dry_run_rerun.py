@@ -1,7 +1,7 @@
 """A second `mmtrain dry-run` into the same --out starts over: resuming would find every run at
 its last step and train nothing."""
 
-from jobs.dry_run import RUN_NAMES, clear_previous_runs
+from mmtrain.jobs.dry_run import RUN_NAMES, clear_previous_runs
 
 
 def test_a_second_dry_run_clears_checkpoints_and_keeps_the_mlflow_store(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import AugmentConfig
-from pipelines.images import decode_eval
-from training.engine.inputs import ImageNormalizer
-from training.models.image_processors import eval_image_processor
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.images import decode_eval
+from mmtrain.training.engine.inputs import ImageNormalizer
+from mmtrain.training.models.image_processors import eval_image_processor
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

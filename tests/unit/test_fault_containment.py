@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.cli import main
-from pipelines import bad_samples, images
-from pipelines.config import AugmentConfig
-from pipelines.inspection import inspect_shards, iter_captions
-from pipelines.resize import shrink
-from pipelines.sources import resolve_shards
-from pipelines.tar_samples import iter_raw_samples, iter_records
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines import bad_samples, images
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.inspection import inspect_shards, iter_captions
+from mmtrain.pipelines.resize import shrink
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.tar_samples import iter_raw_samples, iter_records
 from tests.assets import good_sample_bytes, tar_member, write_malformed_shards
 
 
@@ -29,7 +29,7 @@ def test_every_malformed_input_is_counted_by_reason_and_good_samples_kept(tmp_pa
 
 
 def test_a_parser_failure_nobody_foresaw_costs_only_the_rest_of_its_shard(monkeypatch):
-    from pipelines import tar_samples
+    from mmtrain.pipelines import tar_samples
 
     def broken(sample, limits=None):
         if sample.key == "k1":
@@ -110,7 +110,7 @@ def test_convert_skips_metadata_the_reader_would_refuse_and_still_writes_the_tok
     (source / "broken.txt").write_text("a broken square")
     (source / "broken.json").write_text("{not json")
     out = tmp_path / "shards"
-    assert main(["data", "convert", str(source), str(out), "--format", "folder"]) == 0
+    assert main(["data", "convert", str(source), "--out", str(out), "--format", "folder"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["skipped"] == {bad_samples.BAD_CONVERSATION: 1, bad_samples.BAD_METADATA: 2}
     assert (out / "tokenizer.json").is_file()
@@ -123,7 +123,7 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
 
 
 def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offset(tmp_path, caplog):
-    from pipelines.datasource import ShardRead, shard_tables
+    from mmtrain.pipelines.datasource import ShardRead, shard_tables
 
     expected = write_malformed_shards(tmp_path)
     path = str(tmp_path / "label_inf.tar")
@@ -136,9 +136,9 @@ def test_the_pipelines_reader_names_each_skipped_sample_with_its_shard_and_offse
 
 
 def test_an_unreachable_shard_source_fails_before_ray_starts(monkeypatch):
-    from training.config.io import from_dict
-    from training.config.schema import ClipRunConfig
-    from training.ray_train import driver as run
+    from mmtrain.training.config.io import from_dict
+    from mmtrain.training.config.schema import ClipRunConfig
+    from mmtrain.training.ray_train import driver as run
 
     def no_ray(*args):
         raise AssertionError("Ray was started before the shards were checked")

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from training.engine.fetch_ahead import first_item_fetched_ahead
+from mmtrain.training.engine.fetch_ahead import first_item_fetched_ahead
 
 
 def test_the_caller_gets_every_item_in_order_and_the_first_was_fetched_before_it_asked():

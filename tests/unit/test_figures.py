@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.tasks.clip_eval import zero_shot_confusion
-from training.tracking.figures import heatmap, sample_grid
+from mmtrain.training.tasks.clip_eval import zero_shot_confusion
+from mmtrain.training.tracking.figures import heatmap, sample_grid
 
 
 def _png(figure) -> Image.Image:
@@ -36,11 +36,11 @@ def test_the_retrieval_figure_is_labelled_with_the_captions(synth_dir):
     """Rows and columns read as captions (they were numbered 0..15)."""
     import dataclasses
 
-    from pipelines import contract
-    from pipelines.tokenizer import configure_fixed_length, load_tokenizer
+    from mmtrain.pipelines import contract
+    from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+    from mmtrain.training.tasks.clip import ClipTask
+    from mmtrain.training.tasks.protocol import EvalAssets
     from tests.unit.test_loop_and_checkpoint import _cfg
-    from training.tasks.clip import ClipTask
-    from training.tasks.protocol import EvalAssets
 
     tokenizer_path = str(synth_dir / "tokenizer.json")
     cfg = _cfg()

@@ -11,7 +11,7 @@ from tests.unit.test_loop_and_checkpoint import _batches, _cfg, _setup
 
 
 def _rank_main(rank: int, out: str) -> None:
-    from training.engine.parallelize import shard, transformer_blocks
+    from mmtrain.training.engine.parallelize import shard, transformer_blocks
 
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     try:

@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import contract
-from pipelines.stages import Tokenize
-from pipelines.tokenizer import train_bpe_tokenizer
-from training.checkpoint.store import save_checkpoint
-from training.config.io import from_dict, to_dict
-from training.config.schema import ClipRunConfig
-from training.engine.loop import TrainState
-from training.models import hf_clip
-from training.tasks.clip import ClipTask
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.stages import Tokenize
+from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import from_dict, to_dict
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.models import hf_clip
+from mmtrain.training.tasks.clip import ClipTask
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a small green triangle", "three red circles"]
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -143,7 +143,7 @@ def test_export_hf_round_trip_equals_mmtrain(hf_dir, tmp_path):
     processor load it, give the same embeddings (<= 1e-4) and the same zero-shot predictions."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
     cfg = hf_clip.pretrained_run_config(from_dict(ClipRunConfig, {"init_from": str(hf_dir)}))
     task = ClipTask(cfg)
@@ -153,7 +153,7 @@ def test_export_hf_round_trip_equals_mmtrain(hf_dir, tmp_path):
             param.add_(0.01 * torch.randn_like(param))  # not the pretrained weights any more
     save_checkpoint(tmp_path / "run" / "checkpoint_1", model, None, TrainState(step=1), to_dict(cfg))
     out = tmp_path / "exported"
-    assert main(["models", "export", str(tmp_path / "run"), str(out), "--format", "hf"]) == 0
+    assert main(["models", "export", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--format", "hf"]) == 0
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
 
     theirs = CLIPModel.from_pretrained(out).eval()
@@ -173,10 +173,24 @@ def test_export_hf_round_trip_equals_mmtrain(hf_dir, tmp_path):
 
 
 def test_a_vlm_checkpoint_is_not_exported_as_clip(tmp_path, capsys):
-    from jobs.cli import main
-    from training.checkpoint.store import save_checkpoint
-    from training.engine.loop import TrainState
+    from mmtrain.jobs.cli import main
+    from mmtrain.training.checkpoint.store import save_checkpoint
+    from mmtrain.training.engine.loop import TrainState
 
     save_checkpoint(tmp_path / "vlm", torch.nn.Linear(2, 2), None, TrainState(), {"stage": "captions"})
-    assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "hf"]) == 2
+    assert (
+        main(
+            [
+                "models",
+                "export",
+                "--checkpoint",
+                str(tmp_path / "vlm"),
+                "--out",
+                str(tmp_path / "out"),
+                "--format",
+                "hf",
+            ]
+        )
+        == 2
+    )
     assert "is a VLM checkpoint; --format hf exports CLIP runs (use --format llava)" in capsys.readouterr().err

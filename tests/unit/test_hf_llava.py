@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import main
-from pipelines.conversations import ConversationEncoder
-from tests.unit.test_vision_encoders import save_hf_tower
-from tests.unit.test_vlm import make_parts
-from training.checkpoint.store import save_checkpoint
-from training.config.io import to_dict
-from training.config.schema import (
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines.conversations import ConversationEncoder
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.schema import (
     LanguageModelConfig,
     LoraConfig,
     ModuleLearningRates,
@@ -20,8 +18,10 @@ from training.config.schema import (
     VlmModelConfig,
     VlmRunConfig,
 )
-from training.engine.loop import TrainState
-from training.tasks.vlm import VlmTask
+from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.tasks.vlm import VlmTask
+from tests.unit.test_vision_encoders import save_hf_tower
+from tests.unit.test_vlm import make_parts
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,9 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
     tower = root / "clip" if tower_kind == "mmtrain" else save_hf_tower(tmp_path / "siglip", "siglip")
     task, model = _saved_vlm(tmp_path / "vlm", tower, lm, lora_rank=lora_rank)
     out = tmp_path / "llava"
-    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    assert (
+        main(["models", "export", "--checkpoint", str(tmp_path / "vlm"), "--out", str(out), "--format", "llava"]) == 0
+    )
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<image>") == llava.config.image_token_index
@@ -95,7 +97,21 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
 def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):
     root, lm = parts
     _saved_vlm(tmp_path / "vlm", root / "clip", lm, projector=projector)
-    assert main(["models", "export", str(tmp_path / "vlm"), str(tmp_path / "out"), "--format", "llava"]) == 2
+    assert (
+        main(
+            [
+                "models",
+                "export",
+                "--checkpoint",
+                str(tmp_path / "vlm"),
+                "--out",
+                str(tmp_path / "out"),
+                "--format",
+                "llava",
+            ]
+        )
+        == 2
+    )
     assert f"model.projector.type='{projector}' has no LLaVA equivalent" in capsys.readouterr().err
 
 
@@ -109,7 +125,9 @@ def test_the_exported_processor_alone_gives_mmtrains_tokens_pixels_and_answer(pa
     tower = root / "clip" if tower_kind == "mmtrain" else save_hf_tower(tmp_path / "siglip", "siglip")
     task, model = _saved_vlm(tmp_path / "vlm", tower, lm)
     out = tmp_path / "llava"
-    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    assert (
+        main(["models", "export", "--checkpoint", str(tmp_path / "vlm"), "--out", str(out), "--format", "llava"]) == 0
+    )
     processor = AutoProcessor.from_pretrained(out)
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
 
@@ -138,7 +156,9 @@ def test_a_two_image_question_generates_the_same_through_the_exported_processor(
     root, lm = parts
     task, model = _saved_vlm(tmp_path / "vlm", root / "clip", lm)
     out = tmp_path / "llava"
-    assert main(["models", "export", str(tmp_path / "vlm"), str(out), "--format", "llava"]) == 0
+    assert (
+        main(["models", "export", "--checkpoint", str(tmp_path / "vlm"), "--out", str(out), "--format", "llava"]) == 0
+    )
     processor = AutoProcessor.from_pretrained(out)
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
 

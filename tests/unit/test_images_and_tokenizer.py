@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import images
-from pipelines.config import AugmentConfig
-from pipelines.images import BadSample, center_crop_box, decode_eval, decode_train, random_resized_crop_box
-from pipelines.tokenizer import configure_fixed_length, pad_token_id, train_bpe_tokenizer
+from mmtrain.pipelines import images
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.images import BadSample, center_crop_box, decode_eval, decode_train, random_resized_crop_box
+from mmtrain.pipelines.tokenizer import configure_fixed_length, pad_token_id, train_bpe_tokenizer
 
 
 @pytest.fixture(params=["opencv", "pil"], autouse=True)

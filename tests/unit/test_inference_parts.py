@@ -4,10 +4,10 @@ output names and the faiss index."""
 import numpy as np
 import pytest
 
-from inference import index as vector_index
-from inference.classify import check_templates, confusion_matrix, parse_classes
-from inference.filter import fraction_threshold, output_name
-from inference.progress import format_progress
+from mmtrain.inference import index as vector_index
+from mmtrain.inference.classify import check_templates, confusion_matrix, parse_classes
+from mmtrain.inference.filter import fraction_threshold, output_name
+from mmtrain.inference.progress import format_progress
 
 
 def test_keep_fraction_threshold_keeps_that_fraction_and_ties_keep_more():

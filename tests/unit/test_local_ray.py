@@ -5,7 +5,7 @@ import types
 
 import ray
 
-from training.ray_train import driver as run
+from mmtrain.training.ray_train import driver as run
 
 
 def _start_local(monkeypatch, **environ) -> dict:

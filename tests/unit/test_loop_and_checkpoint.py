@@ -10,14 +10,21 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from pipelines import contract
-from pipelines.config import AugmentConfig, DataConfig
-from training.checkpoint.store import load_checkpoint, save_checkpoint
-from training.config.schema import ClipModelConfig, ClipRunConfig, LoopConfig, OptimConfig, TextConfig, VisionConfig
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.engine.resume import check_resume_config, plan_schedule, seed_for
-from training.tasks.clip import ClipTask
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.config import AugmentConfig, DataConfig
+from mmtrain.training.checkpoint.store import load_checkpoint, save_checkpoint
+from mmtrain.training.config.schema import (
+    ClipModelConfig,
+    ClipRunConfig,
+    LoopConfig,
+    OptimConfig,
+    TextConfig,
+    VisionConfig,
+)
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.engine.resume import check_resume_config, plan_schedule, seed_for
+from mmtrain.training.tasks.clip import ClipTask
 
 
 def _cfg():
@@ -148,7 +155,7 @@ def test_checkpoint_files_load_without_unpickling(tmp_path):
     cfg = _cfg()
     task, model, optimizer, scheduler = _setup(cfg)
     save_checkpoint(tmp_path, model, optimizer, TrainState(step=3), {"a": 1})
-    from training.checkpoint.store import CheckpointReader, read_model_state
+    from mmtrain.training.checkpoint.store import CheckpointReader, read_model_state
 
     assert read_model_state(tmp_path).keys() == model.state_dict().keys()
     # DCP's .metadata is a pickle: one naming anything but DCP's metadata classes is refused.
@@ -282,7 +289,7 @@ def test_feature_cached_accumulation_equals_one_big_batch(kind):
 
 
 def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_used(tmp_path, capsys):
-    from training.checkpoint.store import checkpoint_problem, latest_checkpoint
+    from mmtrain.training.checkpoint.store import checkpoint_problem, latest_checkpoint
 
     cfg = _cfg()
     task, model, optimizer, _ = _setup(cfg)
@@ -304,7 +311,7 @@ def test_checkpoints_are_named_by_step_and_the_newest_step_is_latest(tmp_path):
     """checkpoint_000500_<time>: a higher step wins over a later time, two saves at one step keep
     both (the later is newest), names from before (Ray's timestamps) count as older, and RUN/latest
     resolves to the newest."""
-    from training.checkpoint.store import checkpoint_name, latest_checkpoint
+    from mmtrain.training.checkpoint.store import checkpoint_name, latest_checkpoint
 
     task, model, optimizer, _ = _setup(_cfg())
     names = ["checkpoint_2026-12-31_00-00-00.000000", checkpoint_name(1000), checkpoint_name(500)]
@@ -318,7 +325,7 @@ def test_checkpoints_are_named_by_step_and_the_newest_step_is_latest(tmp_path):
 
 
 def test_a_checkpoint_saved_again_into_its_directory_is_intact(tmp_path):
-    from training.checkpoint.store import checkpoint_problem
+    from mmtrain.training.checkpoint.store import checkpoint_problem
 
     cfg = _cfg()
     _, model, optimizer, _ = _setup(cfg)

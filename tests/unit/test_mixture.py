@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import DataConfig, InvalidValue, SourceConfig
-from pipelines.mixture import WHOLE, plan_mixture
+from mmtrain.pipelines.config import DataConfig, InvalidValue, SourceConfig
+from mmtrain.pipelines.mixture import WHOLE, plan_mixture
 
 shard_counts = st.lists(st.integers(0, 40), min_size=1, max_size=6).filter(lambda counts: sum(counts) > 0)
 

@@ -11,11 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines import contract
-from pipelines.collate import VlmCollate
-from pipelines.config import DataConfig
-from pipelines.conversations import IGNORE_INDEX, ConversationEncoder
-from pipelines.packing import PackBudget, assemble, pack_rows
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.collate import VlmCollate
+from mmtrain.pipelines.config import DataConfig
+from mmtrain.pipelines.conversations import IGNORE_INDEX, ConversationEncoder
+from mmtrain.pipelines.packing import PackBudget, assemble, pack_rows
 from tests.unit.test_token_weighted_loss import LRS, _build, _step
 from tests.unit.test_vlm import _cfg, make_parts
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config.io import load_config
-from training.config.schema import ClipRunConfig
-from training.models.clip import ClipModel
+from mmtrain.training.config.io import load_config
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.models.clip import ClipModel
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OPEN_CLIP_PARAMS = {"vit_b32": 151_277_313, "vit_b16": 149_620_737}  # open_clip model_profile
@@ -28,7 +28,7 @@ def test_vit_b_parameter_counts_match_open_clip(name):
 
 @pytest.mark.parametrize("path", sorted((CONF / "vlm").glob("*.yaml")), ids=lambda p: p.stem)
 def test_vlm_presets_load(path):
-    from training.config.schema import VlmRunConfig
+    from mmtrain.training.config.schema import VlmRunConfig
 
     cfg = load_config(VlmRunConfig, path)
     assert cfg.stage in ("captions", "conversations")
@@ -38,7 +38,7 @@ def test_vlm_presets_load(path):
 def test_the_llava15_presets_carry_the_papers_recipe():
     """LLaVA-1.5 (Liu et al. 2023, table 9): global batch 256 / 128, lr 1e-3 / 2e-5, no weight decay,
     3% warmup of one epoch, the tower frozen; on FSDP with bf16 and activation checkpointing."""
-    from training.config.schema import VlmRunConfig
+    from mmtrain.training.config.schema import VlmRunConfig
 
     stage1, stage2 = (load_config(VlmRunConfig, CONF / "vlm" / f"llava15_stage{n}.yaml") for n in (1, 2))
     for cfg, batch, lrs, samples in ((stage1, 256, (0, 1e-3, 0), 558_128), (stage2, 128, (0, 2e-5, 2e-5), 665_298)):

@@ -3,7 +3,7 @@ the pace so far), and the Ray notices the driver does not print."""
 
 import io
 
-from training.tracking.progress import Progress, duration
+from mmtrain.training.tracking.progress import Progress, duration
 
 
 def test_the_line_shows_step_of_total_and_an_eta_from_the_pace_since_the_first_line():
@@ -41,7 +41,7 @@ def test_ray_notices_are_dropped_by_rays_own_log_filter_and_errors_are_not():
     driver's filter of worker and raylet lines), on lines Ray 2.60 printed in a dry run."""
     from ray._private.ray_logging import LogDeduplicator
 
-    from jobs.cli import RAY_NOTICES
+    from mmtrain.jobs.cli import RAY_NOTICES
 
     notices = [
         "[2026-12-02 01:50:18,968 E 6397 6466] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
@@ -70,7 +70,7 @@ def test_a_log_file_gets_workers_lines_without_colour_codes(monkeypatch, capsys)
     turns them off when its output is not a terminal (pytest's captured stdout is not one)."""
     from ray._private.worker import print_worker_logs
 
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
     monkeypatch.setenv("RAY_COLOR_PREFIX", "unset by the test")
     monkeypatch.delenv("RAY_COLOR_PREFIX")  # restored (to unset) after the test

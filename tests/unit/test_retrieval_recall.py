@@ -4,7 +4,7 @@ random order among them, so a collapsed model scores chance (it once scored R@1 
 import torch
 import torch.nn.functional as F
 
-from training.tasks.clip_eval import retrieval_recall
+from mmtrain.training.tasks.clip_eval import retrieval_recall
 
 
 def clip_benchmark_recall_at_k(scores, positive_pairs, k):

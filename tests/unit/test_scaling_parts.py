@@ -9,7 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipelines.conversations import ConversationEncoder
+from mmtrain.pipelines.conversations import ConversationEncoder
+from mmtrain.training.checkpoint.store import load_checkpoint, read_model_state, save_checkpoint
+from mmtrain.training.config.schema import LoraConfig, ModuleLearningRates
+from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.engine.parallelize import checkpoint_blocks, parallelize, transformer_blocks
+from mmtrain.training.tasks.vlm import VlmTask
 from tests.unit.test_loop_and_checkpoint import _batches as clip_batches
 from tests.unit.test_loop_and_checkpoint import _cfg as clip_cfg
 from tests.unit.test_loop_and_checkpoint import _setup as clip_setup
@@ -17,11 +22,6 @@ from tests.unit.test_vlm import _batches as vlm_batches
 from tests.unit.test_vlm import _cfg as vlm_cfg
 from tests.unit.test_vlm import _train as vlm_train
 from tests.unit.test_vlm import make_parts
-from training.checkpoint.store import load_checkpoint, read_model_state, save_checkpoint
-from training.config.schema import LoraConfig, ModuleLearningRates
-from training.engine.loop import TrainState
-from training.engine.parallelize import checkpoint_blocks, parallelize, transformer_blocks
-from training.tasks.vlm import VlmTask
 
 STAGE2 = ModuleLearningRates(vision=0, projector=1e-3, lm=1e-2)
 

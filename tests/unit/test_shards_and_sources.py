@@ -6,11 +6,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from jobs.cli import main
-from pipelines.convert import ConvertOptions, convert
-from pipelines.shard_writer import ShardWriter, write_manifest
-from pipelines.sources import resolve_shards
-from pipelines.synth import make_sample
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines.convert import ConvertOptions, convert
+from mmtrain.pipelines.shard_writer import ShardWriter, write_manifest
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.synth import make_sample
 from tests.assets import jpeg_bytes
 
 
@@ -70,6 +70,7 @@ def test_convert_idx(tmp_path):
                 "data",
                 "convert",
                 str(src),
+                "--out",
                 str(out),
                 "--format",
                 "idx",
@@ -141,7 +142,7 @@ def _encoded(image, fmt):
 def test_convert_resize_shrinks_big_images_keeps_small_ones_and_skips_bad(tmp_path):
     from PIL import Image
 
-    from pipelines.tar_samples import iter_raw_samples
+    from mmtrain.pipelines.tar_samples import iter_raw_samples
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 255, (300, 480, 3), dtype=np.uint8))  # H x W: 480 x 300
@@ -166,6 +167,7 @@ def test_convert_resize_shrinks_big_images_keeps_small_ones_and_skips_bad(tmp_pa
                 "data",
                 "convert",
                 str(folder),
+                "--out",
                 str(out),
                 "--format",
                 "folder",
@@ -203,8 +205,10 @@ def test_convert_resize_refuses_bad_settings(tmp_path):
 
 
 def test_convert_refuses_a_missing_source_without_an_empty_progress_bar(tmp_path, capsys):
-    from jobs.cli import main
+    from mmtrain.jobs.cli import main
 
-    assert main(["data", "convert", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--format", "folder"]) == 2
+    assert (
+        main(["data", "convert", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--format", "folder"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.strip() == f"mmtrain: error: source {tmp_path / 'nowhere'} does not exist"  # no "convert: 0 sample" bar

@@ -2,16 +2,16 @@
 
 import pyarrow.fs as pafs
 
-from jobs.cli import main
-from pipelines import contract
-from pipelines.config import AugmentConfig
-from pipelines.datasource import RAW_SCHEMA
-from pipelines.stages import Tokenize, decode_and_augment
-from pipelines.tar_samples import iter_raw_samples, to_record
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.datasource import RAW_SCHEMA
+from mmtrain.pipelines.stages import Tokenize, decode_and_augment
+from mmtrain.pipelines.tar_samples import iter_raw_samples, to_record
 
 
 def test_stages_produce_the_contract(tmp_path):
-    assert main(["data", "synth", str(tmp_path), "--train", "12", "--val", "4", "--image-size", "40"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path), "--train", "12", "--val", "4", "--image-size", "40"]) == 0
     columns = {name: [] for name in RAW_SCHEMA.names}
     with pafs.LocalFileSystem().open_input_stream(str(tmp_path / "train-00000.tar")) as stream:
         for raw in iter_raw_samples(stream):
@@ -46,7 +46,7 @@ def test_stages_produce_the_contract(tmp_path):
 
 
 def test_augmentation_is_drawn_from_the_rows_seeds(tmp_path):
-    assert main(["data", "synth", str(tmp_path), "--train", "8", "--val", "4", "--image-size", "48"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path), "--train", "8", "--val", "4", "--image-size", "48"]) == 0
     with pafs.LocalFileSystem().open_input_stream(str(tmp_path / "train-00000.tar")) as stream:
         records = [to_record(raw) for raw in iter_raw_samples(stream)]
 
@@ -82,10 +82,10 @@ def test_a_conversation_the_lms_chat_template_refuses_is_counted_not_fatal(tmp_p
     import numpy as np
     from transformers import AutoTokenizer
 
-    from pipelines import bad_samples
-    from pipelines.position import BadSample, pack
-    from pipelines.stages import TokenizeConversations
-    from training.models.language_model import make_tiny_lm
+    from mmtrain.pipelines import bad_samples
+    from mmtrain.pipelines.position import BadSample, pack
+    from mmtrain.pipelines.stages import TokenizeConversations
+    from mmtrain.training.models.language_model import make_tiny_lm
 
     lm = make_tiny_lm(tmp_path / "lm", ["what colour?", "red"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)
     tokenizer = AutoTokenizer.from_pretrained(lm)

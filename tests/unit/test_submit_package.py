@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.package import build_package
-from jobs.submit import check_authentication, job_environment
+from mmtrain.jobs.package import build_package
+from mmtrain.jobs.submit import check_authentication, job_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_the_package_holds_every_module_and_runs_alone(tmp_path):
         shutil.copytree(package.directory, unpacked)
         env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
         run = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "--help"],
+            [sys.executable, "-m", "mmtrain", "--help"],
             cwd=unpacked,
             env=env,
             capture_output=True,
@@ -43,7 +43,7 @@ def test_the_package_holds_every_module_and_runs_alone(tmp_path):
             [
                 sys.executable,
                 "-c",
-                "import jobs.cli, training.models.vlm as m, pipelines.dataset as d; "
+                "import mmtrain.jobs.cli, mmtrain.training.models.vlm as m, mmtrain.pipelines.dataset as d; "
                 "print(m.__file__); print(d.__file__)",
             ],
             cwd=unpacked,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config.io import ConfigError, load_config
-from training.config.schema import SweepConfig
-from training.ray_train.sweep import (
+from mmtrain.training.config.io import ConfigError, load_config
+from mmtrain.training.config.schema import SweepConfig
+from mmtrain.training.ray_train.sweep import (
     check_search_space,
     concurrency,
     format_table,
@@ -97,7 +97,7 @@ def test_grid_multiplies_trials_and_table_orders_best_first():
 def test_sweep_without_tracking_is_refused_before_ray_starts(tmp_path):
     import ray
 
-    from training.ray_train.sweep import run_sweep
+    from mmtrain.training.ray_train.sweep import run_sweep
 
     sweep = load_config(
         SweepConfig, REPO / "conf/sweep/clip_temperature.yaml", ["tracking_uri=none", f"output_dir={tmp_path}"]

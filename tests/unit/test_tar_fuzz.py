@@ -10,8 +10,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.datasource import ShardRead, shard_tables
-from pipelines.tar_samples import BLOCK, Bad, count_samples, iter_records
+from mmtrain.pipelines.datasource import ShardRead, shard_tables
+from mmtrain.pipelines.tar_samples import BLOCK, Bad, count_samples, iter_records
 from tests.assets import good_sample_bytes, tar_header, tar_member
 
 BASE = good_sample_bytes("a") + tar_member("b.txt", b"text only") + good_sample_bytes("c") + bytes(1024)

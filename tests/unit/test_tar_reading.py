@@ -5,10 +5,10 @@ import tarfile
 
 import pytest
 
-from pipelines import bad_samples
-from pipelines.inspection import inspect_shards, iter_shard_records
-from pipelines.sources import resolve_shards
-from pipelines.tar_samples import iter_raw_samples, split_key
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.inspection import inspect_shards, iter_shard_records
+from mmtrain.pipelines.sources import resolve_shards
+from mmtrain.pipelines.tar_samples import iter_raw_samples, split_key
 from tests.assets import good_members, write_bad_shards, write_tar
 
 
@@ -105,7 +105,7 @@ def test_long_and_non_ascii_names_in_every_tar_format(tar_format):
 
 def test_reader_agrees_with_tarfile_on_a_real_shard(tmp_path):
     """Same members, same bytes, as Python's tarfile on a shard written by our ShardWriter."""
-    from pipelines.shard_writer import ShardWriter
+    from mmtrain.pipelines.shard_writer import ShardWriter
 
     with ShardWriter(tmp_path, "train", max_samples=50) as writer:
         for i in range(20):

@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipelines import contract
-from pipelines.conversations import ConversationEncoder
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.conversations import ConversationEncoder
+from mmtrain.training.config.schema import ModuleLearningRates
+from mmtrain.training.tasks.vlm import VlmTask
 from tests.unit.test_vlm import _cfg, make_parts
-from training.config.schema import ModuleLearningRates
-from training.tasks.vlm import VlmTask
 
 ANSWERS = [
     "red",
@@ -75,8 +75,8 @@ def _step(task, model, micro_batches, no_sync=None) -> tuple[float, dict]:
 
 
 def _rank_main(rank: int, cfg, strategy: str, out: str) -> None:
-    from training.engine.distributed import global_mean
-    from training.engine.parallelize import parallelize
+    from mmtrain.training.engine.distributed import global_mean
+    from mmtrain.training.engine.parallelize import parallelize
 
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     try:

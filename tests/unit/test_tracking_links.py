@@ -1,6 +1,12 @@
 """Where a run shows up in the MLflow UI."""
 
-from training.tracking.tracker import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker, default_experiment, experiment_link
+from mmtrain.training.tracking.tracker import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING,
+    Tracker,
+    default_experiment,
+    experiment_link,
+)
 
 
 def test_experiments_per_trainer_tagged_and_linked_to_the_model_training_view(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.checkpoint.metadata import ALLOWED, UnsafeCheckpoint, load_metadata
-from training.checkpoint.store import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.engine.loop import TrainState
+from mmtrain.training.checkpoint.metadata import ALLOWED, UnsafeCheckpoint, load_metadata
+from mmtrain.training.checkpoint.store import checkpoint_problem, latest_checkpoint, load_checkpoint, save_checkpoint
+from mmtrain.training.engine.loop import TrainState
 
 
 def _stack_global_payload(module: str, name: str, argument: str) -> bytes:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from inference.index import INDEX_FILE, build_index, load_index, load_rows, save_index
-from inference.search import Hit, read_images, read_manifest
+from mmtrain.inference.index import INDEX_FILE, build_index, load_index, load_rows, save_index
+from mmtrain.inference.search import Hit, read_images, read_manifest
 from tests.assets import good_members, write_tar
 
 

@@ -5,7 +5,7 @@ requested layer, their image size and their normalisation."""
 import pytest
 import torch
 
-from training.models.vision_encoder import load_vision_encoder, tower_info
+from mmtrain.training.models.vision_encoder import load_vision_encoder, tower_info
 
 
 def save_hf_tower(directory, kind: str, image_size: int = 16, full: bool = False):
@@ -104,10 +104,10 @@ def test_a_feature_layer_outside_the_tower_is_refused(tmp_path):
 
 
 def test_an_image_size_the_tower_does_not_take_is_an_error_naming_the_key(tmp_path):
-    from training.config.io import from_dict
-    from training.config.schema import VlmRunConfig
-    from training.models.language_model import make_tiny_lm
-    from training.tasks.resolve import resolve_vlm
+    from mmtrain.training.config.io import from_dict
+    from mmtrain.training.config.schema import VlmRunConfig
+    from mmtrain.training.models.language_model import make_tiny_lm
+    from mmtrain.training.tasks.resolve import resolve_vlm
 
     tower = save_hf_tower(tmp_path / "tower", "siglip")
     lm = make_tiny_lm(tmp_path / "lm", ["a red square"] * 20, vocab_size=280, hidden_size=16, layers=1, heads=2)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import contract
-from pipelines.config import AugmentConfig, DataConfig
-from pipelines.conversations import ConversationEncoder
-from training.checkpoint.store import save_checkpoint
-from training.config.io import to_dict
-from training.config.schema import (
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.config import AugmentConfig, DataConfig
+from mmtrain.pipelines.conversations import ConversationEncoder
+from mmtrain.training.checkpoint.store import save_checkpoint
+from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.schema import (
     ClipModelConfig,
     ClipRunConfig,
     LanguageModelConfig,
@@ -21,12 +21,12 @@ from training.config.schema import (
     VlmModelConfig,
     VlmRunConfig,
 )
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.models.clip import ClipModel
-from training.models.language_model import make_tiny_lm
-from training.models.vlm import build_projector
-from training.tasks.vlm import VlmTask
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.models.clip import ClipModel
+from mmtrain.training.models.language_model import make_tiny_lm
+from mmtrain.training.models.vlm import build_projector
+from mmtrain.training.tasks.vlm import VlmTask
 
 TEXTS = ["what colour are the shapes?", "red", "blue", "a photo of a red circle."] * 20
 
@@ -203,7 +203,7 @@ def test_frozen_modules_stay_in_eval_mode(parts):
 def test_random_lm_can_take_a_real_models_shape(tmp_path):
     """make_tiny_lm's shape arguments (as SMOLLM2_135M_SHAPE uses them): grouped-query attention,
     a wider MLP and an embedding larger than the tokenizer's vocabulary."""
-    from training.models.language_model import SMOLLM2_135M_SHAPE, load_lm
+    from mmtrain.training.models.language_model import SMOLLM2_135M_SHAPE, load_lm
 
     assert SMOLLM2_135M_SHAPE["layers"] == 30 and SMOLLM2_135M_SHAPE["hidden_size"] == 576
     path = make_tiny_lm(
@@ -229,7 +229,7 @@ def test_loss_with_logits_only_where_supervised_equals_the_lms_full_loss(parts):
     """The LM head runs only at positions whose next token has a label; the loss and every gradient
     must still be those of the LM's own loss over full logits. Rows supervise different spans, one
     row is padded, and one position is supervised in one row only."""
-    from pipelines.collate import VlmCollate
+    from mmtrain.pipelines.collate import VlmCollate
 
     root, lm = parts
     task = VlmTask(_cfg(root, lm, stage="conversations", lrs=ModuleLearningRates(vision=0, projector=1e-3, lm=1e-3)))
@@ -311,8 +311,8 @@ def test_prepare_lm_gives_a_hugging_face_lm_the_image_token(tmp_path):
     LM the VLM trains with: the token added with its embedding row, outputs on old tokens unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from jobs.cli import main
-    from pipelines.tokenizer import train_bpe_tokenizer
+    from mmtrain.jobs.cli import main
+    from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
     raw = train_bpe_tokenizer(TEXTS, 200, special_tokens=("</s>",), wrap=False, lowercase=False)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
@@ -324,7 +324,7 @@ def test_prepare_lm_gives_a_hugging_face_lm_the_image_token(tmp_path):
     with pytest.raises(ValueError, match="prepare-lm"):
         ConversationEncoder(AutoTokenizer.from_pretrained(tmp_path / "hub"), 4, 32)
 
-    assert main(["models", "prepare-lm", str(tmp_path / "hub"), str(tmp_path / "lm")]) == 0
+    assert main(["models", "prepare-lm", str(tmp_path / "hub"), "--out", str(tmp_path / "lm")]) == 0
     prepared = AutoTokenizer.from_pretrained(tmp_path / "lm")
     encoder = ConversationEncoder(prepared, 4, 256)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")

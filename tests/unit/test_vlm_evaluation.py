@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import contract
-from pipelines.conversations import ConversationEncoder, first_exchange
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.conversations import ConversationEncoder, first_exchange
+from mmtrain.training.config.schema import ModuleLearningRates
+from mmtrain.training.tasks.vlm import VlmTask
 from tests.unit.test_vlm import _cfg, make_parts
-from training.config.schema import ModuleLearningRates
-from training.tasks.vlm import VlmTask
 
 STYLES = {
     "llava": [{"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red"}],
@@ -95,8 +95,8 @@ def test_every_conversation_style_is_asked_its_first_question(task_and_model):
 def test_the_questions_asked_are_the_first_of_each_shard_on_any_split(task_and_model):
     """EvalAssets.questions_per_shard fixes which samples are asked (the first N in shard order),
     however the eval rows fall to ranks: two ranks' shares ask exactly what one process asks."""
-    from pipelines.position import pack
-    from training.tasks.protocol import EvalAssets
+    from mmtrain.pipelines.position import pack
+    from mmtrain.training.tasks.protocol import EvalAssets
 
     task, model = task_and_model
     conversations = [STYLES["llava"]] * 5

@@ -45,10 +45,10 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from pipelines.position import DataPosition
-from training.checkpoint.metadata import load_metadata
-from training.engine.distributed import world
-from training.engine.loop import TrainState
+from mmtrain.pipelines.position import DataPosition
+from mmtrain.training.checkpoint.metadata import load_metadata
+from mmtrain.training.engine.distributed import world
+from mmtrain.training.engine.loop import TrainState
 
 WEIGHTS = "weights"
 CHECKSUMS = "checksums.json"

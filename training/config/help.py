@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from training.config.io import ConfigError
+from mmtrain.training.config.io import ConfigError
 
-PROJECT = Path(__file__).resolve().parents[2]  # the clone, for an editable install
+PROJECT = Path(__file__).resolve().parents[2]  # the clone, or the installed mmtrain package: conf/ is beside training/
 FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
 
 

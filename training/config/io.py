@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipelines.config import InvalidValue
+from mmtrain.pipelines.config import InvalidValue
 
 T = TypeVar("T")
 

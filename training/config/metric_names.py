@@ -9,7 +9,7 @@ the training curves first, the input stream's counts next, the held-out evaluati
 
 from __future__ import annotations
 
-from pipelines.config import InvalidValue
+from mmtrain.pipelines.config import InvalidValue
 
 TRAIN = "train/"  # the training step: loss, lr, samples_per_s, grad_norm, ...
 TRAIN_DATA = "train_data/"  # the training stream: good samples, bad samples by reason, data actors

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.config import ANY_FINITE, Checked, DataConfig, InvalidValue, above, at_least, within
-from pipelines.contract import IMAGE_MEAN, IMAGE_STD
-from training.config.metric_names import check_sweep_metric
+from mmtrain.pipelines.config import ANY_FINITE, Checked, DataConfig, InvalidValue, above, at_least, within
+from mmtrain.pipelines.contract import IMAGE_MEAN, IMAGE_STD
+from mmtrain.training.config.metric_names import check_sweep_metric
 
 # Keys a trainer does not read, with what to set instead: set to anything but their default, they are
 # refused, and `config show` leaves them out (the data keys stay readable in configs saved before).
@@ -195,7 +195,12 @@ class TrackingConfig:
 class RunSettings(Checked):
     RANGES = {"max_failures": at_least(-1), "local_num_cpus": at_least(0), "keep_checkpoints": at_least(1)}
 
-    name: str = "clip"  # the same name re-run resumes from its last checkpoint
+    name: str = "clip"  # the run's directory under output_dir, and its MLflow run name
+    # A run whose directory holds checkpoints: "never" = refuse to start (naming the two commands
+    # that work: resume it, or another run.name); "must" = continue it (`train --resume`), refuse
+    # when there is nothing to continue; "auto" = continue when there is, start when not (unattended
+    # jobs that a scheduler restarts; sweep trials).
+    resume: Literal["never", "auto", "must"] = "never"
     output_dir: str = "runs"  # checkpoints, Ray Train state and the default MLflow store
     max_failures: int = 2  # worker failures survived (each resumes from the last checkpoint)
     ray_address: str = ""  # "" = start a local Ray instance

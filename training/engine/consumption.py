@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipelines import contract
+from mmtrain.pipelines import contract
 
 
 class Consumption:

@@ -14,8 +14,8 @@ from typing import Callable, ContextManager, Iterable, Protocol
 import torch
 from torch import nn
 
-from pipelines import contract
-from training.engine.distributed import all_reduce_sum, world
+from mmtrain.pipelines import contract
+from mmtrain.training.engine.distributed import all_reduce_sum, world
 
 
 @dataclass

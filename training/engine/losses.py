@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.engine.distributed import all_gather_with_grad, world
+from mmtrain.training.engine.distributed import all_gather_with_grad, world
 
 
 def infonce_loss(image_BE: torch.Tensor, text_BE: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

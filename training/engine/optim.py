@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from training.config.schema import OptimConfig
+from mmtrain.training.config.schema import OptimConfig
 
 
 def exempt_from_weight_decay(model: nn.Module) -> set[int]:

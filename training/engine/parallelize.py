@@ -20,8 +20,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from training.engine.distributed import world
-from training.engine.loop import NoSync
+from mmtrain.training.engine.distributed import world
+from mmtrain.training.engine.loop import NoSync
 
 
 @dataclass

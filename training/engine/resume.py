@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from training.config.io import flatten
-from training.engine.loop import TrainState
+from mmtrain.training.config.io import flatten
+from mmtrain.training.engine.loop import TrainState
 
 # Keys whose change mid-run would load weights into a different model or feed it different inputs.
 FROZEN_PREFIXES = ("model.", "data.context_length", "data.tokenizer", "data.augment.image_size", "max_length", "stage")
+HOW_STARTED = ("run.resume",)  # not part of what a run is: never a change
 GLOBAL_BATCH = "global batch (scaling.num_workers x loop.batch_size_per_worker x optim.grad_accum_steps)"
 
 
@@ -44,12 +45,13 @@ def plan_schedule(state: TrainState, max_steps: int, restart: bool) -> tuple[Tra
 
 
 def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
-    """{key: (saved value, new value)} for every key whose value differs."""
+    """{key: (saved value, new value)} for every key whose value differs, but for the keys that say
+    how a command was started rather than what the run is."""
     old_flat, new_flat = flatten(saved), flatten(new)
     return {
         key: (old_flat.get(key), new_flat.get(key))
         for key in sorted(set(old_flat) | set(new_flat))
-        if old_flat.get(key) != new_flat.get(key)
+        if old_flat.get(key) != new_flat.get(key) and key not in HOW_STARTED
     }
 
 

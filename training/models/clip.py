@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config.schema import ClipModelConfig, LossConfig, TextConfig, VisionConfig
-from training.models.transformer import Transformer
+from mmtrain.training.config.schema import ClipModelConfig, LossConfig, TextConfig, VisionConfig
+from mmtrain.training.models.transformer import Transformer
 
 
 class VisionTower(nn.Module):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from pipelines.tokenizer import load_tokenizer, pad_token_id
-from training.checkpoint.store import load_config_dict, read_model_state
-from training.config.io import from_dict
-from training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
-from training.models.image_processors import eval_image_processor
+from mmtrain.pipelines.tokenizer import load_tokenizer, pad_token_id
+from mmtrain.training.checkpoint.store import load_config_dict, read_model_state
+from mmtrain.training.config.io import from_dict
+from mmtrain.training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from mmtrain.training.models.image_processors import eval_image_processor
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
 _BLOCK = (

@@ -8,8 +8,8 @@ from typing import Iterable
 
 import torch
 
-from pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
-from pipelines.tokenizer import train_bpe_tokenizer
+from mmtrain.pipelines.conversations import DEFAULT_CHAT_TEMPLATE, IMAGE_PLACEHOLDER
+from mmtrain.pipelines.tokenizer import train_bpe_tokenizer
 
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 

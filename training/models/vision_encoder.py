@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
-from training.config.io import from_dict
-from training.config.schema import ClipRunConfig
-from training.models.clip import ClipModel
+from mmtrain.training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
+from mmtrain.training.config.io import from_dict
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.models.clip import ClipModel
 
 TowerKind = Literal["mmtrain", "hf_clip", "hf_siglip"]
 

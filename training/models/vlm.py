@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationConfig
 
-from pipelines.conversations import IGNORE_INDEX, supervised_positions
+from mmtrain.pipelines.conversations import IGNORE_INDEX, supervised_positions
 
 PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 

@@ -10,18 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import contract
-from pipelines.bad_samples import TooManyBadSamples
-from pipelines.sources import count_dataset_samples
-from training.checkpoint.store import latest_checkpoint, load_config_dict
-from training.config.io import to_dict
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.engine.resume import check_resume_config, format_changes
-from training.ray_train.payload import WorkerPayload
-from training.tasks.protocol import EvalAssets
-from training.tasks.registry import TrainerSpec, trainer_of
-from training.tasks.resolve import RunShards, list_shards
-from training.tracking.tracker import default_experiment, default_tracking_uri
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.bad_samples import TooManyBadSamples
+from mmtrain.pipelines.sources import count_dataset_samples
+from mmtrain.training.checkpoint.store import latest_checkpoint, load_config_dict, read_train_state
+from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.engine.resume import check_resume_config, format_changes
+from mmtrain.training.ray_train.payload import WorkerPayload
+from mmtrain.training.tasks.protocol import EvalAssets
+from mmtrain.training.tasks.registry import TrainerSpec, trainer_of
+from mmtrain.training.tasks.resolve import RunShards, list_shards
+from mmtrain.training.tracking.tracker import default_experiment, default_tracking_uri
 
 VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
 RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parents[2] / "pipelines" / "ray_data_logging.yaml"
@@ -94,21 +94,50 @@ class _TokenNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled")
 
 
+class ResumeRefused(ValueError):
+    """The run's directory and `run.resume` disagree: the command line adds the exact commands."""
+
+    def __init__(self, message: str, run_name: str):
+        super().__init__(message)
+        self.run_name = run_name
+
+
 def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
-    """A run that continues from a checkpoint: print what changed in its config, and refuse (before
-    Ray starts) a change that cannot take effect mid-run."""
+    """Before Ray starts: refuse a run that `run.resume` does not let start or continue; for one
+    that continues, print what changed in its config and refuse a change that cannot take effect
+    mid-run."""
     if "://" in cfg.run.output_dir:
-        return  # remote storage: the worker restores from Ray's checkpoint without this preview
+        return  # remote storage: Ray Train continues a run it finds there (run.resume is for local runs)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
     try:
-        checkpoint = latest_checkpoint(Path(cfg.run.output_dir) / cfg.run.name)
+        checkpoint = latest_checkpoint(run_dir)
     except ValueError:
-        return  # nothing to resume: a fresh run
-    changes = check_resume_config(load_config_dict(checkpoint), to_dict(cfg), str(checkpoint))
-    if changes:
-        print(
-            f"[mmtrain] {cfg.run.name} continues from {checkpoint}; config changes:\n{format_changes(changes)}",
-            flush=True,
+        if cfg.run.resume == "must":
+            raise ResumeRefused(
+                f"nothing to resume: {run_dir} holds no checkpoint. Drop --resume (run.resume=must) to start "
+                "this run, or name the run you meant with run.name",
+                cfg.run.name,
+            ) from None
+        return  # a fresh run
+    step = read_train_state(checkpoint).step
+    if cfg.run.resume == "never":
+        raise ResumeRefused(
+            f"run {cfg.run.name!r} already has checkpoints in {run_dir} (the latest at step {step}). Continue "
+            "it with --resume (run.resume=must; run.resume=auto for unattended jobs), or start a new run "
+            "under another run.name (or remove the directory)",
+            cfg.run.name,
         )
+    if step >= cfg.loop.max_steps and cfg.run.resume == "must":
+        raise ResumeRefused(
+            f"run {cfg.run.name!r} finished: its latest checkpoint is at step {step} and loop.max_steps is "
+            f"{cfg.loop.max_steps}. Raise loop.max_steps to train it further, or start a new run under "
+            "another run.name",
+            cfg.run.name,
+        )
+    changes = check_resume_config(load_config_dict(checkpoint), to_dict(cfg), str(checkpoint))
+    print(f"[mmtrain] {cfg.run.name} continues from {checkpoint} (step {step})", flush=True)
+    if changes:
+        print(f"[mmtrain] config changes:\n{format_changes(changes)}", flush=True)
 
 
 def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dict:
@@ -150,9 +179,9 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.ledger import SampleLedger
-    from training.ray_train.dataset_split import TrainEqualEvalWhole
-    from training.ray_train.worker import train_worker
+    from mmtrain.pipelines.ledger import SampleLedger
+    from mmtrain.training.ray_train.dataset_split import TrainEqualEvalWhole
+    from mmtrain.training.ray_train.worker import train_worker
 
     scaling = cfg.scaling
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train), mix=shards.train.mix)
@@ -189,7 +218,7 @@ def fit(
 
 def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunShards, ledger, with_eval: bool):
     """The run's one training stream (all its epochs) and, with eval data, the held-out set."""
-    from pipelines.dataset import build_dataset, limit_data_resources  # Ray Data, as in fit()
+    from mmtrain.pipelines.dataset import build_dataset, limit_data_resources  # Ray Data, as in fit()
 
     limit_data_resources(cfg.data, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     task = spec.task
@@ -213,7 +242,7 @@ def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunS
 def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
     """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
     shards' sample count comes from their tar headers)."""
-    from pipelines.dataset import epochs_for  # Ray Data: loaded by commands that train, as in fit()
+    from mmtrain.pipelines.dataset import epochs_for  # Ray Data: loaded by commands that train, as in fit()
 
     if cfg.loop.epochs:
         return cfg.loop.epochs

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from pipelines.dataset import build_dataset
-from training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
-from training.config.io import apply_override, from_dict
-from training.ray_train.driver import ensure_ray
-from training.tasks.kinds import check_kind
-from training.tasks.registry import trainer
+from mmtrain.pipelines.dataset import build_dataset
+from mmtrain.training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict
+from mmtrain.training.config.io import apply_override, from_dict
+from mmtrain.training.ray_train.driver import ensure_ray
+from mmtrain.training.tasks.kinds import check_kind
+from mmtrain.training.tasks.registry import trainer
 
 
 def evaluate_checkpoint(kind: str, checkpoint: Path, shards: list[str], overrides: list[str] = ()) -> tuple[dict, list]:

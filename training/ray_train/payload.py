@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.mixture import MixturePlan
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.tasks.protocol import EvalAssets
+from mmtrain.pipelines.mixture import MixturePlan
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.tasks.protocol import EvalAssets
 
 
 @dataclass(frozen=True)

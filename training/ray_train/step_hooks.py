@@ -17,20 +17,20 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from pipelines import contract
-from pipelines.bad_samples import TooManyBadSamples
-from pipelines.ledger import check_bad_fraction
-from training.checkpoint.store import checkpoint_name, save_checkpoint
-from training.config.io import to_dict
-from training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.engine.consumption import Consumption
-from training.engine.distributed import all_reduce_sum, full_tensor, global_mean
-from training.engine.loop import StepResult, TrainState, every
-from training.engine.parallelize import full_parameters
-from training.tasks.protocol import EvalAssets, Evaluation
-from training.tracking.progress import Progress
-from training.tracking.tracker import Tracker, log_artifacts_to_run
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.bad_samples import TooManyBadSamples
+from mmtrain.pipelines.ledger import check_bad_fraction
+from mmtrain.training.checkpoint.store import checkpoint_name, save_checkpoint
+from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.engine.consumption import Consumption
+from mmtrain.training.engine.distributed import all_reduce_sum, full_tensor, global_mean
+from mmtrain.training.engine.loop import StepResult, TrainState, every
+from mmtrain.training.engine.parallelize import full_parameters
+from mmtrain.training.tasks.protocol import EvalAssets, Evaluation
+from mmtrain.training.tracking.progress import Progress
+from mmtrain.training.tracking.tracker import Tracker, log_artifacts_to_run
 
 RunConfig = ClipRunConfig | VlmRunConfig
 
@@ -153,7 +153,7 @@ class Validator:
         return as_val(evaluation.metrics)
 
     def _log_artifacts(self, step: int, evaluation: Evaluation) -> None:
-        from training.tracking.figures import heatmap  # matplotlib: only where figures are drawn
+        from mmtrain.training.tracking.figures import heatmap  # matplotlib: only where figures are drawn
 
         tracker = self.ctx.tracker
         if evaluation.table:  # appended at each evaluation; the step column tells them apart
@@ -247,7 +247,7 @@ class Checkpointer:
     def _register(self, checkpoint_dir: Path) -> None:
         """The final checkpoint in its standard format, as a new version of the registered model
         (read back from the run's artifacts when other ranks wrote shards of it)."""
-        from training.tasks.export import export_checkpoint  # transformers: only when registering
+        from mmtrain.training.tasks.export import export_checkpoint  # transformers: only when registering
 
         tracker, name = self.ctx.tracker, self.ctx.cfg.tracking.register_model
         with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as scratch:
@@ -281,7 +281,7 @@ class StepHooks:
 
     def show_first_batch(self, batches):
         """Pass batches through; the first one is also logged as a picture of augmented samples."""
-        from training.tracking.figures import sample_grid  # matplotlib: only where figures are drawn
+        from mmtrain.training.tracking.figures import sample_grid  # matplotlib: only where figures are drawn
 
         for index, batch in enumerate(batches):
             if index == 0:

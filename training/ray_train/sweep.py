@@ -31,13 +31,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from training.checkpoint.store import latest_checkpoint
-from training.config.io import ConfigError, flatten, load_config, to_dict
-from training.config.schema import SweepConfig
-from training.ray_train import driver
-from training.ray_train.driver import ensure_ray
-from training.tasks.registry import trainer
-from training.tracking.tracker import (
+from mmtrain.training.checkpoint.store import latest_checkpoint
+from mmtrain.training.config.io import ConfigError, flatten, load_config, to_dict
+from mmtrain.training.config.schema import SweepConfig
+from mmtrain.training.ray_train import driver
+from mmtrain.training.ray_train.driver import ensure_ray
+from mmtrain.training.tasks.registry import trainer
+from mmtrain.training.tracking.tracker import (
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
     TRACKING_OFF,
@@ -172,6 +172,7 @@ def trial_config(context: TrialContext, params: dict, trial_id: str):
     sweep = context.sweep
     fixed = {
         "run.name": trial_run_name(sweep.name, trial_id),
+        "run.resume": "auto",  # a trial Tune restores continues its run (`sweep --resume` is the explicit step)
         "run.output_dir": context.trials_dir,
         "tracking.tracking_uri": context.tracking_uri,
         "tracking.parent_run_id": context.parent_run_id,

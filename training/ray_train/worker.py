@@ -21,24 +21,24 @@ import torch
 import torch.distributed as dist
 from ray.train.v2._internal.execution import context as train_context
 
-from pipelines.blend import SourceBlend
-from training.checkpoint.store import (
+from mmtrain.pipelines.blend import SourceBlend
+from mmtrain.training.checkpoint.store import (
     checkpoint_problem,
     load_checkpoint,
     load_config_dict,
     load_data_position,
     load_tracking_run_id,
 )
-from training.config.io import flatten, to_dict
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.engine.consumption import Consumption
-from training.engine.fetch_ahead import first_item_fetched_ahead
-from training.engine.loop import TrainState, train
-from training.engine.optim import build_optimizer, warmup_cosine
-from training.engine.parallelize import Parallelized, parallelize
-from training.engine.resume import config_changes, plan_schedule, seed_for
-from training.ray_train.payload import WorkerPayload
-from training.ray_train.step_hooks import (
+from mmtrain.training.config.io import flatten, to_dict
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.engine.consumption import Consumption
+from mmtrain.training.engine.fetch_ahead import first_item_fetched_ahead
+from mmtrain.training.engine.loop import TrainState, train
+from mmtrain.training.engine.optim import build_optimizer, warmup_cosine
+from mmtrain.training.engine.parallelize import Parallelized, parallelize
+from mmtrain.training.engine.resume import config_changes, plan_schedule, seed_for
+from mmtrain.training.ray_train.payload import WorkerPayload
+from mmtrain.training.ray_train.step_hooks import (
     Checkpointer,
     DataQualityGuard,
     StepHooks,
@@ -46,8 +46,8 @@ from training.ray_train.step_hooks import (
     Validator,
     WorkerContext,
 )
-from training.tasks.registry import trainer_of
-from training.tracking.tracker import TRACKING_OFF, Tracker
+from mmtrain.training.tasks.registry import trainer_of
+from mmtrain.training.tracking.tracker import TRACKING_OFF, Tracker
 
 RunConfig = ClipRunConfig | VlmRunConfig
 

@@ -9,25 +9,25 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from pipelines import contract
-from pipelines.tokenizer import load_tokenizer
-from training.config.schema import ClipRunConfig
-from training.engine.distributed import full_tensor
-from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
-from training.engine.loop import Autocast, NoSync, accumulate_independently
-from training.engine.losses import infonce_loss, siglip_loss
-from training.engine.optim import exempt_from_weight_decay, param_groups
-from training.models.clip import ClipModel
-from training.models.hf_clip import load_pretrained
-from training.tasks.clip_eval import (
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.tokenizer import load_tokenizer
+from mmtrain.training.config.schema import ClipRunConfig
+from mmtrain.training.engine.distributed import full_tensor
+from mmtrain.training.engine.inputs import ImageNormalizer, to_tensor, unwrap
+from mmtrain.training.engine.loop import Autocast, NoSync, accumulate_independently
+from mmtrain.training.engine.losses import infonce_loss, siglip_loss
+from mmtrain.training.engine.optim import exempt_from_weight_decay, param_groups
+from mmtrain.training.models.clip import ClipModel
+from mmtrain.training.models.hf_clip import load_pretrained
+from mmtrain.training.tasks.clip_eval import (
     embed_eval_set,
     retrieval_recall,
     zero_shot_accuracy,
     zero_shot_classifier,
     zero_shot_confusion,
 )
-from training.tasks.protocol import Evaluation
-from training.tracking.figures import HeatmapSpec
+from mmtrain.training.tasks.protocol import Evaluation
+from mmtrain.training.tracking.figures import HeatmapSpec
 
 
 class ClipTask:

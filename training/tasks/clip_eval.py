@@ -12,10 +12,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from pipelines import contract
-from pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from training.engine.distributed import all_gather_uneven
-from training.engine.inputs import ImageNormalizer, to_tensor
+from mmtrain.pipelines import contract
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.training.engine.distributed import all_gather_uneven
+from mmtrain.training.engine.inputs import ImageNormalizer, to_tensor
 
 
 @torch.no_grad()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.checkpoint.store import load_config_dict
-from training.tasks.kinds import run_kind
-from training.tasks.registry import TRAINERS, TrainerSpec
+from mmtrain.training.checkpoint.store import load_config_dict
+from mmtrain.training.tasks.kinds import run_kind
+from mmtrain.training.tasks.registry import TRAINERS, TrainerSpec
 
 
 def trainer_of_checkpoint(checkpoint: Path) -> TrainerSpec:

@@ -8,9 +8,9 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from training.config.help import resolve_preset
-from training.config.io import ConfigError, config_from_data, read_config_file
-from training.tasks.registry import TRAINERS
+from mmtrain.training.config.help import resolve_preset
+from mmtrain.training.config.io import ConfigError, config_from_data, read_config_file
+from mmtrain.training.tasks.registry import TRAINERS
 
 
 def _fields(cls) -> set[str]:

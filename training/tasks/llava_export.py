@@ -16,13 +16,13 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-from pipelines.conversations import IMAGE_PLACEHOLDER
-from training.checkpoint.store import load_checkpoint, load_config_dict
-from training.config.io import from_dict
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.models.hf_clip import hf_config_from_model, vision_state_to_hf
-from training.models.image_processors import eval_image_processor
-from training.tasks.vlm import VlmTask
+from mmtrain.pipelines.conversations import IMAGE_PLACEHOLDER
+from mmtrain.training.checkpoint.store import load_checkpoint, load_config_dict
+from mmtrain.training.config.io import from_dict
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.models.hf_clip import hf_config_from_model, vision_state_to_hf
+from mmtrain.training.models.image_processors import eval_image_processor
+from mmtrain.training.tasks.vlm import VlmTask
 
 
 def export_llava(checkpoint: Path, out_dir: Path) -> Path:

@@ -9,8 +9,8 @@ from typing import ClassVar, Iterable, Protocol
 import torch
 from torch import nn
 
-from training.engine.loop import StepTask
-from training.tracking.figures import HeatmapSpec
+from mmtrain.training.engine.loop import StepTask
+from mmtrain.training.tracking.figures import HeatmapSpec
 
 
 @dataclass(frozen=True)

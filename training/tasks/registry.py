@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
 
 
 def _load(path: str):
@@ -56,12 +56,12 @@ class TrainerSpec:
 CLIP = TrainerSpec(
     name="clip",
     config_class=ClipRunConfig,
-    task_path="training.tasks.clip:ClipTask",
-    resolve_path="training.tasks.resolve:resolve_clip",
-    eval_assets_path="training.tasks.resolve:clip_eval_assets",
+    task_path="mmtrain.training.tasks.clip:ClipTask",
+    resolve_path="mmtrain.training.tasks.resolve:resolve_clip",
+    eval_assets_path="mmtrain.training.tasks.resolve:clip_eval_assets",
     collate_path="",
     export_format="hf",
-    export_path="training.models.hf_clip:export_hf",
+    export_path="mmtrain.training.models.hf_clip:export_hf",
     export_loader="CLIPModel",
     summary="CLIP-style contrastive dual encoder",
     eval_summary="zero-shot accuracy and retrieval recall",
@@ -70,12 +70,12 @@ CLIP = TrainerSpec(
 VLM = TrainerSpec(
     name="vlm",
     config_class=VlmRunConfig,
-    task_path="training.tasks.vlm:VlmTask",
-    resolve_path="training.tasks.resolve:resolve_vlm",
-    eval_assets_path="training.tasks.resolve:vlm_eval_assets",
-    collate_path="pipelines.collate:VlmCollate",
+    task_path="mmtrain.training.tasks.vlm:VlmTask",
+    resolve_path="mmtrain.training.tasks.resolve:resolve_vlm",
+    eval_assets_path="mmtrain.training.tasks.resolve:vlm_eval_assets",
+    collate_path="mmtrain.pipelines.collate:VlmCollate",
     export_format="llava",
-    export_path="training.tasks.llava_export:export_llava",
+    export_path="mmtrain.training.tasks.llava_export:export_llava",
     export_loader="LlavaForConditionalGeneration",
     summary="LLaVA-style VLM: frozen CLIP tower -> projector -> causal LM",
     eval_summary="held-out loss, perplexity and exact match of greedy answers",

@@ -9,14 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import AugmentConfig
-from pipelines.sources import ShardList, count_shard_samples, resolve_mixture, resolve_shards
-from pipelines.tokenizer import load_tokenizer, resolve_tokenizer
-from training.checkpoint.store import latest_checkpoint
-from training.config.schema import ClipRunConfig, VlmRunConfig
-from training.models.hf_clip import pretrained_run_config
-from training.models.vision_encoder import tower_info
-from training.tasks.protocol import EvalAssets
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.sources import ShardList, count_shard_samples, resolve_mixture, resolve_shards
+from mmtrain.pipelines.tokenizer import load_tokenizer, resolve_tokenizer
+from mmtrain.training.checkpoint.store import latest_checkpoint
+from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.models.hf_clip import pretrained_run_config
+from mmtrain.training.models.vision_encoder import tower_info
+from mmtrain.training.tasks.protocol import EvalAssets
 
 
 @dataclass(frozen=True)

