@@ -141,6 +141,7 @@ def run_convert(args) -> int:
     options = ConvertOptions(
         format=args.format,
         split=args.split,
+        val_fraction=args.val_fraction,
         classes_file=args.classes,
         templates=tuple(args.templates) if args.templates else DEFAULT_TEMPLATES,
         image_column=args.image_column,

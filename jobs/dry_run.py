@@ -145,7 +145,7 @@ def _print_summary(
     print(f"data:           {data_dir}")
     print(
         f"CLIP:           loss {clip['train/loss']:.3f}, zero-shot top-1 {clip['val/zero_shot_top1']:.3f}, "
-        f"image->text R@5 {clip['val/image_to_text_R@5']:.3f}"
+        f"image->text R@5 {clip['val/image_to_text_R_at_5']:.3f}"
     )
     print(f"VLM stage 1:    caption loss {stage1['train/loss']:.3f} (projector only)")
     print(

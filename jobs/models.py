@@ -23,7 +23,9 @@ def add_parsers(subparsers) -> None:
     prepare = commands.add_parser(
         "prepare-lm", help="a Hugging Face causal-LM directory -> a copy with the <image> token the VLM needs"
     )
-    prepare.add_argument("lm_dir", type=Path, help="e.g. a `huggingface-cli download lmsys/vicuna-7b-v1.5` directory")
+    prepare.add_argument(
+        "lm_dir", type=Path, help="a Hugging Face causal-LM directory, or its hub id (lmsys/vicuna-7b-v1.5)"
+    )
     add_out(prepare, "the prepared copy to write (set model.lm.path to it)")
     prepare.set_defaults(handler=run_prepare_lm)
     tiny = commands.add_parser("tiny-lm", help="a tiny random Llama with a BPE tokenizer trained on shards")
@@ -57,9 +59,11 @@ def run_import_gguf(args) -> int:
 
 
 def run_prepare_lm(args) -> int:
+    from mmtrain.training.models.hub import local_model_dir
     from mmtrain.training.models.language_model import prepare_lm
 
-    print(f"wrote {prepare_lm(args.lm_dir, args.out)}: set model.lm.path to it")
+    lm_dir = Path(local_model_dir(str(args.lm_dir), "LM_DIR"))
+    print(f"wrote {prepare_lm(lm_dir, args.out)}: set model.lm.path to it")
     return 0
 
 

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from mmtrain.jobs.package import MAX_PACKAGE_MB, build_package
+from mmtrain.training.tracking.source import SOURCE_ENV, git_state
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -195,6 +196,8 @@ def entrypoint(python: str, mmtrain_args: list[str]) -> str:
 def run_submit(args) -> int:
     command = entrypoint(args.python, args.mmtrain_args)
     env = job_environment(args.tracking_uri, args.env)
+    # The package travels without .git: the job's MLflow runs get the commit it was submitted from.
+    env.update({SOURCE_ENV[tag]: value for tag, value in git_state(args.working_dir).items()})
     if "MLFLOW_TRACKING_URI" not in env:
         print(
             "mmtrain: warning: no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI); the job's runs "

@@ -15,6 +15,7 @@ With `resize`, images whose shorter side is larger are scaled down to it and sto
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -37,6 +38,7 @@ from mmtrain.pipelines.table_rows import ext_of, sniff_ext, table_rows
 from mmtrain.pipelines.tar_samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, RawSample, TextLimits, to_record
 
 FORMATS = ("folder", "csv", "jsonl", "parquet", "llava", "idx")
+VAL_SPLIT = "val"  # the held-out split's shard prefix (val-00000.tar), as `data synth` names it
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -69,6 +71,9 @@ class Example:
 class ConvertOptions:
     format: str
     split: str = "train"
+    # Hold out this fraction of `split` as the "val" split, chosen by a hash of each sample's key: a
+    # re-run (or more data added later) holds out the same samples, whatever order they come in.
+    val_fraction: float = 0.0
     classes_file: Optional[Path] = None
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     image_column: str = ""
@@ -101,6 +106,12 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
             raise ValueError(f"caption template {template!r} needs a {{}} where the class name goes")
     if options.resize < 0:
         raise ValueError(f"--resize {options.resize}: give a shorter side in pixels, or 0 to keep images as they are")
+    if not 0 <= options.val_fraction < 1:
+        raise ValueError(f"--val-fraction {options.val_fraction}: give a fraction from 0 (none held out) to below 1")
+    if options.val_fraction and options.split == VAL_SPLIT:
+        raise ValueError(
+            f"--val-fraction holds out a {VAL_SPLIT!r} split from --split {options.split!r}: name it apart"
+        )
     if not 1 <= options.quality <= 100:
         raise ValueError(f"--quality {options.quality}: JPEG quality goes from 1 to 100 (default 95)")
     reader = {
@@ -114,6 +125,8 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
     writers: dict[str, ShardWriter] = {}
     skipped: dict[str, int] = {}
     extra: dict = {"source": str(src), "format": options.format}
+    if options.val_fraction:
+        extra["val_fraction"] = options.val_fraction
     items = reader(src, options, extra)
     if options.resize:
         resized = extra["resize"] = {"shorter_side": options.resize, "quality": options.quality, "resized": 0}
@@ -123,10 +136,11 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
         if isinstance(sample, str):  # a skipped input, by reason
             skipped[sample] = skipped.get(sample, 0) + 1
             continue
-        writer = writers.get(item.split)
+        split = VAL_SPLIT if item.split == options.split and held_out(item.key, options.val_fraction) else item.split
+        writer = writers.get(split)
         if writer is None:
-            writer = writers[item.split] = ShardWriter(
-                out_dir, item.split, max_samples=options.shard_samples, max_bytes=options.shard_bytes
+            writer = writers[split] = ShardWriter(
+                out_dir, split, max_samples=options.shard_samples, max_bytes=options.shard_bytes
             )
         writer.write(sample)
         if progress:
@@ -136,6 +150,14 @@ def convert(src: Path, out_dir: Path, options: ConvertOptions, progress: Callabl
         raise ValueError(f"found no convertible samples in {src} as format {options.format!r}")
     extra["skipped"] = skipped
     return write_manifest(out_dir, shards, extra)
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Whether a sample's key falls in the held-out `fraction` (a stable hash: the same in every run)."""
+    if fraction <= 0:
+        return False
+    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+    return digest < fraction * 2**64
 
 
 def as_sample(item: Example, limits: TextLimits) -> dict | str:

@@ -190,3 +190,39 @@ def _llava_answer(llava, inputs: dict, prompt: list[int], encoder) -> list[int]:
             pad_token_id=encoder.pad_id,
         )
     return [t for t in generated[0, len(prompt) :].tolist() if t not in encoder.stop_ids]
+
+
+def test_the_registered_vlm_answers_through_mlflow_pyfunc(parts, tmp_path, monkeypatch):
+    """tracking.register_model for a VLM: MLflow's own loader answers a question about an image
+    with the words mmtrain's generation gives."""
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from mmtrain.training.tasks.llava_export import export_llava
+    from mmtrain.training.tracking.publish import register_exported
+
+    root, lm = parts
+    task, model = _saved_vlm(tmp_path / "vlm", root / "clip", lm)
+    export_dir = export_llava(tmp_path / "vlm", tmp_path / "llava")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+    assert register_exported(uri, run_id, export_dir, "vlm", "tiny-vlm", {"max_new_tokens": 8}) == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model("models:/tiny-vlm/1")
+
+    image_array = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(image_array).save(png, format="PNG")
+    question = QUESTION[0]["value"].removeprefix("<image>\n")
+    (answer,) = served.predict(pd.DataFrame({"image": [png.getvalue()], "question": [question]}))
+
+    encoder = ConversationEncoder(task._tokenizer, task.tower.num_patches, 64)
+    pixels = task.normalize(torch.from_numpy(image_array[None]), torch.device("cpu"))
+    model.eval()
+    ours = model.generate(pixels, [encoder.encode_prompt(QUESTION)], 8, encoder.stop_ids, encoder.pad_id)[0]
+    assert len(ours) >= 3 and answer == task._tokenizer.decode(ours, skip_special_tokens=True)

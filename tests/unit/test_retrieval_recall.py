@@ -28,17 +28,17 @@ def test_distinct_scores_match_clip_benchmark():
     for k in (1, 5, 10):
         image_retrieval = float((clip_benchmark_recall_at_k(scores, positives, k) > 0).float().mean())
         text_retrieval = float((clip_benchmark_recall_at_k(scores.T, positives.T, k) > 0).float().mean())
-        assert metrics[f"text_to_image_R@{k}"] == image_retrieval
-        assert metrics[f"image_to_text_R@{k}"] == text_retrieval
-    assert 0 < metrics["image_to_text_R@1"] < 1
+        assert metrics[f"text_to_image_R_at_{k}"] == image_retrieval
+        assert metrics[f"image_to_text_R_at_{k}"] == text_retrieval
+    assert 0 < metrics["image_to_text_R_at_1"] < 1
 
 
 def test_a_collapsed_model_scores_chance():
     same = F.normalize(torch.ones(40, 8), dim=1)
     metrics = retrieval_recall(same, same)
     for k in (1, 5, 10):
-        assert abs(metrics[f"image_to_text_R@{k}"] - k / 40) < 1e-6
-        assert abs(metrics[f"text_to_image_R@{k}"] - k / 40) < 1e-6
+        assert abs(metrics[f"image_to_text_R_at_{k}"] - k / 40) < 1e-6
+        assert abs(metrics[f"text_to_image_R_at_{k}"] - k / 40) < 1e-6
 
 
 def test_templated_captions_tie_and_count_as_a_random_order():
@@ -46,4 +46,4 @@ def test_templated_captions_tie_and_count_as_a_random_order():
     image = F.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]), dim=1)
     text = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), dim=1)
     metrics = retrieval_recall(image, text)
-    assert metrics["image_to_text_R@1"] == 0.5 and metrics["image_to_text_R@5"] == 1.0
+    assert metrics["image_to_text_R_at_1"] == 0.5 and metrics["image_to_text_R_at_5"] == 1.0

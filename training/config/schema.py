@@ -186,8 +186,14 @@ class TrackingConfig:
     experiment: str = ""  # MLflow experiment; "" = one per trainer: mmtrain-clip, mmtrain-vlm
     parent_run_id: str = ""  # set by a sweep: this run is nested under the sweep's run
     log_figures: bool = True  # sample grid, similarity and confusion matrices as PNG artifacts
+    # What of the final checkpoint goes into the MLflow run: "weights" = the trained weights alone
+    # (weights/model.safetensors + config.yaml); "full" = the whole checkpoint, optimizer state and
+    # every rank's shards included (gigabytes for a ViT-B; it resumes); "none" = nothing (the
+    # checkpoints stay in run.output_dir either way).
+    log_checkpoint: Literal["none", "weights", "full"] = "weights"
     # A name: at the end of a successful run, export the model (CLIP: transformers CLIPModel, VLM: LLaVA)
-    # and register it as a new version of this MLflow registered model. "" = no registration.
+    # and register it as a new version of this MLflow registered model, as a pyfunc model that
+    # mlflow.pyfunc.load_model serves (training/tracking/exported_model.py). "" = no registration.
     register_model: str = ""
 
 

@@ -18,6 +18,7 @@ from mmtrain.pipelines.tokenizer import load_tokenizer, pad_token_id
 from mmtrain.training.checkpoint.store import load_config_dict, read_model_state
 from mmtrain.training.config.io import from_dict
 from mmtrain.training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
+from mmtrain.training.models.hub import local_model_dir
 from mmtrain.training.models.image_processors import eval_image_processor
 
 # (ours, theirs) per transformer block; qkv is split/concatenated separately.
@@ -51,7 +52,7 @@ def pretrained_run_config(cfg: ClipRunConfig) -> ClipRunConfig:
     """`cfg` with what the HF CLIPModel directory `cfg.init_from` fixes: the model's shape and
     activation, the context length, the image size and normalisation, and (unless data.tokenizer
     names another) its tokenizer."""
-    directory = Path(cfg.init_from)
+    directory = Path(local_model_dir(cfg.init_from, "init_from"))
     hf_config = load_hf_config(directory)
     model = model_config_from_hf(hf_config)
     mean, std = image_statistics(directory)

@@ -20,6 +20,7 @@ from mmtrain.training.checkpoint.store import latest_checkpoint, load_checkpoint
 from mmtrain.training.config.io import from_dict
 from mmtrain.training.config.schema import ClipRunConfig
 from mmtrain.training.models.clip import ClipModel
+from mmtrain.training.models.hub import local_model_dir
 
 TowerKind = Literal["mmtrain", "hf_clip", "hf_siglip"]
 
@@ -46,7 +47,7 @@ class TowerInfo:
 def tower_info(path: str | Path) -> TowerInfo:
     """An HF directory (config.json) is read as CLIP or SigLIP; anything else as an mmtrain CLIP
     checkpoint or run directory."""
-    path = Path(path)
+    path = Path(local_model_dir(str(path), "model.vision.checkpoint"))
     if (path / "config.json").is_file():
         return _hf_tower_info(path)
 

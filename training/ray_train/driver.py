@@ -17,10 +17,12 @@ from mmtrain.training.checkpoint.store import latest_checkpoint, load_config_dic
 from mmtrain.training.config.io import to_dict
 from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
 from mmtrain.training.engine.resume import check_resume_config, format_changes
+from mmtrain.training.ray_train.final_model import publish_final_model
 from mmtrain.training.ray_train.payload import WorkerPayload
 from mmtrain.training.tasks.protocol import EvalAssets
 from mmtrain.training.tasks.registry import TrainerSpec, trainer_of
 from mmtrain.training.tasks.resolve import RunShards, list_shards
+from mmtrain.training.tracking.source import source_tags
 from mmtrain.training.tracking.tracker import default_experiment, default_tracking_uri
 
 VERBOSE = "MMTRAIN_VERBOSE"  # "1": Ray's INFO logs and deprecation notices on the console too
@@ -189,7 +191,7 @@ def fit(
     storage = output_dir if "://" in output_dir else str(Path(output_dir).resolve())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"payload": WorkerPayload(cfg, eval_assets, ledger, shards.train.mix)},
+        train_loop_config={"payload": WorkerPayload(cfg, eval_assets, ledger, shards.train.mix, source_tags())},
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -213,6 +215,8 @@ def fit(
     if metrics.get("data_error"):
         raise TooManyBadSamples(metrics["data_error"])
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    if result.checkpoint:
+        publish_final_model(cfg, spec, result.checkpoint)
     return metrics
 
 

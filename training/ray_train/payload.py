@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmtrain.pipelines.mixture import MixturePlan
@@ -16,3 +16,4 @@ class WorkerPayload:
     eval: EvalAssets | None = None  # None: no eval data, no evaluation
     ledger: Any = None  # the SampleLedger actor that counts bad samples
     mix: MixturePlan | None = None  # a mixture's plan: batches are blended to its weights
+    source: dict = field(default_factory=dict)  # the code that started the run (training/tracking/source.py)

@@ -227,36 +227,22 @@ class Checkpointer:
         return position
 
     def finish_tracking(self, checkpoint_dir: Path) -> None:
-        """The final checkpoint into the MLflow run (each rank adds the shards it wrote), registered
-        in its standard format, and the run ended. Every rank calls it."""
+        """With tracking.log_checkpoint=full, the final checkpoint into the MLflow run (each rank adds
+        the shards it wrote); then the run ended. Every rank calls it. (The weights alone and the
+        registered model are logged by the driver from the merged checkpoint: ray_train/final_model.py.)"""
         tracker = self.ctx.tracker
-        run_id = [tracker.run_id if tracker else ""]
-        if dist.is_initialized():
-            dist.broadcast_object_list(run_id, src=0)
+        if self.ctx.cfg.tracking.log_checkpoint == "full":
+            run_id = [tracker.run_id if tracker else ""]
+            if dist.is_initialized():
+                dist.broadcast_object_list(run_id, src=0)
+            if tracker:
+                tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            elif run_id[0]:
+                log_artifacts_to_run(self.ctx.cfg.tracking.tracking_uri, run_id[0], checkpoint_dir, "checkpoint")
+            if dist.is_initialized():
+                dist.barrier()  # every rank's shards are in the run
         if tracker:
-            tracker.log_artifacts(checkpoint_dir, "checkpoint")
-        elif run_id[0]:
-            log_artifacts_to_run(self.ctx.cfg.tracking.tracking_uri, run_id[0], checkpoint_dir, "checkpoint")
-        if dist.is_initialized():
-            dist.barrier()  # every rank's shards are in the run
-        if tracker:
-            if self.ctx.cfg.tracking.register_model:
-                self._register(checkpoint_dir)
             tracker.finish("FINISHED")
-
-    def _register(self, checkpoint_dir: Path) -> None:
-        """The final checkpoint in its standard format, as a new version of the registered model
-        (read back from the run's artifacts when other ranks wrote shards of it)."""
-        from mmtrain.training.tasks.export import export_checkpoint  # transformers: only when registering
-
-        tracker, name = self.ctx.tracker, self.ctx.cfg.tracking.register_model
-        with tempfile.TemporaryDirectory(prefix="mmtrain-export-") as scratch:
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                checkpoint_dir = tracker.download_artifacts("checkpoint", Path(scratch) / "checkpoint")
-            export_dir = Path(scratch) / "export"
-            export_checkpoint(checkpoint_dir, export_dir)
-            version = tracker.register_model(name, export_dir)
-        print(f"[mmtrain] registered {name} version {version}", flush=True)
 
 
 class StepHooks:

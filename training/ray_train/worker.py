@@ -279,7 +279,7 @@ def _open_tracker(payload: WorkerPayload, restored: Restored | None, step: int) 
         payload.config.tracking.tracking_uri,
         cfg.tracking.experiment,
         cfg.run.name,
-        tags={"mmtrain.task": trainer_of(payload.config).name},
+        tags={"mmtrain.task": trainer_of(payload.config).name, **payload.source},
         parent_run_id=cfg.tracking.parent_run_id,
         resume_run_id=restored.tracking_run_id if restored else "",
     )

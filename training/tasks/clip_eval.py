@@ -96,5 +96,5 @@ def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10
         above_N = (sims > true_score).sum(dim=1).float()
         tied_N = (sims == true_score).sum(dim=1).float()  # the true match included
         for k in ks:
-            metrics[f"{direction}_R@{k}"] = float(((k - above_N) / tied_N).clamp(0, 1).mean())
+            metrics[f"{direction}_R_at_{k}"] = float(((k - above_N) / tied_N).clamp(0, 1).mean())
     return metrics

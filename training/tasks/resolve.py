@@ -15,6 +15,7 @@ from mmtrain.pipelines.tokenizer import load_tokenizer, resolve_tokenizer
 from mmtrain.training.checkpoint.store import latest_checkpoint
 from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
 from mmtrain.training.models.hf_clip import pretrained_run_config
+from mmtrain.training.models.hub import local_model_dir
 from mmtrain.training.models.vision_encoder import tower_info
 from mmtrain.training.tasks.protocol import EvalAssets
 
@@ -125,10 +126,14 @@ def resolve_vlm(cfg: VlmRunConfig, shards: RunShards | None = None) -> tuple[Vlm
             "SigLIP directory"
         )
     tower = tower_info(model.vision.checkpoint)
+    model = dataclasses.replace(
+        model, lm=dataclasses.replace(model.lm, path=local_model_dir(model.lm.path, "model.lm.path"))
+    )
     if not (Path(model.lm.path) / "config.json").is_file():
         raise ValueError(
             f"model.lm.path={model.lm.path!r} is not an HF model directory: make one with "
-            "`mmtrain models tiny-lm OUT --shards data/synth` or `mmtrain models import-gguf`"
+            "`mmtrain models tiny-lm --data data/synth --out DIR` or `mmtrain models import-gguf`, or give "
+            "a Hugging Face id"
         )
     if cfg.stage == "conversations" and not cfg.init_from:
         raise ValueError("stage 2 (stage: conversations) needs init_from: the stage-1 run or checkpoint directory")

@@ -15,9 +15,20 @@ RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 # tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
 TRACKING_OFF = "none"
-# Printed with each step line, but not curves: the step is every curve's x axis already, the epoch
-# and the node count are facts about the run (kept as run tags).
-NOT_CURVES = frozenset({"step", "epoch", "num_nodes"})
+# Printed with each step line, but not curves: the step is every curve's x axis already; the epoch,
+# the node count, the start-up time and the sizes of things are facts about the run, kept as run
+# tags (mmtrain.<name>, the latest value), so that no chart plots a constant.
+NOT_CURVES = frozenset(
+    {
+        "step",
+        "epoch",
+        "num_nodes",
+        "train/time_to_first_step_s",
+        "train_data/pool_actors_started",
+        "val/eval_samples",
+        "val/questions",
+    }
+)
 # MLflow 3 records what an experiment is for in this tag. Its UI (3.17; tools/mlflow_ui_check.py)
 # still opens every experiment on the GenAI traces overview unless the link asks for the model-training
 # view (UI_VIEW), which the browser then remembers: experiment_link gives that link.
@@ -127,7 +138,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        entries = [Metric(_safe_key(k), float(v), now, step) for k, v in numbers.items() if k not in NOT_CURVES]
+        entries = [Metric(k, float(v), now, step) for k, v in numbers.items() if k not in NOT_CURVES]
         tags = [RunTag(f"mmtrain.{k}", str(v)) for k, v in numbers.items() if k in NOT_CURVES]
         if entries or tags:
             self.client.log_batch(self.run_id, metrics=entries, tags=tags)
@@ -162,19 +173,6 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), None if directory == "." else directory)
         self.client.log_image(self.run_id, Image.open(png).convert("RGB"), key=key, step=step)
 
-    def register_model(self, name: str, directory: str | Path) -> int:
-        """Log `directory` as the run's `model` artifacts and register them as a new version of the
-        registered model `name` (created on first use); returns the version number."""
-        from mlflow.exceptions import MlflowException  # MLflow: loaded by a tracked run's rank 0 alone
-
-        self.log_artifacts(directory, "model")
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException:  # it exists already: add a version
-            pass
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/model"
-        return int(self.client.create_model_version(name, source, run_id=self.run_id).version)
-
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -184,7 +182,3 @@ def log_artifacts_to_run(tracking_uri: str, run_id: str, directory: str | Path, 
     from mlflow.tracking import MlflowClient  # MLflow: loaded by a tracked run's rank 0 alone
 
     MlflowClient(tracking_uri).log_artifacts(run_id, str(directory), artifact_path)
-
-
-def _safe_key(key: str) -> str:
-    return key.replace("@", "_at_")
