@@ -3,6 +3,7 @@ model that MLflow's own loader serves: `mlflow.pyfunc.load_model("models:/NAME/1
 gives what transformers' CLIPModel gives. A real sqlite-backed MLflow store, a real export."""
 
 import io
+import os
 
 import numpy as np
 import pandas as pd
@@ -55,11 +56,14 @@ def test_the_weights_alone_go_to_the_run(tracked_checkpoint, tmp_path):
 
 
 def test_the_registered_model_loads_and_predicts_through_mlflow_pyfunc(tracked_checkpoint, monkeypatch):
+    import mlflow
     import mlflow.pyfunc
     from transformers import CLIPModel, CLIPProcessor
 
     uri, run_id, _, export_dir = tracked_checkpoint
+    before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
     assert register_exported(uri, run_id, export_dir, "clip", "tiny-clip", {}) == 1
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()) == before  # no global state
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     served = mlflow.pyfunc.load_model("models:/tiny-clip/1")
     assert isinstance(served.unwrap_python_model().model, CLIPModel)

@@ -32,20 +32,30 @@ def log_weights(tracking_uri: str, run_id: str, checkpoint: Path) -> None:
 
 
 def register_exported(tracking_uri: str, run_id: str, export_dir: Path, kind: str, name: str, config: dict) -> int:
-    """Log `export_dir` as the run's pyfunc model `model` and register it as a new version of `name`."""
-    import mlflow
+    """Save `export_dir` as a pyfunc model, log it as the run's `model` artifacts and register it as
+    a new version of `name`. Through an MlflowClient only: mlflow.set_tracking_uri would change the
+    tracking URI of everything else this process runs."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):  # the worker finished the run; it is reopened for the model
-        info = mlflow.pyfunc.log_model(
-            name="model",
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mmtrain-pyfunc-") as scratch:
+        model_dir = Path(scratch) / "model"
+        mlflow.pyfunc.save_model(
+            str(model_dir),
             python_model=str(EXPORTED_MODEL_CODE),
             artifacts={"model": str(export_dir)},
             model_config={"kind": kind, **config},
             pip_requirements=SERVING_REQUIREMENTS,
-            registered_model_name=name,
         )
-    return int(info.registered_model_version)
+        client.log_artifacts(run_id, str(model_dir), "model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException:  # it exists already: add a version
+        pass
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    return int(client.create_model_version(name, source, run_id=run_id).version)
 
 
 def model_config_of(checkpoint: Path) -> dict:
