@@ -18,7 +18,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, [], "", argparse.SUPPRESS) or action.required:
+        nothing = default is None or default is False or default in ([], "", argparse.SUPPRESS)  # 0 is shown
+        if "default" in text or nothing or action.required:
             return text
         return f"{text} (default: %(default)s)"
 

@@ -82,7 +82,8 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
         ResumeRefused, match=r"'learn' already has checkpoints .* at step 30\). Continue it with --resume"
     ):
         run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", more))
-    resumed = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", more + ["run.resume=must"]))
+    full = ["run.resume=must", "tracking.log_checkpoint=full"]  # and this time the whole checkpoint to MLflow
+    resumed = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", more + full))
     assert resumed["step"] == 40
     client, run = _mlflow_run(out, "learn")  # still one MLflow run, continued
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
@@ -94,6 +95,8 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     # The changed value is recorded beside the original (MLflow params are immutable).
     assert run.data.params["loop.max_steps"] == "30"
     assert run.data.params["resumed_at_step_30/loop.max_steps"] == "40"
+    shards = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint/weights")}
+    assert {"checkpoint/weights/__0_0.distcp", "checkpoint/weights/__1_0.distcp"} <= shards  # both ranks'
 
     # A run directory cleared and started again is a new lineage: a new MLflow run, not appended to the old.
     import shutil

@@ -47,7 +47,8 @@ def test_every_option_has_help_and_shows_its_default_and_every_command_an_exampl
             name = "/".join(action.option_strings) or action.dest
             assert action.help, f"`mmtrain {words}` {name} has no help"
             shown = parser.formatter_class("mmtrain")._get_help_string(action)
-            silent_default = action.default in (None, False, [], "") or action.required
+            default = action.default
+            silent_default = default is None or default is False or default in ([], "") or action.required
             assert silent_default or "default" in shown, f"`mmtrain {words}` {name} hides its default"
             checked += 1
         example = shlex.split(parser.epilog.removeprefix("example:\n"))

@@ -175,3 +175,25 @@ def test_a_key_the_trainer_ignores_is_refused_with_what_to_set_and_not_shown(cap
     shown = capsys.readouterr().out
     assert "  lr:" not in shown and "tokenize_actors" not in shown and "warmup_steps" in shown
     assert main(["config", "show", "clip/tiny"]) == 0 and "  lr:" in capsys.readouterr().out
+
+
+def test_config_show_prints_every_preset_sweeps_included_as_a_config_that_loads_back(tmp_path, capsys):
+    from mmtrain.jobs.cli import main
+    from mmtrain.training.config.io import load_config
+    from mmtrain.training.config.schema import SweepConfig
+    from mmtrain.training.tasks.kinds import load_run_config
+
+    repo = Path(__file__).resolve().parents[2]
+    presets = sorted(repo.glob("conf/*/*.yaml"))
+    assert len(presets) >= 14 and any(p.parent.name == "sweep" for p in presets)
+    for preset in presets:
+        name = f"{preset.parent.name}/{preset.stem}"
+        assert main(["config", "show", name]) == 0, name
+        shown = capsys.readouterr().out
+        (tmp_path / "shown.yaml").write_text(shown)
+        if preset.parent.name == "sweep":
+            assert load_config(SweepConfig, tmp_path / "shown.yaml") == load_config(SweepConfig, preset), name
+        else:
+            kind = "vlm" if preset.parent.name == "vlm" else "clip"
+            again = load_run_config(kind, tmp_path / "shown.yaml")
+            assert again == load_run_config(kind, preset), name

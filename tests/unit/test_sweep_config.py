@@ -49,6 +49,7 @@ def test_wrong_value_type_and_bad_sampler_are_errors():
         search_space({"optim.lr": {"loguniform": [1e-2, 1e-4]}})
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_base_config("conf/clip/nope.yaml")
+    assert resolve_base_config("clip/tiny") == base  # a preset name, as --config takes it
 
 
 def test_a_metric_by_its_old_name_or_no_prefix_says_what_it_is_called():

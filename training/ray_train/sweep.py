@@ -32,6 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from mmtrain.training.checkpoint.store import latest_checkpoint
+from mmtrain.training.config.help import resolve_preset
 from mmtrain.training.config.io import ConfigError, flatten, load_config, to_dict
 from mmtrain.training.config.schema import SweepConfig
 from mmtrain.training.ray_train import driver
@@ -46,7 +47,6 @@ from mmtrain.training.tracking.tracker import (
     default_tracking_uri,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_CPUS = 0.1  # the trial's driver only waits on its TorchTrainer; Train asks for the real CPUs
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -82,13 +82,10 @@ def sweep_paths(sweep: SweepConfig) -> SweepPaths:
 
 
 def resolve_base_config(path: str) -> Path:
-    """The base preset: absolute, relative to the working directory, or relative to the repo."""
+    """The base preset: a path, or a preset name (clip/tiny) as --config takes it."""
     if not path:
-        raise ConfigError("base_config is empty: name a preset, e.g. conf/clip/tiny.yaml")
-    for candidate in (Path(path), PROJECT_ROOT / path):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise ConfigError(f"base_config {path!r} does not exist (looked in {Path.cwd()} and {PROJECT_ROOT})")
+        raise ConfigError("base_config is empty: name a preset, e.g. clip/tiny")
+    return resolve_preset(path).resolve()
 
 
 def search_space(spec: dict) -> dict:
