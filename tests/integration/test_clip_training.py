@@ -158,17 +158,18 @@ def test_a_truncated_checkpoint_is_skipped_for_the_newest_intact_one(ray_local, 
 
 
 def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
+    """Trained through the Python API (load a preset, override, train), then evaluated by the
+    command, by the API, and exported by the API."""
+    import mmtrain
     from mmtrain.jobs.cli import main
-    from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
     # tracking off: the run trains and checkpoints without touching MLflow
-    cfg = load_config(
-        ClipRunConfig,
-        REPO / "conf/clip/tiny.yaml",
-        _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"],
+    cfg = mmtrain.load_config(
+        "clip", "clip/tiny", _overrides(synth_dir, out, "ev", 10) + ["tracking.tracking_uri=none"]
     )
-    checkpoint = run_training(cfg)["checkpoint"]
+    assert cfg.loop.max_steps == 10 and cfg.run.resume == "never"
+    checkpoint = mmtrain.train(cfg)["checkpoint"]
     assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
     assert main(["eval", "clip", "--checkpoint", checkpoint, "--data", str(synth_dir / "val-*.tar")]) == 0
     # --json from a fresh process (its own Ray instance): stdout is the JSON alone, messages go to stderr
@@ -179,6 +180,10 @@ def test_eval_command_on_a_checkpoint(ray_local, synth_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "top1" in str(json.loads(done.stdout)) and "[mmtrain] Ray started locally" in done.stderr
     assert "Token authentication is enabled" not in done.stderr  # set, not defaulted: no notice
+    scores, samples = mmtrain.evaluate("clip", out / "ev", [str(synth_dir / "val-*.tar")])
+    assert scores["eval_samples"] == 64 and 0 <= scores["image_to_text_R_at_5"] <= 1 and samples is not None
+    exported = mmtrain.export(out / "ev", tmp_path / "hf")
+    assert (exported / "model.safetensors").is_file() and (exported / "config.json").is_file()
 
 
 def _train_workers_of(pid):
