@@ -178,19 +178,6 @@ def test_a_vlm_checkpoint_is_not_exported_as_clip(tmp_path, capsys):
     from mmtrain.training.engine.loop import TrainState
 
     save_checkpoint(tmp_path / "vlm", torch.nn.Linear(2, 2), None, TrainState(), {"stage": "captions"})
-    assert (
-        main(
-            [
-                "models",
-                "export",
-                "--checkpoint",
-                str(tmp_path / "vlm"),
-                "--out",
-                str(tmp_path / "out"),
-                "--format",
-                "hf",
-            ]
-        )
-        == 2
-    )
+    export = ["models", "export", "--checkpoint", str(tmp_path / "vlm"), "--out", str(tmp_path / "out")]
+    assert main(export + ["--format", "hf"]) == 2
     assert "is a VLM checkpoint; --format hf exports CLIP runs (use --format llava)" in capsys.readouterr().err

@@ -97,21 +97,8 @@ def test_llava_export_generates_what_mmtrain_generates(parts, tmp_path, tower_ki
 def test_a_projector_llava_lacks_is_refused(parts, tmp_path, projector, capsys):
     root, lm = parts
     _saved_vlm(tmp_path / "vlm", root / "clip", lm, projector=projector)
-    assert (
-        main(
-            [
-                "models",
-                "export",
-                "--checkpoint",
-                str(tmp_path / "vlm"),
-                "--out",
-                str(tmp_path / "out"),
-                "--format",
-                "llava",
-            ]
-        )
-        == 2
-    )
+    export = ["models", "export", "--checkpoint", str(tmp_path / "vlm"), "--out", str(tmp_path / "out")]
+    assert main(export + ["--format", "llava"]) == 2
     assert f"model.projector.type='{projector}' has no LLaVA equivalent" in capsys.readouterr().err
 
 
