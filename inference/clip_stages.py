@@ -79,3 +79,21 @@ class ZeroShotClassifier(ClipEmbedder):
         out["class_scores"] = probability_BC.cpu().numpy()
         self._count(len(out["key"]))
         return out
+
+
+class ImageEmbedder(ClipEmbedder):
+    """Rows -> their key, label and L2-normalised image embedding (benchmarks: texts are embedded once,
+    in the driver, not once per row)."""
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        images = self._task.normalize(batch[contract.IMAGE], self._device)
+        with autocast(self._device):
+            image_BE = self._model.encode_image(images).float()
+        self._count(len(batch[contract.KEY]))
+        return {
+            "key": batch[contract.KEY],
+            "position": batch[contract.POSITION],  # unique where keys may repeat across shards
+            "label": batch[contract.LABEL],
+            "image_embedding": image_BE.cpu().numpy(),
+        }

@@ -77,11 +77,14 @@ def start_inference(
     text_stage: tuple[type, dict] | None = None,
     columns: tuple[str, ...] = INFERENCE_COLUMNS,
     classes: list[str] = (),
+    files: list[str] | None = None,
 ) -> InferenceRun:
     """Lists the shards or image files (a mistyped path fails before Ray starts), starts Ray, composes
-    the pipeline. `classes` label an image folder's files by their subfolder's name."""
+    the pipeline. `classes` label an image folder's files by their subfolder's name; `files` (paths
+    under the one folder in `specs`) reads those images only, in that order."""
 
-    files = image_files(specs[0]) if len(specs) == 1 else []
+    if files is None:
+        files = image_files(specs[0]) if len(specs) == 1 else []
     shards = None if files else resolve_shards(specs, run.cfg.data.s3_endpoint)
     ensure_ray(options.ray_address, run.cfg.run.local_num_cpus)
     started = time.perf_counter()

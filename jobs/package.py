@@ -25,6 +25,7 @@ ALLOWED = (
     "training/",
     "jobs/",
     "inference/",
+    "evaluation/",
     "conf/",
     "benchmarks/",
     "tests/",

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import sys
+from pathlib import Path
 
-from mmtrain.jobs.options import SHARDS_HELP, add_checkpoint, add_data, add_json, add_ray_address, add_set
+from mmtrain.jobs.examples import EXAMPLES
+from mmtrain.jobs.options import (
+    SHARDS_HELP,
+    add_checkpoint,
+    add_data,
+    add_json,
+    add_pool_options,
+    add_ray_address,
+    add_set,
+    pool_options,
+)
 from mmtrain.training.tasks.kinds import load_run_config
 from mmtrain.training.tasks.registry import TRAINERS
 
@@ -33,10 +46,43 @@ def add_parsers(subparsers) -> None:
     for spec in TRAINERS.values():
         parser = evaluators.add_parser(spec.name, help=spec.eval_summary)
         add_checkpoint(parser)
-        add_data(parser, "eval shards: " + SHARDS_HELP)
+        add_data(parser, "eval shards (the run's own evaluation): " + SHARDS_HELP, required=False)
+        add_benchmark_options(parser, spec.name)
         add_set(parser, "override a key of the run's config, e.g. --set eval.batch_size=64 (repeatable)")
         add_json(parser)
         parser.set_defaults(handler=run_eval, kind=spec.name)
+
+
+def add_benchmark_options(parser, trainer: str) -> None:
+    layouts = (
+        "class folders (DIR/CLASS/*.jpg, DIR/test + DIR/train for a linear probe) or a folder with a Karpathy JSON"
+        if trainer == "clip"
+        else "a folder with questions.jsonl (VQA answers, multiple-choice options, or captions)"
+    )
+    parser.add_argument(
+        "--benchmark",
+        nargs="+",
+        default=[],
+        metavar="BENCHMARK",
+        help=f"instead of --data: a built-in benchmark or suite (conf/eval/NAME.yaml), a benchmark.yaml, or {layouts}; "
+        "metrics as the reference tools compute them, into a report and the run's MLflow table",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where the benchmark report goes (default: RUN/benchmarks)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="REPORT",
+        help="put this report beside other runs': a run directory (its benchmarks/report.json) or a report",
+    )
+    if trainer == "clip":
+        add_pool_options(parser)
 
 
 def add_config(parser, trainer: str) -> None:
@@ -93,6 +139,14 @@ def two_ways_on(args, run_name: str) -> str:
 def run_eval(args) -> int:
     from mmtrain.training.ray_train.evaluate_checkpoint import evaluate_checkpoint
 
+    if args.benchmark:
+        return run_benchmark_eval(args)
+    if args.compare or args.out:
+        raise ValueError("--out and --compare go with --benchmark")
+    if not args.data:
+        raise ValueError(
+            f"give --data SHARDS (the run's own evaluation) or --benchmark NAME|DIR: `{EXAMPLES['eval ' + args.kind]}`"
+        )
     metrics, table = evaluate_checkpoint(args.kind, args.checkpoint, args.data, args.set)
     if args.json:
         print(json.dumps({"metrics": metrics, "samples": table}, indent=2))
@@ -101,6 +155,28 @@ def run_eval(args) -> int:
         mark = "ok " if row["correct"] else "BAD"
         print(f"{mark} {row['question']!r:50} expected {row['expected']!r:12} got {row['generated']!r}")
     print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
+    return 0
+
+
+def run_benchmark_eval(args) -> int:
+    from mmtrain.evaluation.report import load_report, markdown_table
+    from mmtrain.inference.benchmarks import report_and_log, run_benchmarks
+    from mmtrain.inference.pool import PoolOptions
+
+    if args.data or args.set:
+        raise ValueError("--benchmark takes its data and settings from the benchmark: drop --data and --set")
+    others = [load_report(run) for run in args.compare]  # a mistyped run fails before the evaluation
+    options = pool_options(args) if args.kind == "clip" else PoolOptions()
+    # With --json, stdout holds the report alone: progress lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        run, results = run_benchmarks(args.kind, args.checkpoint, args.benchmark, options)
+        path, mlflow_run = report_and_log(run, results, args.out)
+    report = load_report(path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(markdown_table([report, *others]))
+    print(f"\nreport: {path} and {path.with_suffix('.md')}" + (f"; MLflow run {mlflow_run}" if mlflow_run else ""))
     return 0
 
 

@@ -1,8 +1,9 @@
 """mmtrain: multimodal (CLIP and LLaVA-style) training on Ray.
 
-The code lives in four subpackages, one per layer: `mmtrain.pipelines` (data), `mmtrain.training`
-(models, losses, the training loop and its Ray layer), `mmtrain.inference` (batch use of trained
-models) and `mmtrain.jobs` (the command line). The Python API is `mmtrain.api`; its everyday names
+The code lives in five subpackages, one per layer: `mmtrain.pipelines` (data), `mmtrain.evaluation`
+(benchmark layouts and reference-exact metrics), `mmtrain.training` (models, losses, the training loop
+and its Ray layer), `mmtrain.inference` (batch use of trained models and benchmark runs) and
+`mmtrain.jobs` (the command line). The Python API is `mmtrain.api`; its everyday names
 are importable from here (`mmtrain.load_config`, `mmtrain.train`, ...).
 
 In the repository the subpackages are its top-level folders (`training/`, `pipelines/`, ...);

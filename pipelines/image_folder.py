@@ -17,10 +17,10 @@ from ray.data.datasource import Datasource, ReadTask
 from mmtrain.pipelines import bad_samples
 from mmtrain.pipelines.contained_files import read_contained
 from mmtrain.pipelines.datasource import RAW_SCHEMA, ShardRead, shard_tables
+from mmtrain.pipelines.images import IMAGE_SUFFIXES
 from mmtrain.pipelines.sources import SHARD_SUFFIXES
 from mmtrain.pipelines.tar_samples import MAX_MEMBER_BYTES, Bad, Record
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 FILES_PER_TASK = 256
 
 

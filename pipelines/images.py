@@ -24,6 +24,8 @@ from PIL import Image
 from mmtrain.pipelines import bad_samples
 from mmtrain.pipelines.config import AugmentConfig
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})  # loose image files
+
 Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels, right/bottom exclusive
 
 try:

@@ -18,40 +18,9 @@ from mmtrain.pipelines.sources import resolve_shards
 from mmtrain.pipelines.tar_samples import iter_records
 from mmtrain.training.tasks.clip import ClipTask
 from tests.assets import good_members, write_tar
-from tests.trained_models import decoded, save_clip, tiny_clip_config, train_tiny_clip
+from tests.trained_models import decoded, save_clip, tiny_clip_config
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """2,048 training and 128 held-out synthetic samples at 32 px, 256 per shard."""
-    out = tmp_path_factory.mktemp("shapes")
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "--out",
-                str(out),
-                "--train",
-                "2048",
-                "--val",
-                "128",
-                "--shard-samples",
-                "256",
-                "--image-size",
-                "32",
-            ]
-        )
-        == 0
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def clip_run(shapes, tmp_path_factory):
-    return train_tiny_clip(shapes, tmp_path_factory.mktemp("clip-run"), steps=500)
 
 
 @pytest.fixture(scope="module")

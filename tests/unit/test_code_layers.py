@@ -35,6 +35,6 @@ def installed_layout(root: Path) -> Path:
     package.mkdir()
     for module in (REPO / "mmtrain").glob("*.py"):
         (package / module.name).symlink_to(module)
-    for folder in ("pipelines", "training", "inference", "jobs"):
+    for folder in ("pipelines", "evaluation", "training", "inference", "jobs"):
         (package / folder).symlink_to(REPO / folder, target_is_directory=True)
     return root

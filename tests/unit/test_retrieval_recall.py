@@ -1,21 +1,12 @@
 """Recall@K: equal to CLIP_benchmark's definition where scores are distinct, and ties count as a
-random order among them, so a collapsed model scores chance (it once scored R@1 = 1.0)."""
+random order among them, so a collapsed model scores chance (it once scored R@1 = 1.0). The
+reference is the clip-benchmark package's own recall_at_k."""
 
 import torch
 import torch.nn.functional as F
+from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as clip_benchmark_recall_at_k
 
 from mmtrain.training.tasks.clip_eval import retrieval_recall
-
-
-def clip_benchmark_recall_at_k(scores, positive_pairs, k):
-    """CLIP_benchmark's recall_at_k (clip_benchmark/metrics/zeroshot_retrieval.py), as published."""
-    nb_texts, nb_images = scores.shape
-    topk_indices = torch.topk(scores, k, dim=1)[1]
-    nb_positive = positive_pairs.sum(dim=1)
-    topk_indices_onehot = torch.nn.functional.one_hot(topk_indices, num_classes=nb_images)
-    positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
-    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
-    return nb_true_positive / nb_positive
 
 
 def test_distinct_scores_match_clip_benchmark():

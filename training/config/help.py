@@ -24,7 +24,11 @@ def resolve_preset(spec: str | Path) -> Path:
     for candidate in (spec, PROJECT / spec, PROJECT / "conf" / spec, PROJECT / "conf" / f"{spec}.yaml"):
         if candidate.is_file():
             return candidate
-    presets = ", ".join(str(p.relative_to(PROJECT / "conf"))[:-5] for p in sorted((PROJECT / "conf").glob("*/*.yaml")))
+    presets = ", ".join(
+        str(p.relative_to(PROJECT / "conf"))[:-5]
+        for p in sorted((PROJECT / "conf").glob("*/*.yaml"))
+        if p.parent.name != "eval"
+    )
     raise ConfigError(f"config file {spec} does not exist here or under {PROJECT / 'conf'} (presets: {presets})")
 
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
+from mmtrain.evaluation.clip_metrics import (
+    classification_metrics,
+    retrieval_metrics,
+    zero_shot_logits,
+    zero_shot_weights,
+)
 from mmtrain.pipelines import contract
 from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
 from mmtrain.training.engine.distributed import all_gather_uneven
@@ -46,27 +51,31 @@ def embed_eval_set(model, batches: Iterable[dict], device: torch.device, normali
 def zero_shot_classifier(
     model, tokenizer_path: str, context_length: int, classes: list[str], templates: list[str], device: torch.device
 ) -> torch.Tensor:
-    """One normalised text embedding per class, averaged over templates: [C, E]."""
+    """One normalised text embedding per class, averaged over templates ("{}" or "{c}"): [C, E]."""
     tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
-    weights = []
-    for name in classes:
-        encodings = tokenizer.encode_batch([t.format(name) for t in templates])
+
+    def encode_texts(texts: list[str]) -> torch.Tensor:
+        encodings = tokenizer.encode_batch(texts)
         ids_TL = torch.tensor([e.ids for e in encodings], device=device)
         mask_TL = torch.tensor([e.attention_mask for e in encodings], device=device)
-        weights.append(F.normalize(model.encode_text(ids_TL, mask_TL).float().mean(0), dim=0))
-    return torch.stack(weights)
+        return model.encode_text(ids_TL, mask_TL)
+
+    return zero_shot_weights(encode_texts, classes, templates)
 
 
 def zero_shot_accuracy(image_NE: torch.Tensor, labels_N: torch.Tensor, classifier_CE: torch.Tensor) -> dict:
+    """Top-1/top-5 accuracy and mean per-class recall over the labelled samples, computed by the same
+    function as `mmtrain eval clip --benchmark` (CLIP_benchmark's definitions)."""
     keep = labels_N >= 0
     if not keep.any():
         return {}
-    logits_NC = image_NE[keep] @ classifier_CE.T
-    top = logits_NC.topk(min(5, classifier_CE.shape[0]), dim=1).indices
-    labels = labels_N[keep].unsqueeze(1)
+    logits_NC = zero_shot_logits(image_NE[keep].cpu(), classifier_CE.cpu())
+    metrics = classification_metrics(logits_NC, labels_N[keep].cpu())
+    top5 = metrics["acc5"] if classifier_CE.shape[0] >= 5 else 1.0  # every class is in a top 5 of fewer
     return {
-        "zero_shot_top1": float((top[:, :1] == labels).any(1).float().mean()),
-        "zero_shot_top5": float((top == labels).any(1).float().mean()),
+        "zero_shot_top1": metrics["acc1"],
+        "zero_shot_top5": top5,
+        "zero_shot_mean_per_class_recall": metrics["mean_per_class_recall"],
     }
 
 
@@ -80,21 +89,14 @@ def zero_shot_confusion(image_NE: torch.Tensor, labels_N: torch.Tensor, classifi
 
 
 def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """Recall@K for image->text and text->image, where pair i is the only match of row i; ties
-    count as the expected value of a random order among them."""
+    """Recall@K for image->text and text->image, where pair i is the only match of row i; ties count
+    as the expected value of a random order among them (a collapsed model, every score equal, scores
+    chance k/N, not 1.0). The benchmarks' function, over pairs."""
     if image_NE.shape[0] == 0:
         return {}
-    similarity_NN = image_NE @ text_NE.T
-    target = torch.arange(similarity_NN.shape[0], device=similarity_NN.device)
+    pairs = retrieval_metrics(image_NE.cpu(), text_NE.cpu(), torch.arange(image_NE.shape[0]), ks)
     metrics = {}
-    for direction, sims in (("image_to_text", similarity_NN), ("text_to_image", similarity_NN.T)):
-        # Candidates scoring higher than the true match rank above it; those scoring the same are
-        # ordered at random: the true match is at each place of its tied block with equal chance.
-        # Counting ties as hits scored a collapsed model (every score equal) R@1 = 1.0; this scores
-        # it exactly chance, k/N.
-        true_score = sims[target, target].unsqueeze(1)
-        above_N = (sims > true_score).sum(dim=1).float()
-        tied_N = (sims == true_score).sum(dim=1).float()  # the true match included
-        for k in ks:
-            metrics[f"{direction}_R_at_{k}"] = float(((k - above_N) / tied_N).clamp(0, 1).mean())
+    for k in ks:
+        metrics[f"image_to_text_R_at_{k}"] = pairs[f"text_retrieval_recall@{k}"]
+        metrics[f"text_to_image_R_at_{k}"] = pairs[f"image_retrieval_recall@{k}"]
     return metrics

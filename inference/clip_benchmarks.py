@@ -1,0 +1,150 @@
+"""CLIP benchmarks (`mmtrain eval clip --benchmark`): image embeddings from the batch-inference
+actor pool (the robust reader: a corrupt image is skipped and counted), text embeddings in the
+driver, metrics from mmtrain.evaluation (CLIP_benchmark's definitions).
+
+Shapes: N = images, T = texts, E = embedding size, C = classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+import torch
+
+from mmtrain.evaluation import layouts, prompts
+from mmtrain.evaluation.benchmark import Benchmark, settings_hash
+from mmtrain.evaluation.clip_metrics import (
+    classification_metrics,
+    retrieval_metrics,
+    zero_shot_logits,
+    zero_shot_weights,
+)
+from mmtrain.evaluation.linear_probe import linear_probe
+from mmtrain.evaluation.report import BenchmarkResult
+from mmtrain.inference.clip_stages import ImageEmbedder
+from mmtrain.inference.pool import PoolOptions, start_inference
+from mmtrain.inference.progress import ProgressPrinter
+from mmtrain.inference.trained import TrainedRun, load_trained_model
+from mmtrain.pipelines.image_folder import image_files
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.training.tasks.resolve import manifest_near
+
+TEXTS_PER_BATCH = 256
+
+
+@torch.inference_mode()
+def text_encoder(run: TrainedRun) -> Callable[[list[str]], torch.Tensor]:
+    """The run's text tower in the driver: texts -> [T, E] normalised embeddings."""
+    task, model = load_trained_model(run, torch.device("cpu"))
+    tokenizer = configure_fixed_length(load_tokenizer(run.cfg.data.tokenizer), run.cfg.data.context_length)
+
+    @torch.inference_mode()
+    def encode(texts: list[str]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(texts), TEXTS_PER_BATCH):
+            encodings = tokenizer.encode_batch(texts[start : start + TEXTS_PER_BATCH])
+            ids = torch.tensor([e.ids for e in encodings])
+            mask = torch.tensor([e.attention_mask for e in encodings])
+            chunks.append(model.encode_text(ids, mask).float())
+        return torch.cat(chunks)
+
+    return encode
+
+
+def image_embeddings(run: TrainedRun, data: str, options: PoolOptions, files=None, classes=()) -> tuple[dict, int]:
+    """({key: (label, embedding)} of every good image, the number of bad ones skipped), through the
+    actor pool. Keys are file names in a folder; in shards, where keys may repeat, sample positions."""
+    inference = start_inference(run, [data], ImageEmbedder, {}, options, classes=list(classes), files=files)
+    found = {}
+    with ProgressPrinter(inference.counter, inference.total_samples, "benchmark images"):
+        for batch in inference.dataset.iter_batches(batch_size=1024, batch_format="numpy"):
+            keys = batch["key"] if inference.shards is None else batch["position"]
+            for key, label, vector in zip(keys, batch["label"], batch["image_embedding"]):
+                found[str(key)] = (int(label), vector)
+    bad = ray.get(inference.ledger.summary.remote())["bad_total"]
+    return found, bad
+
+
+def _stack(found: dict, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    vectors = np.stack([found[k][1] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+    return torch.from_numpy(vectors), torch.tensor([found[k][0] for k in keys], dtype=torch.long)
+
+
+def classification_inputs(bench: Benchmark, root: str) -> tuple[list[str] | None, list[str], list[str]]:
+    """(files or None for shards, class folders (labels index these), class names shown to the model)."""
+    path = Path(root)
+    if path.is_dir() and image_files(path):
+        files, _, folders = layouts.class_folder_files(path)
+        if not folders:
+            raise ValueError(f"benchmark {bench.name}: {root} has no class folders (DIR/CLASS/*.jpg)")
+        names = bench.classnames or prompts.builtin_classnames(bench.dataset or bench.name)
+        names = names or [folder.replace("_", " ") for folder in folders]
+    else:  # shards carrying labels; the class list is their manifest's
+        files, folders = None, []
+        names = bench.classnames or manifest_near(root).get("classes") or prompts.builtin_classnames(bench.dataset)
+    if not names:
+        raise ValueError(f"benchmark {bench.name}: no class names; give `classnames:` in its benchmark.yaml")
+    if folders and len(names) != len(folders):
+        raise ValueError(f"benchmark {bench.name}: {len(names)} class names for {len(folders)} class folders")
+    return files, folders, list(names)
+
+
+def templates_of(bench: Benchmark) -> list[str]:
+    return (
+        bench.templates
+        or prompts.builtin_templates(bench.dataset or bench.name)
+        or list(manifest_near(bench.data).get("templates") or [])
+        or prompts.GENERIC_TEMPLATES
+    )
+
+
+def zero_shot(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+    files, folders, names = classification_inputs(bench, bench.data)
+    files = files[: bench.limit] if files is not None and bench.limit else files
+    found, bad = image_embeddings(run, bench.data, options, files, folders)
+    keys = sorted(k for k in found if found[k][0] >= 0)
+    image_NE, labels_N = _stack(found, keys)
+    if not keys:
+        raise ValueError(f"benchmark {bench.name}: no labelled images could be read from {bench.data}")
+    templates = templates_of(bench)
+    metrics = classification_metrics(zero_shot_logits(image_NE, zero_shot_weights(encode, names, templates)), labels_N)
+    return metrics, len(keys), {"classnames": names, "templates": templates, "bad_samples": bad}
+
+
+def retrieval(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+    annotations = Path(bench.annotations)
+    files, captions, caption_image = layouts.read_karpathy(annotations, bench.split, bench.limit)
+    found, bad = image_embeddings(run, bench.data, options, files)
+    kept = [i for i, name in enumerate(files) if name in found]  # a corrupt image and its captions leave
+    renumber = {old: new for new, old in enumerate(kept)}
+    texts = [(c, renumber[i]) for c, i in zip(captions, caption_image) if i in renumber]
+    image_NE, _ = _stack(found, [files[i] for i in kept])
+    text_TE = encode([c for c, _ in texts])
+    text_image_T = torch.tensor([i for _, i in texts])
+    metrics = retrieval_metrics(image_NE, text_TE, text_image_T, bench.recall_k)
+    return metrics, len(kept), {"texts": len(texts), "bad_samples": bad}
+
+
+def probe(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+    train_files, train_folders, _ = classification_inputs(bench, bench.train_data)
+    test_files, test_folders, _ = classification_inputs(bench, bench.data)
+    if train_folders != test_folders:
+        raise ValueError(f"benchmark {bench.name}: train and test have different class folders")
+    train, bad_train = image_embeddings(run, bench.train_data, options, train_files, train_folders)
+    test, bad_test = image_embeddings(run, bench.data, options, test_files, test_folders)
+    train_NE, train_labels = _stack(train, sorted(train))
+    test_NE, test_labels = _stack(test, sorted(test))
+    metrics = linear_probe(train_NE, train_labels, test_NE, test_labels, len(train_folders))
+    return metrics, len(test), {"train_samples": len(train), "bad_samples": bad_train + bad_test}
+
+
+RUNNERS = {"zeroshot_classification": zero_shot, "zeroshot_retrieval": retrieval, "linear_probe": probe}
+
+
+def run_clip_benchmark(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> BenchmarkResult:
+    metrics, samples, details = RUNNERS[bench.task](run, bench, options, encode)
+    pinned = {**bench.settings(), **{k: details[k] for k in ("classnames", "templates") if k in details}}
+    return BenchmarkResult(bench.name, bench.task, metrics, samples, settings_hash(pinned), {**pinned, **details})

@@ -1,0 +1,149 @@
+"""`mmtrain eval clip --benchmark` end to end from the command line, on benchmark directories built
+here in their published layouts (class folders; a Karpathy JSON over an image folder), against
+CLIP_benchmark's own evaluate() run on the same model and the same images."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+from mlflow.tracking import MlflowClient
+
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines.images import decode_eval
+from mmtrain.pipelines.tar_samples import iter_records
+from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.training.checkpoint.store import load_checkpoint
+from mmtrain.training.tasks.clip import ClipTask
+from tests.trained_models import tiny_clip_config
+from tests.unit import test_benchmark_metrics  # noqa: F401 (CLIP_benchmark's numpy-2 shim)
+
+pytestmark = pytest.mark.integration
+CLASSES = ["circle", "square", "triangle"]
+
+
+def records_of(shard: Path, count: int):
+    return list(iter_records(open(shard, "rb")))[:count]
+
+
+def class_folders(root: Path, records) -> None:
+    for record in records:
+        (root / CLASSES[record.label]).mkdir(parents=True, exist_ok=True)
+        (root / CLASSES[record.label] / f"{record.key}.png").write_bytes(record.image_bytes)
+
+
+def karpathy(root: Path, records) -> dict:
+    """An image folder and its dataset_*.json: two captions per test image, and train images beside them."""
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for number, record in enumerate(records):
+        (root / "images" / f"{record.key}.png").write_bytes(record.image_bytes)
+        sentences = [{"raw": record.caption}, {"raw": f"a picture: {record.caption}"}]
+        split = "train" if number % 5 == 4 else "test"
+        entries.append({"filepath": "images", "filename": f"{record.key}.png", "split": split, "sentences": sentences})
+    (root / "dataset_shapes.json").write_text(json.dumps({"images": entries}))
+    return {e["filename"]: [s["raw"] for s in e["sentences"]] for e in entries if e["split"] == "test"}
+
+
+class Reference(torch.nn.Module):
+    """The trained mmtrain CLIP behind CLIP_benchmark's model interface (open_clip's): encode_image on
+    normalised pixels, encode_text on what its tokenizer returned (here: rows of a pre-tokenized table,
+    since mmtrain's text tower also takes the attention mask)."""
+
+    def __init__(self, checkpoint: Path, cfg):
+        super().__init__()
+        self.task = ClipTask(cfg)
+        self.model = self.task.build_model()
+        load_checkpoint(checkpoint, self.model)
+        self.model.eval()
+        self.tokenizer = configure_fixed_length(load_tokenizer(cfg.data.tokenizer), cfg.data.context_length)
+        self.texts: list = []
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        start = len(self.texts)
+        self.texts += self.tokenizer.encode_batch(texts)
+        return torch.arange(start, len(self.texts))
+
+    def encode_image(self, images):
+        return self.model.encode_image(images)
+
+    def encode_text(self, rows):
+        encodings = [self.texts[i] for i in rows.tolist()]
+        ids = torch.tensor([e.ids for e in encodings])
+        return self.model.encode_text(ids, torch.tensor([e.attention_mask for e in encodings]))
+
+    def pixels(self, files: list[Path], cfg) -> torch.Tensor:
+        import numpy as np
+
+        images = np.stack([decode_eval(f.read_bytes(), cfg.data.augment, 1 << 26) for f in files])
+        return self.task.normalize(images, torch.device("cpu"))
+
+
+class Loader(list):
+    def __init__(self, batches, classes=()):
+        super().__init__(batches)
+        self.dataset = type("Dataset", (), {"classes": list(classes)})()
+
+
+def test_benchmark_layouts_from_the_cli_equal_clip_benchmark(
+    ray_local, clip_run, shapes, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folders, retrieval = tmp_path / "shapes-cls", tmp_path / "shapes-ret"
+    class_folders(folders / "test", records_of(shapes / "val-00000.tar", 60))
+    class_folders(folders / "train", records_of(shapes / "train-00000.tar", 150))
+    (folders / "test" / "circle" / "broken.png").write_bytes(b"not an image")  # skipped and counted
+    captions = karpathy(retrieval, records_of(shapes / "val-00000.tar", 50))
+
+    out = tmp_path / "report"
+    args = ["eval", "clip", "--checkpoint", str(clip_run), "--benchmark", str(folders), str(retrieval)]
+    assert main(args + ["--out", str(out), "--json", "--actors", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    results = {r["task"]: r for r in report["results"]}
+    assert set(results) == {"zeroshot_classification", "linear_probe", "zeroshot_retrieval"}
+
+    cfg = tiny_clip_config(shapes)
+    reference = Reference(clip_run, cfg)
+    test_files = sorted((folders / "test").glob("*/[!b]*.png"))
+    labels = torch.tensor([CLASSES.index(f.parent.name) for f in test_files])
+    zero_shot = results["zeroshot_classification"]
+    assert zero_shot["samples"] == 60 and zero_shot["settings"]["bad_samples"] == 1
+    theirs = zeroshot_classification.evaluate(
+        reference,
+        Loader([(reference.pixels(test_files, cfg), labels)], CLASSES),
+        reference.tokenize,
+        zero_shot["settings"]["classnames"],
+        zero_shot["settings"]["templates"],
+        "cpu",
+        amp=False,
+    )
+    mine = zero_shot["metrics"]
+    assert mine["acc1"] == theirs["acc1"] and mine["mean_per_class_recall"] == theirs["mean_per_class_recall"]
+
+    names = sorted(captions)
+    theirs = zeroshot_retrieval.evaluate(
+        reference,
+        Loader([(reference.pixels([retrieval / "images" / n for n in names], cfg), [captions[n] for n in names])]),
+        reference.tokenize,
+        "cpu",
+        amp=False,
+        recall_k_list=[1, 5, 10],
+    )
+    assert results["zeroshot_retrieval"]["samples"] == 40 and results["zeroshot_retrieval"]["metrics"] == theirs
+    probe = results["linear_probe"]  # its numbers: tests/unit/test_benchmark_metrics.py
+    assert probe["samples"] == 60 and probe["settings"]["train_samples"] == 150
+    assert set(probe["metrics"]) == {"lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "lp_l2"}
+
+    # One table in MLflow, the report beside it; a second report compared with the first.
+    client = MlflowClient()
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id])
+    assert mlflow_run.data.metrics[f"{folders.name}/acc1"] == mine["acc1"]
+    logged = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "benchmarks")}
+    assert {"benchmarks/results.json", "benchmarks/report.json", "benchmarks/report.md"} <= logged
+    again = ["eval", "clip", "--checkpoint", str(clip_run), "--benchmark", str(retrieval), "--out", str(tmp_path / "2")]
+    assert main(again + ["--compare", str(out), "--actors", "1"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if "image_retrieval_recall@5 |" in line)
+    value = f"{theirs['image_retrieval_recall@5']:.4f}"
+    assert row.count(value) == 2, table
