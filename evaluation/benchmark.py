@@ -34,6 +34,9 @@ DEFAULT_PROMPTS = {
 }
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 16, "multiple_choice": 8, "captioning": 40}
 BENCHMARK_FILE = "benchmark.yaml"
+# Built-in benchmarks and suites: conf/eval/NAME.yaml (conf/ is beside evaluation/ in a clone and in
+# the installed package alike).
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "conf" / "eval"
 MAX_SPEC_BYTES = 1 << 20  # a benchmark or suite YAML
 
 
@@ -72,7 +75,7 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def resolve_benchmarks(spec: str, builtin_dir: Path) -> list[Benchmark]:
+def resolve_benchmarks(spec: str, builtin_dir: Path = BUILTIN_DIR) -> list[Benchmark]:
     """The benchmarks `--benchmark SPEC` names (a suite names several)."""
     path = Path(spec)
     builtin = builtin_dir / f"{spec}.yaml"
@@ -109,7 +112,9 @@ def _from_yaml(path: Path, base: Path | None, builtin_dir: Path) -> list[Benchma
             else:
                 found.append(benchmark_from_dict(entry, base, str(path)))
         return found
-    return [benchmark_from_dict({"name": path.parent.name if base else path.stem, **data}, base, str(path))]
+    # A directory's benchmark.yaml is named after the directory, any other file after itself.
+    name = path.parent.resolve().name if path.name == BENCHMARK_FILE else path.stem
+    return [benchmark_from_dict({"name": name, **data}, base, str(path))]
 
 
 def benchmark_from_dict(data: dict, base: Path | None, where: str) -> Benchmark:

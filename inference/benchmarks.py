@@ -13,15 +13,11 @@ from mmtrain.inference.trained import TrainedRun, find_trained
 from mmtrain.inference.vlm_benchmarks import BenchmarkAnswerer, run_vlm_benchmark
 from mmtrain.training.checkpoint.store import load_tracking_run_id
 
-# Built-in benchmarks and suites: conf/eval/NAME.yaml (conf/ is beside inference/ in a clone and
-# in the installed package alike).
-BUILTIN = Path(__file__).resolve().parents[1] / "conf" / "eval"
-
 
 def run_benchmarks(
     kind: str, checkpoint: Path, specs: list[str], options: PoolOptions
 ) -> tuple[TrainedRun, list[BenchmarkResult]]:
-    benchmarks = [bench for spec in specs for bench in resolve_benchmarks(spec, BUILTIN)]
+    benchmarks = [bench for spec in specs for bench in resolve_benchmarks(spec)]
     wrong = [bench.name for bench in benchmarks if bench.kind != kind]
     if wrong:
         other = "vlm" if kind == "clip" else "clip"

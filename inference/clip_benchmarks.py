@@ -14,7 +14,7 @@ import numpy as np
 import ray
 import torch
 
-from mmtrain.evaluation import layouts, prompts
+from mmtrain.evaluation import layouts
 from mmtrain.evaluation.benchmark import Benchmark, settings_hash
 from mmtrain.evaluation.clip_metrics import (
     classification_metrics,
@@ -22,6 +22,7 @@ from mmtrain.evaluation.clip_metrics import (
     zero_shot_logits,
     zero_shot_weights,
 )
+from mmtrain.evaluation.folder_benchmark import classnames_for, templates_for
 from mmtrain.evaluation.linear_probe import linear_probe
 from mmtrain.evaluation.report import BenchmarkResult
 from mmtrain.inference.clip_stages import ImageEmbedder
@@ -80,25 +81,9 @@ def classification_inputs(bench: Benchmark, root: str) -> tuple[list[str] | None
         files, _, folders = layouts.class_folder_files(path)
         if not folders:
             raise ValueError(f"benchmark {bench.name}: {root} has no class folders (DIR/CLASS/*.jpg)")
-        names = bench.classnames or prompts.builtin_classnames(bench.dataset or bench.name)
-        names = names or [folder.replace("_", " ") for folder in folders]
-    else:  # shards carrying labels; the class list is their manifest's
-        files, folders = None, []
-        names = bench.classnames or manifest_near(root).get("classes") or prompts.builtin_classnames(bench.dataset)
-    if not names:
-        raise ValueError(f"benchmark {bench.name}: no class names; give `classnames:` in its benchmark.yaml")
-    if folders and len(names) != len(folders):
-        raise ValueError(f"benchmark {bench.name}: {len(names)} class names for {len(folders)} class folders")
-    return files, folders, list(names)
-
-
-def templates_of(bench: Benchmark) -> list[str]:
-    return (
-        bench.templates
-        or prompts.builtin_templates(bench.dataset or bench.name)
-        or list(manifest_near(bench.data).get("templates") or [])
-        or prompts.GENERIC_TEMPLATES
-    )
+        return files, folders, classnames_for(bench, folders)
+    # Shards that carry labels: the class list is their manifest's.
+    return None, [], classnames_for(bench, [], manifest_near(root).get("classes") or [])
 
 
 def zero_shot(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
@@ -109,7 +94,7 @@ def zero_shot(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -
     image_NE, labels_N = _stack(found, keys)
     if not keys:
         raise ValueError(f"benchmark {bench.name}: no labelled images could be read from {bench.data}")
-    templates = templates_of(bench)
+    templates = templates_for(bench, manifest_near(bench.data).get("templates") or [])
     metrics = classification_metrics(zero_shot_logits(image_NE, zero_shot_weights(encode, names, templates)), labels_N)
     return metrics, len(keys), {"classnames": names, "templates": templates, "bad_samples": bad}
 

@@ -139,6 +139,7 @@ def test_benchmark_layouts_from_the_cli_equal_clip_benchmark(
     client = MlflowClient()
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("mmtrain-clip").experiment_id])
     assert mlflow_run.data.metrics[f"{folders.name}/acc1"] == mine["acc1"]
+    assert mlflow_run.info.artifact_uri.startswith(tmp_path.as_uri())  # beside the store, not in the cwd
     logged = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "benchmarks")}
     assert {"benchmarks/results.json", "benchmarks/report.json", "benchmarks/report.md"} <= logged
     again = ["eval", "clip", "--checkpoint", str(clip_run), "--benchmark", str(retrieval), "--out", str(tmp_path / "2")]
@@ -147,3 +148,60 @@ def test_benchmark_layouts_from_the_cli_equal_clip_benchmark(
     row = next(line for line in table.splitlines() if "image_retrieval_recall@5 |" in line)
     value = f"{theirs['image_retrieval_recall@5']:.4f}"
     assert row.count(value) == 2, table
+
+
+def test_vlm_benchmarks_score_what_the_model_answers_to_the_pinned_prompt(clip_run, shapes, tmp_path, capsys):
+    """VQA, multiple choice and captioning from questions files: each answer is the one `mmtrain ask`
+    gives to the benchmark's pinned prompt, and the scores are the reference scorers' on those answers."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from mmtrain.evaluation.cider import caption_words
+    from mmtrain.evaluation.vqa import vqa_accuracy
+    from mmtrain.inference.trained import find_trained
+    from mmtrain.inference.vlm_stages import Answerer
+    from tests.trained_models import save_tiny_vlm
+
+    vlm = save_tiny_vlm(clip_run, shapes / "val-00000.tar", tmp_path / "vlm-run")
+    records = records_of(shapes / "val-00000.tar", 6)
+    bench = tmp_path / "bench"
+    (bench / "images").mkdir(parents=True)
+    for record in records:
+        (bench / "images" / f"{record.key}.png").write_bytes(record.image_bytes)
+    rows = {
+        "vqa": [
+            {"image": f"{r.key}.png", "question": "What shape is it?", "answers": [r.caption.split()[-4]] * 10}
+            for r in records
+        ],
+        "multiple_choice": [
+            {"image": f"{r.key}.png", "question": "Which shape?", "options": CLASSES, "answer": r.label}
+            for r in records
+        ],
+        "captioning": [
+            {"image": f"{r.key}.png", "captions": [r.caption, "shapes on a plain background"]} for r in records
+        ],
+    }
+    rows["vqa"].append({"image": "missing.png", "question": "?", "answers": ["x"]})  # skipped, counted
+    for task, items in rows.items():  # a benchmark.yaml each: the questions, and the images they share
+        (bench / task).mkdir()
+        (bench / task / "questions.jsonl").write_text("\n".join(json.dumps(row) for row in items))
+        spec = {"name": f"shapes-{task}", "task": task, "data": "../images", "annotations": "questions.jsonl"}
+        (bench / task / "benchmark.yaml").write_text(json.dumps(spec))
+
+    args = ["eval", "vlm", "--checkpoint", str(vlm.parent), "--benchmark"] + [str(bench / n) for n in rows]
+    assert main(args + ["--out", str(tmp_path / "report"), "--json"]) == 0
+    results = {r["task"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    vqa, mc, cap = results["vqa"], results["multiple_choice"], results["captioning"]
+    assert vqa["samples"] == 6 and vqa["settings"]["bad_samples"] == {"unreadable_file": 1}
+
+    run = find_trained(vlm.parent, "vlm", "ask")
+    prompt = "What shape is it?\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA prompt
+    ask = Answerer(run, prompt, max_new_tokens=vqa["settings"]["max_new_tokens"])
+    assert vqa["examples"][0]["prompt"] == prompt
+    assert vqa["examples"][0]["generated"] == ask.answer_files([bench / "images" / f"{records[0].key}.png"])
+    expected = sum(vqa_accuracy(e["generated"], rows["vqa"][i]["answers"]) for i, e in enumerate(vqa["examples"])) / 6
+    assert vqa["metrics"]["vqa_accuracy"] == expected
+    assert "A. circle\nB. square\nC. triangle" in mc["examples"][0]["prompt"]
+    assert 0 <= mc["metrics"]["mc_accuracy"] <= 1 and 0 <= mc["metrics"]["mc_unparsed"] <= 1
+    refs = {i: [caption_words(c) for c in row["captions"]] for i, row in enumerate(rows["captioning"])}
+    generated = {i: [caption_words(e["generated"])] for i, e in enumerate(cap["examples"])}
+    assert cap["metrics"]["cider"] == pytest.approx(Cider().compute_score(refs, generated)[0], rel=1e-12)

@@ -12,6 +12,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mmtrain.jobs.cli import main
+from mmtrain.pipelines.tar_samples import iter_records
 from mmtrain.training.config.io import load_config
 from mmtrain.training.config.schema import ClipRunConfig
 from mmtrain.training.ray_train.driver import ResumeRefused
@@ -42,14 +44,33 @@ def _mlflow_run(out, name):
     return client, runs[0]
 
 
-def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
+def val_class_folders(synth_dir: Path, out: Path) -> Path:
+    """The eval shards' images as class folders, prompted with the shards' own templates."""
+    manifest = json.loads((synth_dir / "manifest.json").read_text())
+    for shard in sorted(synth_dir.glob("val-*.tar")):
+        for record in iter_records(open(shard, "rb")):
+            folder = out / "test" / manifest["classes"][record.label]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{record.key}.png").write_bytes(record.image_bytes)
+    (out / "benchmark.yaml").write_text(
+        json.dumps(
+            {"name": "shapes", "task": "zeroshot_classification", "data": "test", "templates": manifest["templates"]}
+        )
+    )
+    return out
+
+
+def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path, capsys):
     from mmtrain.training.ray_train.driver import run_training
 
     out = tmp_path / "runs"
-    cfg = load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", _overrides(synth_dir, out, "learn", 30))
-    metrics = run_training(cfg)
+    bench = val_class_folders(synth_dir, tmp_path / "shapes")
+    overrides = _overrides(synth_dir, out, "learn", 30) + [f"eval.benchmarks=[{bench}]"]
+    metrics = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", overrides))
     assert metrics["step"] == 30
     assert 0.0 <= metrics["val/zero_shot_top1"] <= 1.0 and "val/image_to_text_R_at_1" in metrics
+    # The same images as class folders, each rank decoding half: the same accuracy as the eval shards'.
+    assert metrics["val/shapes/acc1"] == metrics["val/zero_shot_top1"]
     assert Path(metrics["checkpoint"], "weights", ".metadata").is_file()
     # Each of the 2 ranks wrote its own shard file; Ray Train merged them into one checkpoint.
     assert len(list(Path(metrics["checkpoint"], "weights").glob("__*_0.distcp"))) == 2
@@ -67,7 +88,7 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     # MLflow 3.17 draws a chart section per prefix in code-point order, unprefixed metrics last
     # (checked in headless Chromium): the training curves come first, the one-point evaluation last.
     sections = sorted({name.rpartition("/")[0] for name in run.data.metrics})
-    assert sections == ["train", "train_data", "val"], sections
+    assert sections == ["train", "train_data", "val", "val/shapes"], sections
     # By default the weights alone go to MLflow, from the checkpoint both ranks wrote; the optimizer stays home.
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"weights"}
     assert not client.list_artifacts(run.info.run_id, "checkpoint")
@@ -75,6 +96,17 @@ def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path):
     assert weights == {"weights/model.safetensors", "weights/config.yaml", "weights/state.json"}
     assert run.data.tags["mmtrain.version"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
     assert run.data.tags["mmtrain.git_dirty"] in ("true", "false")
+
+    # The eval shards as a benchmark from the command line: the training run's final numbers again.
+    (tmp_path / "synth_val.yaml").write_text(f"task: zeroshot_classification\ndata: {synth_dir}/val-*.tar\n")
+    assert (
+        main(["eval", "clip", "--checkpoint", str(out / "learn"), "--benchmark", str(tmp_path / "synth_val.yaml")]) == 0
+    )
+    report = json.loads((out / "learn" / "benchmarks" / "report.json").read_text())
+    assert report["results"][0]["metrics"]["acc1"] == metrics["val/zero_shot_top1"]
+    assert report["results"][0]["samples"] == 64
+    _, run = _mlflow_run(out, "learn")  # into the training's own MLflow run
+    assert run.data.metrics["synth_val/acc1"] == metrics["val/zero_shot_top1"]
 
     # The same run name again is refused, naming both ways on; with run.resume=must it continues.
     more = _overrides(synth_dir, out, "learn", 40)

@@ -178,6 +178,10 @@ class EvalConfig(Checked):
     templates: list[str] = field(default_factory=list)  # [] = the manifest's caption templates
     batch_size: int = 256
     max_retrieval_samples: int = 5000  # recall@K over at most this many eval pairs
+    # Benchmarks evaluated with the eval shards, at every evaluation: built-in names (conf/eval), YAML
+    # files or directories of class folders / a Karpathy JSON (as `mmtrain eval clip --benchmark`
+    # takes them). Logged as BENCHMARK/METRIC, e.g. cifar10/acc1.
+    benchmarks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from mmtrain.training.models.clip import ClipModel
 from mmtrain.training.models.hf_clip import load_pretrained
 from mmtrain.training.tasks.clip_eval import (
     embed_eval_set,
+    folder_benchmark_metrics,
     retrieval_recall,
     zero_shot_accuracy,
     zero_shot_classifier,
@@ -160,6 +161,10 @@ class ClipTask:
                 "zero-shot confusion (counts)",
                 "predicted class",
                 "true class",
+            )
+        for bench in assets.benchmarks:
+            metrics.update(
+                folder_benchmark_metrics(model, bench, self.cfg.data, device, self.normalize, eval_cfg.batch_size)
             )
         return Evaluation(metrics, pictures=pictures)
 

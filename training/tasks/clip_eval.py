@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from mmtrain.evaluation.clip_metrics import (
@@ -17,9 +18,12 @@ from mmtrain.evaluation.clip_metrics import (
     zero_shot_logits,
     zero_shot_weights,
 )
+from mmtrain.evaluation.folder_benchmark import FolderBenchmark, kept_captions, read_benchmark_image
+from mmtrain.evaluation.report import mlflow_metric_name
 from mmtrain.pipelines import contract
+from mmtrain.pipelines.config import DataConfig
 from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
-from mmtrain.training.engine.distributed import all_gather_uneven
+from mmtrain.training.engine.distributed import all_gather_uneven, world
 from mmtrain.training.engine.inputs import ImageNormalizer, to_tensor
 
 
@@ -52,6 +56,11 @@ def zero_shot_classifier(
     model, tokenizer_path: str, context_length: int, classes: list[str], templates: list[str], device: torch.device
 ) -> torch.Tensor:
     """One normalised text embedding per class, averaged over templates ("{}" or "{c}"): [C, E]."""
+    return zero_shot_weights(text_encoder(model, tokenizer_path, context_length, device), classes, templates)
+
+
+def text_encoder(model, tokenizer_path: str, context_length: int, device: torch.device):
+    """texts -> [T, E] normalised embeddings from the model's text tower."""
     tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
 
     def encode_texts(texts: list[str]) -> torch.Tensor:
@@ -60,7 +69,7 @@ def zero_shot_classifier(
         mask_TL = torch.tensor([e.attention_mask for e in encodings], device=device)
         return model.encode_text(ids_TL, mask_TL)
 
-    return zero_shot_weights(encode_texts, classes, templates)
+    return encode_texts
 
 
 def zero_shot_accuracy(image_NE: torch.Tensor, labels_N: torch.Tensor, classifier_CE: torch.Tensor) -> dict:
@@ -100,3 +109,37 @@ def retrieval_recall(image_NE: torch.Tensor, text_NE: torch.Tensor, ks=(1, 5, 10
         metrics[f"image_to_text_R_at_{k}"] = pairs[f"text_retrieval_recall@{k}"]
         metrics[f"text_to_image_R_at_{k}"] = pairs[f"image_retrieval_recall@{k}"]
     return metrics
+
+
+@torch.no_grad()
+def folder_benchmark_metrics(
+    model, bench: FolderBenchmark, data: DataConfig, device: torch.device, normalize: ImageNormalizer, batch_size: int
+) -> dict:
+    """A benchmark's metrics inside a run's evaluation: each rank decodes and embeds every world-th
+    image, the embeddings are gathered with their file numbers, and every rank scores the whole set
+    with the functions `mmtrain eval clip --benchmark` uses. Images that cannot be read are skipped."""
+    rank, size = world()
+    numbers, images = [], []
+    for number in range(rank, len(bench.files), size):
+        image = read_benchmark_image(bench, number, data.augment, data.max_image_pixels)
+        if image is not None:
+            numbers.append(number)
+            images.append(image)
+    embed_dim = model.visual.proj.out_features
+    chunks = [
+        model.encode_image(normalize(np.stack(images[i : i + batch_size]), device)).float()
+        for i in range(0, len(images), batch_size)
+    ]
+    image_NE = all_gather_uneven(torch.cat(chunks) if chunks else torch.zeros((0, embed_dim), device=device))
+    number_N = all_gather_uneven(torch.tensor(numbers, dtype=torch.long, device=device))
+    order = number_N.argsort()
+    image_NE, number_N = image_NE[order].cpu(), number_N[order].cpu()
+    encode = text_encoder(model, data.tokenizer, data.context_length, device)
+    if bench.task == "zeroshot_retrieval":
+        captions, caption_image = kept_captions(bench, number_N.numpy())
+        metrics = retrieval_metrics(image_NE, encode(captions).cpu(), torch.tensor(caption_image), bench.recall_k)
+    else:
+        weights_CE = zero_shot_weights(encode, list(bench.classnames), list(bench.templates)).cpu()
+        labels_N = torch.tensor(bench.labels)[number_N]
+        metrics = classification_metrics(zero_shot_logits(image_NE, weights_CE), labels_N)
+    return {mlflow_metric_name(bench.name, name): value for name, value in metrics.items()}

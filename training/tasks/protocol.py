@@ -9,6 +9,7 @@ from typing import ClassVar, Iterable, Protocol
 import torch
 from torch import nn
 
+from mmtrain.evaluation.folder_benchmark import FolderBenchmark
 from mmtrain.training.engine.loop import StepTask
 from mmtrain.training.tracking.figures import HeatmapSpec
 
@@ -36,6 +37,8 @@ class EvalAssets:
     # whatever share of the eval data each rank reads. Empty: the first max_generate_samples a
     # process meets (one process).
     questions_per_shard: tuple[int, ...] = ()
+    # CLIP: eval.benchmarks, their files listed (each rank decodes its share at every evaluation).
+    benchmarks: tuple[FolderBenchmark, ...] = ()
 
 
 class Task(StepTask, Protocol):

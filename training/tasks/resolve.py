@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmtrain.evaluation.benchmark import resolve_benchmarks
+from mmtrain.evaluation.folder_benchmark import FolderBenchmark, prepare_folder_benchmark
 from mmtrain.pipelines.config import AugmentConfig
 from mmtrain.pipelines.sources import ShardList, count_shard_samples, resolve_mixture, resolve_shards
 from mmtrain.pipelines.tokenizer import load_tokenizer, resolve_tokenizer
@@ -70,8 +72,15 @@ def resolve_clip(cfg: ClipRunConfig, shards: RunShards | None = None) -> tuple[C
     if data.eval_shards:
         classes, templates = classes_and_templates(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, classes=classes, templates=templates))
-        eval_assets = EvalAssets(data.tokenizer, classes, templates)
+        eval_assets = EvalAssets(data.tokenizer, classes, templates, benchmarks=folder_benchmarks(cfg.eval.benchmarks))
+    elif cfg.eval.benchmarks:
+        raise ValueError("eval.benchmarks run with the run's evaluation: set data.eval_shards too")
     return cfg, eval_assets
+
+
+def folder_benchmarks(specs: list[str]) -> tuple[FolderBenchmark, ...]:
+    """eval.benchmarks resolved and listed in the driver: a mistyped one fails before Ray starts."""
+    return tuple(prepare_folder_benchmark(bench) for spec in specs for bench in resolve_benchmarks(spec))
 
 
 def clip_eval_assets(cfg: ClipRunConfig) -> EvalAssets:
@@ -79,7 +88,7 @@ def clip_eval_assets(cfg: ClipRunConfig) -> EvalAssets:
     manifest or the config's classes file, not the classes the run saved) and the tokenizer."""
     unset = dataclasses.replace(cfg.eval, classes=[], templates=[])
     classes, templates = classes_and_templates(dataclasses.replace(cfg, eval=unset))
-    return EvalAssets(cfg.data.tokenizer, classes, templates)
+    return EvalAssets(cfg.data.tokenizer, classes, templates)  # its benchmarks: `mmtrain eval clip --benchmark`
 
 
 def vlm_eval_assets(cfg: VlmRunConfig, eval_shards: ShardList | None = None) -> EvalAssets:

@@ -27,6 +27,8 @@ def log_benchmark_results(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from mmtrain.training.tracking.tracker import create_experiment
+
     client = MlflowClient(tracking_uri)
     run_id = ""
     if training_run_id:
@@ -36,7 +38,7 @@ def log_benchmark_results(
             run_id = ""
     if not run_id:
         found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = found.experiment_id if found else create_experiment(client, experiment, tracking_uri)
         run_id = client.create_run(experiment_id, run_name=f"{run_name}-benchmarks").info.run_id
         client.set_terminated(run_id)
     rows = [row for result in results for row in result.rows()]

@@ -89,7 +89,7 @@ class Tracker:
         tags = {**(tags or {}), **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})}
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self._create_experiment(experiment, tracking_uri)
+        experiment_id = found.experiment_id if found else create_experiment(self.client, experiment, tracking_uri)
         if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
             self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.resumed = bool(resume_run_id) and self._exists(resume_run_id)
@@ -108,15 +108,6 @@ class Tracker:
             return True
         except MlflowException:  # the checkpoint came from another tracking store
             return False
-
-    def _create_experiment(self, name: str, tracking_uri: str) -> str:
-        artifact_location = None
-        if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the database
-            artifact_location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
-        except Exception:  # another process created it first
-            return self.client.get_experiment_by_name(name).experiment_id
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param  # MLflow: loaded by a tracked run's rank 0 alone
@@ -175,6 +166,18 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def create_experiment(client, name: str, tracking_uri: str) -> str:
+    """A new experiment's id; in a sqlite store its artifacts go beside the database (MLflow's default,
+    ./mlruns, is wherever the command happened to run)."""
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///"):
+        artifact_location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def log_artifacts_to_run(tracking_uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
