@@ -32,7 +32,11 @@ def classnames_for(bench: Benchmark, folders: list[str], listed: list[str] = ())
     if not names:
         raise ValueError(f"benchmark {bench.name}: no class names; give `classnames:` in its benchmark.yaml")
     if folders and len(names) != len(folders):
-        raise ValueError(f"benchmark {bench.name}: {len(names)} class names for {len(folders)} class folders")
+        raise ValueError(
+            f"benchmark {bench.name}: {len(names)} class names for {len(folders)} class folders (built-in names "
+            f"are CLIP_benchmark's for a dataset of that name); list `classnames:` in a benchmark.yaml, in "
+            "folder order"
+        )
     return names
 
 

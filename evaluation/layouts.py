@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmtrain.evaluation.choices import option_letters
 from mmtrain.pipelines.images import IMAGE_SUFFIXES
 
 MAX_ANNOTATION_BYTES = 1 << 30  # Karpathy's COCO JSON is ~150 MB
@@ -134,3 +135,13 @@ def check_question(row: dict, task: str, where: str) -> None:
             raise ValueError(f"{where}: `{key}` must be a non-empty list of strings")
     if "question" in row and not isinstance(row["question"], str):
         raise ValueError(f"{where}: `question` must be a string")
+    if task == "multiple_choice":
+        letters = option_letters(row["options"])
+        answer = row["answer"]
+        if not (
+            (isinstance(answer, int) and 0 <= answer < len(letters))
+            or (isinstance(answer, str) and answer.strip().upper() in letters)
+        ):
+            raise ValueError(
+                f"{where}: `answer` must be an option's letter ({', '.join(letters)}) or its number from 0"
+            )

@@ -83,7 +83,7 @@ def score(task: str, row: dict, answer: str) -> tuple[float, str]:
     if task == "multiple_choice":
         expected = row["answer"]
         letters = option_letters(row["options"])
-        expected = letters[expected] if isinstance(expected, int) else str(expected).strip().upper()
+        expected = letters[expected] if isinstance(expected, int) else expected.strip().upper()
         return float(picked_option(answer, row["options"]) == expected), expected
     return 0.0, " | ".join(row["captions"])  # captioning: scored over the whole set (CIDEr)
 
@@ -129,7 +129,7 @@ def run_vlm_benchmark(answerer: BenchmarkAnswerer, bench: Benchmark) -> Benchmar
 
 def task_metrics(task: str, scored: list[tuple]) -> dict:
     if task == "captioning":
-        corpus, per_image = cider([answer for _, _, answer, _, _ in scored], [row["captions"] for row, *_ in scored])
+        corpus, _ = cider([answer for _, _, answer, _, _ in scored], [row["captions"] for row, *_ in scored])
         return {"cider": corpus}
     values = [value for _, _, _, value, _ in scored]
     if task == "vqa":
