@@ -194,6 +194,6 @@ def print_mlflow_link(cfg, trainer: str) -> None:
 
 def print_summary(metrics: dict) -> None:
     print("\n== final metrics ==")
-    for key in sorted(metrics):
+    for key in sorted(k for k in metrics if not k.startswith("overhead/")):  # python -m benchmarks.overhead
         value = metrics[key]
         print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")

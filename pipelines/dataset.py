@@ -65,7 +65,9 @@ def build_dataset(
         limits=cfg.text_limits,
         mix=shards.mix if train else None,
     )
-    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.reads()), num_cpus=cfg.cpus_per_worker)
+    dataset = ray.data.read_datasource(
+        source, override_num_blocks=source.num_read_tasks(), num_cpus=cfg.cpus_per_worker
+    )
     if text_stage is None:
         text_stage = (
             Tokenize,

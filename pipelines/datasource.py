@@ -1,9 +1,10 @@
 """A Ray Data datasource that reads WebDataset shards for every epoch of a run in one execution.
 
-One read task per (epoch, shard), in epoch order; within an epoch the shard order, and within a
-shard the sample order (a seeded shuffle buffer), are functions of (seed, epoch). So one
-execution, and one pool of read/decode/tokenize actors, serves the whole run, and the trainer sees
-epoch boundaries only in the rows' positions (pipelines/position.py).
+One read task per (epoch, shard), in epoch order (a run of more than MAX_READ_TASKS reads gives
+each task several shards of an epoch, read in turn, so that planning stays bounded); within an
+epoch the shard order, and within a shard the sample order (a seeded shuffle buffer), are
+functions of (seed, epoch). So one execution, and one pool of read/decode/tokenize actors, serves
+the whole run, and the trainer sees epoch boundaries only in the rows' positions (position.py).
 
 A read task asks the run's SampleLedger which samples of its (epoch, shard) were already trained on
 or found bad (a resumed run) and seeks past them. Bad samples and bad stretches of a shard are
@@ -36,6 +37,7 @@ from mmtrain.pipelines.tar_samples import Bad, Record, TextLimits, iter_records
 
 logger = logging.getLogger("mmtrain.data")
 LOGGED_PER_SHARD = 5  # bad samples named in the log per shard; the rest are counted
+MAX_READ_TASKS = 20_000  # a run's planned read tasks (each a Python object in the driver)
 
 RAW_SCHEMA = pa.schema(
     [
@@ -102,18 +104,10 @@ class EpochShardDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> Optional[int]:
         return None
 
-    def reads(self) -> list[ShardRead]:
-        """Every read of the run, epoch by epoch; the shard order is reshuffled each epoch."""
-        reads = []
-        for epoch in range(self._epochs):
-            order = self._order(epoch)
-            reads += [
-                ShardRead(
-                    self._paths[i], int(i), epoch, self._seed, self._shuffle_buffer, self._takes[i], self._copies[i]
-                )
-                for i in order
-            ]
-        return reads
+    def read_orders(self) -> list[np.ndarray]:
+        """Each epoch's shard order (int32 shard numbers): the run's reads, epoch by epoch, held as
+        numbers (4 bytes a read), the ShardReads made in the read tasks."""
+        return [np.asarray(self._order(epoch), dtype=np.int32) for epoch in range(self._epochs)]
 
     def _order(self, epoch: int):
         """An epoch's shard order: a permutation by (seed, epoch). A mixture's sources are spread
@@ -130,19 +124,49 @@ class EpochShardDatasource(Datasource):
             times[members] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
         return np.argsort(times, kind="stable")
 
+    def reads_per_task(self) -> int:
+        """1 (a task per shard and epoch, as Ray Data balances best) until the run has more reads
+        than MAX_READ_TASKS; then each task reads that many shards of an epoch in turn, so planning
+        stays bounded (100,000 shards x 10 epochs: 20,000 tasks, not 1,000,000)."""
+        return max(1, -(-len(self._paths) * self._epochs // MAX_READ_TASKS))
+
+    def num_read_tasks(self) -> int:
+        return self._epochs * -(-len(self._paths) // self.reads_per_task())
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         filesystem, rows_per_block, ledger, limits = self._filesystem, self._rows_per_block, self._ledger, self._limits
+        size = self.reads_per_task()
+        # Several shards per task: the shard list travels once, through the object store.
+        shared = ray.put((self._paths, self._takes, self._copies)) if size > 1 else None
+        seed, buffer = self._seed, self._shuffle_buffer
 
-        def task(read: ShardRead) -> ReadTask:
-            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(read.path,))
+        def task(epoch: int, shards: np.ndarray) -> ReadTask:
+            if shared is None:
+                i = int(shards[0])
+                reads = [ShardRead(self._paths[i], i, epoch, seed, buffer, self._takes[i], self._copies[i])]
+                make, files = (lambda: reads), (self._paths[i],)
+            else:
+                make, files = (lambda: _shard_reads(ray.get(shared), shards, epoch, seed, buffer)), None
+            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=files)
             return ReadTask(
-                lambda: read_shard(read, filesystem, rows_per_block, ledger, limits),
+                lambda: (
+                    table for read in make() for table in read_shard(read, filesystem, rows_per_block, ledger, limits)
+                ),
                 metadata,
                 schema=RAW_SCHEMA,
                 per_task_row_limit=per_task_row_limit,
             )
 
-        return [task(read) for read in self.reads()]
+        return [
+            task(epoch, order[start : start + size])
+            for epoch, order in enumerate(self.read_orders())
+            for start in range(0, len(order), size)
+        ]
+
+
+def _shard_reads(shared: tuple, shards: np.ndarray, epoch: int, seed: Optional[int], buffer: int) -> list[ShardRead]:
+    paths, takes, copies = shared
+    return [ShardRead(paths[i], int(i), epoch, seed, buffer, takes[i], copies[i]) for i in shards.tolist()]
 
 
 def read_shard(

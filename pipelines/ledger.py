@@ -58,6 +58,10 @@ class SampleLedger:
 
     def consume(self, positions: np.ndarray) -> None:
         self._position.add_consumed(positions)
+        # Epochs behind the one in progress are done: keep their counts, not a byte per sample.
+        in_progress = self.epoch_in_progress()
+        for epoch in [e for e in self._position.consumed if e < in_progress]:
+            self._position.finish_epoch(epoch)
 
     def position(self) -> dict:
         return self._position.to_json()

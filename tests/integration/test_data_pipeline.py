@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import ray
 
-from mmtrain.pipelines import bad_samples, contract
+from mmtrain.pipelines import bad_samples, contract, datasource
 from mmtrain.pipelines.bad_samples import TooManyBadSamples
 from mmtrain.pipelines.config import AugmentConfig, DataConfig
 from mmtrain.pipelines.dataset import build_dataset, check_data_quality
@@ -144,9 +145,14 @@ def test_bad_shard_in_the_same_read_task_keeps_good_shards(ray_local, tmp_path):
     assert good == {k for k in expected["good_keys"] if k.startswith("good")}
 
 
-def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(ray_local, synth_dir):
+@pytest.mark.parametrize("max_read_tasks", [20_000, 3], ids=["a-task-per-read", "several-reads-per-task"])
+def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(
+    ray_local, synth_dir, max_read_tasks, monkeypatch
+):
     """Two epochs in one stream: each holds every sample once, in an order within each shard that
-    is a function of (seed, epoch): the same in a second run, different in the next epoch."""
+    is a function of (seed, epoch): the same in a second run, different in the next epoch; the same
+    again when the run's reads are planned as fewer tasks of several shards each."""
+    monkeypatch.setattr(datasource, "MAX_READ_TASKS", max_read_tasks)
 
     def order_by_epoch_and_shard():
         dataset = build_dataset(
@@ -167,6 +173,27 @@ def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(ray_lo
     for shard in range(4):
         assert sorted(first[0, shard]) == sorted(first[1, shard]) and len(first[0, shard]) == 64
         assert first[0, shard] != first[1, shard]
+    if max_read_tasks == 3:
+        monkeypatch.setattr(datasource, "MAX_READ_TASKS", 20_000)
+        assert order_by_epoch_and_shard() == first
+
+
+def test_planning_a_100k_shard_10_epoch_run_is_bounded(ray_local):
+    """A million reads planned as MAX_READ_TASKS tasks, every (epoch, shard) exactly once, in little
+    memory: planning one task per read took 43 s and held 682 MiB (benchmarks/RESULTS.md)."""
+    import tracemalloc
+
+    paths = [f"s3://bucket/train-{i:06d}.tar" for i in range(100_000)]
+    tracemalloc.start()
+    source = EpochShardDatasource(paths, pafs.LocalFileSystem(), epochs=10, seed=0, shuffle_buffer=1000)
+    tasks = source.get_read_tasks(1)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(tasks) == source.num_read_tasks() <= datasource.MAX_READ_TASKS
+    assert held < 64 * 2**20, held  # the shard list itself is ~8 MiB
+    orders = source.read_orders()
+    assert all(sorted(order.tolist()) == list(range(100_000)) for order in orders[:2])
+    assert not np.array_equal(orders[0], orders[1])
 
 
 def _tokenizer(tmp_path):

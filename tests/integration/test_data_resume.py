@@ -48,12 +48,11 @@ def _assert_each_sample_once_per_epoch(run_dir: Path) -> None:
     position = DataPosition.from_json(json.loads((checkpoint / "data_position.json").read_text()))
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["epoch"] == EPOCHS and state["step"] == EPOCHS * SHARDS * PER_SHARD // 16
+    # Finished epochs keep counts only: with no repeats, every sample once each.
+    assert position.epochs() == list(range(EPOCHS)) and set(position.finished) == set(range(EPOCHS))
     for epoch in range(EPOCHS):
         assert position.repeated.get(epoch, 0) == 0, (epoch, position.repeated)
-        for shard in range(SHARDS):
-            consumed = position.consumed[epoch][shard]
-            assert consumed[:PER_SHARD].all() and not consumed[PER_SHARD:].any(), (epoch, shard)
-    assert set(position.consumed) == set(range(EPOCHS))
+        assert position.consumed_by_shard(epoch) == {shard: PER_SHARD for shard in range(SHARDS)}, epoch
 
 
 def test_three_epochs_are_one_stream_each_sample_once(ray_local, synth_dir, tmp_path):
@@ -243,7 +242,7 @@ def test_a_killed_driver_resumes_a_mixture_at_its_exact_ratio(synth_dir, tmp_pat
     small_shards = {4 + copy for copy in range(2)}  # after the 4 big shards: the val shard, twice
     for epoch in range(EPOCHS):
         assert position.repeated.get(epoch, 0) == 0
-        per_shard = {shard: int(bitmap.sum()) for shard, bitmap in position.consumed[epoch].items()}
+        per_shard = position.consumed_by_shard(epoch)
         assert sum(n for s, n in per_shard.items() if s not in small_shards) == 256, per_shard
         assert sum(n for s, n in per_shard.items() if s in small_shards) == 96, per_shard
     client = MlflowClient(tracking)
@@ -274,6 +273,6 @@ def test_a_killed_worker_resumes_packed_vlm_rows_exactly(synth_dir, tmp_path):
     position = DataPosition.from_json(json.loads((checkpoint / "data_position.json").read_text()))
     assert not any(position.repeated.values()), position.repeated
     for shard in range(SHARDS):
-        assert position.consumed[0][shard][:PER_SHARD].all(), shard
+        assert position.consumed_in(0, shard) == PER_SHARD, shard
     steps = json.loads((checkpoint / "state.json").read_text())["step"]
     assert steps * 2 * 4 < position.total_consumed()  # rows held several samples each

@@ -2,6 +2,7 @@
 when a resumed read seeks past samples."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -51,6 +52,45 @@ def test_a_finished_epoch_costs_a_few_bytes_in_the_checkpoint():
     position = DataPosition()
     position.add_consumed(pack(0, 0, np.arange(100_000)))
     assert len(position.to_json()["consumed"]["0"]["0"]) < 100
+
+
+def test_a_finished_epoch_keeps_its_counts_only_and_they_survive_json():
+    """A long run holds the epochs in flight: a finished one keeps counts per shard and reason, its
+    shards read as done, and the summary counts are unchanged by the pruning."""
+    position = DataPosition(samples_per_shard={0: 6, 1: 4})
+    position.add_consumed(pack(0, 0, np.arange(5)))
+    position.add_consumed(pack(0, 1, np.arange(4)))
+    position.add_bad([BadSample(0, 0, 5, 10, "not_an_image"), BadSample(1, 1, 2, 10, "corrupt_tar")])
+    position.add_consumed(pack(1, 0, [0, 1]))
+    before = (position.bad_counts(), position.consumed_per_shard(), position.bad_per_shard(), position.total_consumed())
+    assert all(position.shard_done(0, shard) for shard in (0, 1))
+    position.finish_epoch(0)
+    assert 0 not in position.consumed and position.finished[0].consumed == {0: 5, 1: 4}
+    assert all(s.epoch == 1 for s in position.bad.values())
+    after = (position.bad_counts(), position.consumed_per_shard(), position.bad_per_shard(), position.total_consumed())
+    assert after == before
+    restored = DataPosition.from_json(json.loads(json.dumps(position.to_json())))
+    assert restored.shard_done(0, 0) and restored.consumed_in(0, 0) == 5 and restored.bad_counts() == before[0]
+    assert list(np.flatnonzero(restored.skip(1, 1))) == [2] and not restored.shard_done(1, 0)
+    restored.add_consumed(pack(0, 0, [1]))  # a finished epoch's sample again is a repeat
+    assert restored.repeated == {0: 1}
+
+
+@pytest.mark.parametrize(
+    "finished",
+    [
+        {"consumed": {"0": -1}},
+        {"consumed": {"0": True}},
+        {"bad": [[0, 1, 2]]},
+        {"bad": "x"},
+        [],
+        {"consumed": {"x": 1}},
+    ],
+)
+def test_a_crafted_finished_epoch_is_refused(finished):
+    data = DataPosition().to_json() | {"finished": {"0": finished}}
+    with pytest.raises((ValueError, TypeError)):
+        DataPosition.from_json(data)
 
 
 def _tar_bytes(tmp_path, name, count):

@@ -14,6 +14,9 @@ from mmtrain.pipelines.config import InvalidValue
 TRAIN = "train/"  # the training step: loss, lr, samples_per_s, grad_norm, ...
 TRAIN_DATA = "train_data/"  # the training stream: good samples, bad samples by reason, data actors
 VAL = "val/"  # evaluation on the held-out split: zero-shot accuracy, retrieval, eval loss
+# Where a worker's wall time went outside the training step (seconds, once per run): run tags, not
+# curves (`python -m benchmarks.overhead` prints them as a breakdown).
+OVERHEAD = "overhead/"
 LOSS, SAMPLES_PER_S = TRAIN + "loss", TRAIN + "samples_per_s"
 PREFIXES = (TRAIN, TRAIN_DATA, VAL)
 

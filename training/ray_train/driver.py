@@ -15,6 +15,7 @@ from mmtrain.pipelines.bad_samples import TooManyBadSamples
 from mmtrain.pipelines.sources import count_dataset_samples
 from mmtrain.training.checkpoint.store import latest_checkpoint, load_config_dict, read_train_state
 from mmtrain.training.config.io import to_dict
+from mmtrain.training.config.metric_names import OVERHEAD
 from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
 from mmtrain.training.engine.resume import check_resume_config, format_changes
 from mmtrain.training.ray_train.final_model import publish_final_model
@@ -145,6 +146,7 @@ def check_resume(cfg: ClipRunConfig | VlmRunConfig) -> None:
 def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dict:
     """Train a run config of any trainer: resolve what its data decides, check a resume, start Ray
     if needed, fit. Returns the final metrics (and "checkpoint")."""
+    started = time.perf_counter()
     spec = trainer_of(cfg)
     shards = list_shards(cfg.data)  # the one listing of the run's shards, before Ray starts
     cfg, eval_assets = spec.resolve(cfg, shards)
@@ -156,9 +158,15 @@ def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dic
         ),
     )
     check_resume(cfg)
+    ray_at = time.perf_counter()
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
+    ray_s = time.perf_counter() - ray_at
     make_output_dir(cfg.run.output_dir)
-    return fit(cfg, spec, eval_assets, shards, callbacks)
+    metrics = fit(cfg, spec, eval_assets, shards, callbacks)
+    # The driver's part of the wall time (the workers' part came with the final report).
+    metrics[OVERHEAD + "driver_config_and_shards_s"] = round(ray_at - started, 3)
+    metrics[OVERHEAD + "driver_ray_start_s"] = round(ray_s, 3)
+    return metrics
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -185,6 +193,7 @@ def fit(
     from mmtrain.training.ray_train.dataset_split import TrainEqualEvalWhole
     from mmtrain.training.ray_train.worker import train_worker
 
+    fit_started = time.perf_counter()
     scaling = cfg.scaling
     ledger = SampleLedger.remote(wait_for_begin=True, num_shards=len(shards.train), mix=shards.train.mix)
     output_dir = cfg.run.output_dir
@@ -210,13 +219,18 @@ def fit(
         datasets=_datasets(cfg, spec, shards, ledger, with_eval=eval_assets is not None),
         dataset_config=TrainEqualEvalWhole(),
     )
+    trainer_at = time.perf_counter()
     result = trainer.fit()
+    published_at = time.perf_counter()
     metrics = dict(result.metrics or {})
     if metrics.get("data_error"):
         raise TooManyBadSamples(metrics["data_error"])
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     if result.checkpoint:
         publish_final_model(cfg, spec, result.checkpoint)
+    metrics[OVERHEAD + "driver_datasets_s"] = round(trainer_at - fit_started, 3)  # sample counting included
+    metrics[OVERHEAD + "ray_train_fit_s"] = round(published_at - trainer_at, 3)
+    metrics[OVERHEAD + "driver_publish_final_model_s"] = round(time.perf_counter() - published_at, 3)
     return metrics
 
 

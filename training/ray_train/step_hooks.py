@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mmtrain.pipelines.bad_samples import TooManyBadSamples
 from mmtrain.pipelines.ledger import check_bad_fraction
 from mmtrain.training.checkpoint.store import checkpoint_name, save_checkpoint
 from mmtrain.training.config.io import to_dict
-from mmtrain.training.config.metric_names import LOSS, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
+from mmtrain.training.config.metric_names import LOSS, OVERHEAD, TRAIN, TRAIN_DATA, VAL, as_train, as_val, is_val
 from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
 from mmtrain.training.engine.consumption import Consumption
 from mmtrain.training.engine.distributed import all_reduce_sum, full_tensor, global_mean
@@ -33,6 +34,27 @@ from mmtrain.training.tracking.progress import Progress
 from mmtrain.training.tracking.tracker import Tracker, log_artifacts_to_run
 
 RunConfig = ClipRunConfig | VlmRunConfig
+
+
+class PhaseClock:
+    """Seconds a worker spends in each phase outside the training step: what `overhead/` reports."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - start)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
 
 
 @dataclass
@@ -177,6 +199,7 @@ class Checkpointer:
     def __init__(self, ctx: WorkerContext, optimizer, consumption: Consumption, start_step: int):
         self.ctx, self.optimizer = ctx, optimizer
         self.consumption, self.positions_taken_at = consumption, start_step
+        self.clock = PhaseClock()  # StepHooks reads it
 
     def should_checkpoint(self, step: int) -> bool:
         return every(self.ctx.cfg.loop.checkpoint_every, step)
@@ -189,22 +212,26 @@ class Checkpointer:
         (Ray Train merges them in storage), deleted once persisted; `before_report` gets it on every
         rank once written."""
         if not checkpoint:
-            ray.train.report(metrics, checkpoint=None)
+            with self.clock("report"):
+                ray.train.report(metrics, checkpoint=None)
             return
         ctx = self.ctx
         directory = Path(tempfile.mkdtemp(prefix="mmtrain-ckpt-"))
         run_id = ctx.tracker.run_id if ctx.tracker else ""
         frozen = ctx.task.frozen_sources()
-        save_checkpoint(directory, ctx.model, self.optimizer, state, to_dict(ctx.cfg), run_id, position, frozen)
+        with self.clock("checkpoint_save"):
+            save_checkpoint(directory, ctx.model, self.optimizer, state, to_dict(ctx.cfg), run_id, position, frozen)
         if before_report:
-            before_report(directory)
+            with self.clock("final_tracking"):
+                before_report(directory)
         name = checkpoint_name(state.step) if ctx.rank == 0 else None
         if dist.is_initialized():  # one name on every rank: Ray Train merges their parts under it
             shared = [name]
             dist.broadcast_object_list(shared, src=0)
             name = shared[0]
         saved = ray.train.Checkpoint.from_directory(str(directory))
-        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=name)
+        with self.clock("report"):  # a barrier, and Ray Train persisting this rank's part
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=name)
         shutil.rmtree(directory, ignore_errors=True)
 
     def data_position(self, state: TrainState) -> dict | None:
@@ -256,6 +283,7 @@ class StepHooks:
         validator: Validator,
         checkpointer: Checkpointer,
         num_nodes: int,
+        started: float | None = None,
     ):
         self.ctx, self.window, self.guard = ctx, window, guard
         self.validator, self.checkpointer = validator, checkpointer
@@ -263,6 +291,9 @@ class StepHooks:
         self.last_metrics: dict = {}
         self.last_result: StepResult | None = None
         self.created = time.perf_counter()
+        self.started = self.created if started is None else started  # the worker function's start
+        self.first_step_at: float | None = None
+        self.clock = checkpointer.clock  # one account of the phases outside the step
         self.progress = Progress()
 
     def show_first_batch(self, batches):
@@ -285,6 +316,10 @@ class StepHooks:
         loop = self.ctx.cfg.loop
         self.last_result = result
         self.window.add(result)
+        if self.first_step_at is None:  # its wait for data is start-up
+            self.first_step_at = time.perf_counter()
+        else:
+            self.clock.add("data_wait", result.data_wait_s)
         final = state.step >= loop.max_steps
         metrics = {}
         if self.window.steps == 1 and TRAIN + "time_to_first_step_s" not in self.last_metrics:
@@ -299,7 +334,8 @@ class StepHooks:
             self.last_metrics.update(metrics)
             return True
         if self.validator.should_validate(state.step):
-            metrics.update(self.validator.evaluate(state.step))
+            with self.clock("evaluation"):
+                metrics.update(self.validator.evaluate(state.step))
         checkpoint = self.checkpointer.should_checkpoint(state.step)
         if checkpoint or any(is_val(key) for key in metrics):  # what Ray Train or a sweep acts on
             self._report(state, metrics, checkpoint)
@@ -314,11 +350,15 @@ class StepHooks:
                 ctx.tracker.finish("FAILED")
             return
         metrics = dict(self.last_metrics)
+        loop_s = time.perf_counter() - (self.first_step_at or time.perf_counter())
+        in_loop_s = self.clock.total()  # the phases outside the step so far: all inside the loop
         if self.window.steps:  # the stream ended between log steps: the last window's figures
             metrics.update(self.window.metrics(state, self.last_result))
-        metrics.update(self.validator.evaluate(state.step))
+        with self.clock("evaluation"):
+            metrics.update(self.validator.evaluate(state.step))
         # The data position first: its hand-over tells the ledger every sample trained on.
-        position = self.checkpointer.data_position(state)
+        with self.clock("data_position"):
+            position = self.checkpointer.data_position(state)
         if ctx.rank == 0 and ctx.ledger is not None:  # bad-sample counts reach the run, by reason
             summary = ray.get(ctx.ledger.summary.remote())
             metrics[TRAIN_DATA + "good_samples"] = summary["good"]
@@ -326,14 +366,26 @@ class StepHooks:
             metrics.update({f"{TRAIN_DATA}bad/{reason}": count for reason, count in summary["bad"].items()})
             for kind, counts in summary.get("sources", {}).items():  # a mixture: each source's share
                 metrics.update({f"{TRAIN_DATA}source/{name}/{kind}": count for name, count in counts.items()})
+        metrics.update(self._overhead(loop_s, in_loop_s))
         # The MLflow run is complete before the last report: a sweep's scheduler may stop the
         # trial as soon as it sees that report, and a killed trial cannot end its run.
         metrics = self._log(state, metrics)
         self.checkpointer.report(state, metrics, True, position, before_report=self.checkpointer.finish_tracking)
 
+    def _overhead(self, loop_s: float, in_loop_s: float) -> dict:
+        """Where this worker's time went: start-up to the end of its first step; then the steps
+        (the loop's wall time less the phases outside the step within it); and each phase outside
+        the step, the final evaluation and data hand-over after the loop included. The final
+        checkpoint's save and report follow this account (they carry it)."""
+        phases = dict(self.clock.seconds)
+        phases["startup_to_first_step"] = (self.first_step_at or time.perf_counter()) - self.started
+        phases["train_step"] = max(0.0, loop_s - in_loop_s)
+        return {f"{OVERHEAD}{name}_s": round(seconds, 3) for name, seconds in phases.items()}
+
     def _report(self, state: TrainState, metrics: dict, checkpoint: bool, before_report=None) -> None:
         # The data position first: gathering it also brings state.epoch up to date for the log.
-        position = self.checkpointer.data_position(state) if checkpoint else None
+        with self.clock("data_position"):
+            position = self.checkpointer.data_position(state) if checkpoint else None
         metrics = self._log(state, metrics)
         self.checkpointer.report(state, metrics, checkpoint, position, before_report)
 
@@ -346,8 +398,10 @@ class StepHooks:
         if self.guard.error:
             metrics["data_error"] = self.guard.error
         self.last_metrics.update({k: v for k, v in metrics.items() if not is_val(k)})
-        if ctx.tracker:
-            ctx.tracker.log_metrics(metrics, state.step)
-        if ctx.rank == 0 and any(k == LOSS or is_val(k) for k in metrics):
-            print(self.progress.line(state.step, ctx.cfg.loop.max_steps, metrics), flush=True)
+        with self.clock("logging"):
+            if ctx.tracker:
+                ctx.tracker.log_metrics(metrics, state.step)
+            if ctx.rank == 0 and any(k == LOSS or is_val(k) for k in metrics):
+                shown = {k: v for k, v in metrics.items() if not k.startswith(OVERHEAD)}
+                print(self.progress.line(state.step, ctx.cfg.loop.max_steps, shown), flush=True)
         return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Restored:
 
 def train_worker(loop_config: dict) -> None:
     """Runs in every Ray Train worker: build, maybe restore, train, evaluate, checkpoint, report."""
+    started = time.perf_counter()
     _quiet_loggers()
     payload: WorkerPayload = loop_config["payload"]
     cfg: RunConfig = payload.config
@@ -89,6 +91,7 @@ def train_worker(loop_config: dict) -> None:
         Validator(ctx, payload.eval, built.parallel.strategy),
         Checkpointer(ctx, built.optimizer, consumption, state.step),
         num_nodes=_count_nodes(),
+        started=started,
     )
     shards_requested.join()
     if early_batches is None:

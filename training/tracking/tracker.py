@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmtrain.training.config.metric_names import OVERHEAD
+
 RUN_NAME_TAG = "mmtrain.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 # tracking.tracking_uri=none: no MLflow at all (benchmarks, hosts without mlflow); metrics still print.
@@ -29,6 +31,13 @@ NOT_CURVES = frozenset(
         "val/questions",
     }
 )
+
+
+def is_fact(name: str) -> bool:
+    """A number about the run rather than a curve over its steps: kept as a run tag."""
+    return name in NOT_CURVES or name.startswith(OVERHEAD)
+
+
 # MLflow 3 records what an experiment is for in this tag. Its UI (3.17; tools/mlflow_ui_check.py)
 # still opens every experiment on the GenAI traces overview unless the link asks for the model-training
 # view (UI_VIEW), which the browser then remembers: experiment_link gives that link.
@@ -129,8 +138,8 @@ class Tracker:
 
         now = int(time.time() * 1000)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        entries = [Metric(k, float(v), now, step) for k, v in numbers.items() if k not in NOT_CURVES]
-        tags = [RunTag(f"mmtrain.{k}", str(v)) for k, v in numbers.items() if k in NOT_CURVES]
+        entries = [Metric(k, float(v), now, step) for k, v in numbers.items() if not is_fact(k)]
+        tags = [RunTag(f"mmtrain.{k}", str(v)) for k, v in numbers.items() if is_fact(k)]
         if entries or tags:
             self.client.log_batch(self.run_id, metrics=entries, tags=tags)
 
