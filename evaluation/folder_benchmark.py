@@ -15,11 +15,7 @@ import numpy as np
 
 from mmtrain.evaluation import layouts, prompts
 from mmtrain.evaluation.benchmark import Benchmark
-from mmtrain.pipelines import bad_samples
 from mmtrain.pipelines.config import AugmentConfig
-from mmtrain.pipelines.contained_files import read_contained
-from mmtrain.pipelines.images import BadSample, decode_eval
-from mmtrain.pipelines.tar_samples import MAX_MEMBER_BYTES
 
 IN_TRAINING_TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 
@@ -93,14 +89,8 @@ def prepare_folder_benchmark(bench: Benchmark) -> FolderBenchmark:
 
 def read_benchmark_image(bench: FolderBenchmark, number: int, augment: AugmentConfig, max_pixels: int):
     """File `number` decoded as evaluation decodes images, or None when it cannot be (skipped)."""
-    root = Path(bench.root)
-    try:
-        content = read_contained(
-            root / bench.files[number], root.resolve(), MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER
-        )
-        return None if isinstance(content, str) else decode_eval(content, augment, max_pixels)
-    except (OSError, BadSample):
-        return None
+    image = layouts.read_image(Path(bench.root), bench.files[number], augment, max_pixels)
+    return None if isinstance(image, str) else image
 
 
 def kept_captions(bench: FolderBenchmark, kept_images: np.ndarray) -> tuple[list[str], list[int]]:

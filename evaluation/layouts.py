@@ -7,11 +7,30 @@ import json
 from pathlib import Path
 
 from mmtrain.evaluation.choices import option_letters
-from mmtrain.pipelines.images import IMAGE_SUFFIXES
+from mmtrain.pipelines import bad_samples
+from mmtrain.pipelines.config import AugmentConfig
+from mmtrain.pipelines.contained_files import read_contained
+from mmtrain.pipelines.images import IMAGE_SUFFIXES, BadSample, decode_eval
+from mmtrain.pipelines.tar_samples import MAX_MEMBER_BYTES
 
 MAX_ANNOTATION_BYTES = 1 << 30  # Karpathy's COCO JSON is ~150 MB
 SNIFF_BYTES = 1 << 16
 QUESTION_FILES = ("questions.jsonl", "questions.json")
+
+
+def read_image(root: Path, name: str, augment: AugmentConfig, max_pixels: int):
+    """A benchmark's image file under `root`, decoded as evaluation decodes images (uint8 HWC), or
+    the reason it is skipped (bad_samples): a file outside root, too large, unreadable, no image."""
+    try:
+        content = read_contained(root / name, root.resolve(), MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
+    except OSError:
+        return bad_samples.UNREADABLE_FILE
+    if isinstance(content, str):
+        return content
+    try:
+        return decode_eval(content, augment, max_pixels)
+    except BadSample as err:
+        return err.reason
 
 
 def _images_in(folder: Path) -> list[str]:

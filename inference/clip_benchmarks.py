@@ -30,29 +30,14 @@ from mmtrain.inference.pool import PoolOptions, start_inference
 from mmtrain.inference.progress import ProgressPrinter
 from mmtrain.inference.trained import TrainedRun, load_trained_model
 from mmtrain.pipelines.image_folder import image_files
-from mmtrain.pipelines.tokenizer import configure_fixed_length, load_tokenizer
+from mmtrain.training.tasks.clip_eval import text_encoder as clip_text_encoder
 from mmtrain.training.tasks.resolve import manifest_near
 
-TEXTS_PER_BATCH = 256
 
-
-@torch.inference_mode()
 def text_encoder(run: TrainedRun) -> Callable[[list[str]], torch.Tensor]:
     """The run's text tower in the driver: texts -> [T, E] normalised embeddings."""
-    task, model = load_trained_model(run, torch.device("cpu"))
-    tokenizer = configure_fixed_length(load_tokenizer(run.cfg.data.tokenizer), run.cfg.data.context_length)
-
-    @torch.inference_mode()
-    def encode(texts: list[str]) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(texts), TEXTS_PER_BATCH):
-            encodings = tokenizer.encode_batch(texts[start : start + TEXTS_PER_BATCH])
-            ids = torch.tensor([e.ids for e in encodings])
-            mask = torch.tensor([e.attention_mask for e in encodings])
-            chunks.append(model.encode_text(ids, mask).float())
-        return torch.cat(chunks)
-
-    return encode
+    _, model = load_trained_model(run, torch.device("cpu"))
+    return clip_text_encoder(model, run.cfg.data.tokenizer, run.cfg.data.context_length, torch.device("cpu"))
 
 
 def image_embeddings(run: TrainedRun, data: str, options: PoolOptions, files=None, classes=()) -> tuple[dict, int]:

@@ -19,11 +19,7 @@ from mmtrain.evaluation.cider import cider
 from mmtrain.evaluation.report import BenchmarkResult
 from mmtrain.evaluation.vqa import vqa_accuracy
 from mmtrain.inference.trained import TrainedRun, autocast, inference_device, load_trained_model
-from mmtrain.pipelines import bad_samples
-from mmtrain.pipelines.contained_files import read_contained
 from mmtrain.pipelines.conversations import IMAGE_PLACEHOLDER, ConversationEncoder
-from mmtrain.pipelines.images import BadSample, decode_eval
-from mmtrain.pipelines.tar_samples import MAX_MEMBER_BYTES
 
 QUESTIONS_PER_BATCH = 16
 EXAMPLES_KEPT = 50  # per benchmark, in the report
@@ -54,21 +50,10 @@ class BenchmarkAnswerer:
 
 
 def read_images(row: dict, root: Path, data) -> list[np.ndarray] | str:
-    """The row's images decoded as the eval pipeline decodes them, or the reason they cannot be."""
+    """The row's images decoded as the eval pipeline decodes them, or the reason one cannot be."""
     names = [row["image"]] if isinstance(row["image"], str) else row["image"]
-    images = []
-    for name in names:
-        try:
-            content = read_contained(root / name, root.resolve(), MAX_MEMBER_BYTES, bad_samples.OVERSIZED_MEMBER)
-        except OSError:
-            content = bad_samples.UNREADABLE_FILE
-        if isinstance(content, str):
-            return content
-        try:
-            images.append(decode_eval(content, data.augment, data.max_image_pixels))
-        except BadSample as err:
-            return err.reason
-    return images
+    images = [layouts.read_image(root, name, data.augment, data.max_image_pixels) for name in names]
+    return next((image for image in images if isinstance(image, str)), images)
 
 
 def prompt_of(row: dict, template: str) -> str:

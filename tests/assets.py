@@ -251,3 +251,12 @@ def write_malformed_shards(out_dir: Path) -> dict:
             "empty_shard": 3,
         },
     }
+
+
+def make_synth(out: Path, train: int, val: int, shard_samples: int, image_size: int = 32) -> Path:
+    """Synthetic shards (+ manifest and tokenizer) written by `mmtrain data synth`, as a user makes them."""
+    from mmtrain.jobs.cli import main
+
+    args = ["--out", str(out), "--train", str(train), "--val", str(val), "--shard-samples", str(shard_samples)]
+    assert main(["data", "synth", *args, "--image-size", str(image_size)]) == 0
+    return out

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.assets import free_port
+from tests.assets import free_port, make_synth
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -11,29 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic dataset (train + val shards, manifest, tokenizer), made once."""
-    from mmtrain.jobs.cli import main
-
-    out = tmp_path_factory.mktemp("synth")
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "--out",
-                str(out),
-                "--train",
-                "256",
-                "--val",
-                "64",
-                "--shard-samples",
-                "64",
-                "--image-size",
-                "32",
-            ]
-        )
-        == 0
-    )
-    return out
+    return make_synth(tmp_path_factory.mktemp("synth"), train=256, val=64, shard_samples=64)
 
 
 @pytest.fixture(scope="session")

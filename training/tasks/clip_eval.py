@@ -59,15 +59,22 @@ def zero_shot_classifier(
     return zero_shot_weights(text_encoder(model, tokenizer_path, context_length, device), classes, templates)
 
 
+TEXTS_PER_BATCH = 256  # a retrieval set's captions (25,000 for COCO) go through the tower in batches
+
+
 def text_encoder(model, tokenizer_path: str, context_length: int, device: torch.device):
-    """texts -> [T, E] normalised embeddings from the model's text tower."""
+    """texts -> [T, E] normalised float embeddings from the model's text tower."""
     tokenizer = configure_fixed_length(load_tokenizer(tokenizer_path), context_length)
 
+    @torch.no_grad()
     def encode_texts(texts: list[str]) -> torch.Tensor:
-        encodings = tokenizer.encode_batch(texts)
-        ids_TL = torch.tensor([e.ids for e in encodings], device=device)
-        mask_TL = torch.tensor([e.attention_mask for e in encodings], device=device)
-        return model.encode_text(ids_TL, mask_TL)
+        chunks = []
+        for start in range(0, len(texts), TEXTS_PER_BATCH):
+            encodings = tokenizer.encode_batch(texts[start : start + TEXTS_PER_BATCH])
+            ids_TL = torch.tensor([e.ids for e in encodings], device=device)
+            mask_TL = torch.tensor([e.attention_mask for e in encodings], device=device)
+            chunks.append(model.encode_text(ids_TL, mask_TL).float())
+        return torch.cat(chunks)
 
     return encode_texts
 
