@@ -40,11 +40,13 @@ def build_dataset(
     columns: tuple[str, ...] | None = None,
     text_stage: tuple[type, dict] | None = None,
     epochs: int = 1,
+    max_rows: int | None = None,
 ) -> ray.data.Dataset:
     """The Ray Dataset for one split: `epochs` passes over the shards (training) or one in file
     order (eval). `ledger` (a SampleLedger handle) receives bad-sample counts and tells the reads
     what a resumed run has already used; `columns` keeps only those; `text_stage` replaces caption
-    tokenizing (class, constructor kwargs). `shards` are listed already (ShardList), or specs."""
+    tokenizing (class, constructor kwargs). `shards` are listed already (ShardList), or specs.
+    `max_rows` ends the stream after that many good rows: what a run of loop.max_steps trains on."""
     specs = shards if isinstance(shards, list) else shards.specs
     if not isinstance(shards, ShardList):
         shards = resolve_shards(shards, cfg.s3_endpoint)
@@ -73,7 +75,7 @@ def build_dataset(
             Tokenize,
             dict(tokenizer_path=resolve_tokenizer(cfg, list(specs)), context_length=cfg.context_length, ledger=ledger),
         )
-    return map_stages(
+    dataset = map_stages(
         dataset,
         cfg,
         train=train,
@@ -82,6 +84,11 @@ def build_dataset(
         text_stage=text_stage,
         workers=pool_size(cfg, len(shards.paths)),
     )
+    # The pool decodes as far ahead as the object store lets it, which for small samples is the
+    # whole stream; planned in whole epochs with a margin for bad samples, that is up to two epochs
+    # nobody trains on. Ending the stream at the run's need stops the reads there (Ray Data's limit
+    # counts rows after the stages, so bad samples dropped by decode are not counted).
+    return dataset.limit(max_rows) if max_rows else dataset
 
 
 def map_stages(

@@ -177,6 +177,24 @@ def test_each_epoch_of_the_stream_has_its_own_order_and_the_seed_fixes_it(
     assert order_by_epoch_and_shard() == first
 
 
+def test_a_stream_bounded_by_rows_stops_reading_where_the_run_stops(ray_local, synth_dir):
+    """A run of loop.max_steps ends its stream at the rows it trains on (driver.stream_rows): the
+    reads stop there too, in-flight reads aside, not at the end of the epochs planned."""
+    ledger = SampleLedger.remote()
+    dataset = build_dataset(
+        _cfg(),
+        [str(synth_dir / "train-*.tar")],
+        train=True,
+        ledger=ledger,
+        epochs=10,
+        max_rows=100,
+        columns=(contract.KEY,),
+    )
+    assert len(dataset.take_all()) == 100
+    read = ray.get(ledger.summary.remote())["good"]
+    assert 100 <= read <= 2560 // 2, read  # 10 epochs of 4 shards of 64 were planned
+
+
 def test_planning_a_100k_shard_10_epoch_run_is_bounded(ray_local):
     """A million reads planned as MAX_READ_TASKS tasks, every (epoch, shard) exactly once, in little
     memory: planning one task per read took 43 s and held 682 MiB (benchmarks/RESULTS.md)."""

@@ -248,6 +248,7 @@ def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunS
         columns=task.train_columns + (contract.POSITION,),
         text_stage=task.text_stage(cfg, ledger, train=True),
         epochs=_stream_epochs(cfg, shards.train),
+        max_rows=stream_rows(cfg, shards.train),
     )
     if not with_eval:
         return {"train": train}
@@ -255,6 +256,17 @@ def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunS
         cfg.data, shards.eval, train=False, columns=task.eval_columns, text_stage=task.text_stage(cfg)
     )
     return {"train": train, "eval": evaluation}
+
+
+def stream_rows(cfg: ClipRunConfig | VlmRunConfig, shards) -> int | None:
+    """The rows a run of loop.max_steps takes from its stream, counted from step 0 (a resumed run
+    needs fewer: the bound is never short), plus one batch per worker of margin. None where the
+    count is not fixed: a run of loop.epochs, a mixture (its batches regroup rows by source), packed
+    VLM rows (a row holds a varying number of samples)."""
+    if cfg.loop.epochs or shards.mix is not None or cfg.data.packing.enabled:
+        return None
+    batches_per_worker = cfg.loop.max_steps * cfg.optim.grad_accum_steps + 1
+    return batches_per_worker * cfg.loop.batch_size_per_worker * cfg.scaling.num_workers
 
 
 def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
