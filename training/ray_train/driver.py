@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mmtrain.pipelines import contract
@@ -159,10 +160,13 @@ def run_training(cfg: ClipRunConfig | VlmRunConfig, callbacks: list = ()) -> dic
     )
     check_resume(cfg)
     ray_at = time.perf_counter()
+    # Every shard's tar headers are read (seconds for 60,000 samples) while Ray starts, which is
+    # mostly waiting for its processes to come up.
+    samples = None if cfg.loop.epochs else _count_in_background(shards)
     ensure_ray(cfg.run.ray_address, cfg.run.local_num_cpus)
     ray_s = time.perf_counter() - ray_at
     make_output_dir(cfg.run.output_dir)
-    metrics = fit(cfg, spec, eval_assets, shards, callbacks)
+    metrics = fit(cfg, spec, eval_assets, shards, callbacks, samples)
     # The driver's part of the wall time (the workers' part came with the final report).
     metrics[OVERHEAD + "driver_config_and_shards_s"] = round(ray_at - started, 3)
     metrics[OVERHEAD + "driver_ray_start_s"] = round(ray_s, 3)
@@ -180,10 +184,12 @@ def fit(
     eval_assets: EvalAssets | None,
     shards: RunShards,
     callbacks: list = (),
+    samples: Future | None = None,
 ) -> dict:
     """Build the datasets and the TorchTrainer, run it (resuming a run of the same name), return
     the final metrics. Expects Ray to be initialised by the caller. `callbacks` are Ray Train
-    callbacks (a sweep passes one that reports to Tune)."""
+    callbacks (a sweep passes one that reports to Tune); `samples`, the training shards' sample
+    count being made (else it is counted here)."""
     # ray.train and the worker's imports load in seconds: paid for only by commands that train
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -216,7 +222,7 @@ def fit(
             # Ray Train's INFO lines (worker groups started, checkpoints persisted) only with --verbose.
             logging_config=None if verbose() else ray.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=_datasets(cfg, spec, shards, ledger, with_eval=eval_assets is not None),
+        datasets=_datasets(cfg, spec, shards, ledger, samples, with_eval=eval_assets is not None),
         dataset_config=TrainEqualEvalWhole(),
     )
     trainer_at = time.perf_counter()
@@ -234,7 +240,14 @@ def fit(
     return metrics
 
 
-def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunShards, ledger, with_eval: bool):
+def _datasets(
+    cfg: ClipRunConfig | VlmRunConfig,
+    spec: TrainerSpec,
+    shards: RunShards,
+    ledger,
+    samples: Future | None,
+    with_eval: bool,
+):
     """The run's one training stream (all its epochs) and, with eval data, the held-out set."""
     from mmtrain.pipelines.dataset import build_dataset, limit_data_resources  # Ray Data, as in fit()
 
@@ -247,7 +260,7 @@ def _datasets(cfg: ClipRunConfig | VlmRunConfig, spec: TrainerSpec, shards: RunS
         ledger=ledger,
         columns=task.train_columns + (contract.POSITION,),
         text_stage=task.text_stage(cfg, ledger, train=True),
-        epochs=_stream_epochs(cfg, shards.train),
+        epochs=_stream_epochs(cfg, shards.train, samples),
         max_rows=stream_rows(cfg, shards.train),
     )
     if not with_eval:
@@ -269,20 +282,28 @@ def stream_rows(cfg: ClipRunConfig | VlmRunConfig, shards) -> int | None:
     return batches_per_worker * cfg.loop.batch_size_per_worker * cfg.scaling.num_workers
 
 
-def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards) -> int:
+def _count_in_background(shards: RunShards) -> Future:
+    counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmtrain-count")
+    samples = counting.submit(count_dataset_samples, shards.train)
+    counting.shutdown(wait=False)  # its thread ends with the count
+    return samples
+
+
+def _stream_epochs(cfg: ClipRunConfig | VlmRunConfig, shards, samples: Future | None) -> int:
     """Epochs in the run's one training stream: loop.epochs, else enough for loop.max_steps (the
-    shards' sample count comes from their tar headers)."""
+    shards' sample count comes from their tar headers: `samples`, when counted already)."""
     from mmtrain.pipelines.dataset import epochs_for  # Ray Data: loaded by commands that train, as in fit()
 
     if cfg.loop.epochs:
         return cfg.loop.epochs
     start = time.perf_counter()
-    samples = count_dataset_samples(shards)
+    counted = samples.result() if samples is not None else count_dataset_samples(shards)
     global_batch = cfg.loop.batch_size_per_worker * cfg.scaling.num_workers * cfg.optim.grad_accum_steps
     global_batch *= cfg.data.packing.samples_per_row  # packed rows: as many as they may hold (a bound)
-    epochs = epochs_for(samples, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
+    epochs = epochs_for(counted, global_batch, cfg.loop.max_steps, cfg.data.max_bad_fraction)
+    waited = "counted while Ray started" if samples is not None else "counted"
     print(
-        f"[mmtrain] {samples} samples in {len(shards)} shards (counted in {time.perf_counter() - start:.1f} s): "
+        f"[mmtrain] {counted} samples in {len(shards)} shards ({waited}; {time.perf_counter() - start:.1f} s waited): "
         f"one stream of {epochs} epochs for {cfg.loop.max_steps} steps",
         flush=True,
     )
