@@ -130,13 +130,27 @@ def map_stages(
 def pool_size(cfg: DataConfig, num_shards: int) -> int:
     """Actors in the fused read/decode/tokenize pool: data.workers, else what Ray Data's CPU cap
     holds; never more than the shards, since one actor reads one shard at a time."""
-    workers = cfg.workers
-    if not workers:
-        limit = DataContext.get_current().execution_options.resource_limits.cpu
-        if limit is None or math.isinf(limit):
-            limit = ray.cluster_resources().get("CPU", 1.0)
-        workers = max(1, int(limit // cfg.cpus_per_worker))
-    return max(1, min(workers, num_shards))
+    return max(1, min(cfg.workers or _actors_within_cap(cfg), num_shards))
+
+
+def pool_sizes(cfg: DataConfig, train_shards: int, eval_shards: int) -> tuple[int, int]:
+    """Actors in a run's training pool and in its held-out set's. The two run at once whenever an
+    evaluation comes while the training stream still reads ahead (a mid-run evaluation, or a stream
+    longer than the object store holds), so together they stay within Ray Data's CPU cap: a pool
+    past it never gets its CPUs, and the training, waiting on the evaluation, waits forever. The
+    held-out pool takes at most half. data.workers, when set, sizes each pool as given."""
+    if cfg.workers or not eval_shards:
+        return pool_size(cfg, train_shards), (pool_size(cfg, eval_shards) if eval_shards else 0)
+    actors = _actors_within_cap(cfg)
+    held_out = max(1, min(eval_shards, actors // 2))
+    return max(1, min(train_shards, actors - held_out)), held_out
+
+
+def _actors_within_cap(cfg: DataConfig) -> int:
+    limit = DataContext.get_current().execution_options.resource_limits.cpu
+    if limit is None or math.isinf(limit):
+        limit = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, int(limit // cfg.cpus_per_worker))
 
 
 def epochs_for(samples: int, global_batch: int, max_steps: int, max_bad_fraction: float) -> int:

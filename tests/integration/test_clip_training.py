@@ -60,6 +60,24 @@ def val_class_folders(synth_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.timeout(150)
+def test_an_evaluation_beside_a_stream_still_reading_gets_its_cpus(ray_local, synth_dir, tmp_path, monkeypatch):
+    """An evaluation at step 2, while the training stream's pool is still reading and held back by
+    the object store's budget (a few MB here; on real images a full budget is the normal state): the
+    held-out set's pool starts beside it. Each sized to Ray Data's whole CPU cap, the two asked for
+    2 training workers + 4 + 1 CPUs of 6, and the evaluation waited for a stream that waited on it."""
+    from ray.data import DataContext
+
+    from mmtrain.training.ray_train.driver import run_training
+
+    monkeypatch.setattr(DataContext.get_current(), "override_object_store_memory_limit_fraction", 0.001)
+    more = ["loop.epochs=200", "loop.eval_every=2", "loop.batch_size_per_worker=8", "tracking.tracking_uri=none"]
+    overrides = _overrides(synth_dir, tmp_path, "beside", 4) + more
+    metrics = run_training(load_config(ClipRunConfig, REPO / "conf/clip/tiny.yaml", overrides))
+    assert metrics["step"] == 4 and 0.0 <= metrics["val/zero_shot_top1"] <= 1.0
+    assert metrics["train_data/pool_actors_started"] == 3  # 4 of the cap's actors, one left for the held-out set
+
+
 def test_two_workers_learn_track_and_resume(ray_local, synth_dir, tmp_path, capsys):
     from mmtrain.training.ray_train.driver import run_training
 

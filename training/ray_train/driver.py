@@ -249,12 +249,13 @@ def _datasets(
     with_eval: bool,
 ):
     """The run's one training stream (all its epochs) and, with eval data, the held-out set."""
-    from mmtrain.pipelines.dataset import build_dataset, limit_data_resources  # Ray Data, as in fit()
+    from mmtrain.pipelines.dataset import build_dataset, limit_data_resources, pool_sizes  # Ray Data, as in fit()
 
     limit_data_resources(cfg.data, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     task = spec.task
+    train_pool, eval_pool = pool_sizes(cfg.data, len(shards.train), len(shards.eval) if with_eval else 0)
     train = build_dataset(
-        cfg.data,
+        dataclasses.replace(cfg.data, workers=train_pool),
         shards.train,
         train=True,
         ledger=ledger,
@@ -266,7 +267,11 @@ def _datasets(
     if not with_eval:
         return {"train": train}
     evaluation = build_dataset(
-        cfg.data, shards.eval, train=False, columns=task.eval_columns, text_stage=task.text_stage(cfg)
+        dataclasses.replace(cfg.data, workers=eval_pool),
+        shards.eval,
+        train=False,
+        columns=task.eval_columns,
+        text_stage=task.text_stage(cfg),
     )
     return {"train": train, "eval": evaluation}
 
