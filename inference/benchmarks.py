@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mmtrain.evaluation.benchmark import resolve_benchmarks
 from mmtrain.evaluation.report import BenchmarkResult, write_report
-from mmtrain.inference.clip_benchmarks import run_clip_benchmark, text_encoder
+from mmtrain.inference.clip_benchmarks import SuiteImages, run_clip_benchmark, text_encoder
 from mmtrain.inference.pool import PoolOptions
 from mmtrain.inference.trained import TrainedRun, find_trained
 from mmtrain.inference.vlm_benchmarks import BenchmarkAnswerer, run_vlm_benchmark
@@ -26,8 +26,8 @@ def run_benchmarks(
         )
     run = find_trained(checkpoint, kind, f"eval {kind}")
     if kind == "clip":
-        encode = text_encoder(run)
-        return run, [run_clip_benchmark(run, bench, options, encode) for bench in benchmarks]
+        encode, images = text_encoder(run), SuiteImages(run, options)
+        return run, [run_clip_benchmark(bench, images, encode) for bench in benchmarks]
     answerer = BenchmarkAnswerer(run)
     return run, [run_vlm_benchmark(answerer, bench) for bench in benchmarks]
 

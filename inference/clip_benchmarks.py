@@ -54,6 +54,22 @@ def image_embeddings(run: TrainedRun, data: str, options: PoolOptions, files=Non
     return found, bad
 
 
+class SuiteImages:
+    """The image embeddings a suite's benchmarks ask for, each distinct set of images embedded once:
+    benchmarks that vary the prompts, the class names or the task over one dataset (a zero-shot
+    and a linear probe on one test folder) pass its images through the pool once."""
+
+    def __init__(self, run: TrainedRun, options: PoolOptions):
+        self.run, self.options = run, options
+        self._embedded: dict[tuple, tuple[dict, int]] = {}
+
+    def __call__(self, data: str, files: list[str] | None = None, classes=()) -> tuple[dict, int]:
+        key = (str(data), None if files is None else tuple(files), tuple(classes))
+        if key not in self._embedded:
+            self._embedded[key] = image_embeddings(self.run, data, self.options, files, classes)
+        return self._embedded[key]
+
+
 def _stack(found: dict, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     vectors = np.stack([found[k][1] for k in keys]) if keys else np.zeros((0, 0), np.float32)
     return torch.from_numpy(vectors), torch.tensor([found[k][0] for k in keys], dtype=torch.long)
@@ -71,10 +87,10 @@ def classification_inputs(bench: Benchmark, root: str) -> tuple[list[str] | None
     return None, [], classnames_for(bench, [], manifest_near(root).get("classes") or [])
 
 
-def zero_shot(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+def zero_shot(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int, dict]:
     files, folders, names = classification_inputs(bench, bench.data)
     files = files[: bench.limit] if files is not None and bench.limit else files
-    found, bad = image_embeddings(run, bench.data, options, files, folders)
+    found, bad = images(bench.data, files, folders)
     keys = sorted(k for k in found if found[k][0] >= 0)
     image_NE, labels_N = _stack(found, keys)
     if not keys:
@@ -84,10 +100,10 @@ def zero_shot(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -
     return metrics, len(keys), {"classnames": names, "templates": templates, "bad_samples": bad}
 
 
-def retrieval(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+def retrieval(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int, dict]:
     annotations = Path(bench.annotations)
     files, captions, caption_image = layouts.read_karpathy(annotations, bench.split, bench.limit)
-    found, bad = image_embeddings(run, bench.data, options, files)
+    found, bad = images(bench.data, files)
     kept = [i for i, name in enumerate(files) if name in found]  # a corrupt image and its captions leave
     renumber = {old: new for new, old in enumerate(kept)}
     texts = [(c, renumber[i]) for c, i in zip(captions, caption_image) if i in renumber]
@@ -98,13 +114,13 @@ def retrieval(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -
     return metrics, len(kept), {"texts": len(texts), "bad_samples": bad}
 
 
-def probe(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tuple[dict, int, dict]:
+def probe(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int, dict]:
     train_files, train_folders, _ = classification_inputs(bench, bench.train_data)
     test_files, test_folders, _ = classification_inputs(bench, bench.data)
     if train_folders != test_folders:
         raise ValueError(f"benchmark {bench.name}: train and test have different class folders")
-    train, bad_train = image_embeddings(run, bench.train_data, options, train_files, train_folders)
-    test, bad_test = image_embeddings(run, bench.data, options, test_files, test_folders)
+    train, bad_train = images(bench.train_data, train_files, train_folders)
+    test, bad_test = images(bench.data, test_files, test_folders)
     train_NE, train_labels = _stack(train, sorted(train))
     test_NE, test_labels = _stack(test, sorted(test))
     metrics = linear_probe(train_NE, train_labels, test_NE, test_labels, len(train_folders))
@@ -114,7 +130,7 @@ def probe(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> tu
 RUNNERS = {"zeroshot_classification": zero_shot, "zeroshot_retrieval": retrieval, "linear_probe": probe}
 
 
-def run_clip_benchmark(run: TrainedRun, bench: Benchmark, options: PoolOptions, encode) -> BenchmarkResult:
-    metrics, samples, details = RUNNERS[bench.task](run, bench, options, encode)
+def run_clip_benchmark(bench: Benchmark, images: SuiteImages, encode) -> BenchmarkResult:
+    metrics, samples, details = RUNNERS[bench.task](bench, images, encode)
     pinned = {**bench.settings(), **{k: details[k] for k in ("classnames", "templates") if k in details}}
     return BenchmarkResult(bench.name, bench.task, metrics, samples, settings_hash(pinned), {**pinned, **details})

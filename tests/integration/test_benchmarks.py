@@ -9,6 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from mmtrain.inference import clip_benchmarks
 from mmtrain.jobs.cli import main
 from mmtrain.pipelines.images import decode_eval
 from mmtrain.pipelines.tar_samples import iter_records
@@ -95,12 +96,19 @@ def test_benchmark_layouts_from_the_cli_equal_clip_benchmark(
     (folders / "test" / "circle" / "broken.png").write_bytes(b"not an image")  # skipped and counted
     captions = karpathy(retrieval, records_of(shapes / "val-00000.tar", 50))
 
+    pipelines = []  # the image sets sent through the actor pool
+    start_inference = clip_benchmarks.start_inference
+    monkeypatch.setattr(
+        clip_benchmarks, "start_inference", lambda *a, **kw: pipelines.append(kw["files"]) or start_inference(*a, **kw)
+    )
     out = tmp_path / "report"
     args = ["eval", "clip", "--checkpoint", str(clip_run), "--benchmark", str(folders), str(retrieval)]
     assert main(args + ["--out", str(out), "--json", "--actors", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     results = {r["task"]: r for r in report["results"]}
     assert set(results) == {"zeroshot_classification", "linear_probe", "zeroshot_retrieval"}
+    # The test folder went through the pool once for the zero-shot and the probe; then train, retrieval.
+    assert len(pipelines) == 3 and len({tuple(files) for files in pipelines}) == 3
 
     cfg = tiny_clip_config(shapes)
     reference = Reference(clip_run, cfg)
