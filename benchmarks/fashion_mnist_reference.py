@@ -164,6 +164,8 @@ def run_mmtrain(run_dir: Path, overrides: list[str] = ()) -> dict:
         "wall_s": wall,
         "samples_per_s_last_window": value("train/samples_per_s"),
         "time_to_first_step_s": value("train/time_to_first_step_s"),
+        # Samples the pipeline read and decoded: those trained on, and what it read ahead
+        "samples_decoded": int(value("train_data/good_samples")),
         "log": str(run_dir / "command.log"),
     }
 
