@@ -2,7 +2,8 @@
 shard listing, Ray's start, building the datasets and counting samples, Ray Train's run, publishing
 the final model) and rank 0's part (start-up to its first step, the steps, and each phase outside
 them: data waits, evaluations, checkpoint saves, Ray Train reports, the data-position hand-over,
-MLflow logging); and the samples the pipeline decoded against those trained on. The worker
+MLflow logging); the samples the pipeline decoded against those trained on; and the CPU seconds
+each kind of process used, sampled every --cpu-every seconds (benchmarks/cpu_sampler.py). The worker
 measures its phases itself (training/ray_train/step_hooks.py PhaseClock, reported as `overhead/*`
 and kept as MLflow run tags); this prints them as one breakdown.
 
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_report
+from benchmarks.cpu_sampler import CpuSampler
 
 DRIVER_PHASES = (
     ("driver_config_and_shards_s", "driver: config, shard listing"),
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--config", default="", help="a CLIP preset (default: clip/tiny on synthetic shards)")
     parser.add_argument("--set", action="append", default=[], help="config overrides, as `mmtrain train --set`")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
+    parser.add_argument("--cpu-every", type=float, default=5.0, help="seconds between CPU samples per process kind")
     args = parser.parse_args()
     started = time.perf_counter()
     from mmtrain.training.ray_train.driver import run_training
@@ -89,7 +92,8 @@ def main() -> None:
         cfg = load_run_config("clip", args.config or "clip/tiny", overrides)
         imports_s = time.perf_counter() - started
         run_started = time.perf_counter()
-        metrics = run_training(cfg)
+        with CpuSampler(every=args.cpu_every) as cpu:
+            metrics = run_training(cfg)
         run_s = time.perf_counter() - run_started
     rows = breakdown(metrics, run_s)
     print(
@@ -99,6 +103,9 @@ def main() -> None:
         print(f"  {row['seconds']:8.2f} s  {row['share_of_wall']:6.1%}  {row['what']}")
     decoded, trained = read_ahead(metrics)
     print(f"  samples read and decoded {decoded:,}, trained on {trained:,}: {decoded / max(trained, 1):.2f}x")
+    print("CPU seconds by kind of process (the JSON has them per interval):")
+    for group, seconds in list(cpu.totals().items())[:8]:
+        print(f"  {seconds:8.1f} s  {group}")
     write_report(
         args.out,
         {
@@ -111,6 +118,8 @@ def main() -> None:
             "samples_decoded": read_ahead(metrics)[0],
             "samples_trained_on": read_ahead(metrics)[1],
             "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "cpu_seconds_by_process": cpu.totals(),
+            "cpu_seconds_per_interval": [{"until_s": at, **used} for at, used in cpu.series],
         },
     )
 
