@@ -30,7 +30,9 @@ def process_group(cmdline: str) -> str | None:
 
 
 class CpuSampler:
-    """Samples in a daemon thread; a process first seen mid-interval counts from that sample on."""
+    """Samples in a daemon thread, and once more on exit. A process started since the last sample
+    is charged all its CPU; one that ended since then loses what it used after that sample (polling
+    cannot see it), so keep `every` short against the phases you look at."""
 
     def __init__(self, every: float = 5.0):
         self.every = every
@@ -48,27 +50,34 @@ class CpuSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        previous = self._cpu_by_process()
-        while not self._stop.wait(self.every):
-            current = self._cpu_by_process()
+        previous, alive = self._cpu_by_process()
+        stopping = False
+        while not stopping:
+            stopping = self._stop.wait(self.every)
+            current, now_alive = self._cpu_by_process()
             used: dict[str, float] = {}
-            for key, seconds in current.items():
-                used[key[1]] = used.get(key[1], 0.0) + seconds - previous.get(key, seconds)
+            for pid, (group, seconds) in current.items():
+                # Keyed by pid: a Ray worker renames itself when it becomes an actor (ray::IDLE ->
+                # ray::MapWorker), and its CPU since the last sample is the new name's.
+                before = previous[pid][1] if pid in previous else (seconds if pid in alive else 0.0)
+                used[group] = used.get(group, 0.0) + seconds - before
             self.series.append((round(time.perf_counter() - self._started, 1), _rounded(used)))
-            previous = current
+            previous, alive = current, now_alive
 
     @staticmethod
-    def _cpu_by_process() -> dict[tuple[int, str], float]:
-        cpu = {}
+    def _cpu_by_process() -> tuple[dict[int, tuple[str, float]], set[int]]:
+        """(pid -> (group, CPU seconds so far) for the processes a run is made of, every live pid)."""
+        cpu, alive = {}, set()
         for process in psutil.process_iter():
+            alive.add(process.pid)
             try:  # a process can end between listing and reading
                 group = process_group(" ".join(process.cmdline()))
                 if group is not None:
                     times = process.cpu_times()
-                    cpu[(process.pid, group)] = times.user + times.system
+                    cpu[process.pid] = (group, times.user + times.system)
             except psutil.Error:
                 continue
-        return cpu
+        return cpu, alive
 
     def totals(self) -> dict[str, float]:
         """CPU seconds per group over the whole run, largest first."""

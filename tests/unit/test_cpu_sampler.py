@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from benchmarks.cpu_sampler import CpuSampler, process_group
@@ -32,6 +33,26 @@ def test_a_busy_process_is_charged_with_its_cpu_and_an_idle_one_is_not():
             child.wait()
         time.sleep(0.3)
     totals = sampler.totals()
-    assert totals.get("ray::Spinner", 0.0) > 0.5  # most of its 1 s of CPU (it starts after the first sample)
+    assert totals.get("ray::Spinner", 0.0) > 0.5  # most of its 1 s of CPU (its last moments fall between samples)
     assert totals.get("ray::Sleeper", 0.0) < 0.3  # interpreter start-up only
     assert all(until > 0 for until, _ in sampler.series)
+
+
+def test_a_process_started_between_samples_is_charged_from_its_start():
+    """Its CPU before the sampler first saw it counts too (a data pool's actors start mid-interval);
+    the sample taken on exit counts what it used since the last one."""
+    spin = "import time\nwhile time.process_time() < 1.0: pass\ntime.sleep(30)  # ray::Starter"
+    child = None
+    try:
+        with CpuSampler(every=10.0) as sampler:  # no sample between the process's start and the exit
+            time.sleep(0.2)
+            child = subprocess.Popen([sys.executable, "-c", spin])
+            deadline = time.monotonic() + 30
+            while sum(psutil.Process(child.pid).cpu_times()[:2]) < 0.95 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+    assert sampler.totals().get("ray::Starter", 0.0) >= 0.95
+    assert len(sampler.series) == 1  # the exit's sample alone
