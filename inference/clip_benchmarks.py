@@ -75,6 +75,15 @@ def _stack(found: dict, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(vectors), torch.tensor([found[k][0] for k in keys], dtype=torch.long)
 
 
+def _require_images(bench: Benchmark, data: str, usable: int, bad: int, what: str = "images") -> None:
+    """A benchmark with nothing to measure says so, where the metrics would fail on empty tensors."""
+    if not usable:
+        raise ValueError(
+            f"benchmark {bench.name}: no {what} could be read from {data} ({bad} skipped as unreadable): "
+            "check that the path holds the benchmark's images"
+        )
+
+
 def classification_inputs(bench: Benchmark, root: str) -> tuple[list[str] | None, list[str], list[str]]:
     """(files or None for shards, class folders (labels index these), class names shown to the model)."""
     path = Path(root)
@@ -92,9 +101,8 @@ def zero_shot(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int,
     files = files[: bench.limit] if files is not None and bench.limit else files
     found, bad = images(bench.data, files, folders)
     keys = sorted(k for k in found if found[k][0] >= 0)
+    _require_images(bench, bench.data, len(keys), bad, "labelled images")
     image_NE, labels_N = _stack(found, keys)
-    if not keys:
-        raise ValueError(f"benchmark {bench.name}: no labelled images could be read from {bench.data}")
     templates = templates_for(bench, manifest_near(bench.data).get("templates") or [])
     metrics = classification_metrics(zero_shot_logits(image_NE, zero_shot_weights(encode, names, templates)), labels_N)
     return metrics, len(keys), {"classnames": names, "templates": templates, "bad_samples": bad}
@@ -105,6 +113,7 @@ def retrieval(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int,
     files, captions, caption_image = layouts.read_karpathy(annotations, bench.split, bench.limit)
     found, bad = images(bench.data, files)
     kept = [i for i, name in enumerate(files) if name in found]  # a corrupt image and its captions leave
+    _require_images(bench, bench.data, len(kept), bad)
     renumber = {old: new for new, old in enumerate(kept)}
     texts = [(c, renumber[i]) for c, i in zip(captions, caption_image) if i in renumber]
     image_NE, _ = _stack(found, [files[i] for i in kept])
@@ -121,6 +130,8 @@ def probe(bench: Benchmark, images: SuiteImages, encode) -> tuple[dict, int, dic
         raise ValueError(f"benchmark {bench.name}: train and test have different class folders")
     train, bad_train = images(bench.train_data, train_files, train_folders)
     test, bad_test = images(bench.data, test_files, test_folders)
+    _require_images(bench, bench.train_data, len(train), bad_train)
+    _require_images(bench, bench.data, len(test), bad_test)
     train_NE, train_labels = _stack(train, sorted(train))
     test_NE, test_labels = _stack(test, sorted(test))
     metrics = linear_probe(train_NE, train_labels, test_NE, test_labels, len(train_folders))

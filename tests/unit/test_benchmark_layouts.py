@@ -182,3 +182,29 @@ def test_reports_compare_side_by_side_and_flag_different_settings(tmp_path):
     with pytest.raises(ValueError, match="run `mmtrain eval"):
         load_report(tmp_path / "nothing")
     assert mlflow_metric_name("coco", "image_retrieval_recall@5") == "coco/image_retrieval_recall_at_5"
+
+
+@pytest.mark.parametrize("task", ["zeroshot_classification", "zeroshot_retrieval", "linear_probe"])
+def test_a_benchmark_whose_every_image_is_unreadable_says_so(tmp_path, task):
+    from mmtrain.evaluation.benchmark import Benchmark
+    from mmtrain.inference.clip_benchmarks import RUNNERS
+
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            (tmp_path / split / label / "a.jpg").write_bytes(b"not a jpeg")
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(json.dumps({"images": [{"filename": "test/cat/a.jpg", "split": "test", "sentences": ["a"]}]}))
+    bench = Benchmark(
+        name="broken",
+        task=task,
+        data=str(tmp_path if task == "zeroshot_retrieval" else tmp_path / "test"),
+        train_data=str(tmp_path / "train"),
+        annotations=str(karpathy),
+    )
+
+    def nothing_readable(data, files=None, classes=()):  # what the actor pool returns when every image is bad
+        return {}, 2
+
+    with pytest.raises(ValueError, match=r"benchmark broken: no (labelled )?images could be read .*\(2 skipped"):
+        RUNNERS[task](bench, nothing_readable, encode=lambda texts: pytest.fail("nothing to encode"))
