@@ -14,9 +14,17 @@ import numpy as np
 import torch
 
 from mmtrain.pipelines.images import BadSample, decode_eval
-from mmtrain.training.checkpoint.store import latest_checkpoint, load_checkpoint, load_config_dict, weights_fingerprint
+from mmtrain.training.checkpoint.store import (
+    covers_model,
+    latest_checkpoint,
+    load_checkpoint,
+    load_config_dict,
+    read_frozen,
+    weights_fingerprint,
+)
 from mmtrain.training.config.io import from_dict
 from mmtrain.training.config.schema import ClipRunConfig, VlmRunConfig
+from mmtrain.training.models.skip_init import initialisers_skipped
 from mmtrain.training.tasks.kinds import check_kind
 from mmtrain.training.tasks.registry import trainer
 
@@ -54,10 +62,22 @@ def model_fingerprint(checkpoint: Path) -> str:
 def load_trained_model(run: TrainedRun, device: torch.device):
     """(task, model) with the checkpoint's weights, in eval mode on `device`."""
     task = trainer(run.kind).task(run.cfg)
-    model = task.build_model()
+    model = _build_for_loading(task, run.checkpoint)
     load_checkpoint(run.checkpoint, model)
     model.eval().requires_grad_(False)
     return task, model.to(device)
+
+
+def _build_for_loading(task, checkpoint: Path):
+    """The task's model, built without the random initialisation the checkpoint overwrites
+    (training/models/skip_init.py). Built again with it when the checkpoint would leave a weight as
+    built: frozen modules load their sources at build time, and a key the checkpoint lacks keeps its
+    initial value (the load is not strict)."""
+    if read_frozen(checkpoint):
+        return task.build_model()
+    with initialisers_skipped():
+        model = task.build_model()
+    return model if covers_model(checkpoint, model) else task.build_model()
 
 
 def decode_image_file(image: str | Path, data) -> np.ndarray:

@@ -334,6 +334,17 @@ def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, s
     )
 
 
+def covers_model(directory: Path, model) -> bool:
+    """Whether loading the checkpoint into `model` overwrites every entry of its state dict (a plain
+    module's): its saved model weights name them all, and no module takes its weights from a frozen
+    source instead."""
+    if read_frozen(directory):
+        return False
+    metadata = CheckpointReader(str(Path(directory) / WEIGHTS)).read_metadata().state_dict_metadata
+    saved = {key.removeprefix("model.") for key in metadata if key.startswith("model.")}
+    return set(model.state_dict()) <= saved
+
+
 def _saved_top_keys(directory: Path) -> set[str]:
     metadata = CheckpointReader(str(directory / WEIGHTS)).read_metadata().state_dict_metadata
     return {key.split(".", 1)[0] for key in metadata}
