@@ -20,8 +20,8 @@ from benchmarks.embed_throughput import make_checkpoint
 
 
 def load_with_initialisation(run):
-    from mmtrain.inference.trained import trainer
     from mmtrain.training.checkpoint.store import load_checkpoint
+    from mmtrain.training.tasks.registry import trainer
 
     model = trainer(run.kind).task(run.cfg).build_model()
     load_checkpoint(run.checkpoint, model)

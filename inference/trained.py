@@ -72,7 +72,7 @@ def _build_for_loading(task, checkpoint: Path):
     """The task's model, built without the random initialisation the checkpoint overwrites
     (training/models/skip_init.py). Built again with it when the checkpoint would leave a weight as
     built: frozen modules load their sources at build time, and a key the checkpoint lacks keeps its
-    initial value (the load is not strict)."""
+    initial value (the load is not strict). A checkpoint with frozen modules skips the first build."""
     if read_frozen(checkpoint):
         return task.build_model()
     with initialisers_skipped():

@@ -5,34 +5,22 @@ import torch
 from torch import nn
 
 from mmtrain.inference.trained import _build_for_loading, find_trained, load_trained_model
-from mmtrain.pipelines.config import AugmentConfig, DataConfig
-from mmtrain.training.checkpoint.store import covers_model, save_checkpoint
-from mmtrain.training.config.io import to_dict
-from mmtrain.training.config.schema import ClipModelConfig, ClipRunConfig, TextConfig, VisionConfig
-from mmtrain.training.engine.loop import TrainState
+from mmtrain.training.checkpoint.store import covers_model, load_checkpoint
 from mmtrain.training.models.clip import ClipModel
 from mmtrain.training.models.skip_init import initialisers_skipped
+from mmtrain.training.tasks.registry import trainer
+from tests.trained_models import save_clip, save_tiny_vlm, tiny_clip_config
 
 
 @pytest.fixture(scope="module")
-def clip_checkpoint(tmp_path_factory):
+def clip_checkpoint(synth_dir, tmp_path_factory):
     """A tiny CLIP whose weights are not what any initialiser would give them, saved as a run saves."""
-    cfg = ClipRunConfig(
-        data=DataConfig(context_length=8, augment=AugmentConfig(image_size=16)),
-        model=ClipModelConfig(
-            embed_dim=16,
-            vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=2, heads=2),
-            text=TextConfig(vocab_size=40, width=16, layers=1, heads=2),
-        ),
-    )
-    model = ClipModel(cfg.model, 8, cfg.loss)
+    cfg = tiny_clip_config(synth_dir)
+    model = ClipModel(cfg.model, cfg.data.context_length, cfg.loss)
     with torch.no_grad():
         for index, param in enumerate(model.parameters()):
             param.copy_(torch.linspace(-1, 1, param.numel()).reshape(param.shape) + index)
-    directory = save_checkpoint(
-        tmp_path_factory.mktemp("run") / "checkpoint_000000", model, None, TrainState(), to_dict(cfg)
-    )
-    return directory, model.state_dict()
+    return save_clip(model, cfg, tmp_path_factory.mktemp("run")), model.state_dict()
 
 
 def test_a_clip_loaded_without_its_initialisers_holds_exactly_the_checkpoints_weights(clip_checkpoint):
@@ -73,3 +61,17 @@ def test_the_initialisers_come_back_even_when_the_build_fails():
         raise RuntimeError("the build failed")
     assert nn.init.normal_ is before
     assert nn.init.normal_(torch.zeros(1000)).std() > 0.5
+
+
+def test_a_vlm_loaded_without_its_initialisers_holds_exactly_the_checkpoints_weights(
+    clip_checkpoint, synth_dir, tmp_path
+):
+    tower, _ = clip_checkpoint
+    run = find_trained(save_tiny_vlm(tower, synth_dir, tmp_path / "vlm"), "vlm", "ask")
+    _, model = load_trained_model(run, torch.device("cpu"))
+    assert covers_model(run.checkpoint, model)  # every VLM weight is saved: the build skipped the initialisers
+    reference = trainer("vlm").task(run.cfg).build_model()
+    load_checkpoint(run.checkpoint, reference)
+    loaded, expected = model.state_dict(), reference.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[key], expected[key]) for key in expected)

@@ -336,10 +336,8 @@ def _load_weights(directory: Path, model, optimizer, frozen_sources: dict[str, s
 
 def covers_model(directory: Path, model) -> bool:
     """Whether loading the checkpoint into `model` overwrites every entry of its state dict (a plain
-    module's): its saved model weights name them all, and no module takes its weights from a frozen
-    source instead."""
-    if read_frozen(directory):
-        return False
+    module's): its saved model weights name them all (a frozen module's are not saved, so a model
+    with one is never covered)."""
     metadata = CheckpointReader(str(Path(directory) / WEIGHTS)).read_metadata().state_dict_metadata
     saved = {key.removeprefix("model.") for key in metadata if key.startswith("model.")}
     return set(model.state_dict()) <= saved
