@@ -90,3 +90,38 @@ class CpuSampler:
 
 def _rounded(used: dict[str, float]) -> dict[str, float]:
     return {group: round(seconds, 2) for group, seconds in used.items() if seconds >= 0.05}
+
+
+class MachineCpu:
+    """Busy CPU seconds of the whole machine over a `with` block (every process, Ray's daemons too),
+    from the kernel's per-CPU counters: what a side of a benchmark cost in cores, whatever processes
+    it ran in. Two sides that each keep every core busy can differ in speed only by their CPU per
+    sample, which `MachineCpu` measures and wall time cannot.
+
+        with MachineCpu() as cpu:
+            run()
+        cpu.busy_s, cpu.wall_s, cpu.busy_cores
+    """
+
+    def __enter__(self) -> "MachineCpu":
+        self._busy_before, self._started = _busy_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.busy_s = _busy_seconds() - self._busy_before
+        self.wall_s = time.perf_counter() - self._started
+        self.busy_cores = self.busy_s / max(self.wall_s, 1e-9)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent running something since boot: user, nice, system and interrupt
+    time (Linux's guest time is inside user and nice already; steal is the hypervisor's, not ours)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq"))
+
+
+def ceiling_ratio(reference_wall_s: float, busy_s: float, cores: int) -> float:
+    """The most a side that spent `busy_s` CPU seconds could beat a reference run of
+    `reference_wall_s`, had it kept all `cores` busy from start to end: a ratio above this needs
+    less CPU per sample, not better overlap."""
+    return reference_wall_s / (busy_s / cores)

@@ -8,6 +8,11 @@ With --epochs N each run is N epochs: mmtrain's one stream of N epochs (as a tra
 it), against the DataLoader iterated N times with persistent_workers=True (its best multi-epoch
 setting). mmtrain also shuffles within each shard (data.read_shuffle_buffer), the DataLoader not.
 
+Each run also records the cores the machine kept busy and its busy CPU time per sample (every
+process: Ray's, the loader's workers), and the report the ratio mmtrain would reach at its CPU per
+sample had it kept every core busy: when both sides keep the cores busy, only less CPU per sample
+makes one faster.
+
     python -m benchmarks.data_throughput --cpus 2 --samples 4000 --out benchmarks/results/data_throughput.json
     python -m benchmarks.data_throughput --cpus 2 --samples 8000 --epochs 5 --shards /tmp/mmtrain-bench-8k \
         --out benchmarks/results/data_throughput_2core_8k_5epochs.json
@@ -25,6 +30,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.cpu_sampler import MachineCpu, ceiling_ratio
 
 
 def make_shards(out: Path, samples: int, size: int, per_shard: int = 500) -> Path:
@@ -142,19 +149,25 @@ def run_dataloader(
 def _time_batches(batches) -> dict:
     """samples/s over the whole epoch (start-up included), the time to the first batch, and
     samples/s after the first batch. The last is no steady-state rate: it includes what was decoded
-    while the first batch was awaited (benchmarks/RESULTS.md); compare whole epochs."""
+    while the first batch was awaited (benchmarks/RESULTS.md); compare whole epochs. Also the cores
+    the machine kept busy meanwhile and its busy CPU time per sample."""
     start, samples, first, first_samples = time.perf_counter(), 0, None, 0
-    for batch in batches:
-        images = batch["image"] if isinstance(batch, dict) else batch[0]
-        samples += len(images)
-        if first is None:
-            first, first_samples = time.perf_counter(), samples
+    with MachineCpu() as cpu:
+        for batch in batches:
+            images = batch["image"] if isinstance(batch, dict) else batch[0]
+            samples += len(images)
+            if first is None:
+                first, first_samples = time.perf_counter(), samples
     end = time.perf_counter()
     return {
         "samples_per_s": samples / (end - start),
+        "seconds": end - start,
         "first_batch_s": first - start,
         "steady_samples_per_s": (samples - first_samples) / max(end - first, 1e-9),
         "samples": samples,
+        # the whole machine's, every process of the side included (Ray's daemons, the loader's workers)
+        "busy_cores": cpu.busy_cores,
+        "cpu_ms_per_sample": 1000 * cpu.busy_s / max(samples, 1),
     }
 
 
@@ -215,12 +228,14 @@ def main() -> None:
             f"round {round_index + 1}: "
             + ", ".join(
                 f"{name} {runs[-1]['samples_per_s']:.0f} samples/s (first batch {runs[-1]['first_batch_s']:.2f} s, "
-                f"then {runs[-1]['steady_samples_per_s']:.0f}/s)"
+                f"then {runs[-1]['steady_samples_per_s']:.0f}/s; {runs[-1]['busy_cores']:.2f} cores busy, "
+                f"{runs[-1]['cpu_ms_per_sample']:.2f} ms CPU per sample)"
                 for name, runs in results.items()
             ),
             flush=True,
         )
     ray.shutdown()
+    cores = os.cpu_count()
     summary = {name: float(np.median([r["samples_per_s"] for r in runs])) for name, runs in results.items()}
     steady = {name: float(np.median([r["steady_samples_per_s"] for r in runs])) for name, runs in results.items()}
     report = {
@@ -248,6 +263,22 @@ def main() -> None:
         ),
         "median_steady_samples_per_s": steady,
         "steady_ratio_mmtrain_over_dataloader": steady["mmtrain"] / steady["dataloader"],
+        "median_busy_cores": {
+            name: float(np.median([r["busy_cores"] for r in runs])) for name, runs in results.items()
+        },
+        "median_cpu_ms_per_sample": {
+            name: float(np.median([r["cpu_ms_per_sample"] for r in runs])) for name, runs in results.items()
+        },
+        # Per round: the ratio mmtrain would reach at its measured CPU per sample with every core busy.
+        "ceiling_ratio_mmtrain_over_dataloader": float(
+            np.median(
+                [
+                    ceiling_ratio(loader["seconds"], ours["cpu_ms_per_sample"] * ours["samples"] / 1000, cores)
+                    for ours, loader in zip(results["mmtrain"], results["dataloader"])
+                ]
+            )
+        ),
+        "machine_cores": cores,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -255,7 +286,10 @@ def main() -> None:
         f"decoder {DECODER}; median: mmtrain {summary['mmtrain']:.0f} samples/s, "
         f"DataLoader {summary['dataloader']:.0f} samples/s, "
         f"ratio {report['ratio_mmtrain_over_dataloader']:.2f} (after the first batch: "
-        f"{report['steady_ratio_mmtrain_over_dataloader']:.2f}) -> {args.out}"
+        f"{report['steady_ratio_mmtrain_over_dataloader']:.2f}); CPU per sample "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in report["median_cpu_ms_per_sample"].items())
+        + f"; mmtrain's ceiling at that CPU on {cores} cores: {report['ceiling_ratio_mmtrain_over_dataloader']:.2f}"
+        + f" -> {args.out}"
     )
 
 

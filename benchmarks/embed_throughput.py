@@ -4,6 +4,8 @@ the same shards with the same reader and eval decode and tokenize the captions, 
 main process, the embeddings written to one Parquet file. Runs alternate after an untimed warm-up;
 images/s counts from the command's start (Ray's start-up timed apart), so the pool's start-up is
 part of mmtrain's figure.
+Each run also records the cores the machine kept busy and its busy CPU time per image, and the
+report the ratio mmtrain would reach at its CPU per image with every core busy.
 
     python -m benchmarks.embed_throughput --samples 8000 --out benchmarks/results/embed_throughput_2core.json
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import write_report
+from benchmarks.cpu_sampler import MachineCpu, ceiling_ratio
 from benchmarks.data_throughput import make_shards
 
 
@@ -180,7 +183,9 @@ def main() -> None:
     for round_index in range(args.rounds + 1):  # round 0 warms caches and imports, untimed
         for name, side in sides.items():
             shutil.rmtree(work, ignore_errors=True)
-            result = side(work / name)
+            with MachineCpu() as cpu:
+                result = side(work / name)
+            result |= {"busy_cores": cpu.busy_cores, "cpu_s_per_image": cpu.busy_s / max(result["images"], 1)}
             if round_index:
                 results[name].append(result)
                 print(f"round {round_index} {name}: {result['images_per_s']:.0f} images/s", flush=True)
@@ -202,11 +207,22 @@ def main() -> None:
             a["images_per_s"] / b["images_per_s"]
             for a, b in zip(results["mmtrain_embed"], results["pytorch_dataloader"])
         ],
+        "median_busy_cores": {name: statistics.median(r["busy_cores"] for r in runs) for name, runs in results.items()},
+        "median_cpu_s_per_image": {
+            name: statistics.median(r["cpu_s_per_image"] for r in runs) for name, runs in results.items()
+        },
+        # Per round: the ratio mmtrain would reach at its measured CPU per image with every core busy.
+        "ceiling_ratio_mmtrain_to_dataloader": statistics.median(
+            ceiling_ratio(b["seconds"], a["cpu_s_per_image"] * a["images"], os.cpu_count())
+            for a, b in zip(results["mmtrain_embed"], results["pytorch_dataloader"])
+        ),
         "model_only": model_only_rate(checkpoint, args.batch_size),
     }
     print(
         f"mmtrain embed {rate['mmtrain_embed']:.0f} images/s vs DataLoader {rate['pytorch_dataloader']:.0f}: "
-        f"{report['ratio_mmtrain_to_dataloader']:.2f}x (Ray start-up {ray_start_s:.1f} s, not counted)"
+        f"{report['ratio_mmtrain_to_dataloader']:.2f}x (Ray start-up {ray_start_s:.1f} s, not counted); CPU per image "
+        + ", ".join(f"{name} {cpu:.3f} s" for name, cpu in report["median_cpu_s_per_image"].items())
+        + f"; mmtrain's ceiling at that CPU: {report['ceiling_ratio_mmtrain_to_dataloader']:.2f}x"
     )
     write_report(args.out, report)
 

@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from benchmarks.cpu_sampler import CpuSampler, process_group
+from benchmarks.cpu_sampler import CpuSampler, MachineCpu, ceiling_ratio, process_group
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,20 @@ def test_a_process_started_between_samples_is_charged_from_its_start():
             child.wait()
     assert sampler.totals().get("ray::Starter", 0.0) >= 0.95
     assert len(sampler.series) == 1  # the exit's sample alone
+
+
+def test_the_machine_meter_counts_a_child_process_cpu():
+    """Machine-wide busy time covers every process: at least what a spinning child used."""
+    spin = "import time\nwhile time.process_time() < 0.5: pass"
+    with MachineCpu() as cpu:
+        child = subprocess.Popen([sys.executable, "-c", spin])
+        child.wait()
+    assert cpu.busy_s >= 0.45, cpu.busy_s  # the child spun 0.5 CPU s
+    assert cpu.wall_s > 0
+    assert cpu.busy_cores <= psutil.cpu_count() * 1.05
+
+
+def test_the_ceiling_is_the_reference_wall_over_the_cpu_spread_across_the_cores():
+    # 30 CPU s on 2 cores takes at least 15 s: against a 16.5-s reference, at most 1.1x.
+    assert ceiling_ratio(16.5, 30.0, 2) == pytest.approx(1.1)
+    assert ceiling_ratio(10.0, 10.0, 1) == pytest.approx(1.0)
