@@ -166,6 +166,7 @@ def _time_batches(batches) -> dict:
         "steady_samples_per_s": (samples - first_samples) / max(end - first, 1e-9),
         "samples": samples,
         # the whole machine's, every process of the side included (Ray's daemons, the loader's workers)
+        "busy_cpu_s": cpu.busy_s,
         "busy_cores": cpu.busy_cores,
         "cpu_ms_per_sample": 1000 * cpu.busy_s / max(samples, 1),
     }
@@ -273,7 +274,7 @@ def main() -> None:
         "ceiling_ratio_mmtrain_over_dataloader": float(
             np.median(
                 [
-                    ceiling_ratio(loader["seconds"], ours["cpu_ms_per_sample"] * ours["samples"] / 1000, cores)
+                    ceiling_ratio(loader["seconds"], ours["busy_cpu_s"], cores)
                     for ours, loader in zip(results["mmtrain"], results["dataloader"])
                 ]
             )

@@ -185,7 +185,11 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             with MachineCpu() as cpu:
                 result = side(work / name)
-            result |= {"busy_cores": cpu.busy_cores, "cpu_s_per_image": cpu.busy_s / max(result["images"], 1)}
+            result |= {
+                "busy_cpu_s": cpu.busy_s,
+                "busy_cores": cpu.busy_cores,
+                "cpu_s_per_image": cpu.busy_s / max(result["images"], 1),
+            }
             if round_index:
                 results[name].append(result)
                 print(f"round {round_index} {name}: {result['images_per_s']:.0f} images/s", flush=True)
@@ -213,7 +217,7 @@ def main() -> None:
         },
         # Per round: the ratio mmtrain would reach at its measured CPU per image with every core busy.
         "ceiling_ratio_mmtrain_to_dataloader": statistics.median(
-            ceiling_ratio(b["seconds"], a["cpu_s_per_image"] * a["images"], os.cpu_count())
+            ceiling_ratio(b["seconds"], a["busy_cpu_s"], os.cpu_count())
             for a, b in zip(results["mmtrain_embed"], results["pytorch_dataloader"])
         ),
         "model_only": model_only_rate(checkpoint, args.batch_size),
